@@ -1,0 +1,200 @@
+"""Verified video downloads: safe URLs, `.part` files, Content-Length checks, fsync, rename.
+
+A file is never left under its final name unless every byte the server promised arrived.
+Downloads never carry the provider's key: the executor gives this module its own client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpx
+
+from runner.errors import DownloadError, ExpiredURLError, TransientError, UnsafeURLError
+
+CHUNK_SIZE = 256 * 1024
+MAX_REDIRECTS = 5
+EXPIRED_STATUSES = frozenset({403, 404, 410})
+DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """Which addresses a video URL may point at.
+
+    Link-local addresses (where cloud metadata lives) are always refused. Private and loopback
+    addresses are refused unless the provider's own base URL is on one (the mock server).
+    """
+
+    allow_private: bool = False
+
+    @classmethod
+    def for_base_url(cls, base_url: str) -> DownloadPolicy:
+        """Allow private addresses only when the provider itself lives on one."""
+        host = urlsplit(base_url).hostname or ""
+        try:
+            addresses = _resolve_sync(host)
+        except OSError:
+            return cls(allow_private=False)
+        return cls(allow_private=any(_is_private(a) for a in addresses))
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A verified file on disk."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+def _is_private(address: IPAddress) -> bool:
+    return address.is_private or address.is_loopback
+
+
+def _resolve_sync(host: str) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+async def check_url(url: str, policy: DownloadPolicy) -> None:
+    """Refuse a URL whose scheme or resolved addresses the policy does not allow."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURLError(f"refusing video URL with scheme {parts.scheme or '(none)'!r}")
+    host = parts.hostname
+    if not host:
+        raise UnsafeURLError("refusing video URL without a host")
+    try:
+        addresses = await anyio.to_thread.run_sync(_resolve_sync, host)
+    except OSError as err:
+        raise TransientError(f"cannot resolve video host {host}: {err}") from err
+    for address in addresses:
+        if address.is_link_local or address.is_multicast or address.is_unspecified:
+            raise UnsafeURLError(f"refusing video URL on link-local/reserved address {address}")
+        if _is_private(address) and not policy.allow_private:
+            raise UnsafeURLError(f"refusing video URL on private address {address}")
+
+
+def safe_destination(output_dir: Path, relative: str) -> Path:
+    """``output_dir / relative``, proven to stay inside ``output_dir``."""
+    root = output_dir.resolve()
+    target = (root / relative).resolve()
+    if target == root or root not in target.parents:
+        raise UnsafeURLError(f"output path {relative!r} escapes {root}")
+    return target
+
+
+async def download(
+    client: httpx.AsyncClient, url: str, dest: Path, *, policy: DownloadPolicy
+) -> Downloaded:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file with Range.
+
+    Raises ``ExpiredURLError`` for 403/404/410, ``TransientError`` for what is worth retrying
+    (connection errors, 5xx, short bodies), ``UnsafeURLError`` for refused URLs.
+    """
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        await _fetch(client, url, part, offset, policy)
+    except httpx.TransportError as err:
+        raise TransientError(f"download interrupted: {type(err).__name__}") from err
+    size, digest = await anyio.to_thread.run_sync(_finish, part, dest)
+    return Downloaded(path=dest, bytes=size, sha256=digest)
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, part: Path, offset: int, policy: DownloadPolicy
+) -> None:
+    # Identity encoding: Content-Length must count the bytes we store.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    for _ in range(MAX_REDIRECTS + 1):
+        await check_url(url, policy)
+        request = client.build_request("GET", url, headers=headers, timeout=DOWNLOAD_TIMEOUT)
+        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            if response.is_redirect:
+                url = urljoin(url, response.headers.get("location", ""))
+                continue
+            await _write_body(response, part, offset)
+            return
+        finally:
+            await response.aclose()
+    raise DownloadError(f"too many redirects downloading the video (more than {MAX_REDIRECTS})")
+
+
+async def _write_body(response: httpx.Response, part: Path, offset: int) -> None:
+    status = response.status_code
+    if status in EXPIRED_STATUSES:
+        raise ExpiredURLError(f"video URL answered {status}")
+    if status == 416 and offset:
+        # Our partial file is longer than the video: start over.
+        part.unlink(missing_ok=True)
+        raise TransientError("video range not satisfiable; restarting the download")
+    if status in (408, 429) or status >= 500:
+        raise TransientError(f"video download answered {status}")
+    if status not in (200, 206):
+        raise DownloadError(f"video download answered {status}")
+
+    start = 0
+    total: int | None = None
+    if status == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
+        if not match or int(match.group(1)) != offset:
+            part.unlink(missing_ok=True)
+            raise TransientError("video server answered a range we did not ask for")
+        start = offset
+        if match.group(3) != "*":
+            total = int(match.group(3))
+    length = response.headers.get("content-length")
+    if total is None and length is not None:
+        total = start + int(length)
+
+    written = start
+    with open(part, "r+b" if start else "wb") as fh:
+        fh.seek(start)
+        fh.truncate()
+        async for chunk in response.aiter_raw(CHUNK_SIZE):
+            fh.write(chunk)
+            written += len(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if total is None:
+        raise DownloadError("video server sent no Content-Length; cannot verify the file")
+    if written != total:
+        raise TransientError(f"video body cut short: {written} of {total} bytes")
+
+
+def _finish(part: Path, dest: Path) -> tuple[int, str]:
+    """Hash the complete ``.part`` file, rename it into place and make the rename durable."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(part, "rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    os.replace(part, dest)
+    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return size, digest.hexdigest()

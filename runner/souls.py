@@ -1,0 +1,146 @@
+"""Soul ID identity models: trained once per manifest soul (and image set), then reused.
+
+Jobs that name a soul wait in ``SoulTrainer.model_id`` until its model is ready. The model id
+is committed to the ledger right after the training request is accepted, so a later run polls
+the same model instead of training (and paying for) a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from runner.errors import PermanentError, ThrottledError, TransientError
+from runner.ledger import Ledger, SoulRow
+from runner.manifest import Manifest
+from runner.providers import Provider
+from runner.throttle import Backoff, Throttle, retry_wait
+
+T = TypeVar("T")
+
+READY = "ready"
+TRAINING = "training"
+FAILED = "failed"
+
+
+def images_hash(images: list[str]) -> str:
+    """Identifies the reference image set a model was trained on (paths/URLs, in order)."""
+    return hashlib.sha256(json.dumps(images).encode()).hexdigest()[:16]
+
+
+class SoulTrainer:
+    """Trains (or finds) the soul models a run needs, sharing the run's throttle."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        provider: Provider,
+        manifest: Manifest,
+        throttle: Throttle,
+        *,
+        max_attempts: int = 5,
+        poll_initial: float = 5.0,
+        poll_max: float = 30.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.provider = provider
+        self.manifest = manifest
+        self.throttle = throttle
+        self.max_attempts = max_attempts
+        self.poll_initial = poll_initial
+        self.poll_max = poll_max
+        self.backoff = backoff or Backoff()
+        self._locks: dict[str, anyio.Lock] = {}
+        self._ready: dict[str, str] = {}
+
+    async def model_id(self, name: str) -> str:
+        """The ready model id of soul ``name``, training it first if needed.
+
+        Raises ``PermanentError`` when the soul cannot be trained.
+        """
+        if name in self._ready:
+            return self._ready[name]
+        lock = self._locks.setdefault(name, anyio.Lock())
+        async with lock:
+            if name not in self._ready:
+                self._ready[name] = await self._ensure(name)
+        return self._ready[name]
+
+    async def _ensure(self, name: str) -> str:
+        manifest = str(self.manifest.path)
+        images = self.manifest.soul_images(name)
+        wanted = images_hash(images)
+        record = self.ledger.get_soul(name, manifest)
+        if record is None or record.status == FAILED or record.images_hash != wanted:
+            urls = [await self._public_url(image) for image in images]
+            soul_name = self.manifest.souls[name].name
+            model_id = await self._call(lambda: self.provider.train_soul(soul_name, urls))
+            record = self.ledger.set_soul(
+                name, manifest, status=TRAINING, model_id=model_id, images_hash=wanted
+            )
+        return await self._wait_ready(record)
+
+    async def _wait_ready(self, record: SoulRow) -> str:
+        model_id = record.model_id or ""
+        delay = self.poll_initial
+        while record.status != READY:
+            status = await self._call(lambda: self.provider.soul_status(model_id))
+            if status.state == "failed":
+                error = status.error or "training failed"
+                self.ledger.set_soul(
+                    record.name,
+                    record.manifest,
+                    status=FAILED,
+                    model_id=model_id,
+                    error=error,
+                    images_hash=record.images_hash,
+                )
+                raise PermanentError(f"soul model {model_id} failed: {error}")
+            if status.state == "ready":
+                record = self.ledger.set_soul(
+                    record.name,
+                    record.manifest,
+                    status=READY,
+                    model_id=model_id,
+                    images_hash=record.images_hash,
+                )
+                break
+            await anyio.sleep(delay)
+            delay = min(self.poll_max, delay * 1.5)
+        return model_id
+
+    async def _public_url(self, image: str) -> str:
+        """URLs pass through; a local file is uploaded once (remembered by content hash)."""
+        if image.startswith(("http://", "https://")):
+            return image
+        data = Path(image).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        known = self.ledger.get_upload(digest)
+        if known:
+            return known
+        content_type = mimetypes.guess_type(image)[0] or "application/octet-stream"
+        url = await self._call(lambda: self.provider.upload(data, content_type))
+        self.ledger.record_upload(digest, url)
+        return url
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """One provider call through the run's throttle, retried on transient errors."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.throttle.wait_turn()
+            try:
+                return await fn()
+            except ThrottledError as err:
+                self.throttle.pause(retry_wait(err.retry_after, attempt, self.backoff))
+            except TransientError as err:
+                if attempt >= self.max_attempts:
+                    raise PermanentError(f"gave up after {attempt} attempts: {err}") from err
+                await anyio.sleep(self.backoff.delay(attempt))
