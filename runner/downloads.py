@@ -168,11 +168,15 @@ async def _write_body(response: httpx.Response, part: Path, offset: int) -> None
     if total is None and length is not None:
         total = start + int(length)
 
+    encoding = response.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise DownloadError(f"video server sent a {encoding}-encoded body; expected identity")
+
     written = start
     with open(part, "r+b" if start else "wb") as fh:
         fh.seek(start)
         fh.truncate()
-        async for chunk in response.aiter_raw(CHUNK_SIZE):
+        async for chunk in response.aiter_bytes(CHUNK_SIZE):
             fh.write(chunk)
             written += len(chunk)
         fh.flush()

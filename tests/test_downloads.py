@@ -1,0 +1,184 @@
+"""Verified downloads: Content-Length checks, Range resume, expiry, URL safety, path safety."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runner.downloads import DownloadPolicy, check_url, download, safe_destination
+from runner.errors import DownloadError, ExpiredURLError, TransientError, UnsafeURLError
+
+BODY = bytes(range(256)) * 40  # 10,240 bytes
+LOCAL = DownloadPolicy(allow_private=True)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def client_for(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+def serve_range(request: httpx.Request) -> httpx.Response:
+    """A well-behaved video server: 200 for the whole file, 206 for a Range."""
+    rng = request.headers.get("range")
+    if rng:
+        start = int(rng.removeprefix("bytes=").rstrip("-"))
+        part = BODY[start:]
+        return httpx.Response(
+            206,
+            content=part,
+            headers={"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"},
+        )
+    return httpx.Response(200, content=BODY)
+
+
+async def test_download_writes_verified_file_and_no_part(tmp_path: Path) -> None:
+    """A complete body lands under its final name with its size and sha256; no .part remains."""
+    dest = tmp_path / "c" / "k.mp4"
+    async with client_for(serve_range) as client:
+        got = await download(client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL)
+    assert dest.read_bytes() == BODY
+    assert got.bytes == len(BODY)
+    assert got.sha256 == hashlib.sha256(BODY).hexdigest()
+    assert not (tmp_path / "c" / "k.mp4.part").exists()
+
+
+async def test_partial_file_resumes_with_range(tmp_path: Path) -> None:
+    """An existing .part is continued with a Range request, not downloaded again."""
+    dest = tmp_path / "k.mp4"
+    (tmp_path / "k.mp4.part").write_bytes(BODY[:1000])
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("range"))
+        return serve_range(request)
+
+    async with client_for(handler) as client:
+        got = await download(client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL)
+    assert seen == ["bytes=1000-"]
+    assert dest.read_bytes() == BODY
+    assert got.sha256 == hashlib.sha256(BODY).hexdigest()
+
+
+async def test_server_ignoring_range_restarts_from_zero(tmp_path: Path) -> None:
+    """A 200 answer to a Range request replaces the partial file instead of appending."""
+    dest = tmp_path / "k.mp4"
+    (tmp_path / "k.mp4.part").write_bytes(b"garbage" * 10)
+    async with client_for(lambda r: httpx.Response(200, content=BODY)) as client:
+        await download(client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL)
+    assert dest.read_bytes() == BODY
+
+
+async def test_short_body_is_never_saved_under_final_name(tmp_path: Path) -> None:
+    """A body shorter than its Content-Length is a transient error and leaves only the .part."""
+    dest = tmp_path / "k.mp4"
+
+    def short(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=BODY[:500], headers={"Content-Length": str(len(BODY))}
+        )
+
+    async with client_for(short) as client:
+        with pytest.raises(TransientError):
+            await download(client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL)
+    assert not dest.exists()
+
+
+async def test_missing_content_length_is_refused(tmp_path: Path) -> None:
+    """Without a Content-Length the file cannot be verified, so it is not kept."""
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield BODY
+
+    async with client_for(lambda r: httpx.Response(200, content=chunks())) as client:
+        with pytest.raises(DownloadError):
+            await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
+    assert not (tmp_path / "k.mp4").exists()
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+async def test_expired_url_statuses(tmp_path: Path, status: int) -> None:
+    """403/404/410 mean the URL expired: the executor refreshes it once."""
+    async with client_for(lambda r: httpx.Response(status)) as client:
+        with pytest.raises(ExpiredURLError):
+            await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+async def test_server_errors_are_transient(tmp_path: Path, status: int) -> None:
+    """5xx, 429 and 408 on a download are worth retrying."""
+    async with client_for(lambda r: httpx.Response(status)) as client:
+        with pytest.raises(TransientError):
+            await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
+
+
+async def test_download_never_sends_authorization(tmp_path: Path) -> None:
+    """The download client carries no provider key."""
+    headers: list[httpx.Headers] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers.append(request.headers)
+        return serve_range(request)
+
+    async with client_for(handler) as client:
+        await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
+    assert "authorization" not in headers[0]
+
+
+async def test_redirect_to_link_local_is_refused(tmp_path: Path) -> None:
+    """Redirects are checked by the same rules: cloud metadata is never fetched."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "http://169.254.169.254/latest"})
+
+    async with client_for(handler) as client:
+        with pytest.raises(UnsafeURLError):
+            await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
+
+
+@pytest.mark.parametrize(
+    ("url", "policy"),
+    [
+        ("file:///etc/passwd", LOCAL),
+        ("ftp://127.0.0.1/v.mp4", LOCAL),
+        ("http://169.254.169.254/latest/meta-data", LOCAL),
+        ("http://[fe80::1]/v.mp4", LOCAL),
+        ("http://127.0.0.1/v.mp4", DownloadPolicy(allow_private=False)),
+        ("http://10.1.2.3/v.mp4", DownloadPolicy(allow_private=False)),
+        ("http://192.168.0.5/v.mp4", DownloadPolicy(allow_private=False)),
+        ("http://[::1]/v.mp4", DownloadPolicy(allow_private=False)),
+    ],
+)
+async def test_unsafe_urls_are_refused(url: str, policy: DownloadPolicy) -> None:
+    """Only http(s); never link-local; private and loopback only when the provider is there."""
+    with pytest.raises(UnsafeURLError):
+        await check_url(url, policy)
+
+
+async def test_loopback_allowed_when_provider_is_local() -> None:
+    """The mock server lives on loopback, so its videos may too."""
+    policy = DownloadPolicy.for_base_url("http://127.0.0.1:8808/api/v1")
+    assert policy.allow_private
+    await check_url("http://127.0.0.1:8808/videos/x.mp4", policy)
+    assert not DownloadPolicy.for_base_url("https://93.184.216.34/api").allow_private
+
+
+@pytest.mark.parametrize("relative", ["../x.mp4", "a/../../x.mp4", "/etc/x.mp4", ""])
+def test_destination_must_stay_inside_output_dir(tmp_path: Path, relative: str) -> None:
+    """However the filename template came out, the file stays inside output.dir."""
+    with pytest.raises(UnsafeURLError):
+        safe_destination(tmp_path / "out", relative)
+
+
+def test_destination_inside_output_dir(tmp_path: Path) -> None:
+    """A normal relative path resolves inside output.dir."""
+    assert safe_destination(tmp_path, "c/k.mp4") == (tmp_path / "c" / "k.mp4").resolve()
