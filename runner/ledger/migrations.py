@@ -1,0 +1,153 @@
+"""The ledger's schema, as an append-only list of named migrations.
+
+Never edit or reorder a migration that has shipped: add a new one at the end. Each applied
+migration's name is recorded in ``_migrations``, so opening a ledger applies only what it lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from sqlite_utils import Database
+
+Migration = Callable[[Database], None]
+
+MIGRATIONS_TABLE = "_migrations"
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration; its ``__name__`` is what gets recorded."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied_migrations(db: Database) -> set[str]:
+    """Names of the migrations already applied to ``db`` (empty for a fresh database)."""
+    if not db.table(MIGRATIONS_TABLE).exists():
+        return set()
+    return {row["name"] for row in db.table(MIGRATIONS_TABLE).rows}
+
+
+def pending_migrations(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Names of ``migrations`` that ``db`` has not had yet, in order."""
+    done = applied_migrations(db)
+    return [fn.__name__ for fn in migrations if fn.__name__ not in done]
+
+
+def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply the migrations ``db`` lacks, in order; return their names.
+
+    The caller holds the write transaction, so two processes opening a fresh ledger at once
+    cannot both apply the same migration.
+    """
+    table = db.table(MIGRATIONS_TABLE)
+    if not table.exists():
+        table.create({"name": str, "applied_at": str}, pk="name")
+    done = applied_migrations(db)
+    applied = []
+    for fn in migrations:
+        if fn.__name__ in done:
+            continue
+        fn(db)
+        table.insert({"name": fn.__name__, "applied_at": datetime.now(UTC).isoformat()})
+        applied.append(fn.__name__)
+    return applied
+
+
+@migration
+def m001_jobs(db: Database) -> None:
+    db.table("jobs").create(
+        {
+            "key": str,
+            "campaign": str,
+            "manifest": str,
+            "job_index": int,
+            "request": str,  # JSON
+            "vars": str,  # JSON: the matrix row
+            "path": str,
+            "status": str,
+            "generation_id": str,
+            "idempotency_key": str,
+            "attempts": int,
+            "error": str,
+            "video_url": str,
+            "bytes": int,
+            "sha256": str,
+            "credits": float,
+            "soul": str,
+            "tags": str,  # JSON list
+            "variant": int,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="key",
+        not_null={
+            "campaign",
+            "manifest",
+            "job_index",
+            "request",
+            "vars",
+            "path",
+            "status",
+            "idempotency_key",
+            "attempts",
+            "credits",
+            "tags",
+            "created_at",
+            "updated_at",
+        },
+        defaults={"attempts": 0, "credits": 0.0, "tags": "[]"},
+    )
+
+
+@migration
+def m002_events(db: Database) -> None:
+    db.table("events").create(
+        {
+            "id": int,
+            "job_key": str,
+            "at": str,
+            "from_status": str,
+            "to_status": str,
+            "detail": str,
+        },
+        pk="id",
+        not_null={"job_key", "at", "to_status"},
+    )
+
+
+@migration
+def m003_souls(db: Database) -> None:
+    db.table("souls").create(
+        {
+            "name": str,
+            "manifest": str,
+            "model_id": str,
+            "status": str,
+            "error": str,
+            "images_hash": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk=("manifest", "name"),
+        not_null={"name", "manifest", "status", "created_at", "updated_at"},
+    )
+
+
+@migration
+def m004_uploads(db: Database) -> None:
+    db.table("uploads").create(
+        {"sha256": str, "public_url": str, "created_at": str},
+        pk="sha256",
+        not_null={"public_url", "created_at"},
+    )
+
+
+@migration
+def m005_indexes(db: Database) -> None:
+    db.table("jobs").create_index(["manifest", "job_index"])
+    db.table("jobs").create_index(["status"])
+    db.table("jobs").create_index(["campaign"])
+    db.table("events").create_index(["job_key", "id"])

@@ -1,0 +1,192 @@
+"""What the ledger stores: job states and their allowed transitions, and the records it returns."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. Stored as the lowercase word."""
+
+    PENDING = "pending"  # planned, nothing sent yet
+    # committed with its idempotency key just before the POST; found like this on resume, it is
+    # re-sent with the same key, because the POST may have reached the provider
+    SUBMITTING = "submitting"
+    QUEUED = "queued"  # the provider accepted it and gave a generation id
+    RUNNING = "running"  # the provider reports it in progress
+    COMPLETED = "completed"  # the provider has a video for it; not downloaded (yet)
+    DOWNLOADED = "downloaded"  # the video is on disk, complete, with bytes and sha256 recorded
+    FAILED = "failed"  # terminal failure; ``error`` says why
+    ORPHANED = "orphaned"  # its manifest no longer produces it; kept, never deleted
+
+
+S = JobStatus
+
+#: Every status change the ledger accepts. ``orphaned`` is special: it may only go back to
+#: the status the job had before it was orphaned (see ``Ledger.transition``).
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset({S.SUBMITTING, S.FAILED, S.ORPHANED}),
+    S.SUBMITTING: frozenset(
+        # submitting → submitting is a resend with the same idempotency key;
+        # → pending when the submit was refused before it could have reached the provider
+        {S.SUBMITTING, S.QUEUED, S.RUNNING, S.COMPLETED, S.FAILED, S.PENDING, S.ORPHANED}
+    ),
+    S.QUEUED: frozenset({S.QUEUED, S.RUNNING, S.COMPLETED, S.FAILED, S.ORPHANED}),
+    S.RUNNING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.ORPHANED}),
+    # completed → completed refreshes an expired video URL
+    S.COMPLETED: frozenset({S.COMPLETED, S.DOWNLOADED, S.FAILED, S.ORPHANED}),
+    # downloaded → completed when the file is found missing or corrupt: download it again
+    S.DOWNLOADED: frozenset({S.COMPLETED, S.ORPHANED}),
+    # failed → pending only through a deliberate retry (a new idempotency key)
+    S.FAILED: frozenset({S.PENDING, S.ORPHANED}),
+    S.ORPHANED: frozenset(),
+}
+
+#: Statuses of jobs the provider has (or may have) but that are not on disk yet.
+IN_FLIGHT: frozenset[JobStatus] = frozenset({S.SUBMITTING, S.QUEUED, S.RUNNING, S.COMPLETED})
+
+#: Columns of ``jobs`` that ``Ledger.transition`` may set besides ``status``.
+TRANSITION_COLUMNS: frozenset[str] = frozenset(
+    {"generation_id", "idempotency_key", "attempts", "error", "video_url", "bytes", "sha256"}
+)
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    return default if text is None else json.loads(text)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One row of the ``jobs`` table, JSON columns decoded."""
+
+    key: str
+    campaign: str
+    manifest: str  # the manifest's path, as the plan recorded it
+    job_index: int  # position in manifest order
+    request: dict[str, Any]
+    vars: dict[str, Any]  # the matrix row
+    path: str  # output filename relative to output.dir
+    status: JobStatus
+    idempotency_key: str  # <key>-<n>; n grows only with deliberate retries
+    attempts: int
+    credits: float
+    created_at: str
+    updated_at: str
+    generation_id: str | None = None
+    error: str | None = None
+    video_url: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    soul: str | None = None
+    variant: int | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JobRow:
+        """Build from a ``jobs`` row as sqlite returns it."""
+        return cls(
+            key=row["key"],
+            campaign=row["campaign"],
+            manifest=row["manifest"],
+            job_index=row["job_index"],
+            request=_loads(row["request"], {}),
+            vars=_loads(row["vars"], {}),
+            path=row["path"],
+            status=JobStatus(row["status"]),
+            idempotency_key=row["idempotency_key"],
+            attempts=row["attempts"],
+            credits=row["credits"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            generation_id=row["generation_id"],
+            error=row["error"],
+            video_url=row["video_url"],
+            bytes=row["bytes"],
+            sha256=row["sha256"],
+            soul=row["soul"],
+            variant=row["variant"],
+            tags=tuple(_loads(row["tags"], [])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ledger columns as plain JSON-able values (``status`` as its word)."""
+        doc = asdict(self)
+        doc["status"] = self.status.value
+        doc["tags"] = list(self.tags)
+        return doc
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One status change of a job, from the append-only ``events`` table."""
+
+    id: int
+    job_key: str
+    at: str
+    from_status: JobStatus | None  # None when the job was first recorded
+    to_status: JobStatus
+    detail: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> EventRow:
+        """Build from an ``events`` row as sqlite returns it."""
+        return cls(
+            id=row["id"],
+            job_key=row["job_key"],
+            at=row["at"],
+            from_status=JobStatus(row["from_status"]) if row["from_status"] else None,
+            to_status=JobStatus(row["to_status"]),
+            detail=row["detail"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        doc = asdict(self)
+        doc["from_status"] = self.from_status.value if self.from_status else None
+        doc["to_status"] = self.to_status.value
+        return doc
+
+
+@dataclass(frozen=True)
+class SoulRow:
+    """A soul model trained (or being trained) for a manifest's ``souls:`` entry."""
+
+    name: str  # the key under ``souls:`` in the manifest
+    manifest: str
+    status: str  # the provider's normalized soul status (e.g. pending, training, ready, failed)
+    created_at: str
+    updated_at: str
+    model_id: str | None = None
+    error: str | None = None
+    images_hash: str | None = None  # which reference images it was trained on
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SoulRow:
+        """Build from a ``souls`` row as sqlite returns it."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    """How a manifest's jobs compare with the ledger (what ``record_plan`` does or would do).
+
+    ``statuses`` maps each produced job the ledger knows to its status after the plan (an
+    orphaned job the manifest produces again shows the status it is restored to); a key
+    missing from it is new to the ledger.
+    """
+
+    statuses: dict[str, str]
+    total: int  # jobs the manifest produces
+    new: int  # nothing sent yet: unknown to the ledger, or pending in it
+    done: int  # downloaded
+    in_flight: int  # submitting, queued, running, or completed but not downloaded
+    failed: int
+    orphaned: int  # ledger jobs of this manifest that it no longer produces
+    new_credits: float  # estimated credits of the ``new`` jobs
+    added: tuple[str, ...] = ()  # keys the ledger had not seen
+    orphaned_keys: tuple[str, ...] = ()  # keys that are (or become) orphaned
+    restored_keys: tuple[str, ...] = ()  # orphaned keys the manifest produces again
