@@ -1,9 +1,38 @@
-"""Jobs: what a manifest expands into (matrix × seeds/variants), their keys and costs."""
+"""Jobs: what a manifest expands into (matrix × seeds/variants), their keys and costs.
+
+Expansion follows SPEC §3. For each campaign, in manifest order: the matrix rows
+(``runner.manifest.matrix``), then the rows of its CSV file, or one empty row when it has
+neither. Each row's request is ``defaults`` < campaign fields < row values (a null unsets a
+field); string fields are templates over ``vars`` + the row + ``campaign``.
+
+Keys: the first 16 hex digits of sha256 over the canonical JSON (sorted keys, compact) of
+``[campaign, row, request, variant]``, and ``soul`` appended when the campaign uses one, since
+the soul is sent beside the body and changes the video.
+
+Variant seeds (``variants: N``): variant ``v`` of a row gets the seed
+``int(sha256(canonical_json(["seed", campaign, row, request, v]))[:8], 16) & 0x7FFFFFFF``,
+where ``request`` is the row's request before the seed is set. So seeds are stable across
+runs and machines, and distinct per row and variant.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+
+from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, Manifest, Row, Where
+from runner.manifest.matrix import expand_matrix, row_bound, same
+from runner.manifest.template import render, render_path
+
+IN_FLIGHT_STATUSES = frozenset({"submitting", "queued", "running", "completed"})
+NOT_SUBMITTED_STATUSES = frozenset({"new", "pending"})
+DONE_STATUS = "downloaded"
+FAILED_STATUS = "failed"
+_NO_STATUSES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -21,3 +50,228 @@ class Job:
     variant: int | None = None
     soul: str | None = None  # name of a soul in the manifest's ``souls:``
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def canonical_json(value: Any) -> str:
+    """JSON that is the same for equal data, whatever the order of mapping keys."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_key(
+    campaign: str,
+    row: Mapping[str, Any],
+    request: Mapping[str, Any],
+    variant: int | None = None,
+    soul: str | None = None,
+) -> str:
+    """The job's identity in the ledger (see the module docstring)."""
+    material: list[Any] = [campaign, dict(row), dict(request), variant]
+    if soul is not None:
+        material.append(soul)
+    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()[:16]
+
+
+def variant_seed(
+    campaign: str, row: Mapping[str, Any], request: Mapping[str, Any], variant: int
+) -> int:
+    """The derived seed of a variant: deterministic, 31 bits (see the module docstring)."""
+    material = ["seed", campaign, dict(row), dict(request), variant]
+    digest = hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def expand(manifest: Manifest) -> list[Job]:
+    """All jobs of a manifest, in manifest order; ManifestError (with position) if any is bad."""
+    _check_size(manifest)
+    jobs: list[Job] = []
+    first: dict[str, Where] = {}
+    paths: dict[str, Job] = {}
+    for ci in range(len(manifest.campaigns)):
+        for row in _campaign_rows(manifest, ci):
+            for job, where in _row_jobs(manifest, ci, row, len(jobs)):
+                if job.key in first:
+                    raise where.error(
+                        f"campaign {job.campaign!r} makes the same job twice "
+                        f"(row {canonical_json(job.vars)}; first from {_short(first[job.key])})"
+                    )
+                if job.path in paths:
+                    raise manifest.where(("output", "filename")).error(
+                        f"jobs {paths[job.path].key} and {job.key} would both be written to "
+                        f"{job.path!r}; put {{key}} in the filename"
+                    )
+                first[job.key] = where
+                paths[job.path] = job
+                jobs.append(job)
+    return jobs
+
+
+def _short(where: Where) -> str:
+    return f"{where.file}:{where.line}" if where.line else where.file
+
+
+def _check_size(m: Manifest) -> None:
+    """Refuse before building anything when the rows could pass ``limits.max_jobs``."""
+    total = 0
+    for ci, c in enumerate(m.campaigns):
+        rows = len(m.csv_rows(ci))
+        if c.matrix is not None:
+            rows += row_bound(c.matrix.axes, c.matrix.include)
+        elif c.rows is None:
+            rows = 1
+        count = rows * (len(c.seeds) if c.seeds is not None else c.variants or 1)
+        total += count
+        if total > m.limits.max_jobs:
+            part = "matrix" if c.matrix is not None else "rows" if c.rows else "name"
+            raise m.where(("campaigns", ci, part)).error(
+                f"campaign {c.name!r} can expand to {count} jobs, {total} with the campaigns "
+                f"before it: more than limits.max_jobs={m.limits.max_jobs} "
+                "(raise it deliberately if you mean it)"
+            )
+
+
+def _campaign_rows(m: Manifest, ci: int) -> list[Row]:
+    c = m.campaigns[ci]
+    base = ("campaigns", ci)
+    rows: list[Row] = []
+    if c.matrix is not None:
+        rows = expand_matrix(
+            c.matrix.axes,
+            c.matrix.include,
+            c.matrix.exclude,
+            where=m.where,
+            base=(*base, "matrix"),
+        )
+        if not rows:
+            raise m.where((*base, "matrix")).error("exclude removes every row of the matrix")
+    rows += m.csv_rows(ci)
+    if c.matrix is None and c.rows is None:
+        rows = [Row({}, {}, m.where(base))]
+    return rows
+
+
+def _row_jobs(m: Manifest, ci: int, row: Row, index: int) -> list[tuple[Job, Where]]:
+    c = m.campaigns[ci]
+    base = ("campaigns", ci)
+    origin = row.origin or m.where(base)
+    request, sources = _layered_request(m, ci, row)
+    context = {**m.vars, **row.values, "campaign": c.name}
+    for name in TEMPLATED_FIELDS & request.keys():
+        if isinstance(request[name], str):
+            request[name] = render(request[name], context, sources[name])
+    kind = request.get("type")
+    if kind == "image-to-video" and not request.get("image_url"):
+        raise sources["type"].error(f"image-to-video needs image_url (campaign {c.name!r})")
+    if kind == "text-to-video" and not request.get("prompt"):
+        raise sources["type"].error(f"text-to-video needs a prompt (campaign {c.name!r})")
+    if c.seeds is not None:
+        plan: list[tuple[int | None, int | None]] = [(s, None) for s in c.seeds]
+    elif c.variants:
+        bare = {k: v for k, v in request.items() if k != "seed"}
+        plan = [(variant_seed(c.name, row.values, bare, v), v) for v in range(c.variants)]
+    else:
+        plan = [(None, None)]
+    out: list[tuple[Job, Where]] = []
+    for seed, variant in plan:
+        body = dict(request)
+        if seed is not None:
+            body["seed"] = seed
+        body = {k: body[k] for k in (*REQUEST_FIELDS, *body) if k in body}  # request order
+        key = job_key(c.name, row.values, body, variant, c.soul)
+        names = {**m.vars, **row.values, "campaign": c.name, "key": key}
+        names |= {"seed": body.get("seed"), "variant": variant}
+        path = render_path(m.output.filename, names, m.where(("output", "filename")))
+        job = Job(
+            key=key,
+            campaign=c.name,
+            manifest=str(m.path),
+            index=index + len(out),
+            vars=dict(row.values),
+            request=body,
+            path=path,
+            credits=_credits(m, body, origin),
+            variant=variant,
+            soul=c.soul,
+            tags=tuple(c.tags),
+        )
+        out.append((job, origin))
+    return out
+
+
+def _layered_request(m: Manifest, ci: int, row: Row) -> tuple[dict[str, Any], dict[str, Where]]:
+    """defaults < campaign < row, with where each winning value was written."""
+    values: dict[str, Any] = {}
+    sources: dict[str, Where] = {}
+    layers = [
+        (m.defaults.request_items(), ("defaults",)),
+        (m.campaigns[ci].request_items(), ("campaigns", ci)),
+    ]
+    for items, base in layers:
+        for name, value in items.items():
+            values[name] = value
+            sources[name] = m.where((*base, name))
+    for name in REQUEST_FIELDS:
+        if name in row.values:
+            values[name] = row.values[name]
+            sources[name] = row.sources.get(name) or row.origin or m.where(("campaigns", ci))
+    request = {k: v for k, v in values.items() if v is not None}
+    return request, sources
+
+
+def _credits(m: Manifest, request: Mapping[str, Any], origin: Where) -> float:
+    """First price rule whose ``match`` items all equal the request's fields; none → 0."""
+    for i, rule in enumerate(m.budget.prices):
+        if all(k in request and same(request[k], v) for k, v in rule.match.items()):
+            if rule.credits is not None:
+                return float(rule.credits)
+            duration = request.get("duration")
+            if duration is None:
+                raise m.where(("budget", "prices", i)).error(
+                    f"this rule prices by the second, but a job has no duration ({_short(origin)})"
+                )
+            return float(rule.credits_per_second or 0) * float(duration)
+    return 0.0
+
+
+def _number(value: float) -> int | float:
+    value = round(value, 6)
+    return int(value) if value.is_integer() else value
+
+
+def plan_document(
+    jobs: Sequence[Job], statuses: Mapping[str, str] = _NO_STATUSES, orphaned: int = 0
+) -> dict[str, Any]:
+    """The ``plan --json`` document of SPEC §5.
+
+    ``statuses`` maps job keys to ledger statuses; a key missing from it is ``new``. ``new``
+    in the summary also counts ``pending`` jobs (recorded, not yet submitted), and
+    ``estimated_credits`` is what those would cost.
+    """
+    summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": 0, "failed": 0}
+    credits = 0.0
+    entries: list[dict[str, Any]] = []
+    for job in jobs:
+        raw = statuses.get(job.key, "new")
+        status = str(getattr(raw, "value", raw))  # a str Enum member works too
+        if status in NOT_SUBMITTED_STATUSES:
+            summary["new"] += 1
+            credits += job.credits
+        elif status == DONE_STATUS:
+            summary["done"] += 1
+        elif status in IN_FLIGHT_STATUSES:
+            summary["in_flight"] += 1
+        elif status == FAILED_STATUS:
+            summary["failed"] += 1
+        entries.append(
+            {
+                "key": job.key,
+                "campaign": job.campaign,
+                "status": status,
+                "vars": job.vars,
+                "request": job.request,
+                "path": job.path,
+            }
+        )
+    return {
+        "summary": {**summary, "orphaned": orphaned, "estimated_credits": _number(credits)},
+        "jobs": entries,
+    }
