@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class Ledger:
         self._conn = conn
         self._db = Database(conn, execute_plugins=False)
         try:
-            self._db.enable_wal()
+            self._enable_wal(busy_timeout)
             if pending_migrations(self._db, migrations):
                 with self._write():
                     migrate(self._db, migrations)
@@ -154,6 +155,22 @@ class Ledger:
         return ledger
 
     # --- plumbing ---------------------------------------------------------------------
+
+    def _enable_wal(self, busy_timeout: float) -> None:
+        # Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database
+        # is locked" at once, without its busy handler, when processes race to do it (waiting
+        # could deadlock them). So wait here instead, as long as the handler would.
+        deadline = time.monotonic() + busy_timeout
+        delay = 0.002
+        while True:
+            try:
+                self._db.enable_wal()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def close(self) -> None:
         """Close the connection. The ledger cannot be used afterwards."""
