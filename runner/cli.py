@@ -134,6 +134,105 @@ def cli(ctx: click.Context) -> None:
 
 
 # --- manifest commands: validate, plan, schema -------------------------------------------
+# Library imports stay inside the commands so this section does not touch the shared header.
+
+
+@cli.command()
+@common_options
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+@handle_errors
+def validate(manifests: tuple[Path, ...]) -> None:
+    """Check manifests: print `ok: N jobs` for each, or its error (exit 2)."""
+    from runner.errors import EXIT_USAGE, ManifestError
+    from runner.jobs import expand
+    from runner.manifest import load_manifest
+
+    several = len(manifests) > 1
+    failed = False
+    for path in manifests:
+        try:
+            jobs = expand(load_manifest(path))
+        except ManifestError as err:
+            if not several:
+                raise
+            click.echo(f"error: {err}", err=True)
+            failed = True
+            continue
+        click.echo(f"{path}: ok: {len(jobs)} jobs" if several else f"ok: {len(jobs)} jobs")
+    if failed:
+        click.get_current_context().exit(EXIT_USAGE)
+
+
+def _plan_statuses(
+    state_dir: Path, manifest_path: Path, keys: list[str]
+) -> tuple[dict[str, str], int]:
+    """Ledger statuses of these job keys, and how many ledger jobs are orphaned.
+
+    The seam where the ledger plugs in; until it does, every job is new.
+    """
+    return {}, 0
+
+
+@cli.command()
+@common_options
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def plan(manifest: Path, as_json: bool) -> None:
+    """Expand a manifest and compare it with the ledger. Writes nothing."""
+    from runner.jobs import expand, plan_document
+    from runner.manifest import load_manifest
+
+    loaded = load_manifest(manifest)
+    jobs = expand(loaded)
+    statuses, orphaned = _plan_statuses(get_ctx().state_dir, loaded.path, [j.key for j in jobs])
+    doc = plan_document(jobs, statuses, orphaned)
+    if as_json:
+        echo_json(doc)
+        return
+    if not get_ctx().quiet:
+        _print_plan_table(doc, [j.credits for j in jobs])
+    s = doc["summary"]
+    click.echo(
+        f"{s['total']} jobs: {s['new']} new, {s['done']} done, {s['in_flight']} in flight, "
+        f"{s['failed']} failed, {s['orphaned']} orphaned; "
+        f"estimated credits for new jobs: {s['estimated_credits']}"
+    )
+
+
+def _print_plan_table(doc: dict[str, Any], credits: list[float]) -> None:
+    def row_text(values: dict[str, Any]) -> str:
+        text = ", ".join(f"{k}={v}" for k, v in values.items())
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    rows = [
+        (j["key"], j["campaign"], j["status"], f"{c:g}", j["path"], row_text(j["vars"]))
+        for j, c in zip(doc["jobs"], credits, strict=True)
+    ]
+    headers = ("KEY", "CAMPAIGN", "STATUS", "CREDITS", "PATH", "ROW")
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*headers, box=None, pad_edge=False)
+        for r in rows:
+            table.add_row(*r)
+        Console().print(table)
+        return
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for r in [headers, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@common_options
+@handle_errors
+def schema() -> None:
+    """Print the manifest's JSON Schema (for yaml-language-server and other editors)."""
+    from runner.manifest import manifest_json_schema
+
+    click.echo(json.dumps(manifest_json_schema(), indent=2, ensure_ascii=False))
+
 
 # --- ledger read commands: status, jobs, show, export -------------------------------------
 
