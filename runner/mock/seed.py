@@ -1,0 +1,134 @@
+"""The ``higgsfieldapi`` dialect's routes, under ``/api/v1`` (base URL ``{origin}/api/v1``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runner.mock.common import SEED, guard, json_body, mock_state, note, submit
+from runner.mock.state import Generation
+
+PREFIX = "/api/v1"
+TYPES = ("text-to-video", "image-to-video")
+STATUS_WORDS = {"running": "processing"}  # the seed's word for running; others pass through
+SOUL_WORDS = {"not_ready": "training", "queued": "training"}
+
+
+def _validate(body: dict[str, Any]) -> str | None:
+    kind = body.get("type", "text-to-video")
+    if kind not in TYPES:
+        return f"type must be one of {', '.join(TYPES)}"
+    prompt = body.get("prompt")
+    if kind == "text-to-video" and (not isinstance(prompt, str) or not prompt.strip()):
+        return "prompt is required"
+    if prompt is not None and not isinstance(prompt, str):
+        return "prompt must be a string"
+    if kind == "image-to-video" and not isinstance(body.get("image_url"), str):
+        return "image_url is required for image-to-video"
+    return None
+
+
+async def generate(request: Request) -> Response:
+    """POST /api/v1/generate."""
+    account, refusal = guard(request, SEED)
+    if refusal is not None:
+        return refusal
+    body = await json_body(request)
+    if body is None:
+        return SEED.error(400, "body must be a JSON object")
+    problem = _validate(body)
+    if problem:
+        return SEED.error(422, problem)
+    model_id = body.get("model_id")
+    if model_id is not None:
+        soul = mock_state(request).soul(str(model_id), account)
+        if soul is None:
+            return SEED.error(422, f"unknown model_id {model_id!r}")
+        if soul.state(mock_state(request).now()) != "ready":
+            return SEED.error(400, f"model {model_id!r} is not ready")
+
+    def answer(generation: Generation) -> dict[str, Any]:
+        return {
+            "success": True,
+            "generation_id": generation.id,
+            "type": generation.body.get("type", "text-to-video"),
+        }
+
+    return submit(request, SEED, account=account, route="generate", body=body, answer=answer)
+
+
+async def status(request: Request) -> Response:
+    """GET /api/v1/status/{generation_id}."""
+    account, refusal = guard(request, SEED)
+    if refusal is not None:
+        return refusal
+    state = mock_state(request)
+    generation = state.generation(request.path_params["generation_id"], account)
+    if generation is None:
+        return SEED.error(404, "generation not found")
+    note(request, generation_id=generation.id)
+    word = generation.state(state.now())
+    doc: dict[str, Any] = {
+        "status": STATUS_WORDS.get(word, word),
+        "type": generation.body.get("type", "text-to-video"),
+        "video_url": None,
+    }
+    if word == "completed":
+        doc["video_url"] = str(request.base_url).rstrip("/") + state.video_path(generation)
+    elif word == "failed":
+        doc["error"] = "generation failed"
+    elif word == "nsfw":
+        doc["error"] = "content flagged by moderation"
+    return JSONResponse(doc)
+
+
+async def train(request: Request) -> Response:
+    """POST /api/v1/soul/train."""
+    account, refusal = guard(request, SEED)
+    if refusal is not None:
+        return refusal
+    body = await json_body(request)
+    if body is None:
+        return SEED.error(400, "body must be a JSON object")
+    name, images = body.get("name"), body.get("images")
+    if not isinstance(name, str) or not name.strip():
+        return SEED.error(422, "name is required")
+    if (
+        not isinstance(images, list)
+        or not images
+        or not all(isinstance(i, str) and i for i in images)
+    ):
+        return SEED.error(422, "images must be a non-empty list of URLs")
+    soul = mock_state(request).create_soul(account=account, name=name, images=images)
+    return JSONResponse({"success": True, "model_id": soul.id, "status": "training"})
+
+
+async def soul_model(request: Request) -> Response:
+    """GET /api/v1/soul/models/{model_id}."""
+    account, refusal = guard(request, SEED)
+    if refusal is not None:
+        return refusal
+    state = mock_state(request)
+    soul = state.soul(request.path_params["model_id"], account)
+    if soul is None:
+        return SEED.error(404, "model not found")
+    word = soul.state(state.now())
+    doc: dict[str, Any] = {
+        "model_id": soul.id,
+        "name": soul.name,
+        "status": SOUL_WORDS.get(word, word),
+    }
+    if word == "failed":
+        doc["error"] = "training failed: not enough usable faces"
+    return JSONResponse(doc)
+
+
+ROUTES = [
+    Route(f"{PREFIX}/generate", generate, methods=["POST"]),
+    Route(f"{PREFIX}/status/{{generation_id}}", status, methods=["GET"]),
+    Route(f"{PREFIX}/soul/train", train, methods=["POST"]),
+    Route(f"{PREFIX}/soul/models/{{model_id}}", soul_model, methods=["GET"]),
+]

@@ -1,0 +1,293 @@
+"""What both dialects share: the secret holder, the guarded HTTP call, status words, bodies."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from runner import __version__
+from runner.errors import PermanentError, UsageError
+from runner.providers import GenerationStatus, SoulStatus
+from runner.providers.classify import (
+    raise_for_status,
+    raise_for_transport,
+    render_detail,
+    shorten,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0  # a submit may take a while to be accepted under load
+WRITE_TIMEOUT = 60.0  # uploads of reference images
+POOL_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = httpx.Timeout(
+    connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
+)
+USER_AGENT = f"runner/{__version__}"
+MIN_REDACTED_PART = 4  # redacting shorter fragments would garble messages for no safety gain
+
+COMPLETED_WORDS = frozenset({"completed", "succeeded", "success"})
+FAILED_WORDS = frozenset({"failed", "error", "nsfw", "canceled", "cancelled"})
+QUEUED_WORDS = frozenset({"queued", "pending", "not_ready"})
+SOUL_READY_WORDS = frozenset({"ready", "completed", "succeeded", "success"})
+SOUL_FAILED_WORDS = frozenset({"failed", "error", "canceled", "cancelled"})
+
+# RFC 9110 visible ASCII, as the platform documents for Idempotency-Key (1–255 characters).
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
+
+
+class Secret:
+    """A credential that never shows itself in ``repr``/``str``; ``reveal()`` is explicit."""
+
+    __slots__ = ("_parts", "_value")
+
+    def __init__(self, value: str, *, parts: tuple[str, ...] = ()) -> None:
+        self._value = value
+        self._parts = tuple(p for p in (value, *parts) if len(p) >= MIN_REDACTED_PART)
+
+    def reveal(self) -> str:
+        """The raw value, for the one place that builds the Authorization header."""
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret (and its id/secret halves) replaced by ``***``."""
+        for part in sorted(self._parts, key=len, reverse=True):
+            text = text.replace(part, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def env_value(environ: Mapping[str, str], name: str) -> str:
+    """A credential variable's value; UsageError naming it when missing or unusable."""
+    value = (environ.get(name) or "").strip()
+    if not value:
+        raise UsageError(f"missing API key: set the environment variable {name}")
+    if not _HEADER_VALUE.fullmatch(value):
+        raise UsageError(f"{name} holds characters that cannot go in an HTTP header")
+    return value
+
+
+def check_base_url(url: str, *, source: str = "base_url") -> None:
+    """Refuse base URLs that are not plain http(s) origins (credentials in URLs included)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"{source}: invalid URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(f"{source}: expected an http(s) URL, got {url!r}")
+    if parsed.userinfo:
+        raise UsageError(f"{source}: credentials in the URL are not allowed; use the key variable")
+    if parsed.query or parsed.fragment:
+        raise UsageError(f"{source}: a base URL has no query or fragment: {url!r}")
+
+
+def origin(url: httpx.URL) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return (url.scheme, url.host.lower(), port)
+
+
+def normalize_generation(
+    word: str, *, video_url: Any, error: str | None, what: str
+) -> GenerationStatus:
+    """SPEC §6 status words → GenerationStatus; a completed one must carry a video URL."""
+    key = word.strip().lower()
+    if key in COMPLETED_WORDS:
+        if not isinstance(video_url, str) or not video_url.strip():
+            raise PermanentError(f"{what}: status {word!r} without a video URL")
+        return GenerationStatus("completed", video_url.strip(), None, word)
+    if key in FAILED_WORDS:
+        detail = f"{key}: {error}" if error and error.strip().lower() != key else key
+        return GenerationStatus("failed", None, shorten(detail), word)
+    if key in QUEUED_WORDS:
+        return GenerationStatus("queued", None, None, word)
+    return GenerationStatus("running", None, None, word)
+
+
+def normalize_soul(model_id: str, word: str, *, error: str | None) -> SoulStatus:
+    """Soul training words → SoulStatus (anything not ready or failed is still training)."""
+    key = word.strip().lower()
+    if key in SOUL_READY_WORDS:
+        return SoulStatus(model_id, "ready", None)
+    if key in SOUL_FAILED_WORDS:
+        detail = f"{key}: {error}" if error and error.strip().lower() != key else key
+        return SoulStatus(model_id, "failed", shorten(detail))
+    return SoulStatus(model_id, "training", None)
+
+
+def merge_params(request: Mapping[str, Any], *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request body: fields minus ``params`` and ``drop``, then ``params`` merged on top.
+
+    ``params`` wins on a clash: it is the manifest's escape hatch for provider-specific fields.
+    """
+    body = {k: v for k, v in request.items() if k != "params" and k not in drop}
+    params = request.get("params")
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise PermanentError("request field 'params' must be a mapping")
+        body.update(params)
+    return body
+
+
+def check_idempotency_key(key: str) -> None:
+    """The key must be 1–255 visible ASCII characters (a programming error otherwise)."""
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValueError(f"invalid idempotency key {key!r}: 1-255 visible ASCII characters")
+
+
+def require_str(doc: Mapping[str, Any], field: str, *, what: str) -> str:
+    """A non-empty string (or integer) field of a JSON answer, else a malformed-response error."""
+    value = doc.get(field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise PermanentError(f"{what}: malformed response: no {field!r} string")
+    return value
+
+
+def check_image_urls(images: list[str], *, what: str) -> None:
+    """Soul images must be URLs already (local files go through ``upload`` first)."""
+    for image in images:
+        if not image.startswith(("http://", "https://", "data:")):
+            raise PermanentError(f"{what}: soul image is not a URL (upload it first): {image!r}")
+
+
+class HttpProvider(abc.ABC):
+    """One dialect's client: absolute URLs, auth only to the base URL's origin, error mapping.
+
+    Subclasses set ``name`` and ``default_base_url``, read their credentials in
+    ``credential_from`` and implement the :class:`runner.providers.Provider` methods.
+    """
+
+    name: str
+    default_base_url: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        credential: Secret,
+        client: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._base = httpx.URL(self.base_url)
+        self._credential = credential
+        self._timeout = timeout
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+
+    @classmethod
+    @abc.abstractmethod
+    def credential_from(cls, environ: Mapping[str, str], api_key_env: str | None) -> Secret:
+        """The ``Authorization`` header value, from the environment; UsageError when missing."""
+
+    @abc.abstractmethod
+    async def submit(
+        self,
+        request: dict[str, Any],
+        *,
+        idempotency_key: str,
+        soul_model_id: str | None = None,
+    ) -> str:
+        """See :class:`runner.providers.Provider`."""
+
+    @abc.abstractmethod
+    async def status(self, generation_id: str) -> GenerationStatus:
+        """See :class:`runner.providers.Provider`."""
+
+    @abc.abstractmethod
+    async def train_soul(self, name: str, images: list[str]) -> str:
+        """See :class:`runner.providers.Provider`."""
+
+    @abc.abstractmethod
+    async def soul_status(self, model_id: str) -> SoulStatus:
+        """See :class:`runner.providers.Provider`."""
+
+    @abc.abstractmethod
+    async def upload(self, data: bytes, content_type: str) -> str:
+        """See :class:`runner.providers.Provider`."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, credential={self._credential!r})"
+
+    def url(self, *segments: str) -> str:
+        """An absolute URL under the base URL; each segment is percent-encoded."""
+        return "/".join([self.base_url, *(quote(s, safe="") for s in segments)])
+
+    def sends_key_to(self, url: httpx.URL) -> bool:
+        """Only the base URL's own origin ever receives the key."""
+        return origin(url) == origin(self._base)
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: bool = True,
+        non_idempotent: bool = False,
+    ) -> httpx.Response:
+        """One exchange, mapped to :mod:`runner.errors` on failure; returns a 2xx response."""
+        target = httpx.URL(url)
+        what = f"{method} {target.path}"
+        send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        keyed = auth and self.sends_key_to(target)
+        if keyed:
+            send_headers["Authorization"] = self._credential.reveal()
+        try:
+            response = await self._client.request(
+                method,
+                target,
+                json=json_body,
+                content=content,
+                headers=send_headers,
+                timeout=self._timeout,
+                follow_redirects=False,  # a redirect must not carry the key anywhere
+            )
+        except httpx.RequestError as exc:
+            log.debug("%s failed: %s", what, type(exc).__name__)
+            raise_for_transport(
+                exc, what=what, redact=self._credential.redact, non_idempotent=non_idempotent
+            )
+        log.debug("%s -> %s", what, response.status_code)
+        raise_for_status(
+            response, what=what, redact=self._credential.redact, credentials_apply=keyed
+        )
+        return response
+
+    def json_object(self, response: httpx.Response) -> dict[str, Any]:
+        """The answer as a JSON object, or PermanentError('malformed response ...')."""
+        what = f"{response.request.method} {response.request.url.path}"
+        try:
+            doc = response.json()
+        except ValueError:
+            snippet = self._credential.redact(shorten(response.text, 80))
+            raise PermanentError(f"{what}: malformed response (not JSON): {snippet!r}") from None
+        if not isinstance(doc, dict):
+            raise PermanentError(f"{what}: malformed response: expected a JSON object")
+        return doc
+
+    def error_text(self, value: Any) -> str | None:
+        """A provider's error field as redacted text, or None."""
+        text = render_detail(value)
+        return self._credential.redact(text) if text else None
+
+    async def aclose(self) -> None:
+        """Close the client if this provider created it."""
+        if self._owns_client:
+            await self._client.aclose()

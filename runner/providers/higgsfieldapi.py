@@ -1,0 +1,122 @@
+"""The ``higgsfieldapi`` dialect: the seed API (``seed-higgsfield-api.md``).
+
+    POST {base}/generate            body = the request (``params`` merged in; a soul's model
+                                    id as ``model_id``) → {"success", "generation_id", "type"}
+    GET  {base}/status/{id}         → {"status", "video_url", "type", ...}
+    POST {base}/soul/train          {"name", "images": [url, ...]} → {"model_id", ...}
+    GET  {base}/soul/models/{id}    → {"model_id", "status": "ready" | ..., ...}
+
+Auth is ``Authorization: Bearer $HIGGSFIELD_API_KEY`` (or the manifest's ``api_key_env``).
+The seed API has no upload endpoint, so :meth:`HiggsfieldApiProvider.upload` refuses with a
+PermanentError: souls for this dialect need image URLs (use the ``higgsfield`` provider to
+upload local files). The Soul paths are the document's own placeholders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from runner.errors import PermanentError
+from runner.providers import GenerationStatus, SoulStatus
+from runner.providers.base import (
+    HttpProvider,
+    Secret,
+    check_idempotency_key,
+    check_image_urls,
+    env_value,
+    merge_params,
+    normalize_generation,
+    normalize_soul,
+    require_str,
+)
+
+DEFAULT_BASE_URL = "https://higgsfieldapi.com/api/v1"
+API_KEY_ENV = "HIGGSFIELD_API_KEY"
+ERROR_FIELDS = ("error", "message", "detail")
+
+
+class HiggsfieldApiProvider(HttpProvider):
+    """Client for the seed ``higgsfieldapi`` API."""
+
+    name = "higgsfieldapi"
+    default_base_url = DEFAULT_BASE_URL
+
+    @classmethod
+    def credential_from(cls, environ: Mapping[str, str], api_key_env: str | None) -> Secret:
+        """``Bearer <key>`` from ``$HIGGSFIELD_API_KEY`` or the manifest's ``api_key_env``."""
+        key = env_value(environ, api_key_env or API_KEY_ENV)
+        return Secret(f"Bearer {key}", parts=(key,))
+
+    async def submit(
+        self,
+        request: dict[str, Any],
+        *,
+        idempotency_key: str,
+        soul_model_id: str | None = None,
+    ) -> str:
+        """POST /generate; returns the ``generation_id``."""
+        check_idempotency_key(idempotency_key)
+        body = merge_params(request)
+        if soul_model_id is not None:
+            body["model_id"] = soul_model_id
+        response = await self.send(
+            "POST",
+            self.url("generate"),
+            json_body=body,
+            headers={"Idempotency-Key": idempotency_key},
+            non_idempotent=True,
+        )
+        doc = self.json_object(response)
+        what = "POST /generate"
+        if doc.get("success") is False:
+            reason = self._error(doc) or "no reason given"
+            raise PermanentError(f"{what}: refused: {reason}")
+        return require_str(doc, "generation_id", what=what)
+
+    async def status(self, generation_id: str) -> GenerationStatus:
+        """GET /status/{id}, normalized."""
+        response = await self.send("GET", self.url("status", generation_id))
+        doc = self.json_object(response)
+        what = f"GET /status/{generation_id}"
+        word = require_str(doc, "status", what=what)
+        return normalize_generation(
+            word, video_url=doc.get("video_url"), error=self._error(doc), what=what
+        )
+
+    async def train_soul(self, name: str, images: list[str]) -> str:
+        """POST /soul/train with image URLs; returns the ``model_id``."""
+        what = "POST /soul/train"
+        check_image_urls(images, what=what)
+        response = await self.send(
+            "POST",
+            self.url("soul", "train"),
+            json_body={"name": name, "images": list(images)},
+            non_idempotent=True,
+        )
+        doc = self.json_object(response)
+        if doc.get("success") is False:
+            raise PermanentError(f"{what}: refused: {self._error(doc) or 'no reason given'}")
+        field = "model_id" if "model_id" in doc else "id"
+        return require_str(doc, field, what=what)
+
+    async def soul_status(self, model_id: str) -> SoulStatus:
+        """GET /soul/models/{id}: ``ready`` → ready, failed/error → failed, else training."""
+        response = await self.send("GET", self.url("soul", "models", model_id))
+        doc = self.json_object(response)
+        word = require_str(doc, "status", what=f"GET /soul/models/{model_id}")
+        return normalize_soul(model_id, word, error=self._error(doc))
+
+    async def upload(self, data: bytes, content_type: str) -> str:
+        """The seed API has no upload endpoint: always a PermanentError."""
+        raise PermanentError(
+            "uploads are not supported by the higgsfieldapi provider: give soul images "
+            "as URLs, or use the higgsfield provider"
+        )
+
+    def _error(self, doc: Mapping[str, Any]) -> str | None:
+        for field in ERROR_FIELDS:
+            text = self.error_text(doc.get(field))
+            if text:
+                return text
+        return None
