@@ -664,3 +664,77 @@ def test_in_flight_and_pending_counts(ledger: Ledger) -> None:
         walk(ledger, job.key, PATHS[status])
     diff = ledger.diff(MANIFEST, jobs)
     assert (diff.new, diff.in_flight, diff.new_credits) == (2, 4, 16.0)
+
+
+# --- plan diff from real manifests --------------------------------------------------------
+
+MANIFEST_V1 = """\
+version: 1
+defaults: {type: text-to-video, duration: 4, resolution: 720p}
+budget:
+  prices:
+    - {match: {}, credits_per_second: 2}
+campaigns:
+  - name: walk
+    prompt: "{subject} in {place}"
+    matrix:
+      subject: [a dancer, a chef]
+      place: [a park, a market]
+  - name: spin
+    prompt: "spin of the {product}"
+    matrix:
+      product: [shoe, bag, hat]
+"""
+
+# One prompt changed (all four walk jobs), one matrix value removed (hat), one added (scarf).
+MANIFEST_V2 = (
+    MANIFEST_V1.replace("{subject} in {place}", "{subject} at {place}")
+    .replace("[shoe, bag, hat]", "[shoe, bag, scarf]")
+)  # fmt: skip
+
+
+def load_jobs(path: Path, text: str) -> tuple[str, list[Job]]:
+    from runner.jobs import expand
+    from runner.manifest import load_manifest
+
+    path.write_text(text)
+    manifest = load_manifest(path)
+    return str(manifest.path), expand(manifest)
+
+
+def test_yaml_manifest_edit_diff(tmp_path: Path) -> None:
+    """Editing a real manifest gives exact counts; done stays done; reverting restores."""
+    with Ledger(tmp_path / "state") as led:
+        path, v1 = load_jobs(tmp_path / "m.yaml", MANIFEST_V1)
+        assert path == str(tmp_path / "m.yaml")
+        first = led.record_plan(path, v1)
+        assert (first.total, first.new, first.new_credits) == (7, 7, 56.0)
+        by_vars = {(j.campaign, tuple(j.vars.values())): j.key for j in v1}
+        shoe, bag, hat = (by_vars[("spin", (p,))] for p in ("shoe", "bag", "hat"))
+        walk(led, shoe, PATHS["downloaded"])
+        walk(led, bag, PATHS["failed"])
+        dancer_park = by_vars[("walk", ("a dancer", "a park"))]
+        walk(led, dancer_park, PATHS["running"])
+
+        _, v2 = load_jobs(tmp_path / "m.yaml", MANIFEST_V2)
+        v2_keys = {j.key for j in v2}
+        assert {shoe, bag} <= v2_keys  # untouched rows keep their keys
+        assert len(v2_keys - {j.key for j in v1}) == 5
+        diff = led.record_plan(path, v2)
+        assert (diff.total, diff.new, diff.done, diff.in_flight, diff.failed, diff.orphaned) == (
+            7, 5, 1, 0, 1, 5,
+        )  # fmt: skip
+        assert diff.new_credits == 40.0
+        walk_v1 = {j.key for j in v1 if j.campaign == "walk"}
+        assert set(diff.orphaned_keys) == walk_v1 | {hat}
+        assert led.get(shoe).status is S.DOWNLOADED  # type: ignore[union-attr]
+        assert led.counts(path) == {
+            "spin": {"pending": 1, "downloaded": 1, "failed": 1, "orphaned": 1},
+            "walk": {"pending": 4, "orphaned": 4},
+        }
+
+        _, back = load_jobs(tmp_path / "m.yaml", MANIFEST_V1)
+        diff = led.record_plan(path, back)
+        assert (diff.new, diff.done, diff.in_flight, diff.failed, diff.orphaned) == (4, 1, 1, 1, 5)
+        assert led.get(dancer_park).status is S.RUNNING  # type: ignore[union-attr]
+        assert led.get(hat).status is S.PENDING  # type: ignore[union-attr]
