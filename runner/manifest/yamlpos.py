@@ -76,14 +76,16 @@ class Document:
     data: Any
     values: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
     keys: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
+    collections: set[FieldPath] = field(default_factory=set)
 
     def where(self, path: FieldPath, *, key: bool = False) -> Where:
         """The position of ``path``, or of its nearest ancestor that has one.
 
-        ``key=True`` prefers the mapping key's position (for unknown or duplicate keys).
+        ``key=True`` prefers the mapping key's position (for unknown or duplicate keys); so
+        does a mapping or list value, which in block style starts on the line after its key.
         """
         shown = format_path(path) or None
-        if key and path in self.keys:
+        if path in self.keys and (key or path in self.collections):
             line, col = self.keys[path]
             return Where(self.file, line, col, shown)
         probe = path
@@ -232,7 +234,7 @@ def _measure(root: Node, file: str) -> None:
                 raise fail(node, f"nested deeper than {MAX_DEPTH} levels once aliases expand")
             return sizes[nid]
         if nid in active:
-            raise fail(node, "an alias refers to a node that contains it (recursive alias)")
+            raise fail(node, "the node anchored here contains an alias of itself (recursive alias)")
         if depth > MAX_DEPTH:
             raise fail(node, f"nested deeper than {MAX_DEPTH} levels once aliases expand")
         children: list[Node] = []
@@ -270,6 +272,8 @@ class _Builder:
         self.doc.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
+        if isinstance(node, SequenceNode | MappingNode):
+            self.doc.collections.add(path)
         if isinstance(node, SequenceNode):
             if node.tag != _TAG + "seq":
                 raise self.fail(node, f"unsupported YAML tag {node.tag!r}", path)
