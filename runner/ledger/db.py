@@ -13,7 +13,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +24,6 @@ from runner.errors import LedgerError, TransitionError
 from runner.jobs import Job
 from runner.ledger.migrations import MIGRATIONS, Migration, migrate, pending_migrations
 from runner.ledger.models import (
-    IN_FLIGHT,
     TRANSITION_COLUMNS,
     TRANSITIONS,
     EventRow,
@@ -34,6 +32,7 @@ from runner.ledger.models import (
     PlanDiff,
     SoulRow,
 )
+from runner.ledger.plan import Plan, compute_plan, new_row, refreshed_columns
 
 LEDGER_FILE = "ledger.db"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another writer's transaction to finish
@@ -53,14 +52,6 @@ def _json(value: Any) -> str:
 def _in_json(column: str) -> str:
     # One JSON parameter instead of one "?" per value: no limit on how many keys a filter holds.
     return f"{column} IN (SELECT value FROM json_each(?))"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    diff: PlanDiff
-    produced: dict[str, Job]  # by key, first occurrence, manifest order
-    existing: dict[str, JobRow]  # the produced jobs the ledger already has
-    to_orphan: list[JobRow]  # this manifest's jobs it no longer produces, not yet orphaned
 
 
 def _retry_number(row: JobRow) -> int:
@@ -419,18 +410,21 @@ class Ledger:
                 )
             detail = detail or f"resent with the same idempotency key {row.idempotency_key}"
         now = self._now()
-        jobs = self._db.table("jobs")
-        jobs.update(row.key, {**columns, "status": to.value, "updated_at": now})
-        self._db.table("events").insert(
-            {
-                "job_key": row.key,
-                "at": now,
-                "from_status": row.status.value,
-                "to_status": to.value,
-                "detail": detail,
-            }
+        updates = {**columns, "status": to.value, "updated_at": now}
+        # Plain SQL (column names come from TRANSITION_COLUMNS only): this runs once per job
+        # when a plan orphans thousands, and Table.update re-reads the schema on every call.
+        self._conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in updates)} WHERE key = ?",
+            [*updates.values(), row.key],
         )
-        return JobRow.from_row(jobs.get(row.key))
+        self._conn.execute(
+            "INSERT INTO events (job_key, at, from_status, to_status, detail) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [row.key, now, row.status.value, to.value, detail],
+        )
+        cursor = self._conn.execute("SELECT * FROM jobs WHERE key = ?", [row.key])
+        names = [d[0] for d in cursor.description]
+        return JobRow.from_row(dict(zip(names, cursor.fetchone(), strict=True)))
 
     # --- plans ------------------------------------------------------------------------
 
@@ -453,7 +447,7 @@ class Ledger:
             plan = self._plan(manifest, jobs)
             now = self._now()
             new_rows = [
-                self._new_row(job, manifest, now)
+                new_row(job, manifest, now)
                 for key, job in plan.produced.items()
                 if key not in plan.existing
             ]
@@ -469,100 +463,28 @@ class Ledger:
                 for row in new_rows
             )
             for key, row in plan.existing.items():
-                changes = self._refresh(row, plan.produced[key], manifest)
+                changes = refreshed_columns(row, plan.produced[key], manifest)
                 if changes:
                     db.table("jobs").update(key, {**changes, "updated_at": now})
             for key in plan.diff.restored_keys:
                 back = JobStatus(plan.diff.statuses[key])
-                self._apply(self._require(key), back, "produced again by the manifest", {})
+                self._apply(plan.existing[key], back, "produced again by the manifest", {})
             for row in plan.to_orphan:
                 self._apply(row, JobStatus.ORPHANED, f"no longer produced by {manifest}", {})
         return plan.diff
 
-    def _plan(self, manifest: str, jobs: Sequence[Job]) -> _Plan:
+    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
         produced: dict[str, Job] = {}
         for job in jobs:
             produced.setdefault(job.key, job)
         existing = {row.key: row for row in self.jobs(keys=list(produced))}
         gone = [row for row in self.jobs(manifest=manifest) if row.key not in produced]
-        statuses: dict[str, str] = {}
-        restored: set[str] = set()
-        for key, row in existing.items():
-            status = row.status
-            if status is JobStatus.ORPHANED:
-                status = self._status_before_orphaning(key)
-                restored.add(key)
-            statuses[key] = status.value
-        new = done = in_flight = failed = 0
-        credits = 0.0
-        for key, job in produced.items():
-            status = JobStatus(statuses.get(key, JobStatus.PENDING))
-            if status is JobStatus.PENDING:
-                new += 1
-                credits += job.credits
-            elif status is JobStatus.DOWNLOADED:
-                done += 1
-            elif status in IN_FLIGHT:
-                in_flight += 1
-            elif status is JobStatus.FAILED:
-                failed += 1
-        diff = PlanDiff(
-            statuses={key: statuses[key] for key in produced if key in statuses},
-            total=len(produced),
-            new=new,
-            done=done,
-            in_flight=in_flight,
-            failed=failed,
-            orphaned=len(gone),
-            new_credits=credits,
-            added=tuple(key for key in produced if key not in existing),
-            orphaned_keys=tuple(row.key for row in gone),
-            restored_keys=tuple(key for key in produced if key in restored),
-        )
-        to_orphan = [row for row in gone if row.status is not JobStatus.ORPHANED]
-        return _Plan(diff, produced, existing, to_orphan)
-
-    @staticmethod
-    def _new_row(job: Job, manifest: str, now: str) -> dict[str, Any]:
-        return {
-            "key": job.key,
-            "campaign": job.campaign,
-            "manifest": manifest,
-            "job_index": job.index,
-            "request": _json(job.request),
-            "vars": _json(job.vars),
-            "path": job.path,
-            "status": JobStatus.PENDING.value,
-            "idempotency_key": f"{job.key}-1",
-            "attempts": 0,
-            "credits": job.credits,
-            "soul": job.soul,
-            "tags": _json(list(job.tags)),
-            "variant": job.variant,
-            "created_at": now,
-            "updated_at": now,
+        restore = {
+            key: self._status_before_orphaning(key)
+            for key, row in existing.items()
+            if row.status is JobStatus.ORPHANED
         }
-
-    @staticmethod
-    def _refresh(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
-        """Columns of a known job that the manifest now describes differently."""
-        wanted: dict[str, tuple[Any, Any]] = {
-            "manifest": (row.manifest, manifest),
-            "campaign": (row.campaign, job.campaign),
-            "job_index": (row.job_index, job.index),
-            "path": (row.path, job.path),
-            "credits": (row.credits, job.credits),
-            "soul": (row.soul, job.soul),
-            "variant": (row.variant, job.variant),
-            "tags": (list(row.tags), list(job.tags)),
-            "request": (row.request, job.request),
-            "vars": (row.vars, job.vars),
-        }
-        changes: dict[str, Any] = {}
-        for column, (old, new) in wanted.items():
-            if old != new:
-                changes[column] = _json(new) if column in ("tags", "request", "vars") else new
-        return changes
+        return compute_plan(produced, existing, gone, restore)
 
     # --- souls and uploads ------------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""Comparing a manifest's jobs with the ledger: what is new, done, in flight, failed, orphaned.
+
+Pure functions over rows already read; ``Ledger.diff`` and ``Ledger.record_plan`` do the
+reading and the writing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from runner.jobs import Job
+from runner.ledger.models import IN_FLIGHT, JobRow, JobStatus, PlanDiff
+
+_JSON_COLUMNS = frozenset({"tags", "request", "vars"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A diff plus what ``record_plan`` needs to carry it out."""
+
+    diff: PlanDiff
+    produced: dict[str, Job]  # by key, first occurrence, manifest order
+    existing: dict[str, JobRow]  # the produced jobs the ledger already has
+    to_orphan: list[JobRow]  # the manifest's ledger jobs it no longer produces, not yet orphaned
+
+
+def compute_plan(
+    produced: dict[str, Job],
+    existing: dict[str, JobRow],
+    gone: list[JobRow],
+    restore: Mapping[str, JobStatus],
+) -> Plan:
+    """The plan for ``produced`` jobs, given the ones the ledger has (``existing``), the
+    manifest's ledger jobs it no longer produces (``gone``), and for each orphaned job it
+    produces again the status it goes back to (``restore``)."""
+    statuses = {
+        key: restore[key].value if row.status is JobStatus.ORPHANED else row.status.value
+        for key, row in existing.items()
+    }
+    new = done = in_flight = failed = 0
+    credits = 0.0
+    for key, job in produced.items():
+        status = JobStatus(statuses.get(key, JobStatus.PENDING))
+        if status is JobStatus.PENDING:
+            new += 1
+            credits += job.credits
+        elif status is JobStatus.DOWNLOADED:
+            done += 1
+        elif status in IN_FLIGHT:
+            in_flight += 1
+        elif status is JobStatus.FAILED:
+            failed += 1
+    diff = PlanDiff(
+        statuses={key: statuses[key] for key in produced if key in statuses},
+        total=len(produced),
+        new=new,
+        done=done,
+        in_flight=in_flight,
+        failed=failed,
+        orphaned=len(gone),
+        new_credits=credits,
+        added=tuple(key for key in produced if key not in existing),
+        orphaned_keys=tuple(row.key for row in gone),
+        restored_keys=tuple(
+            key
+            for key in produced
+            if key in existing and existing[key].status is JobStatus.ORPHANED
+        ),
+    )
+    to_orphan = [row for row in gone if row.status is not JobStatus.ORPHANED]
+    return Plan(diff, produced, existing, to_orphan)
+
+
+def new_row(job: Job, manifest: str, now: str) -> dict[str, Any]:
+    """The ``jobs`` row of a job the ledger has not seen: pending, first idempotency key."""
+    return {
+        "key": job.key,
+        "campaign": job.campaign,
+        "manifest": manifest,
+        "job_index": job.index,
+        "request": json.dumps(job.request, ensure_ascii=False),
+        "vars": json.dumps(job.vars, ensure_ascii=False),
+        "path": job.path,
+        "status": JobStatus.PENDING.value,
+        "idempotency_key": f"{job.key}-1",
+        "attempts": 0,
+        "credits": job.credits,
+        "soul": job.soul,
+        "tags": json.dumps(list(job.tags), ensure_ascii=False),
+        "variant": job.variant,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
+    """Columns of a known job that the manifest now describes differently (never status)."""
+    wanted: dict[str, tuple[Any, Any]] = {
+        "manifest": (row.manifest, manifest),
+        "campaign": (row.campaign, job.campaign),
+        "job_index": (row.job_index, job.index),
+        "path": (row.path, job.path),
+        "credits": (row.credits, job.credits),
+        "soul": (row.soul, job.soul),
+        "variant": (row.variant, job.variant),
+        "tags": (list(row.tags), list(job.tags)),
+        "request": (row.request, job.request),
+        "vars": (row.vars, job.vars),
+    }
+    return {
+        column: json.dumps(new, ensure_ascii=False) if column in _JSON_COLUMNS else new
+        for column, (old, new) in wanted.items()
+        if old != new
+    }
