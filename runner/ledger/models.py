@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -67,23 +67,23 @@ class JobRow:
     campaign: str
     manifest: str  # the manifest's path, as the plan recorded it
     job_index: int  # position in manifest order
+    status: JobStatus
     request: dict[str, Any]
     vars: dict[str, Any]  # the matrix row
     path: str  # output filename relative to output.dir
-    status: JobStatus
+    credits: float
+    soul: str | None
+    tags: tuple[str, ...]
+    variant: int | None
     idempotency_key: str  # <key>-<n>; n grows only with deliberate retries
     attempts: int
-    credits: float
+    generation_id: str | None
+    error: str | None
+    video_url: str | None
+    bytes: int | None
+    sha256: str | None
     created_at: str
     updated_at: str
-    generation_id: str | None = None
-    error: str | None = None
-    video_url: str | None = None
-    bytes: int | None = None
-    sha256: str | None = None
-    soul: str | None = None
-    variant: int | None = None
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRow:
