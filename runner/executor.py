@@ -401,7 +401,6 @@ class Executor:
                             row,
                             JobStatus.DOWNLOADED,
                             f"saved {got.bytes} bytes",
-                            file=str(got.path),
                             bytes=got.bytes,
                             sha256=got.sha256,
                             error=None,
@@ -409,7 +408,8 @@ class Executor:
                     return
                 except ExpiredURLError as err:
                     if refreshed:
-                        raise self._fail(row, f"video URL expired again after refresh: {err}") from err
+                        reason = f"video URL expired again after refresh: {err}"
+                        raise self._fail(row, reason) from err
                     refreshed = True
                     row = await self._refresh_url(row)
                 except UnsafeURLError as err:
@@ -455,7 +455,7 @@ class Executor:
 
     def _count_unfinished(self, rows: Sequence[JobRow]) -> None:
         keys = [r.key for r in rows]
-        done = (JobStatus.DOWNLOADED, JobStatus.FAILED)
+        done: set[JobStatus] = {JobStatus.DOWNLOADED, JobStatus.FAILED}
         if not self.settings.download:
-            done = (*done, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)
+            done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
         self.outcome.unfinished = sum(r.status not in done for r in self.ledger.jobs(keys=keys))

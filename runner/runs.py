@@ -33,6 +33,7 @@ CHARGED = (
     JobStatus.COMPLETED,
     JobStatus.DOWNLOADED,
 )
+COLLECTABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)
 DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)
 
 
@@ -138,9 +139,9 @@ def run(
     if options.dry_run:
         return _dry_run(manifest, jobs, selected, state_dir, options, output_dir)
 
-    provider_cfg = provider_settings(manifest)
-    # Check the credentials and settings before writing anything.
-    make_provider(provider_cfg, environ=env.environ)
+    # Credentials and settings are checked before anything is written.
+    api_client = env.api_client() if env.api_client else None
+    provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
     backoff = backoff_from(env.environ)
     state_dir.mkdir(parents=True, exist_ok=True)
     with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
@@ -151,15 +152,14 @@ def run(
             ledger.retry_failed(str(manifest.path), keys=keys)
         rows = ledger.jobs(keys=keys)
         if options.collect:
-            rows = [r for r in rows if r.status in (JobStatus.QUEUED, JobStatus.RUNNING,
-                                                   JobStatus.COMPLETED)]
+            rows = [r for r in rows if r.status in COLLECTABLE]
         rows = _apply_limit(rows, options.limit)
         spent = sum(
             r.credits for r in ledger.jobs(manifest=str(manifest.path)) if r.status in CHARGED
         )
         settings = executor_settings(manifest, options, spent, backoff)
         outcome = anyio.run(
-            _execute, manifest, ledger, provider_cfg, rows, output_dir, settings, env
+            _execute, manifest, ledger, provider, api_client, rows, output_dir, settings, env
         )
         after = ledger.jobs(keys=[r.key for r in rows])
     counts: dict[str, int] = {}
@@ -178,8 +178,7 @@ def collect(
     if ledger is None:
         return []
     with ledger:
-        manifests = sorted({r.manifest for r in ledger.jobs() if r.status in
-                            (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)})
+        manifests = sorted({r.manifest for r in ledger.jobs() if r.status in COLLECTABLE})
     return [run(m, state_dir, RunOptions(collect=True), env) for m in manifests]
 
 
@@ -240,14 +239,13 @@ def _dry_run(
 async def _execute(
     manifest: Manifest,
     ledger: Ledger,
-    provider_cfg: ProviderSettings,
+    provider: Provider,
+    api_client: httpx.AsyncClient | None,
     rows: list[JobRow],
     output_dir: Path,
     settings: ExecutorSettings,
     env: Environment,
 ) -> Outcome:
-    api_client = env.api_client() if env.api_client else None
-    provider: Provider = make_provider(provider_cfg, client=api_client, environ=env.environ)
     download_client = (
         env.download_client() if env.download_client else httpx.AsyncClient(limits=DOWNLOAD_LIMITS)
     )
@@ -283,6 +281,8 @@ async def _execute(
     finally:
         with anyio.CancelScope(shield=True):
             await provider.aclose()
+            if api_client is not None:
+                await api_client.aclose()
             await download_client.aclose()
 
 
