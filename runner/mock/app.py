@@ -106,10 +106,10 @@ async def mock_stats(request: Request) -> Response:
     return JSONResponse(mock_state(request).stats())
 
 
-def create_app(options: MockOptions | None = None, *, clock: Clock = time.monotonic) -> Starlette:
-    """The mock API. ``clock`` (seconds, monotonic) drives latencies, TTLs and soul training,
-    so tests can fake time instead of sleeping."""
-    state = MockState(options or MockOptions(), clock=clock)
+def create_app(options: MockOptions | None = None, *, clock: Clock | None = None) -> Starlette:
+    """The mock API. ``clock`` (seconds; default ``time.monotonic``) drives latencies, URL
+    lifetimes and soul training, so tests can fake time instead of sleeping."""
+    state = MockState(options or MockOptions(), clock=clock or time.monotonic)
     routes = [
         Route("/_mock/videos/{generation_id}.mp4", video, methods=["GET", "HEAD"]),
         Route("/_mock/uploads/{token}", upload_put, methods=["PUT"]),

@@ -67,10 +67,10 @@ class Generation:
         """Where the generation is at clock time ``now``."""
         if self.canceled_at is not None and now >= self.canceled_at:
             return "canceled"
-        elapsed = now - self.created_at
-        if elapsed < self.latency * QUEUE_FRACTION:
+        # Absolute instants, so a test that sets the clock to created_at + latency lands exactly.
+        if now < self.created_at + self.latency * QUEUE_FRACTION:
             return "queued"
-        if elapsed < self.latency:
+        if now < self.created_at + self.latency:
             return "running"
         return self.outcome
 
@@ -93,13 +93,12 @@ class Soul:
 
     def state(self, now: float) -> SoulState:
         """``not_ready`` → ``queued`` → ``training`` (thirds of the time) → ready/failed."""
-        elapsed = now - self.created_at
-        if elapsed >= self.training_seconds:
+        if now >= self.created_at + self.training_seconds:
             return "failed" if self.fails else "ready"
         third = self.training_seconds / 3
-        if elapsed < third:
+        if now < self.created_at + third:
             return "not_ready"
-        return "queued" if elapsed < 2 * third else "training"
+        return "queued" if now < self.created_at + 2 * third else "training"
 
 
 @dataclass(frozen=True)

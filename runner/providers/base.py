@@ -148,13 +148,19 @@ def check_idempotency_key(key: str) -> None:
 
 
 def require_str(doc: Mapping[str, Any], field: str, *, what: str) -> str:
-    """A non-empty string (or integer) field of a JSON answer, else a malformed-response error."""
+    """A non-empty string field of a JSON answer, else a malformed-response error."""
     value = doc.get(field)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
     if not isinstance(value, str) or not value.strip():
         raise PermanentError(f"{what}: malformed response: no {field!r} string")
     return value
+
+
+def require_id(doc: Mapping[str, Any], field: str, *, what: str) -> str:
+    """An id field: a non-empty string, or an integer taken as its decimal string."""
+    value = doc.get(field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return require_str(doc, field, what=what)
 
 
 def check_image_urls(images: list[str], *, what: str) -> None:

@@ -28,6 +28,7 @@ from runner.providers.base import (
     merge_params,
     normalize_generation,
     normalize_soul,
+    require_id,
     require_str,
 )
 
@@ -72,7 +73,7 @@ class HiggsfieldApiProvider(HttpProvider):
         if doc.get("success") is False:
             reason = self._error(doc) or "no reason given"
             raise PermanentError(f"{what}: refused: {reason}")
-        return require_str(doc, "generation_id", what=what)
+        return require_id(doc, "generation_id", what=what)
 
     async def status(self, generation_id: str) -> GenerationStatus:
         """GET /status/{id}, normalized."""
@@ -98,7 +99,7 @@ class HiggsfieldApiProvider(HttpProvider):
         if doc.get("success") is False:
             raise PermanentError(f"{what}: refused: {self._error(doc) or 'no reason given'}")
         field = "model_id" if "model_id" in doc else "id"
-        return require_str(doc, field, what=what)
+        return require_id(doc, field, what=what)
 
     async def soul_status(self, model_id: str) -> SoulStatus:
         """GET /soul/models/{id}: ``ready`` → ready, failed/error → failed, else training."""

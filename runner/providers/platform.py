@@ -40,6 +40,7 @@ from runner.providers.base import (
     merge_params,
     normalize_generation,
     normalize_soul,
+    require_id,
     require_str,
 )
 
@@ -100,7 +101,7 @@ class PlatformProvider(HttpProvider):
             headers={"Idempotency-Key": idempotency_key},
             non_idempotent=True,
         )
-        return require_str(self.json_object(response), "request_id", what=f"POST /{model}")
+        return require_id(self.json_object(response), "request_id", what=f"POST /{model}")
 
     async def status(self, generation_id: str) -> GenerationStatus:
         """GET /requests/{id}/status, normalized; the video is at ``video.url``."""
@@ -126,7 +127,7 @@ class PlatformProvider(HttpProvider):
         response = await self.send(
             "POST", self.url("v1", "custom-references"), json_body=body, non_idempotent=True
         )
-        return require_str(self.json_object(response), "id", what=what)
+        return require_id(self.json_object(response), "id", what=what)
 
     async def soul_status(self, model_id: str) -> SoulStatus:
         """GET /v1/custom-references/{id}: completed → ready, failed → failed, else training."""
