@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, Manifest, Row, Where
+from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, FieldPath, Manifest, Row, Where
 from runner.manifest.matrix import expand_matrix, row_bound, same
 from runner.manifest.template import render, render_path
 
@@ -87,15 +87,16 @@ def expand(manifest: Manifest) -> list[Job]:
     first: dict[str, Where] = {}
     paths: dict[str, Job] = {}
     for ci in range(len(manifest.campaigns)):
-        for row in _campaign_rows(manifest, ci):
-            for job, where in _row_jobs(manifest, ci, row, len(jobs)):
+        scope = _Scope(manifest, ci)
+        for row in _campaign_rows(scope):
+            for job, where in _row_jobs(scope, row, len(jobs)):
                 if job.key in first:
                     raise where.error(
                         f"campaign {job.campaign!r} makes the same job twice "
                         f"(row {canonical_json(job.vars)}; first from {_short(first[job.key])})"
                     )
                 if job.path in paths:
-                    raise manifest.where(("output", "filename")).error(
+                    raise scope.filename_where.error(
                         f"jobs {paths[job.path].key} and {job.key} would both be written to "
                         f"{job.path!r}; put {{key}} in the filename"
                     )
@@ -129,31 +130,53 @@ def _check_size(m: Manifest) -> None:
             )
 
 
-def _campaign_rows(m: Manifest, ci: int) -> list[Row]:
-    c = m.campaigns[ci]
-    base = ("campaigns", ci)
+class _Scope:
+    """What every row of one campaign shares, worked out once per campaign."""
+
+    def __init__(self, m: Manifest, ci: int) -> None:
+        self.manifest = m
+        self.index = ci
+        self.campaign = c = m.campaigns[ci]
+        self.where = m.locator()
+        self.base: FieldPath = ("campaigns", ci)
+        self.whole = self.where(self.base)
+        self.filename_where = self.where(("output", "filename"))
+        self.manifest_path = str(m.path)
+        # defaults < campaign; a row's values go on top of these
+        self.request: dict[str, Any] = {}
+        self.sources: dict[str, Where] = {}
+        for items, base in (
+            (m.defaults.request_items(), ("defaults",)),
+            (c.request_items(), self.base),
+        ):
+            for name, value in items.items():
+                self.request[name] = value
+                self.sources[name] = self.where((*base, name))
+
+
+def _campaign_rows(scope: _Scope) -> list[Row]:
+    c, base = scope.campaign, scope.base
     rows: list[Row] = []
     if c.matrix is not None:
         rows = expand_matrix(
             c.matrix.axes,
             c.matrix.include,
             c.matrix.exclude,
-            where=m.where,
+            where=scope.where,
             base=(*base, "matrix"),
         )
         if not rows:
-            raise m.where((*base, "matrix")).error("exclude removes every row of the matrix")
-    rows += m.csv_rows(ci)
+            raise scope.where((*base, "matrix")).error("exclude removes every row of the matrix")
+    rows += scope.manifest.csv_rows(scope.index)
     if c.matrix is None and c.rows is None:
-        rows = [Row({}, {}, m.where(base))]
+        rows = [Row({}, {}, scope.whole)]
     return rows
 
 
-def _row_jobs(m: Manifest, ci: int, row: Row, index: int) -> list[tuple[Job, Where]]:
-    c = m.campaigns[ci]
-    base = ("campaigns", ci)
-    origin = row.origin or m.where(base)
-    request, sources = _layered_request(m, ci, row)
+def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
+    m, c = scope.manifest, scope.campaign
+    origin = row.origin or scope.whole
+    request, sources = _layered_request(scope, row)
     context = {**m.vars, **row.values, "campaign": c.name}
     for name in TEMPLATED_FIELDS & request.keys():
         if isinstance(request[name], str):
@@ -179,16 +202,15 @@ def _row_jobs(m: Manifest, ci: int, row: Row, index: int) -> list[tuple[Job, Whe
         key = job_key(c.name, row.values, body, variant, c.soul)
         names = {**m.vars, **row.values, "campaign": c.name, "key": key}
         names |= {"seed": body.get("seed"), "variant": variant}
-        path = render_path(m.output.filename, names, m.where(("output", "filename")))
         job = Job(
             key=key,
             campaign=c.name,
-            manifest=str(m.path),
+            manifest=scope.manifest_path,
             index=index + len(out),
             vars=dict(row.values),
             request=body,
-            path=path,
-            credits=_credits(m, body, origin),
+            path=render_path(m.output.filename, names, scope.filename_where),
+            credits=_credits(scope, body, origin),
             variant=variant,
             soul=c.soul,
             tags=tuple(c.tags),
@@ -197,35 +219,27 @@ def _row_jobs(m: Manifest, ci: int, row: Row, index: int) -> list[tuple[Job, Whe
     return out
 
 
-def _layered_request(m: Manifest, ci: int, row: Row) -> tuple[dict[str, Any], dict[str, Where]]:
+def _layered_request(scope: _Scope, row: Row) -> tuple[dict[str, Any], dict[str, Where]]:
     """defaults < campaign < row, with where each winning value was written."""
-    values: dict[str, Any] = {}
-    sources: dict[str, Where] = {}
-    layers = [
-        (m.defaults.request_items(), ("defaults",)),
-        (m.campaigns[ci].request_items(), ("campaigns", ci)),
-    ]
-    for items, base in layers:
-        for name, value in items.items():
-            values[name] = value
-            sources[name] = m.where((*base, name))
+    values = dict(scope.request)
+    sources = dict(scope.sources)
     for name in REQUEST_FIELDS:
         if name in row.values:
             values[name] = row.values[name]
-            sources[name] = row.sources.get(name) or row.origin or m.where(("campaigns", ci))
+            sources[name] = row.sources.get(name) or row.origin or scope.whole
     request = {k: v for k, v in values.items() if v is not None}
     return request, sources
 
 
-def _credits(m: Manifest, request: Mapping[str, Any], origin: Where) -> float:
+def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> float:
     """First price rule whose ``match`` items all equal the request's fields; none → 0."""
-    for i, rule in enumerate(m.budget.prices):
+    for i, rule in enumerate(scope.manifest.budget.prices):
         if all(k in request and same(request[k], v) for k, v in rule.match.items()):
             if rule.credits is not None:
                 return float(rule.credits)
             duration = request.get("duration")
             if duration is None:
-                raise m.where(("budget", "prices", i)).error(
+                raise scope.where(("budget", "prices", i)).error(
                     f"this rule prices by the second, but a job has no duration ({_short(origin)})"
                 )
             return float(rule.credits_per_second or 0) * float(duration)

@@ -52,27 +52,27 @@ def expand_matrix(
     originals: list[dict[str, Any]] = []
     keys = list(axes)
     if keys:
-        indexed = [list(enumerate(axes[k])) for k in keys]
-        for combo in itertools.product(*indexed):
-            values = {k: v for k, (_, v) in zip(keys, combo, strict=True)}
+        located = [[(v, where((*base, k, j))) for j, v in enumerate(axes[k])] for k in keys]
+        whole = where(base)
+        for combo in itertools.product(*located):
+            values = {k: v for k, (v, _) in zip(keys, combo, strict=True)}
             if any(_matches(values, entry) for entry in exclude):
                 continue
-            sources = {k: where((*base, k, j)) for k, (j, _) in zip(keys, combo, strict=True)}
-            rows.append(Row(values, sources, where((*base,))))
+            sources = {k: w for k, (_, w) in zip(keys, combo, strict=True)}
+            rows.append(Row(values, sources, whole))
             originals.append(dict(values))
     extra: list[Row] = []
     for i, entry in enumerate(include):
         entry_path = (*base, "include", i)
+        sources = {k: where((*entry_path, k)) for k in entry}
         fitted = False
         for original, row in zip(originals, rows, strict=True):
             if all(same(original[k], v) for k, v in entry.items() if k in original):
                 fitted = True
-                for k, v in entry.items():
-                    row.values[k] = v
-                    row.sources[k] = where((*entry_path, k))
+                row.values.update(entry)
+                row.sources.update(sources)
         if not fitted:
-            sources = {k: where((*entry_path, k)) for k in entry}
-            extra.append(Row(dict(entry), sources, where(entry_path)))
+            extra.append(Row(dict(entry), dict(sources), where(entry_path)))
     return rows + extra
 
 

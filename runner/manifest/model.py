@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -239,6 +240,13 @@ class Manifest(_Strict):
         if self._doc is not None:
             return self._doc.where(path, key=key)
         return Where(str(self._path), field=format_path(path) or None)
+
+    def locator(self) -> Callable[[FieldPath], Where]:
+        """``where`` for value positions, as a plain function (cheap in loops)."""
+        doc, file = self._doc, str(self._path)
+        if doc is not None:
+            return doc.where
+        return lambda path: Where(file, field=format_path(path) or None)
 
     def csv_rows(self, campaign_index: int) -> list[Row]:
         """The rows read from the campaign's ``rows:`` CSV file (empty without one)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,8 +21,9 @@ class TemplateSyntaxError(ValueError):
     """A template that cannot be parsed."""
 
 
-def parse(template: str) -> list[tuple[str, str]]:
-    """``[("text", ...), ("name", ...)]`` pieces of a template."""
+@functools.lru_cache(maxsize=4096)
+def parse(template: str) -> tuple[tuple[str, str], ...]:
+    """``(("text", ...), ("name", ...))`` pieces of a template."""
     pieces: list[tuple[str, str]] = []
     for match in _TOKEN.finditer(template):
         token = match.group(0)
@@ -42,7 +44,7 @@ def parse(template: str) -> list[tuple[str, str]]:
             )
         else:
             pieces.append(("text", token))
-    return pieces
+    return tuple(pieces)
 
 
 def placeholders(template: str) -> list[str]:

@@ -77,6 +77,7 @@ class Document:
     values: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
     keys: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
     collections: set[FieldPath] = field(default_factory=set)
+    _memo: dict[tuple[FieldPath, bool], Where] = field(default_factory=dict, repr=False)
 
     def where(self, path: FieldPath, *, key: bool = False) -> Where:
         """The position of ``path``, or of its nearest ancestor that has one.
@@ -84,6 +85,12 @@ class Document:
         ``key=True`` prefers the mapping key's position (for unknown or duplicate keys); so
         does a mapping or list value, which in block style starts on the line after its key.
         """
+        found = self._memo.get((path, key))
+        if found is None:
+            found = self._memo[(path, key)] = self._where(path, key)
+        return found
+
+    def _where(self, path: FieldPath, key: bool) -> Where:
         shown = format_path(path) or None
         if path in self.keys and (key or path in self.collections):
             line, col = self.keys[path]
