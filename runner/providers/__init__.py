@@ -113,8 +113,9 @@ def make_provider(
     Credentials come from ``environ`` (SPEC §2, or ``settings.api_key_env``); a missing or
     unusable key is a :class:`~runner.errors.UsageError` naming the variable, raised before any
     request. ``client`` is used as given (and not closed by ``aclose``); the provider still
-    decides per request whether the URL's origin may receive the key. ``timeout`` defaults to
-    :data:`runner.providers.base.DEFAULT_TIMEOUT`.
+    decides per request whether the URL's origin may receive the key. ``timeout`` (default
+    :data:`runner.providers.base.DEFAULT_TIMEOUT`) is applied to every request, an injected
+    client's own default notwithstanding.
     """
     from runner.providers.base import DEFAULT_TIMEOUT, HttpProvider, check_base_url
     from runner.providers.higgsfieldapi import HiggsfieldApiProvider
