@@ -150,6 +150,7 @@ def run(
         keys = [j.key for j in selected]
         if options.retry_failed:
             ledger.retry_failed(str(manifest.path), keys=keys)
+        _recheck_files(ledger, ledger.jobs(keys=keys), output_dir)
         rows = ledger.jobs(keys=keys)
         if options.collect:
             rows = [r for r in rows if r.status in COLLECTABLE]
@@ -196,6 +197,20 @@ def retry(
         return ledger.retry_failed(
             str(manifest.path), keys=list(keys) or None, campaigns=list(campaigns) or None
         )
+
+
+def _recheck_files(ledger: Ledger, rows: list[JobRow], output_dir: Path) -> None:
+    """A downloaded job whose file is gone or the wrong size goes back to be downloaded again."""
+    for row in rows:
+        if row.status is not JobStatus.DOWNLOADED:
+            continue
+        file = output_dir / row.path
+        size = file.stat().st_size if file.is_file() else None
+        if size != row.bytes:
+            why = "missing" if size is None else f"{size} bytes, expected {row.bytes}"
+            ledger.transition(
+                row.key, JobStatus.COMPLETED, detail=f"file {file} {why}; downloading again"
+            )
 
 
 def _apply_limit(rows: list[JobRow], limit: int | None) -> list[JobRow]:

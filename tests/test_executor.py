@@ -1,0 +1,316 @@
+"""The executor end to end, in-process: real ledger, real files, the mock app over ASGITransport.
+
+Each test calls ``runner.runs.run`` exactly as the CLI does, with the HTTP clients pointed at
+the mock app, so no socket is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from runner import runs
+from runner.ledger import JobStatus, Ledger
+from runner.mock import MockOptions, base_urls, create_app
+from runner.mock.state import MockState
+from runner.mock.testing import IN_PROCESS_ORIGIN, MOCK_ENV, FakeClock
+
+FAST_LIMITS = """
+limits:
+  concurrency: 4
+  requests_per_second: 500
+  download_concurrency: 3
+  max_attempts: 6
+  poll_initial: 0.01
+  poll_max: 0.05
+"""
+
+MANIFEST = """
+version: 1
+{limits}
+budget:
+  prices:
+    - {{match: {{}}, credits_per_second: 2}}
+defaults:
+  type: text-to-video
+  duration: 4
+  resolution: 720p
+campaigns:
+  - name: walk
+    prompt: "{{subject}} walking in {{place}}"
+    matrix:
+      subject: [A dancer, A chef]
+      place: [a park, a street, a kitchen]
+  - name: spin
+    type: image-to-video
+    prompt: "Spin of the {{product}}"
+    image_url: "https://cdn.example.com/{{product}}.jpg"
+    matrix:
+      product: [shoe, bag]
+"""
+JOBS = 8
+
+
+class Harness:
+    """A manifest, a state dir and an in-process mock, wired like the CLI wires them."""
+
+    def __init__(self, tmp_path: Path, options: MockOptions, clock: Any = None) -> None:
+        self.tmp_path = tmp_path
+        self.manifest = tmp_path / "m.yaml"
+        self.state_dir = tmp_path / "state"
+        self.app = create_app(options, clock=clock)
+        self.mock: MockState = self.app.state.mock
+        self.transport_wrapper: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+        self.transport_wrapper = lambda t: t
+        self.write(MANIFEST.format(limits=FAST_LIMITS))
+
+    def write(self, text: str) -> None:
+        self.manifest.write_text(text)
+
+    def env(self, **extra: str) -> runs.Environment:
+        environ = {
+            **MOCK_ENV,
+            "HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfieldapi"],
+            "RUNNER_BACKOFF": "0.001,0.01",
+            **extra,
+        }
+
+        def client() -> httpx.AsyncClient:
+            transport = self.transport_wrapper(httpx.ASGITransport(app=self.app))
+            return httpx.AsyncClient(transport=transport)
+
+        return runs.Environment(environ=environ, api_client=client, download_client=client)
+
+    def run(self, options: runs.RunOptions | None = None, **extra: str) -> runs.RunResult:
+        return runs.run(self.manifest, self.state_dir, options or runs.RunOptions(), self.env(**extra))
+
+    def rows(self) -> list[Any]:
+        with Ledger(self.state_dir) as ledger:
+            return ledger.jobs()
+
+    def submits(self) -> list[dict[str, Any]]:
+        return [e for e in self.mock.log_entries() if e["method"] == "POST"]
+
+
+def assert_files_match_mock(h: Harness) -> None:
+    """Every downloaded job's file is byte-identical to what the mock served for it."""
+    out = h.state_dir / "videos"
+    for row in h.rows():
+        if row.status is not JobStatus.DOWNLOADED:
+            continue
+        data = (out / row.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row.sha256
+        assert row.sha256 == h.mock.video_sha256(row.generation_id)
+        assert len(data) == row.bytes
+        assert data[4:8] == b"ftyp"
+    assert not list(out.rglob("*.part"))
+
+
+def test_run_downloads_every_job_byte_identical(tmp_path: Path) -> None:
+    """All jobs end downloaded, each file exactly the bytes the mock served for it."""
+    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.02, seed=1))
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert result.outcome.submitted == JOBS
+    assert h.mock.stats()["generations_created"] == JOBS
+    assert_files_match_mock(h)
+    for row in h.rows():
+        steps = [e.to_status.value for e in Ledger(h.state_dir).events(row.key)]
+        assert [s for s in steps if s != "running"] == [
+            "pending", "submitting", "queued", "completed", "downloaded",
+        ]
+
+
+def test_second_run_submits_nothing(tmp_path: Path) -> None:
+    """Running the same manifest again sends no POST and downloads nothing again."""
+    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, seed=2))
+    h.run()
+    before = len(h.mock.log_entries())
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert result.outcome.submitted == 0
+    assert len(h.mock.log_entries()) == before
+
+
+def test_editing_one_matrix_value_submits_only_changed_jobs(tmp_path: Path) -> None:
+    """Changing 'a kitchen' to 'a rooftop' sends exactly the two new jobs and orphans two."""
+    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, seed=3))
+    h.run()
+    first = {r.key for r in h.rows()}
+    h.write(MANIFEST.format(limits=FAST_LIMITS).replace("a kitchen", "a rooftop"))
+    result = h.run()
+    rows = h.rows()
+    orphaned = {r.key for r in rows if r.status is JobStatus.ORPHANED}
+    new = {r.key for r in rows} - first
+    assert result.outcome.submitted == 2
+    assert len(orphaned) == 2 and orphaned <= first
+    assert len(new) == 2
+    assert h.mock.stats()["generations_created"] == JOBS + 2
+    assert all("rooftop" in r.request["prompt"] for r in rows if r.key in new)
+    assert result.counts == {"downloaded": JOBS}
+
+
+def test_submit_only_then_collect(tmp_path: Path) -> None:
+    """--submit-only leaves generations in flight; collect polls and downloads them."""
+    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, seed=4))
+    result = h.run(runs.RunOptions(submit_only=True))
+    assert result.counts == {"queued": JOBS}
+    assert result.outcome.unfinished == 0
+    assert not (h.state_dir / "videos").exists()
+    [collected] = runs.collect(h.manifest, h.state_dir, h.env())
+    assert collected.counts == {"downloaded": JOBS}
+    assert collected.outcome.submitted == 0
+    assert len(h.submits()) == JOBS
+    assert_files_match_mock(h)
+
+
+def test_faults_every_job_downloaded_or_failed_with_reason(tmp_path: Path) -> None:
+    """5xx, 429s (both Retry-After forms), dropped submits, truncated bodies and failed
+    generations: each job ends downloaded (verified) or failed with its reason; no job is
+    paid for twice."""
+    options = MockOptions(
+        latency_min=0.0,
+        latency_max=0.02,
+        rate_5xx=0.15,
+        rate_429=0.15,
+        retry_after_mode="mixed",
+        retry_after=0.05,
+        drop_after_accept_rate=0.2,
+        truncate_rate=0.3,
+        fail_rate=0.1,
+        nsfw_rate=0.05,
+        seed=5,
+    )
+    h = Harness(tmp_path, options)
+    # 4 × 5 + 2 = 22 jobs: enough calls that every kind of fault is drawn.
+    manifest = MANIFEST.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 12"))
+    manifest = manifest.replace("[A dancer, A chef]", "[A dancer, A chef, A cat, A robot]")
+    h.write(manifest.replace("a kitchen]", "a kitchen, a beach, a roof]"))
+    h.run()
+    rows = h.rows()
+    assert {r.status for r in rows} <= {JobStatus.DOWNLOADED, JobStatus.FAILED}
+    for row in rows:
+        if row.status is JobStatus.FAILED:
+            assert row.error
+    stats = h.mock.stats()
+    assert stats["duplicate_bodies"] == 0
+    assert stats["generations_created"] == len(rows) == 22
+    assert stats["truncated_videos"] > 0 and stats["dropped_connections"] > 0
+    assert stats["throttled"] > 0 and stats["server_errors"] > 0
+    assert_files_match_mock(h)
+
+
+def test_failed_generation_keeps_provider_word(tmp_path: Path) -> None:
+    """A generation the provider fails (or flags NSFW) is failed with that word in error."""
+    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, nsfw_rate=1.0, seed=6))
+    result = h.run()
+    assert result.counts == {"failed": JOBS}
+    assert all("nsfw" in (r.error or "") for r in h.rows())
+
+
+class ExpireFirstDownload(httpx.AsyncBaseTransport):
+    """Moves the mock's clock past the URL lifetime right before the first video request."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, clock: FakeClock, ttl: float) -> None:
+        self.inner, self.clock, self.ttl, self.done = inner, clock, ttl, False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "/_mock/videos/" in request.url.path and not self.done:
+            self.done = True
+            self.clock.advance(self.ttl + 1)
+        return await self.inner.handle_async_request(request)
+
+
+def test_expired_video_url_is_refreshed_once(tmp_path: Path) -> None:
+    """A 410 on the video URL refreshes it from the status endpoint, then downloads."""
+    clock = FakeClock()
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, url_ttl=30, seed=7), clock)
+    h.write(MANIFEST.format(limits=FAST_LIMITS.replace("concurrency: 4", "concurrency: 1")))
+    h.transport_wrapper = lambda t: ExpireFirstDownload(t, clock, 30)
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert h.mock.stats()["expired_video_urls"] == 1
+    refreshed = [
+        r for r in h.rows()
+        if any(e.detail == "video URL refreshed" for e in Ledger(h.state_dir).events(r.key))
+    ]
+    assert len(refreshed) == 1
+    assert_files_match_mock(h)
+
+
+def test_budget_stops_new_submissions(tmp_path: Path) -> None:
+    """With an 8-credit cap and 8-credit jobs, one job is sent and the run says why it stopped."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=8))
+    result = h.run(runs.RunOptions(max_credits=20))
+    assert result.outcome.submitted == 2
+    assert result.outcome.budget_stop is not None
+    assert "20" in result.outcome.budget_stop and "24" in result.outcome.budget_stop
+    assert result.counts == {"downloaded": 2, "pending": JOBS - 2}
+
+
+def test_only_tag_and_limit_select_jobs(tmp_path: Path) -> None:
+    """--only picks a campaign, --limit caps new submissions."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=9))
+    result = h.run(runs.RunOptions(only=("spin",)))
+    assert result.counts == {"downloaded": 2}
+    result = h.run(runs.RunOptions(limit=3))
+    assert result.outcome.submitted == 3
+    assert sum(r.status is JobStatus.DOWNLOADED for r in h.rows()) == 5
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    """--dry-run lists what would be sent and creates no ledger."""
+    h = Harness(tmp_path, MockOptions(seed=10))
+    result = h.run(runs.RunOptions(dry_run=True))
+    assert len(result.would_submit) == JOBS
+    assert not h.state_dir.exists()
+    assert h.mock.log_entries() == []
+
+
+def test_transient_failures_use_up_attempts_across_runs(tmp_path: Path) -> None:
+    """A provider that only answers 5xx fails each job after max_attempts, counted in the
+    ledger; nothing is left in flight and the ledger is intact."""
+    h = Harness(tmp_path, MockOptions(rate_5xx=1.0, seed=11))
+    result = h.run()
+    assert result.counts == {"failed": JOBS}
+    assert all(r.attempts == 6 and "gave up after 6 attempts" in (r.error or "") for r in h.rows())
+    with sqlite3.connect(h.state_dir / "ledger.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_retry_sends_failed_jobs_with_new_key(tmp_path: Path) -> None:
+    """`retry` puts failed jobs back with key <key>-2; the next run sends them."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, fail_rate=1.0, seed=12))
+    h.run()
+    assert runs.retry(h.manifest, h.state_dir) == JOBS
+    assert {r.idempotency_key for r in h.rows()} == {f"{r.key}-2" for r in h.rows()}
+    h.mock.options = MockOptions(latency_min=0, latency_max=0, seed=12)  # provider recovers
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+
+
+def test_unauthorized_stops_the_run(tmp_path: Path) -> None:
+    """A wrong key stops the run at once with the fatal error; no job is marked failed."""
+    h = Harness(tmp_path, MockOptions(seed=13))
+    result = h.run(HIGGSFIELD_API_KEY="wrong-key")
+    assert result.outcome.fatal is not None
+    assert "failed" not in result.counts
+    assert h.mock.stats()["generations_created"] == 0
+
+
+def test_missing_file_is_downloaded_again(tmp_path: Path) -> None:
+    """A downloaded job whose file vanished is fetched again on the next run, not resubmitted."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=14))
+    h.run()
+    victim = h.rows()[0]
+    (h.state_dir / "videos" / victim.path).unlink()
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert result.outcome.submitted == 0
+    assert (h.state_dir / "videos" / victim.path).exists()
+    assert_files_match_mock(h)
