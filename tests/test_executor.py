@@ -87,7 +87,8 @@ class Harness:
         return runs.Environment(environ=environ, api_client=client, download_client=client)
 
     def run(self, options: runs.RunOptions | None = None, **extra: str) -> runs.RunResult:
-        return runs.run(self.manifest, self.state_dir, options or runs.RunOptions(), self.env(**extra))
+        options = options or runs.RunOptions()
+        return runs.run(self.manifest, self.state_dir, options, self.env(**extra))
 
     def rows(self) -> list[Any]:
         with Ledger(self.state_dir) as ledger:
