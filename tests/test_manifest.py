@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.errors import ManifestError
 from runner.jobs import expand
@@ -424,3 +426,23 @@ def test_parse_manifest_reads_text_as_if_from_a_path(tmp_path: Path) -> None:
         )
     assert info.value.file == str(tmp_path / "x.yaml")
     assert str(tmp_path / "r.csv") in info.value.message
+
+
+def test_a_number_too_long_to_parse_is_refused(tmp_path: Path) -> None:
+    """Python refuses ints past 4,300 digits; the loader refuses them first, with a position."""
+    err = refused(tmp_path, f"version: 1\nvars: {{x: {'9' * 5000}}}\ncampaigns: [{{name: a}}]\n")
+    assert (err.line, err.column, err.field) == (2, 11, "vars.x")
+    assert "5000 digits is too long" in err.message
+
+
+SYMBOLS = [*"{}[]:,-&*!|>'\"#%@` \n\tab1.~?<", "\x00", "é", "\ufeff", "<<"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(SYMBOLS), max_size=60).map("".join))
+def test_any_text_is_a_manifest_or_a_manifest_error(text: str) -> None:
+    """Fuzzed YAML-ish text never escapes as another exception."""
+    try:
+        expand(parse_manifest("version: 1\n" + text, path=Path("/nonexistent/m.yaml")))
+    except ManifestError as err:
+        assert err.file == "/nonexistent/m.yaml"

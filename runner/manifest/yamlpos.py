@@ -15,6 +15,7 @@ Duplicate mapping keys are errors. ``<<`` merge keys work; explicit keys win ove
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from runner.errors import ManifestError
 MAX_DEPTH = 64  # nesting of collections; real manifests use fewer than ten levels
 MAX_NODES = 1_000_000  # nodes with aliases expanded
 MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_NUMBER_DIGITS = 100  # Python refuses to parse ints past 4,300 digits; no field needs 100
 
 FieldPath = tuple[str | int, ...]
 
@@ -335,11 +337,16 @@ class _Builder:
         if tag == _TAG + "bool":
             return text.lower() == "true"
         if tag == _TAG + "int":
+            if len(text) > MAX_NUMBER_DIGITS:
+                raise self.fail(node, f"a number of {len(text)} digits is too long", path)
             if text.startswith(("0o", "0x")):
                 return int(text[2:], 8 if text[1] == "o" else 16)
             return int(text, 10)
         if tag == _TAG + "float":
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise self.fail(node, f"{text} is out of range for a number", path)
+            return number
         if tag == _TAG + "merge":
             return text
         raise self.fail(node, f"unsupported YAML tag {tag!r}", path)
