@@ -231,16 +231,28 @@ def _print_plan_table(doc: dict[str, Any], credits: list[float]) -> None:
         for j, c in zip(doc["jobs"], credits, strict=True)
     ]
     headers = ("KEY", "CAMPAIGN", "STATUS", "CREDITS", "PATH", "ROW")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*headers, box=None, pad_edge=False)
+        console = Console()
+        # Keys, campaigns, statuses and paths stay whole (people copy them); the row is cut
+        # short, and the path column is left out when the terminal is too narrow for it.
+        shown = [0, 1, 2, 3, 4, 5] if sum(widths[:5]) + 30 <= console.width else [0, 1, 2, 3, 5]
+        table = Table(box=None, pad_edge=False)
+        for i in shown:
+            table.add_column(
+                headers[i],
+                no_wrap=True,
+                min_width=widths[i] if i != 5 else None,
+                justify="right" if headers[i] == "CREDITS" else "left",
+                overflow="ellipsis",
+            )
         for r in rows:
-            table.add_row(*r)
-        Console().print(table)
+            table.add_row(*(r[i] for i in shown))
+        console.print(table)
         return
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     for r in [headers, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
