@@ -141,7 +141,7 @@ def test_minimal_manifest_defaults(tmp_path: Path) -> None:
     assert manifest.limits == Limits()
     assert manifest.output.dir is None and manifest.output.filename == DEFAULT_FILENAME
     assert manifest.budget.prices == [] and manifest.budget.max_credits is None
-    assert manifest.path == (tmp_path / "m.yaml").absolute()
+    assert manifest.path == (tmp_path / "m.yaml").resolve()
     assert manifest.path.is_absolute()
 
 
@@ -446,3 +446,16 @@ def test_any_text_is_a_manifest_or_a_manifest_error(text: str) -> None:
         expand(parse_manifest("version: 1\n" + text, path=Path("/nonexistent/m.yaml")))
     except ManifestError as err:
         assert err.file == "/nonexistent/m.yaml"
+
+
+def test_manifest_path_is_canonical(tmp_path: Path) -> None:
+    """Reached through `..` or a symlink, a manifest has one path (the ledger keys on it)."""
+    write(tmp_path, "version: 1\ncampaigns: [{name: a, prompt: p}]\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "m.yaml")
+    paths = {
+        load_manifest(tmp_path / "m.yaml").path,
+        load_manifest(tmp_path / "sub" / ".." / "m.yaml").path,
+        load_manifest(tmp_path / "link.yaml").path,
+    }
+    assert paths == {(tmp_path / "m.yaml").resolve()}

@@ -77,7 +77,7 @@ def parse_manifest(text: str, *, path: str | Path, file: str | None = None) -> M
         manifest = Manifest.model_validate(doc.data)
     except ValidationError as err:
         raise _located(doc, err) from None
-    manifest._path = Path(path).absolute()
+    manifest._path = Path(path).resolve()
     manifest._doc = doc
     _check(manifest)
     return manifest

@@ -232,7 +232,7 @@ class Manifest(_Strict):
 
     @property
     def path(self) -> Path:
-        """Absolute path of the file the manifest was loaded from."""
+        """Absolute, symlink-free path of the file the manifest was loaded from."""
         return self._path
 
     def where(self, path: FieldPath, *, key: bool = False) -> Where:
