@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff check runner tests bench scripts
 	$(BIN)/mypy runner
 
 test: lint
 	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
 
 demo: install
-	$(BIN)/python -m runner.demo
+	$(BIN)/python scripts/demo.py
 
 bench: install
 	$(BIN)/python bench/run.py

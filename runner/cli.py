@@ -502,10 +502,10 @@ class ProgressView:
     @staticmethod
     def line(p: Progress) -> str:
         eta = f", ETA {p.eta:.0f}s" if p.eta is not None else ""
-        pause = f", paused {p.paused_for:.0f}s (Retry-After)" if p.paused_for > 0 else ""
+        pause = f", paused {p.paused_for:.1f}s (Retry-After)" if p.paused_for > 0 else ""
         return (
             f"{p.downloaded + p.failed}/{p.total} done: submitted {p.submitted}, "
-            f"running {p.running}, downloaded {p.downloaded}, failed {p.failed}, "
+            f"in flight {p.running}, downloaded {p.downloaded}, failed {p.failed}, "
             f"retries {p.retries}, throttled {p.throttled}, concurrency {p.concurrency_limit}"
             f", {p.rate:.2f} jobs/s{eta}{pause}"
         )

@@ -71,7 +71,7 @@ class Progress:
 
     total: int = 0
     submitted: int = 0
-    running: int = 0
+    running: int = 0  # generations in flight at the provider
     downloaded: int = 0
     failed: int = 0
     throttled: int = 0
@@ -380,7 +380,6 @@ class Executor:
                     raise self._fail(row, f"generation {status.error or status.raw}")
                 if status.state == "running" and row.status is not JobStatus.RUNNING:
                     row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
-                    self.progress.running += 1
             delay = min(self.settings.poll_max, delay * POLL_GROWTH)
 
     async def _download(self, row: JobRow) -> None:
@@ -448,6 +447,7 @@ class Executor:
                 await anyio.sleep(PROGRESS_INTERVAL)
 
     def _report(self) -> None:
+        self.progress.running = self.slots.in_flight
         self.progress.concurrency_limit = self.slots.limit
         self.progress.paused_for = self.throttle.paused_for
         if self.on_progress is not None:

@@ -1,0 +1,287 @@
+"""`runner run` as a real process against the mock over loopback: crashes (SIGKILL) and
+resumes, Ctrl-C, the executor lock, 401s, the rate limit and Retry-After pauses as the mock's
+request log saw them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.ledger import JobStatus, Ledger
+from runner.mock import MockOptions
+from runner.mock.server import MockServerThread
+
+MANIFEST = """
+version: 1
+limits:
+  concurrency: {concurrency}
+  requests_per_second: {rps}
+  max_attempts: 10
+  poll_initial: {poll}
+  poll_max: {poll_max}
+defaults:
+  type: text-to-video
+  duration: 2
+campaigns:
+  - name: crash
+    prompt: "{{subject}} in {{place}}"
+    matrix:
+      subject: {subjects}
+      place: [a park, a street, a kitchen, a beach]
+"""
+
+SUBJECTS = ["A dancer", "A chef", "A cat", "A robot", "A horse", "A pilot"]
+
+Factory = Callable[..., MockServerThread]
+
+
+def write_manifest(
+    path: Path,
+    *,
+    subjects: int = 4,
+    concurrency: int = 4,
+    rps: float = 50,
+    poll: float = 0.05,
+    poll_max: float = 0.2,
+) -> int:
+    """Write the test manifest; returns how many jobs it makes."""
+    path.write_text(
+        MANIFEST.format(
+            subjects="[" + ", ".join(SUBJECTS[:subjects]) + "]",
+            concurrency=concurrency,
+            rps=rps,
+            poll=poll,
+            poll_max=poll_max,
+        )
+    )
+    return subjects * 4
+
+
+def runner_env(server: MockServerThread, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HIGGSFIELD_BASE_URL": server.seed_base_url,
+        "HIGGSFIELD_API_KEY": "test-key",
+        "RUNNER_BACKOFF": "0.01,0.2",
+        **extra,
+    }
+
+
+def start_run(manifest: Path, state: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--state", str(state)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_run(
+    manifest: Path, state: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--state", str(state)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_everything_downloaded_once(server: MockServerThread, state: Path, jobs: int) -> None:
+    """Every job downloaded and verified, no duplicate generation, no .part, ledger intact."""
+    with Ledger(state) as ledger:
+        rows = ledger.jobs()
+    assert len(rows) == jobs
+    assert {r.status for r in rows} == {JobStatus.DOWNLOADED}
+    for row in rows:
+        data = (state / "videos" / row.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row.sha256
+        assert row.sha256 == server.state.video_sha256(row.generation_id or "")
+    stats = server.state.stats()
+    assert stats["generations_created"] == jobs
+    assert stats["duplicate_bodies"] == 0
+    assert not list((state / "videos").rglob("*.part"))
+    with sqlite3.connect(state / "ledger.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def crash_and_resume(
+    tmp_path: Path, mock_server_factory: Factory, *, kills: int, seed: int
+) -> None:
+    server = mock_server_factory(
+        MockOptions(
+            latency_min=0.5,
+            latency_max=1.5,
+            drop_after_accept_rate=0.1,
+            truncate_rate=0.1,
+            video_size=256 * 1024,
+            seed=seed,
+        )
+    )
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    jobs = write_manifest(manifest, subjects=6)
+    env = runner_env(server)
+    rng = random.Random(seed)
+    mid_run_kills = 0
+    for _ in range(kills):
+        proc = start_run(manifest, state, env)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 1.6))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.communicate()
+        ledger = Ledger.open_readonly(state)
+        if ledger is not None:
+            with ledger:
+                statuses = {r.status for r in ledger.jobs()}
+            mid_run_kills += statuses != {JobStatus.DOWNLOADED}
+    # The kills must really have landed while work was under way.
+    assert mid_run_kills >= kills // 2
+    final = finish_run(manifest, state, env)
+    assert final.returncode == 0, final.stderr
+    assert "Traceback" not in final.stderr
+    assert_everything_downloaded_once(server, state, jobs)
+
+
+def test_sigkill_at_random_moments_then_resume(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """Killed with SIGKILL 10 times at random moments, the run still finishes every job once."""
+    crash_and_resume(tmp_path, mock_server_factory, kills=10, seed=101)
+
+
+@pytest.mark.slow
+def test_sigkill_many_times(tmp_path: Path, mock_server_factory: Factory) -> None:
+    """The same with 40 kills."""
+    crash_and_resume(tmp_path, mock_server_factory, kills=40, seed=202)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_server_factory: Factory) -> None:
+    """SIGINT: exit 130 with how to resume; the next run finishes without duplicates."""
+    server = mock_server_factory(MockOptions(latency_min=1.0, latency_max=2.0, seed=3))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    jobs = write_manifest(manifest, concurrency=8)
+    env = runner_env(server)
+    proc = start_run(manifest, state, env)
+    deadline = time.monotonic() + 20
+    while server.state.stats()["generations_created"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "runner run" in err
+    assert "Traceback" not in err
+    final = finish_run(manifest, state, env)
+    assert final.returncode == 0, final.stderr
+    assert_everything_downloaded_once(server, state, jobs)
+
+
+def test_second_runner_is_refused_while_one_runs(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """A second `run` on the same state exits 2 naming the holder; `status` still works."""
+    server = mock_server_factory(MockOptions(latency_min=3.0, latency_max=3.0, seed=4))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    write_manifest(manifest, subjects=1)
+    env = runner_env(server)
+    first = start_run(manifest, state, env)
+    try:
+        deadline = time.monotonic() + 20
+        while server.state.stats()["generations_created"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = finish_run(manifest, state, env)
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr
+        status = subprocess.run(
+            [sys.executable, "-m", "runner", "status", "--json", "--state", str(state)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert status.returncode == 0, status.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+
+
+def test_wrong_key_exits_3_without_leaking_it(tmp_path: Path, mock_server_factory: Factory) -> None:
+    """A 401 stops the run with exit 3; the key is in no output; no job is failed."""
+    server = mock_server_factory(MockOptions(seed=5))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    write_manifest(manifest, subjects=1)
+    secret = "sk-live-very-secret-0123456789"
+    done = finish_run(manifest, state, runner_env(server, HIGGSFIELD_API_KEY=secret))
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert secret not in done.stdout + done.stderr
+    with Ledger(state) as ledger:
+        assert JobStatus.FAILED not in {r.status for r in ledger.jobs()}
+        for row in ledger.jobs():
+            assert all(secret not in (e.detail or "") for e in ledger.events(row.key))
+    assert secret.encode() not in (state / "ledger.db").read_bytes()
+
+
+def api_calls(server: MockServerThread) -> list[dict[str, Any]]:
+    """Every logged call to the API (video downloads are not API calls)."""
+    return [e for e in server.state.log_entries() if not e["path"].startswith("/_mock/")]
+
+
+def test_no_one_second_window_exceeds_the_rate(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """Measured at the mock: no 1-second window holds more than requests_per_second calls."""
+    server = mock_server_factory(MockOptions(latency_min=0.2, latency_max=0.5, seed=6))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    jobs = write_manifest(manifest, subjects=3, concurrency=12, rps=8, poll=0.1, poll_max=0.3)
+    done = finish_run(manifest, state, runner_env(server))
+    assert done.returncode == 0, done.stderr
+    times = sorted(e["time"] for e in api_calls(server))
+    assert len(times) >= jobs * 2
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 8
+    assert busiest >= 6  # the limiter, not a lack of work, set the pace
+
+
+@pytest.mark.parametrize(("mode", "retry_after"), [("seconds", 1.0), ("date", 2.0)])
+def test_no_call_during_retry_after_pause(
+    tmp_path: Path, mock_server_factory: Factory, mode: str, retry_after: float
+) -> None:
+    """After a 429 with Retry-After, no API call reaches the provider until it has passed."""
+    server = mock_server_factory(
+        MockOptions(
+            latency_min=0.05,
+            latency_max=0.1,
+            rate_429=0.3,
+            retry_after_mode=mode,  # type: ignore[arg-type]
+            retry_after=retry_after,
+            seed=7,
+        )
+    )
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    jobs = write_manifest(manifest, subjects=2, concurrency=8, rps=40)
+    done = finish_run(manifest, state, runner_env(server))
+    assert done.returncode == 0, done.stderr
+    calls = api_calls(server)
+    throttled = [e["time"] for e in calls if e["status"] == 429]
+    assert throttled, "the mock drew no 429; the test proved nothing"
+    # An HTTP-date has whole seconds, so a 2 s date may mean just over 1 s from now.
+    pause = 1.0
+    in_flight_slack = 0.05  # calls already on the wire when the 429 was answered
+    for t in throttled:
+        inside = [e for e in calls if t + in_flight_slack < e["time"] < t + pause - 0.02]
+        assert inside == [], f"calls sent during the pause that started at {t}: {inside}"
+    assert_everything_downloaded_once(server, state, jobs)
