@@ -629,6 +629,23 @@ def retry_cmd(manifest: Path, keys: tuple[str, ...], campaigns: tuple[str, ...])
 
 
 
+@cli.command("souls")
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@common_options
+@handle_errors
+def souls_cmd(manifest: Path) -> None:
+    """Train the manifest's soul models that are not ready yet, and list them all."""
+    from runner import runs
+
+    records, failures = runs.train_souls(manifest, get_ctx().state_dir)
+    for soul in records:
+        error = f"  {soul.error}" if soul.error else ""
+        click.echo(f"{soul.name}  {soul.status}  {soul.model_id or '-'}{error}")
+    if not records:
+        click.echo("this manifest defines no souls")
+    sys.exit(EXIT_FAILED if failures else EXIT_OK)
+
+
 # --- mock server --------------------------------------------------------------------------
 
 

@@ -278,15 +278,9 @@ class Executor:
         return wait
 
     async def _submit(self, row: JobRow) -> JobRow:
-        key = row.idempotency_key
-        if row.status is JobStatus.PENDING:
-            row = self._move(row, JobStatus.SUBMITTING, f"submitting with idempotency key {key}")
-        else:
-            row = self._move(
-                row, JobStatus.SUBMITTING, f"resending with the same idempotency key {key}"
-            )
         soul_model = None
         if row.soul:
+            # Before `submitting`: a job waiting for its soul has not been sent anywhere.
             if self.souls is None:
                 raise self._fail(row, f"soul {row.soul!r} is not available in this run")
             try:
@@ -294,6 +288,13 @@ class Executor:
             except PermanentError as err:
                 self._spent -= row.credits
                 raise self._fail(row, f"soul {row.soul!r}: {err.message}") from err
+        key = row.idempotency_key
+        if row.status is JobStatus.PENDING:
+            row = self._move(row, JobStatus.SUBMITTING, f"submitting with idempotency key {key}")
+        else:
+            row = self._move(
+                row, JobStatus.SUBMITTING, f"resending with the same idempotency key {key}"
+            )
         throttles = 0
         while True:
             await self.throttle.wait_turn()

@@ -15,10 +15,10 @@ from pathlib import Path
 import anyio
 import httpx
 
-from runner.errors import UsageError
+from runner.errors import PermanentError, UsageError
 from runner.executor import Executor, ExecutorSettings, Outcome, Progress
 from runner.jobs import Job, expand
-from runner.ledger import ExecutorLock, JobRow, JobStatus, Ledger
+from runner.ledger import ExecutorLock, JobRow, JobStatus, Ledger, SoulRow
 from runner.manifest import Manifest, load_manifest
 from runner.providers import Provider, ProviderSettings, make_provider
 from runner.souls import SoulTrainer
@@ -197,6 +197,49 @@ def retry(
         return ledger.retry_failed(
             str(manifest.path), keys=list(keys) or None, campaigns=list(campaigns) or None
         )
+
+
+def train_souls(
+    manifest_path: str | Path, state_dir: Path, env: Environment = Environment()
+) -> tuple[list[SoulRow], dict[str, str]]:
+    """``runner souls``: train the manifest's soul models that are not ready yet.
+
+    Returns every soul record of the manifest and, by soul name, why training failed.
+    """
+    manifest = load_manifest(manifest_path)
+    api_client = env.api_client() if env.api_client else None
+    provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
+    backoff = backoff_from(env.environ)
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    async def train_all(ledger: Ledger) -> dict[str, str]:
+        limits = manifest.limits
+        trainer = SoulTrainer(
+            ledger,
+            provider,
+            manifest,
+            Throttle(limits.requests_per_second),
+            max_attempts=limits.max_attempts,
+            poll_initial=limits.poll_initial,
+            poll_max=limits.poll_max,
+            backoff=backoff,
+        )
+        failures: dict[str, str] = {}
+        try:
+            for name in manifest.souls:
+                try:
+                    await trainer.model_id(name)
+                except PermanentError as err:
+                    failures[name] = err.message
+        finally:
+            await provider.aclose()
+            if api_client is not None:
+                await api_client.aclose()
+        return failures
+
+    with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
+        failures = anyio.run(train_all, ledger)
+        return ledger.souls(str(manifest.path)), failures
 
 
 def _recheck_files(ledger: Ledger, rows: list[JobRow], output_dir: Path) -> None:

@@ -285,3 +285,27 @@ def test_no_call_during_retry_after_pause(
         inside = [e for e in calls if t + in_flight_slack < e["time"] < t + pause - 0.02]
         assert inside == [], f"calls sent during the pause that started at {t}: {inside}"
     assert_everything_downloaded_once(server, state, jobs)
+
+
+def test_souls_command_trains_and_lists(tmp_path: Path, mock_server_factory: Factory) -> None:
+    """`runner souls` trains what is not ready, lists every soul, and trains nothing twice."""
+    server = mock_server_factory(MockOptions(soul_training_seconds=0.1, seed=8))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    manifest.write_text(
+        "version: 1\n"
+        "limits: {requests_per_second: 50, poll_initial: 0.05, poll_max: 0.1}\n"
+        "souls:\n"
+        "  ava: {name: ava_v1, images: [https://cdn.example.com/a.jpg]}\n"
+        "  bo: {name: bo_v1, images: [https://cdn.example.com/b.jpg]}\n"
+        "campaigns:\n"
+        "  - {name: c, soul: ava, prompt: hello, type: text-to-video}\n"
+    )
+    command = [sys.executable, "-m", "runner", "souls", str(manifest), "--state", str(state)]
+    env = runner_env(server)
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["ava", "ready"], ["bo", "ready"]]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert again.stdout == first.stdout
+    assert server.state.stats()["souls_created"] == 2

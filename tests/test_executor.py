@@ -315,3 +315,53 @@ def test_missing_file_is_downloaded_again(tmp_path: Path) -> None:
     assert result.outcome.submitted == 0
     assert (h.state_dir / "videos" / victim.path).exists()
     assert_files_match_mock(h)
+
+
+SOUL_MANIFEST = """
+version: 1
+{limits}
+souls:
+  ava:
+    name: brand_influencer_v1
+    images: [https://cdn.example.com/ava/01.jpg, https://cdn.example.com/ava/02.jpg]
+defaults:
+  type: text-to-video
+  duration: 4
+campaigns:
+  - name: ava
+    soul: ava
+    prompt: "Ava in {{place}}"
+    matrix:
+      place: [a park, a street, a kitchen]
+"""
+
+
+def test_soul_is_trained_once_and_reused(tmp_path: Path) -> None:
+    """Jobs naming a soul wait for its model, carry its id, and later runs reuse it."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, soul_training_seconds=0.05))
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    result = h.run()
+    assert result.counts == {"downloaded": 3}
+    assert h.mock.stats()["souls_created"] == 1
+    [soul] = h.mock.souls.values()
+    assert soul.images == [
+        "https://cdn.example.com/ava/01.jpg", "https://cdn.example.com/ava/02.jpg"
+    ]
+    assert {g.body.get("model_id") for g in h.mock.generations.values()} == {soul.id}
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS).replace("a kitchen", "a roof"))
+    h.run()
+    assert h.mock.stats()["souls_created"] == 1
+    records, failures = runs.train_souls(h.manifest, h.state_dir, h.env())
+    assert failures == {}
+    assert [(r.name, r.status, r.model_id) for r in records] == [("ava", "ready", soul.id)]
+    assert h.mock.stats()["souls_created"] == 1
+
+
+def test_failed_soul_fails_its_jobs_with_reason(tmp_path: Path) -> None:
+    """A soul whose training fails fails the jobs that need it, and says so."""
+    h = Harness(tmp_path, MockOptions(soul_fail_rate=1.0, soul_training_seconds=0.0))
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    result = h.run()
+    assert result.counts == {"failed": 3}
+    assert all("soul 'ava'" in (r.error or "") for r in h.rows())
+    assert h.mock.stats()["generations_created"] == 0
