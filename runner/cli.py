@@ -485,6 +485,7 @@ class ProgressView:
         self.console = Console(stderr=True)
         self.quiet = quiet
         self.live: Any = None
+        self.last: Progress | None = None
         self._last_line = 0.0
 
     def __enter__(self) -> ProgressView:
@@ -498,6 +499,8 @@ class ProgressView:
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
             self.live.__exit__(None, None, None)
+        if self.last is not None and not self.quiet:
+            click.echo(self.line(self.last), err=True)
 
     @staticmethod
     def line(p: Progress) -> str:
@@ -511,6 +514,7 @@ class ProgressView:
         )
 
     def __call__(self, p: Progress) -> None:
+        self.last = p
         if self.quiet:
             return
         if self.live is not None:
