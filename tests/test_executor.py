@@ -1,22 +1,25 @@
-"""The executor end to end, in-process: real ledger, real files, the mock app over ASGITransport.
+"""The executor end to end: real ledger, real files, the mock app over loopback (uvicorn in a
+thread) or in-process (ASGITransport, no socket).
 
-Each test calls ``runner.runs.run`` exactly as the CLI does, with the HTTP clients pointed at
-the mock app, so no socket is opened.
+Each test calls ``runner.runs.run`` exactly as the CLI does. The tests that take the
+``harness`` fixture run twice, once over each transport.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from runner import runs
 from runner.ledger import JobStatus, Ledger
 from runner.mock import MockOptions, base_urls, create_app
+from runner.mock.server import MockServerThread
 from runner.mock.state import MockState
 from runner.mock.testing import IN_PROCESS_ORIGIN, MOCK_ENV, FakeClock
 
@@ -57,14 +60,17 @@ JOBS = 8
 
 
 class Harness:
-    """A manifest, a state dir and an in-process mock, wired like the CLI wires them."""
+    """A manifest, a state dir and a mock (in-process, or over loopback), wired like the CLI."""
 
-    def __init__(self, tmp_path: Path, options: MockOptions, clock: Any = None) -> None:
+    def __init__(
+        self, tmp_path: Path, options: MockOptions, clock: Any = None, *, loopback: bool = False
+    ) -> None:
         self.tmp_path = tmp_path
         self.manifest = tmp_path / "m.yaml"
         self.state_dir = tmp_path / "state"
         self.app = create_app(options, clock=clock)
         self.mock: MockState = self.app.state.mock
+        self.server = MockServerThread(self.app).start() if loopback else None
         self.transport_wrapper: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
         self.transport_wrapper = lambda t: t
         self.write(MANIFEST.format(limits=FAST_LIMITS))
@@ -72,13 +78,20 @@ class Harness:
     def write(self, text: str) -> None:
         self.manifest.write_text(text)
 
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
     def env(self, **extra: str) -> runs.Environment:
+        origin = self.server.origin if self.server else IN_PROCESS_ORIGIN
         environ = {
             **MOCK_ENV,
-            "HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfieldapi"],
+            "HIGGSFIELD_BASE_URL": base_urls(origin)["higgsfieldapi"],
             "RUNNER_BACKOFF": "0.001,0.01",
             **extra,
         }
+        if self.server is not None:
+            return runs.Environment(environ=environ)
 
         def client() -> httpx.AsyncClient:
             transport = self.transport_wrapper(httpx.ASGITransport(app=self.app))
@@ -98,6 +111,20 @@ class Harness:
         return [e for e in self.mock.log_entries() if e["method"] == "POST"]
 
 
+@pytest.fixture(params=["in-process", "loopback"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    """``harness(options) -> Harness`` over ASGITransport, then over loopback."""
+    made: list[Harness] = []
+
+    def make(options: MockOptions) -> Harness:
+        made.append(Harness(tmp_path, options, loopback=request.param == "loopback"))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
 def assert_files_match_mock(h: Harness) -> None:
     """Every downloaded job's file is byte-identical to what the mock served for it."""
     out = h.state_dir / "videos"
@@ -112,9 +139,9 @@ def assert_files_match_mock(h: Harness) -> None:
     assert not list(out.rglob("*.part"))
 
 
-def test_run_downloads_every_job_byte_identical(tmp_path: Path) -> None:
+def test_run_downloads_every_job_byte_identical(harness: Callable[..., Harness]) -> None:
     """All jobs end downloaded, each file exactly the bytes the mock served for it."""
-    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.02, seed=1))
+    h = harness(MockOptions(latency_min=0.0, latency_max=0.02, seed=1))
     result = h.run()
     assert result.counts == {"downloaded": JOBS}
     assert result.outcome.submitted == JOBS
@@ -127,9 +154,9 @@ def test_run_downloads_every_job_byte_identical(tmp_path: Path) -> None:
         ]
 
 
-def test_second_run_submits_nothing(tmp_path: Path) -> None:
+def test_second_run_submits_nothing(harness: Callable[..., Harness]) -> None:
     """Running the same manifest again sends no POST and downloads nothing again."""
-    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, seed=2))
+    h = harness(MockOptions(latency_min=0.0, latency_max=0.0, seed=2))
     h.run()
     before = len(h.mock.log_entries())
     result = h.run()
@@ -138,9 +165,11 @@ def test_second_run_submits_nothing(tmp_path: Path) -> None:
     assert len(h.mock.log_entries()) == before
 
 
-def test_editing_one_matrix_value_submits_only_changed_jobs(tmp_path: Path) -> None:
+def test_editing_one_matrix_value_submits_only_changed_jobs(
+    harness: Callable[..., Harness],
+) -> None:
     """Changing 'a kitchen' to 'a rooftop' sends exactly the two new jobs and orphans two."""
-    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, seed=3))
+    h = harness(MockOptions(latency_min=0.0, latency_max=0.0, seed=3))
     h.run()
     first = {r.key for r in h.rows()}
     h.write(MANIFEST.format(limits=FAST_LIMITS).replace("a kitchen", "a rooftop"))
@@ -156,9 +185,9 @@ def test_editing_one_matrix_value_submits_only_changed_jobs(tmp_path: Path) -> N
     assert result.counts == {"downloaded": JOBS}
 
 
-def test_submit_only_then_collect(tmp_path: Path) -> None:
+def test_submit_only_then_collect(harness: Callable[..., Harness]) -> None:
     """--submit-only leaves generations in flight; collect polls and downloads them."""
-    h = Harness(tmp_path, MockOptions(latency_min=0.0, latency_max=0.0, seed=4))
+    h = harness(MockOptions(latency_min=0.0, latency_max=0.0, seed=4))
     result = h.run(runs.RunOptions(submit_only=True))
     assert result.counts == {"queued": JOBS}
     assert result.outcome.unfinished == 0
@@ -170,7 +199,7 @@ def test_submit_only_then_collect(tmp_path: Path) -> None:
     assert_files_match_mock(h)
 
 
-def test_faults_every_job_downloaded_or_failed_with_reason(tmp_path: Path) -> None:
+def test_faults_every_job_downloaded_or_failed_with_reason(harness: Callable[..., Harness]) -> None:
     """5xx, 429s (both Retry-After forms), dropped submits, truncated bodies and failed
     generations: each job ends downloaded (verified) or failed with its reason; no job is
     paid for twice."""
@@ -187,7 +216,7 @@ def test_faults_every_job_downloaded_or_failed_with_reason(tmp_path: Path) -> No
         nsfw_rate=0.05,
         seed=5,
     )
-    h = Harness(tmp_path, options)
+    h = harness(options)
     # 4 × 5 + 2 = 22 jobs: enough calls that every kind of fault is drawn.
     manifest = MANIFEST.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 12"))
     manifest = manifest.replace("[A dancer, A chef]", "[A dancer, A chef, A cat, A robot]")
@@ -336,9 +365,9 @@ campaigns:
 """
 
 
-def test_soul_is_trained_once_and_reused(tmp_path: Path) -> None:
+def test_soul_is_trained_once_and_reused(harness: Callable[..., Harness]) -> None:
     """Jobs naming a soul wait for its model, carry its id, and later runs reuse it."""
-    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, soul_training_seconds=0.05))
+    h = harness(MockOptions(latency_min=0, latency_max=0, soul_training_seconds=0.05))
     h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
     result = h.run()
     assert result.counts == {"downloaded": 3}
