@@ -477,48 +477,62 @@ PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not 
 
 
 class ProgressView:
-    """A live rich display on a terminal; one plain line every few seconds otherwise."""
+    """A live rich progress bar on a terminal; one plain line every few seconds otherwise."""
 
-    def __init__(self, *, quiet: bool) -> None:
+    def __init__(self, *, quiet: bool, console: Any = None) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.quiet = quiet
-        self.live: Any = None
+        self.bar: Any = None
+        self.task: Any = None
         self.last: Progress | None = None
         self._last_line = 0.0
 
     def __enter__(self) -> ProgressView:
         if not self.quiet and self.console.is_terminal:
-            from rich.live import Live
+            from rich import progress as rp
 
-            self.live = Live(console=self.console, refresh_per_second=4, transient=True)
-            self.live.__enter__()
+            self.bar = rp.Progress(
+                rp.TextColumn("[bold]videos"),
+                rp.BarColumn(),
+                rp.MofNCompleteColumn(),
+                rp.TextColumn("{task.fields[detail]}"),
+                rp.TimeRemainingColumn(),
+                console=self.console,
+                refresh_per_second=4,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("videos", total=None, detail="starting")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(None, None, None)
-        if self.last is not None and not self.quiet:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        elif self.last is not None and not self.quiet:
             click.echo(self.line(self.last), err=True)
 
     @staticmethod
-    def line(p: Progress) -> str:
-        eta = f", ETA {p.eta:.0f}s" if p.eta is not None else ""
+    def detail(p: Progress) -> str:
         pause = f", paused {p.paused_for:.1f}s (Retry-After)" if p.paused_for > 0 else ""
         return (
-            f"{p.downloaded + p.failed}/{p.total} done: submitted {p.submitted}, "
-            f"in flight {p.running}, downloaded {p.downloaded}, failed {p.failed}, "
-            f"retries {p.retries}, throttled {p.throttled}, concurrency {p.concurrency_limit}"
-            f", {p.rate:.2f} jobs/s{eta}{pause}"
+            f"submitted {p.submitted}, in flight {p.running}, downloaded {p.downloaded}, "
+            f"failed {p.failed}, retries {p.retries}, throttled {p.throttled}, "
+            f"concurrency {p.concurrency_limit}, {p.rate:.2f} jobs/s{pause}"
         )
+
+    @classmethod
+    def line(cls, p: Progress) -> str:
+        eta = f", ETA {p.eta:.0f}s" if p.eta is not None else ""
+        return f"{p.downloaded + p.failed}/{p.total} done: {cls.detail(p)}{eta}"
 
     def __call__(self, p: Progress) -> None:
         self.last = p
         if self.quiet:
             return
-        if self.live is not None:
-            self.live.update(self.line(p))
+        if self.bar is not None:
+            done = p.downloaded + p.failed
+            self.bar.update(self.task, total=p.total, completed=done, detail=self.detail(p))
             return
         now = time.monotonic()
         if now - self._last_line >= PLAIN_PROGRESS_EVERY:
