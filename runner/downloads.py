@@ -101,21 +101,40 @@ def safe_destination(output_dir: Path, relative: str) -> Path:
 
 
 async def download(
-    client: httpx.AsyncClient, url: str, dest: Path, *, policy: DownloadPolicy
+    client: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    policy: DownloadPolicy,
+    resume_token: str | None = None,
 ) -> Downloaded:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a partial file with Range.
+    """Download ``url`` to ``dest`` through ``dest.part``.
+
+    A partial file is resumed with Range only when it was started for the same
+    ``resume_token`` (the generation id, kept beside it in ``dest.part.id``): a ``.part`` left
+    by another generation at the same path is thrown away, never spliced in.
 
     Raises ``ExpiredURLError`` for 403/404/410, ``TransientError`` for what is worth retrying
     (connection errors, 5xx, short bodies), ``UnsafeURLError`` for refused URLs.
     """
     part = dest.with_name(dest.name + ".part")
+    tag = dest.with_name(dest.name + ".part.id")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    offset = part.stat().st_size if part.exists() else 0
+    offset = 0
+    if part.exists():
+        owner = tag.read_text() if tag.exists() else None
+        if resume_token is not None and owner == resume_token:
+            offset = part.stat().st_size
+        else:
+            part.unlink()
+    if resume_token is not None:
+        tag.write_text(resume_token)
     try:
         await _fetch(client, url, part, offset, policy)
     except httpx.TransportError as err:
         raise TransientError(f"download interrupted: {type(err).__name__}") from err
     size, digest = await anyio.to_thread.run_sync(_finish, part, dest)
+    tag.unlink(missing_ok=True)
     return Downloaded(path=dest, bytes=size, sha256=digest)
 
 

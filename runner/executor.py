@@ -32,18 +32,19 @@ from runner.errors import (
     ExpiredURLError,
     FatalError,
     PermanentError,
-    ProviderError,
     ThrottledError,
     TransientError,
+    UnknownOutcomeError,
     UnsafeURLError,
 )
 from runner.ledger import JobRow, JobStatus, Ledger
-from runner.providers import Provider
+from runner.providers import GenerationStatus, Provider
 from runner.throttle import AdaptiveSlots, Backoff, Throttle, retry_wait
 
 T = TypeVar("T")
 
 POLL_GROWTH = 1.5  # each quiet poll waits this much longer, up to poll_max
+MIN_POLL_STEP = 0.01  # seconds: the smallest poll interval after the first
 PROGRESS_INTERVAL = 0.5
 IN_FLIGHT = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -187,7 +188,8 @@ class Executor:
                 ticker = anyio.CancelScope()
                 tg.start_soon(self._tick, ticker)
                 async with anyio.create_task_group() as jobs:
-                    for row in rows:
+                    # --submit-only leaves what is already under way to `collect`.
+                    for row in rows if self.settings.download else ():
                         if row.status in IN_FLIGHT:
                             self.slots.adopt()
                             jobs.start_soon(self._drive, row, True)
@@ -263,19 +265,16 @@ class Executor:
             self._move(row, JobStatus.FAILED, reason, error=reason, **cols)
         return _Gone()
 
-    async def _api(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """One provider call: wait for a turn, then call (the call itself is shielded)."""
-        await self.throttle.wait_turn()
-        with self._critical():
-            return await fn()
-
-    def _throttled(self, err: ThrottledError, attempt: int) -> float:
-        """Backpressure: lower concurrency, pause every call if Retry-After says so."""
+    async def _throttled(self, err: ThrottledError, attempt: int) -> None:
+        """Backpressure, not failure: lower the concurrency ceiling and wait. A Retry-After
+        pauses every call to the provider; without one, only this task backs off."""
         self.progress.throttled += 1
         self.slots.throttled()
         wait = retry_wait(err.retry_after, attempt, self.settings.backoff)
-        self.throttle.pause(wait)
-        return wait
+        if err.retry_after is not None:
+            self.throttle.pause(wait)
+        else:
+            await anyio.sleep(wait)
 
     async def _submit(self, row: JobRow) -> JobRow:
         soul_model = None
@@ -297,6 +296,7 @@ class Executor:
             )
         throttles = 0
         while True:
+            throttled: ThrottledError | None = None
             await self.throttle.wait_turn()
             with self._critical():
                 try:
@@ -304,10 +304,7 @@ class Executor:
                         row.request, idempotency_key=key, soul_model_id=soul_model
                     )
                 except ThrottledError as err:
-                    throttles += 1
-                    wait = self._throttled(err, throttles)
-                    self.ledger.note(row.key, f"throttled ({err.message}); waiting {wait:.1f}s")
-                    continue
+                    throttled = err
                 except TransientError as err:
                     row = self._transient(row, err)
                 except PermanentError as err:
@@ -323,13 +320,33 @@ class Executor:
                         generation_id=generation_id,
                         error=None,
                     )
-            await anyio.sleep(self.settings.backoff.delay(row.attempts, self.rng))
+            if throttled is not None:
+                throttles += 1
+                self.ledger.note(row.key, f"throttled: {throttled.message}")
+                await self._throttled(throttled, throttles)
+            else:
+                await anyio.sleep(self.settings.backoff.delay(row.attempts, self.rng))
 
-    def _transient(self, row: JobRow, err: ProviderError) -> JobRow:
-        """Count a transient submit failure; fail the job once ``max_attempts`` are used."""
+    def _transient(self, row: JobRow, err: TransientError) -> JobRow:
+        """Count a transient submit failure against ``max_attempts`` (across runs).
+
+        Out of attempts, the job fails, unless the last POST may have been accepted: then it
+        stays ``submitting``, so the next run re-sends it with the same key and finds out,
+        instead of a retry paying for a second generation.
+        """
         attempts = row.attempts + 1
         self.progress.retries += 1
         if attempts >= self.settings.max_attempts:
+            if isinstance(err, UnknownOutcomeError):
+                self.ledger.transition(
+                    row.key,
+                    JobStatus.SUBMITTING,
+                    detail=f"attempt {attempts}: {err.message}; the provider may have it, so "
+                    "the next run re-sends it with the same key",
+                    attempts=attempts,
+                    error=err.message,
+                )
+                raise _Gone() from err
             self._spent -= row.credits
             raise self._fail(
                 row,
@@ -344,44 +361,50 @@ class Executor:
             error=err.message,
         )
 
+    async def _status(self, row: JobRow) -> GenerationStatus:
+        """The generation's status. Throttles are waited out (uncounted); transient errors are
+        retried up to ``max_attempts``, then the job is left as it is for the next run."""
+        errors = throttles = 0
+        while True:
+            await self.throttle.wait_turn()
+            try:
+                with self._critical():
+                    return await self.provider.status(row.generation_id or "")
+            except ThrottledError as err:
+                throttles += 1
+                await self._throttled(err, throttles)
+            except TransientError as err:
+                errors += 1
+                self.progress.retries += 1
+                if errors >= self.settings.max_attempts:
+                    self.ledger.note(row.key, f"status unavailable, next run retries: {err}")
+                    raise _Gone() from err
+                await anyio.sleep(self.settings.backoff.delay(errors, self.rng))
+
     async def _poll(self, row: JobRow) -> JobRow:
         """Poll until the generation is completed or failed. Returns the completed row."""
         delay = self.settings.poll_initial
-        errors = 0
         while True:
             await anyio.sleep(delay * self.rng.uniform(0.9, 1.1))
-            await self.throttle.wait_turn()
-            with self._critical():
-                try:
-                    status = await self.provider.status(row.generation_id or "")
-                except ThrottledError as err:
-                    errors += 1
-                    self._throttled(err, errors)
-                    continue
-                except TransientError as err:
-                    errors += 1
-                    if errors >= self.settings.max_attempts:
-                        self.ledger.note(row.key, f"status unavailable: {err.message}")
-                        raise _Gone() from err
-                    delay = min(self.settings.poll_max, delay * POLL_GROWTH)
-                    continue
-                except PermanentError as err:
-                    raise self._fail(row, f"status refused: {err.message}") from err
-                errors = 0
-                if status.state == "completed":
-                    return self._move(
-                        row,
-                        JobStatus.COMPLETED,
-                        "generation completed",
-                        video_url=status.video_url,
-                        error=None,
-                    )
-                if status.state == "failed":
-                    self._spent -= row.credits
-                    raise self._fail(row, f"generation {status.error or status.raw}")
-                if status.state == "running" and row.status is not JobStatus.RUNNING:
-                    row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
-            delay = min(self.settings.poll_max, delay * POLL_GROWTH)
+            # A zero poll_initial must still back off towards poll_max.
+            delay = min(self.settings.poll_max, max(delay * POLL_GROWTH, MIN_POLL_STEP))
+            try:
+                status = await self._status(row)
+            except PermanentError as err:
+                raise self._fail(row, f"status refused: {err.message}") from err
+            if status.state == "completed":
+                return self._move(
+                    row,
+                    JobStatus.COMPLETED,
+                    "generation completed",
+                    video_url=status.video_url,
+                    error=None,
+                )
+            if status.state == "failed":
+                self._spent -= row.credits
+                raise self._fail(row, f"generation {status.error or status.raw}")
+            if status.state == "running" and row.status is not JobStatus.RUNNING:
+                row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
 
     async def _download(self, row: JobRow) -> None:
         async with self.downloads:
@@ -395,7 +418,11 @@ class Executor:
                 try:
                     with self._critical():
                         got = await download(
-                            self.download_client, row.video_url or "", dest, policy=self.policy
+                            self.download_client,
+                            row.video_url or "",
+                            dest,
+                            policy=self.policy,
+                            resume_token=row.generation_id,
                         )
                         self._move(
                             row,
@@ -414,25 +441,21 @@ class Executor:
                     row = await self._refresh_url(row)
                 except UnsafeURLError as err:
                     raise self._fail(row, str(err)) from err
-                except (TransientError, DownloadError) as err:
+                except (TransientError, DownloadError, OSError) as err:
+                    # The generation is paid for and done: never fail it for this. A local
+                    # problem (disk full, a file where a folder should be) is said and kept.
                     tries += 1
                     self.progress.retries += 1
-                    if tries >= self.settings.max_attempts:
-                        self.ledger.note(row.key, f"download failed, will retry next run: {err}")
+                    if isinstance(err, OSError) or tries >= self.settings.max_attempts:
+                        self.ledger.note(row.key, f"download failed, next run retries: {err}")
                         raise _Gone() from err
                     await anyio.sleep(self.settings.backoff.delay(tries, self.rng))
 
     async def _refresh_url(self, row: JobRow) -> JobRow:
-        throttles = 0
-        while True:
-            try:
-                status = await self._api(lambda: self.provider.status(row.generation_id or ""))
-                break
-            except ThrottledError as err:
-                throttles += 1
-                self._throttled(err, throttles)
-            except (TransientError, PermanentError) as err:
-                raise self._fail(row, f"video URL expired and refresh failed: {err}") from err
+        try:
+            status = await self._status(row)
+        except PermanentError as err:
+            raise self._fail(row, f"video URL expired and refresh failed: {err}") from err
         if status.state != "completed" or not status.video_url:
             raise self._fail(row, f"video URL expired; provider now says {status.raw}")
         return self._move(

@@ -15,7 +15,8 @@ from pathlib import Path
 import anyio
 import httpx
 
-from runner.errors import PermanentError, UsageError
+from runner.downloads import safe_destination
+from runner.errors import PermanentError, RunnerError, UsageError
 from runner.executor import Executor, ExecutorSettings, Outcome, Progress
 from runner.jobs import Job, expand
 from runner.ledger import ExecutorLock, JobRow, JobStatus, Ledger, SoulRow
@@ -82,10 +83,23 @@ def select(jobs: Sequence[Job], options: RunOptions) -> list[Job]:
     unknown = [c for c in options.only if c not in names]
     if unknown:
         raise UsageError(f"--only names no campaign of this manifest: {', '.join(unknown)}")
+    tags = {t for j in jobs for t in j.tags}
+    unknown = [t for t in options.tags if t not in tags]
+    if unknown:
+        raise UsageError(f"--tag names no tag of this manifest: {', '.join(unknown)}")
     picked = [j for j in jobs if not options.only or j.campaign in options.only]
     if options.tags:
         picked = [j for j in picked if set(options.tags) & set(j.tags)]
     return picked
+
+
+def charged(row: JobRow) -> bool:
+    """Whether a job's estimated credits count against the budget: submitted and not refunded
+    (the provider does not charge failed generations). An orphaned job still cost what it
+    cost when it was sent."""
+    if row.status in CHARGED:
+        return True
+    return row.status is JobStatus.ORPHANED and row.generation_id is not None and not row.error
 
 
 def provider_settings(manifest: Manifest) -> ProviderSettings:
@@ -146,6 +160,7 @@ def run(
     state_dir.mkdir(parents=True, exist_ok=True)
     with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
         if not options.collect:
+            _move_renamed_files(ledger, jobs, output_dir)
             ledger.record_plan(str(manifest.path), jobs)
         keys = [j.key for j in selected]
         if options.retry_failed:
@@ -155,13 +170,14 @@ def run(
         if options.collect:
             rows = [r for r in rows if r.status in COLLECTABLE]
         rows = _apply_limit(rows, options.limit)
-        spent = sum(
-            r.credits for r in ledger.jobs(manifest=str(manifest.path)) if r.status in CHARGED
-        )
+        spent = sum(r.credits for r in ledger.jobs(manifest=str(manifest.path)) if charged(r))
         settings = executor_settings(manifest, options, spent, backoff)
-        outcome = anyio.run(
-            _execute, manifest, ledger, provider, api_client, rows, output_dir, settings, env
-        )
+        try:
+            outcome = anyio.run(
+                _execute, manifest, ledger, provider, api_client, rows, output_dir, settings, env
+            )
+        except BaseExceptionGroup as group:
+            raise _single_error(group) from None
         after = ledger.jobs(keys=[r.key for r in rows])
     counts: dict[str, int] = {}
     for r in after:
@@ -242,6 +258,39 @@ def train_souls(
         return ledger.souls(str(manifest.path)), failures
 
 
+def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A runner error that escaped a task group, unwrapped so the CLI can say it plainly."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for exc in g.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                walk(exc)
+            else:
+                leaves.append(exc)
+
+    walk(group)
+    errors = [e for e in leaves if isinstance(e, RunnerError)]
+    return errors[0] if len(errors) == len(leaves) else group
+
+
+def _move_renamed_files(ledger: Ledger, jobs: Sequence[Job], output_dir: Path) -> None:
+    """When ``output.filename`` changes, downloaded videos move with it instead of being
+    downloaded (or, if their URLs have expired, failed) again."""
+    planned = {j.key: j.path for j in jobs}
+    rows = ledger.jobs(keys=list(planned), status=JobStatus.DOWNLOADED)
+    for row in rows:
+        new = planned[row.key]
+        if new == row.path:
+            continue
+        old_file = safe_destination(output_dir, row.path)
+        new_file = safe_destination(output_dir, new)
+        if old_file.is_file() and not new_file.exists():
+            new_file.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old_file, new_file)
+            ledger.note(row.key, f"moved {old_file} to {new_file} (output.filename changed)")
+
+
 def _recheck_files(ledger: Ledger, rows: list[JobRow], output_dir: Path) -> None:
     """A downloaded job whose file is gone or the wrong size goes back to be downloaded again."""
     for row in rows:
@@ -290,7 +339,10 @@ def _dry_run(
         sendable.add(JobStatus.FAILED.value)
     would = [j for j in selected if statuses.get(j.key, "pending") in sendable]
     if options.limit is not None:
-        would = would[: options.limit]
+        # As in a real run, the limit counts only jobs never sent; `submitting` ones go anyway.
+        fresh = [j for j in would if statuses.get(j.key, "pending") != "submitting"]
+        keep = {j.key for j in fresh[: options.limit]}
+        would = [j for j in would if j.key in keep or statuses.get(j.key) == "submitting"]
     return RunResult(str(manifest.path), len(selected), Outcome(), output_dir, would_submit=would)
 
 

@@ -59,18 +59,24 @@ class SoulTrainer:
         self.backoff = backoff or Backoff()
         self._locks: dict[str, anyio.Lock] = {}
         self._ready: dict[str, str] = {}
+        self._failed: dict[str, PermanentError] = {}
 
     async def model_id(self, name: str) -> str:
         """The ready model id of soul ``name``, training it first if needed.
 
         Raises ``PermanentError`` when the soul cannot be trained.
         """
-        if name in self._ready:
-            return self._ready[name]
         lock = self._locks.setdefault(name, anyio.Lock())
         async with lock:
+            # One answer per soul per run: a failed training is not repeated for every job.
+            if name in self._failed:
+                raise self._failed[name]
             if name not in self._ready:
-                self._ready[name] = await self._ensure(name)
+                try:
+                    self._ready[name] = await self._ensure(name)
+                except PermanentError as err:
+                    self._failed[name] = err
+                    raise
         return self._ready[name]
 
     async def _ensure(self, name: str) -> str:
@@ -79,13 +85,23 @@ class SoulTrainer:
         wanted = images_hash(images)
         record = self.ledger.get_soul(name, manifest)
         if record is None or record.status == FAILED or record.images_hash != wanted:
-            urls = [await self._public_url(image) for image in images]
-            soul_name = self.manifest.souls[name].name
+            record = await self._train(name, images, wanted)
+        return await self._wait_ready(record)
+
+    async def _train(self, name: str, images: list[str], wanted: str) -> SoulRow:
+        urls = [await self._public_url(image) for image in images]
+        soul_name = self.manifest.souls[name].name
+        # Training is paid for: once sent, its model id is committed even on Ctrl-C.
+        with anyio.CancelScope(shield=True):
             model_id = await self._call(lambda: self.provider.train_soul(soul_name, urls))
             record = self.ledger.set_soul(
-                name, manifest, status=TRAINING, model_id=model_id, images_hash=wanted
+                name,
+                str(self.manifest.path),
+                status=TRAINING,
+                model_id=model_id,
+                images_hash=wanted,
             )
-        return await self._wait_ready(record)
+        return record
 
     async def _wait_ready(self, record: SoulRow) -> str:
         model_id = record.model_id or ""
@@ -131,16 +147,22 @@ class SoulTrainer:
         return url
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """One provider call through the run's throttle, retried on transient errors."""
-        attempt = 0
+        """One provider call through the run's throttle, retried on transient errors;
+        throttling answers are waited out and use no attempts."""
+        attempt = throttles = 0
         while True:
-            attempt += 1
             await self.throttle.wait_turn()
             try:
                 return await fn()
             except ThrottledError as err:
-                self.throttle.pause(retry_wait(err.retry_after, attempt, self.backoff))
+                throttles += 1
+                wait = retry_wait(err.retry_after, throttles, self.backoff)
+                if err.retry_after is not None:
+                    self.throttle.pause(wait)
+                else:
+                    await anyio.sleep(wait)
             except TransientError as err:
+                attempt += 1
                 if attempt >= self.max_attempts:
                     raise PermanentError(f"gave up after {attempt} attempts: {err}") from err
                 await anyio.sleep(self.backoff.delay(attempt))

@@ -56,6 +56,7 @@ async def test_partial_file_resumes_with_range(tmp_path: Path) -> None:
     """An existing .part is continued with a Range request, not downloaded again."""
     dest = tmp_path / "k.mp4"
     (tmp_path / "k.mp4.part").write_bytes(BODY[:1000])
+    (tmp_path / "k.mp4.part.id").write_text("gen-1")
     seen: list[str | None] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -63,10 +64,34 @@ async def test_partial_file_resumes_with_range(tmp_path: Path) -> None:
         return serve_range(request)
 
     async with client_for(handler) as client:
-        got = await download(client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL)
+        got = await download(
+            client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL, resume_token="gen-1"
+        )
     assert seen == ["bytes=1000-"]
     assert dest.read_bytes() == BODY
     assert got.sha256 == hashlib.sha256(BODY).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.mp4"]
+
+
+@pytest.mark.parametrize("owner", ["gen-0", None])
+async def test_partial_file_of_another_generation_is_discarded(
+    tmp_path: Path, owner: str | None
+) -> None:
+    """A .part started for another generation (or for an unknown one) is never spliced in."""
+    dest = tmp_path / "k.mp4"
+    (tmp_path / "k.mp4.part").write_bytes(b"X" * 1000)
+    if owner:
+        (tmp_path / "k.mp4.part.id").write_text(owner)
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("range"))
+        return serve_range(request)
+
+    async with client_for(handler) as client:
+        await download(client, "http://127.0.0.1/v.mp4", dest, policy=LOCAL, resume_token="gen-1")
+    assert seen == [None]
+    assert dest.read_bytes() == BODY
 
 
 async def test_server_ignoring_range_restarts_from_zero(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from runner import runs
+from runner.errors import UsageError
 from runner.ledger import JobStatus, Ledger
 from runner.mock import MockOptions, base_urls, create_app
 from runner.mock.server import MockServerThread
@@ -394,3 +396,146 @@ def test_failed_soul_fails_its_jobs_with_reason(tmp_path: Path) -> None:
     assert result.counts == {"failed": 3}
     assert all("soul 'ava'" in (r.error or "") for r in h.rows())
     assert h.mock.stats()["generations_created"] == 0
+
+
+class DropPostAnswers(httpx.AsyncBaseTransport):
+    """Lets every POST reach the mock, then loses its answer (as a dropped connection)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST":
+            await response.aread()
+            raise httpx.ReadError("connection lost", request=request)
+        return response
+
+
+def test_lost_answers_never_fail_a_job_that_may_be_paid_for(tmp_path: Path) -> None:
+    """Out of attempts after answers that were lost, a job stays `submitting` (not failed), and
+    the next run re-sends it with the same key: no generation is paid for twice."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=15))
+    h.write(MANIFEST.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 2")))
+    h.transport_wrapper = DropPostAnswers
+    first = h.run()
+    assert first.counts == {"submitting": JOBS}
+    assert first.outcome.unfinished == JOBS and first.outcome.failed == 0
+    assert h.mock.stats()["generations_created"] == JOBS
+    h.transport_wrapper = lambda t: t
+    second = h.run()
+    assert second.counts == {"downloaded": JOBS}
+    stats = h.mock.stats()
+    assert stats["generations_created"] == JOBS
+    assert stats["duplicate_bodies"] == 0
+    assert {r.idempotency_key for r in h.rows()} == {f"{r.key}-1" for r in h.rows()}
+
+
+@dataclass
+class RefreshScript:
+    """Shared by the API and download transports: the first video URL has expired, and the
+    first status call after that answers 503."""
+
+    clock: FakeClock
+    expired: bool = False
+    failed_refresh: bool = False
+
+    def wrap(self, inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        script = self
+
+        class Scripted(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                if "/_mock/videos/" in request.url.path and not script.expired:
+                    script.expired = True
+                    script.clock.advance(31)
+                elif script.expired and not script.failed_refresh and "/status/" in str(
+                    request.url
+                ):
+                    script.failed_refresh = True
+                    return httpx.Response(503, json={"error": "busy"})
+                return await inner.handle_async_request(request)
+
+        return Scripted()
+
+
+def test_transient_error_while_refreshing_url_is_retried(tmp_path: Path) -> None:
+    """A 503 on the refresh after an expired URL is retried, not a reason to fail the job."""
+    clock = FakeClock()
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, url_ttl=30, seed=16), clock)
+    h.write(MANIFEST.format(limits=FAST_LIMITS.replace("concurrency: 4", "concurrency: 1")))
+    script = RefreshScript(clock)
+    h.transport_wrapper = script.wrap
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert script.failed_refresh
+    assert h.mock.stats()["expired_video_urls"] == 1
+    assert_files_match_mock(h)
+
+
+def test_failed_soul_is_trained_once_per_run(tmp_path: Path) -> None:
+    """Three jobs waiting on a soul whose training fails cause one training, not three."""
+    h = Harness(tmp_path, MockOptions(soul_fail_rate=1.0, soul_training_seconds=0.0))
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    h.run()
+    assert h.mock.stats()["souls_created"] == 1
+
+
+def test_submit_only_leaves_earlier_generations_alone(tmp_path: Path) -> None:
+    """A second --submit-only run neither polls nor waits for what is already in flight."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=17))
+    h.run(runs.RunOptions(submit_only=True))
+    calls = len(h.mock.log_entries())
+    result = h.run(runs.RunOptions(submit_only=True))
+    assert result.counts == {"queued": JOBS}
+    assert len(h.mock.log_entries()) == calls
+
+
+def test_changed_filename_moves_videos_instead_of_downloading(tmp_path: Path) -> None:
+    """Editing output.filename moves the downloaded files; nothing is fetched again."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=18))
+    h.run()
+    downloads = h.mock.stats()["video_downloads"]
+    text = MANIFEST.format(limits=FAST_LIMITS)
+    h.write(text.replace("version: 1", 'version: 1\noutput: {filename: "v/{campaign}-{key}.mp4"}'))
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert h.mock.stats()["video_downloads"] == downloads
+    assert all(r.path.startswith("v/") for r in h.rows())
+    assert_files_match_mock(h)
+
+
+def test_orphaned_jobs_still_count_against_the_budget(tmp_path: Path) -> None:
+    """Credits spent on a job stay spent when an edit orphans it."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=19))
+    first = h.run(runs.RunOptions(max_credits=16))
+    assert first.outcome.submitted == 2
+    h.write(MANIFEST.format(limits=FAST_LIMITS).replace("[a park, ", "["))
+    second = h.run(runs.RunOptions(max_credits=16))
+    assert second.outcome.submitted == 0
+    assert second.outcome.budget_stop is not None
+
+
+def test_local_disk_problem_keeps_the_job_for_next_run(tmp_path: Path) -> None:
+    """A file where a campaign folder should be: those jobs stay completed, with the reason
+    in their history; the others download; nothing crashes."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=20))
+    (h.state_dir / "videos").mkdir(parents=True)
+    (h.state_dir / "videos" / "walk").write_text("not a folder")
+    result = h.run()
+    assert result.counts == {"completed": 6, "downloaded": 2}
+    assert result.outcome.unfinished == 6
+    walk = [r for r in h.rows() if r.campaign == "walk"]
+    assert all(
+        any("download failed" in (e.detail or "") for e in Ledger(h.state_dir).events(r.key))
+        for r in walk
+    )
+    (h.state_dir / "videos" / "walk").unlink()
+    assert h.run().counts == {"downloaded": JOBS}
+
+
+def test_unknown_tag_is_a_usage_error(tmp_path: Path) -> None:
+    """--tag that no campaign has is a mistake, said before anything is written."""
+    h = Harness(tmp_path, MockOptions(seed=21))
+    with pytest.raises(UsageError, match="--tag names no tag"):
+        h.run(runs.RunOptions(tags=("nightly",)))
+    assert not h.state_dir.exists()
