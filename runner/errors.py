@@ -99,15 +99,11 @@ class ProviderError(RunnerError):
 
 
 class TransientError(ProviderError):
-    """Worth retrying with backoff; counts against a job's ``max_attempts``."""
+    """Worth retrying with backoff; counts against a job's ``max_attempts``.
 
-
-class UnknownOutcomeError(TransientError):
-    """The request may have reached the provider; retry with the same idempotency key only."""
-
-
-class ThrottledError(TransientError):
-    """Backpressure (429, concurrency limit). Does not use up a job's attempts."""
+    ``retry_after``: seconds from the answer's Retry-After header, when it had one; every
+    call to the provider then waits that long (SPEC §6).
+    """
 
     def __init__(
         self,
@@ -118,6 +114,14 @@ class ThrottledError(TransientError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, status_code=status_code)
+
+
+class UnknownOutcomeError(TransientError):
+    """The request may have reached the provider; retry with the same idempotency key only."""
+
+
+class ThrottledError(TransientError):
+    """Backpressure (429, concurrency limit). Does not use up a job's attempts."""
 
 
 class PermanentError(ProviderError):

@@ -276,6 +276,11 @@ class Executor:
         else:
             await anyio.sleep(wait)
 
+    def _obey_retry_after(self, err: TransientError) -> None:
+        """A 503 (or any transient answer) with Retry-After holds every call, too."""
+        if err.retry_after is not None:
+            self.throttle.pause(err.retry_after)
+
     async def _submit(self, row: JobRow) -> JobRow:
         soul_model = None
         if row.soul:
@@ -306,6 +311,7 @@ class Executor:
                 except ThrottledError as err:
                     throttled = err
                 except TransientError as err:
+                    self._obey_retry_after(err)
                     row = self._transient(row, err)
                 except PermanentError as err:
                     self._spent -= row.credits
@@ -374,6 +380,7 @@ class Executor:
                 throttles += 1
                 await self._throttled(err, throttles)
             except TransientError as err:
+                self._obey_retry_after(err)
                 errors += 1
                 self.progress.retries += 1
                 if errors >= self.settings.max_attempts:

@@ -162,6 +162,8 @@ class SoulTrainer:
                 else:
                     await anyio.sleep(wait)
             except TransientError as err:
+                if err.retry_after is not None:
+                    self.throttle.pause(err.retry_after)
                 attempt += 1
                 if attempt >= self.max_attempts:
                     raise PermanentError(f"gave up after {attempt} attempts: {err}") from err

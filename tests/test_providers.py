@@ -478,6 +478,17 @@ async def test_retry_after_forms(
         assert low <= info.value.retry_after <= (high or 0.0)
 
 
+@pytest.mark.parametrize("name", DIALECTS)
+async def test_retry_after_on_a_503_is_kept(name: str) -> None:
+    """A 503 with Retry-After stays transient (it uses an attempt) but carries the wait, so
+    the executor pauses every call for it."""
+    provider, _ = provider_for(name, json_answer({"detail": "down"}, 503, {"Retry-After": "7"}))
+    with pytest.raises(TransientError) as info:
+        await provider.status("x")
+    assert type(info.value) is TransientError
+    assert info.value.retry_after == 7.0
+
+
 def test_parse_retry_after_with_a_fixed_now() -> None:
     """HTTP-dates are measured from ``now``; garbage and infinities are None."""
     now = 1_700_000_000.0

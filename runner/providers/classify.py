@@ -131,13 +131,13 @@ def raise_for_status(
         return
     message = redact(provider_message(response))
     text = f"{what}: HTTP {code}: {message}"
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if code == 429 or (code == 400 and CONCURRENCY_LIMIT_TEXT.lower() in message.lower()):
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         raise ThrottledError(text, status_code=code, retry_after=retry_after)
     if code in (401, 403) and credentials_apply:
         raise FatalError(text, status_code=code)
     if code == 408 or code >= 500:
-        raise TransientError(text, status_code=code)
+        raise TransientError(text, status_code=code, retry_after=retry_after)
     raise PermanentError(text, status_code=code)
 
 
