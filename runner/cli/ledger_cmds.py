@@ -1,0 +1,215 @@
+"""Read-only ledger commands: status, jobs, show, export. They never take the lock."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_errors
+
+# All read-only: they open the ledger with ``Ledger.open_readonly`` (no lock, no writes, no
+# files created) so they work during a run, and print empty results when there is no ledger.
+
+_JOB_STATUSES = (
+    "pending", "submitting", "queued", "running", "completed", "downloaded", "failed", "orphaned",
+)  # fmt: skip
+_STATUS_CHOICE = click.Choice(_JOB_STATUSES)
+
+
+def _ledger_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Rows under headers: a rich table on a terminal, aligned plain text otherwise."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*headers, box=None, pad_edge=False)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _manifest_column(manifest: Path) -> str:
+    """The ledger's name for a manifest: its absolute path, as ``Manifest.path`` has it."""
+    return str(manifest.expanduser().absolute())
+
+
+@cli.command()
+@common_options
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def status(manifest: Path | None, as_json: bool) -> None:
+    """Job counts per campaign and status (of one manifest, if given)."""
+    from runner.ledger import Ledger
+
+    counts: dict[str, dict[str, int]] = {}
+    ledger = Ledger.open_readonly(get_ctx().state_dir)
+    if ledger is not None:
+        with ledger:
+            counts = ledger.counts(_manifest_column(manifest) if manifest else None)
+    totals = {
+        s: n for s in _JOB_STATUSES if (n := sum(c.get(s, 0) for c in counts.values()))
+    }
+    if as_json:
+        echo_json({"campaigns": counts, "totals": totals})
+        return
+    if not counts:
+        click.echo("no jobs in the ledger")
+        return
+    headers = ("CAMPAIGN", *(s.upper() for s in totals), "TOTAL")
+    rows = [
+        (name, *(str(c.get(s, 0)) for s in totals), str(sum(c.values())))
+        for name, c in counts.items()
+    ]
+    rows.append(("total", *(str(n) for n in totals.values()), str(sum(totals.values()))))
+    _ledger_table(headers, rows)
+
+
+@cli.command()
+@common_options
+@click.option("--status", "statuses", multiple=True, type=_STATUS_CHOICE, help="Repeatable.")
+@click.option("--campaign", "campaigns", multiple=True, help="Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def jobs(statuses: tuple[str, ...], campaigns: tuple[str, ...], as_json: bool) -> None:
+    """One line per job in the ledger: key, campaign, status, attempts, file, error."""
+    from runner.ledger import Ledger
+
+    ledger = Ledger.open_readonly(get_ctx().state_dir)
+    rows = []
+    if ledger is not None:
+        with ledger:
+            rows = ledger.jobs(status=statuses or None, campaign=campaigns or None)
+    if as_json:
+        echo_json([row.to_dict() for row in rows])
+        return
+    if not rows:
+        if not get_ctx().quiet:
+            click.echo("no jobs", err=True)
+        return
+    _ledger_table(
+        ("KEY", "CAMPAIGN", "STATUS", "ATTEMPTS", "PATH", "ERROR"),
+        [
+            (r.key, r.campaign, r.status.value, str(r.attempts), r.path, r.error or "")
+            for r in rows
+        ],
+    )
+
+
+def _video_file(state_dir: Path, manifest: str, path: str) -> str:
+    """Where a job's video lives: absolute when its manifest still loads, else relative."""
+    from runner.errors import RunnerError
+    from runner.manifest import load_manifest
+
+    try:
+        folder = load_manifest(manifest).output_dir(state_dir)
+    except (RunnerError, OSError):
+        return f"{path} (relative to the manifest's output.dir)"
+    file = folder / path
+    return f"{file}{'' if file.is_file() else ' (not on disk)'}"
+
+
+@cli.command()
+@common_options
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def show(key: str, as_json: bool) -> None:
+    """A job's request, state, file and full event history (KEY may be a unique prefix)."""
+    from runner.errors import LedgerError
+    from runner.ledger import Ledger
+
+    state_dir = get_ctx().state_dir
+    ledger = Ledger.open_readonly(state_dir)
+    if ledger is None:
+        raise LedgerError(f"no job {key!r}: there is no ledger in {state_dir} yet")
+    with ledger:
+        row = ledger.get(ledger.match_key(key))
+        assert row is not None
+        events = ledger.events(row.key)
+    if as_json:
+        echo_json({"job": row.to_dict(), "events": [e.to_dict() for e in events]})
+        return
+    size = f"{row.bytes} bytes, sha256 {row.sha256}" if row.bytes is not None else "not downloaded"
+    fields = [
+        ("key", row.key),
+        ("campaign", row.campaign),
+        ("manifest", row.manifest),
+        ("status", f"{row.status.value} (attempts {row.attempts})"),
+        ("error", row.error or "-"),
+        ("idempotency key", row.idempotency_key),
+        ("generation id", row.generation_id or "-"),
+        ("video url", row.video_url or "-"),
+        ("file", f"{_video_file(state_dir, row.manifest, row.path)}; {size}"),
+        ("credits", f"{row.credits:g}"),
+        ("soul", row.soul or "-"),
+        ("tags", ", ".join(row.tags) or "-"),
+        ("vars", json.dumps(row.vars, ensure_ascii=False)),
+        ("updated", row.updated_at),
+    ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        click.echo(f"{name.ljust(width)}  {value}")
+    click.echo("request")
+    for line in json.dumps(row.request, indent=2, ensure_ascii=False).splitlines():
+        click.echo(f"  {line}")
+    click.echo("events")
+    for e in events:
+        change = (
+            f"{e.from_status or '-'} → {e.to_status}"
+            if e.from_status != e.to_status
+            else f"({e.to_status})"
+        )
+        click.echo(f"  {e.at}  {change}  {e.detail or ''}".rstrip())
+
+
+@cli.command()
+@common_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default="csv",
+    show_default=True,
+    help="CSV (JSON columns as JSON text) or one JSON object per line.",
+)
+@handle_errors
+def export(fmt: str) -> None:
+    """Print the ledger's jobs table to stdout, for spreadsheets and scripts."""
+    import csv
+    import dataclasses
+
+    from runner.ledger import JobRow, Ledger
+
+    ledger = Ledger.open_readonly(get_ctx().state_dir)
+    rows = []
+    if ledger is not None:
+        with ledger:
+            rows = ledger.jobs()
+    out = sys.stdout
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+        return
+    names = [f.name for f in dataclasses.fields(JobRow)]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        doc = row.to_dict()
+        writer.writerow(
+            [
+                "" if doc[n] is None
+                else json.dumps(doc[n], ensure_ascii=False) if isinstance(doc[n], dict | list)
+                else doc[n]
+                for n in names
+            ]
+        )  # fmt: skip
+
+

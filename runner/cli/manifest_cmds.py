@@ -1,0 +1,133 @@
+"""Manifest commands: validate, plan, schema."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_errors
+
+# Library imports stay inside the commands: `runner --help` and manifest errors stay fast.
+
+
+@cli.command()
+@common_options
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+@handle_errors
+def validate(manifests: tuple[Path, ...]) -> None:
+    """Check manifests: print `ok: N jobs` for each, or its error (exit 2)."""
+    from runner.errors import EXIT_USAGE, ManifestError
+    from runner.jobs import expand
+    from runner.manifest import load_manifest
+
+    several = len(manifests) > 1
+    failed = False
+    for path in manifests:
+        try:
+            jobs = expand(load_manifest(path))
+        except ManifestError as err:
+            if not several:
+                raise
+            click.echo(f"error: {err}", err=True)
+            failed = True
+            continue
+        click.echo(f"{path}: ok: {len(jobs)} jobs" if several else f"ok: {len(jobs)} jobs")
+    if failed:
+        click.get_current_context().exit(EXIT_USAGE)
+
+
+def _plan_statuses(
+    state_dir: Path, manifest_path: Path, jobs: list[Any]
+) -> tuple[dict[str, str], int]:
+    """Ledger statuses of these jobs (``runner.jobs.Job``), and how many of the manifest's
+    ledger jobs are orphaned.
+
+    Reads the ledger without the executor lock and writes nothing; no ledger: every job is new.
+    """
+    from runner.ledger import Ledger
+
+    ledger = Ledger.open_readonly(state_dir)
+    if ledger is None:
+        return {}, 0
+    with ledger:
+        diff = ledger.diff(str(manifest_path), jobs)
+    return diff.statuses, diff.orphaned
+
+
+@cli.command()
+@common_options
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@handle_errors
+def plan(manifest: Path, as_json: bool) -> None:
+    """Expand a manifest and compare it with the ledger. Writes nothing."""
+    from runner.jobs import expand, plan_document
+    from runner.manifest import load_manifest
+
+    loaded = load_manifest(manifest)
+    jobs = expand(loaded)
+    statuses, orphaned = _plan_statuses(get_ctx().state_dir, loaded.path, jobs)
+    doc = plan_document(jobs, statuses, orphaned)
+    if as_json:
+        echo_json(doc)
+        return
+    if not get_ctx().quiet:
+        _print_plan_table(doc, [j.credits for j in jobs])
+    s = doc["summary"]
+    click.echo(
+        f"{s['total']} jobs: {s['new']} new, {s['done']} done, {s['in_flight']} in flight, "
+        f"{s['failed']} failed, {s['orphaned']} orphaned; "
+        f"estimated credits for new jobs: {s['estimated_credits']}"
+    )
+
+
+def _print_plan_table(doc: dict[str, Any], credits: list[float]) -> None:
+    def row_text(values: dict[str, Any]) -> str:
+        text = ", ".join(f"{k}={v}" for k, v in values.items())
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    rows = [
+        (j["key"], j["campaign"], j["status"], f"{c:g}", j["path"], row_text(j["vars"]))
+        for j, c in zip(doc["jobs"], credits, strict=True)
+    ]
+    headers = ("KEY", "CAMPAIGN", "STATUS", "CREDITS", "PATH", "ROW")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        # Keys, campaigns, statuses and paths stay whole (people copy them); the row is cut
+        # short, and the path column is left out when the terminal is too narrow for it.
+        shown = [0, 1, 2, 3, 4, 5] if sum(widths[:5]) + 30 <= console.width else [0, 1, 2, 3, 5]
+        table = Table(box=None, pad_edge=False)
+        for i in shown:
+            table.add_column(
+                headers[i],
+                no_wrap=True,
+                min_width=widths[i] if i != 5 else None,
+                justify="right" if headers[i] == "CREDITS" else "left",
+                overflow="ellipsis",
+            )
+        for r in rows:
+            table.add_row(*(r[i] for i in shown))
+        console.print(table)
+        return
+    for r in [headers, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@common_options
+@handle_errors
+def schema() -> None:
+    """Print the manifest's JSON Schema (for yaml-language-server and other editors)."""
+    from runner.manifest import manifest_json_schema
+
+    click.echo(json.dumps(manifest_json_schema(), indent=2, ensure_ascii=False))
+
+
