@@ -309,3 +309,25 @@ def test_souls_command_trains_and_lists(tmp_path: Path, mock_server_factory: Fac
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert again.stdout == first.stdout
     assert server.state.stats()["souls_created"] == 2
+
+
+def test_second_ctrl_c_aborts_and_the_ledger_still_resumes(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """Two SIGINTs in a row: exit 130 at once; the next run finishes every job exactly once."""
+    server = mock_server_factory(MockOptions(latency_min=0.5, latency_max=1.0, seed=9))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    jobs = write_manifest(manifest, concurrency=8)
+    env = runner_env(server)
+    proc = start_run(manifest, state, env)
+    deadline = time.monotonic() + 20
+    while server.state.stats()["generations_created"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    final = finish_run(manifest, state, env)
+    assert final.returncode == 0, final.stderr
+    assert_everything_downloaded_once(server, state, jobs)
