@@ -46,7 +46,7 @@ T = TypeVar("T")
 POLL_GROWTH = 1.5  # each quiet poll waits this much longer, up to poll_max
 MIN_POLL_STEP = 0.01  # seconds: the smallest poll interval after the first
 PROGRESS_INTERVAL = 0.5
-IN_FLIGHT = (JobStatus.QUEUED, JobStatus.RUNNING)
+AT_PROVIDER = (JobStatus.QUEUED, JobStatus.RUNNING)  # generations the provider is working on
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class Executor:
                 async with anyio.create_task_group() as jobs:
                     # --submit-only leaves what is already under way to `collect`.
                     for row in rows if self.settings.download else ():
-                        if row.status in IN_FLIGHT:
+                        if row.status in AT_PROVIDER:
                             self.slots.adopt()
                             jobs.start_soon(self._drive, row, True)
                         elif row.status is JobStatus.COMPLETED:
@@ -230,7 +230,7 @@ class Executor:
                     row = await self._submit(row)
                     if not self.settings.download:
                         return
-                if row.status in IN_FLIGHT:
+                if row.status in AT_PROVIDER:
                     row = await self._poll(row)
             finally:
                 if holds_slot:
