@@ -1,0 +1,367 @@
+"""The HTML report against a real ledger: players for downloaded videos, escaping, no URLs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from runner.errors import ManifestError
+from runner.jobs import expand
+from runner.ledger import JobRow, JobStatus, Ledger
+from runner.manifest import load_manifest
+from runner.report import build_report
+
+S = JobStatus
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+SIGNED_URL = "https://cdn.example.com/v/1.mp4?token=SECRET-TOKEN"
+SCRIPT_ERROR = "<script>alert(1)</script> nsfw"
+# HTML elements that have no end tag.
+VOID = {"meta", "br", "hr", "img", "input", "link", "source", "wbr", "col", "area", "base"}
+
+MAIN_MANIFEST = """\
+version: 1
+output:
+  dir: {out}
+  filename: "{{campaign}}/{{subject}} #{{key}}.mp4"
+defaults:
+  type: text-to-video
+  duration: 4
+  resolution: 720p
+  aspect_ratio: "9:16"
+campaigns:
+  - name: walk
+    prompt: "<b>{{subject}}</b> walking"
+    matrix:
+      subject: [A chef, "<i>dancer</i> 100%?"]
+  - name: spin
+    prompt: "turntable of the {{subject}}"
+    matrix:
+      subject: [watch, shoe]
+"""
+
+OTHER_MANIFEST = """\
+version: 1
+defaults: {type: text-to-video, duration: 2}
+campaigns:
+  - name: other
+    prompt: "a {subject}"
+    matrix:
+      subject: [cat]
+"""
+
+
+@dataclass
+class Node:
+    """An element of the parsed report."""
+
+    tag: str
+    attrs: dict[str, str | None]
+    children: list[Node] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+    def walk(self) -> list[Node]:
+        """This node and every node under it, in document order."""
+        return [self, *(n for child in self.children for n in child.walk())]
+
+    def all_text(self) -> str:
+        """The text of this node and its descendants (character references decoded)."""
+        return "".join(self.text) + "".join(child.all_text() for child in self.children)
+
+    def find(self, tag: str) -> list[Node]:
+        """Every descendant element with this tag."""
+        return [n for n in self.walk()[1:] if n.tag == tag]
+
+
+class TreeBuilder(HTMLParser):
+    """Builds a tree of ``Node``s and fails on any end tag that does not close the open one."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, dict(attrs))
+        self.stack[-1].children.append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack[-1].tag == tag, f"</{tag}> closes <{self.stack[-1].tag}>"
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].text.append(data)
+
+
+def parse(html: str) -> Node:
+    """The report's element tree; asserts that every element is closed in order."""
+    builder = TreeBuilder()
+    builder.feed(html)
+    builder.close()
+    assert builder.stack == [builder.root], "unclosed elements"
+    return builder.root
+
+
+@dataclass
+class Setup:
+    """A ledger with two downloaded jobs (files on disk), one failed, one queued."""
+
+    tmp: Path
+    state: Path
+    manifest: Path
+    out_dir: Path
+    rows: dict[str, JobRow]  # by the job's matrix subject
+
+    def file(self, subject: str) -> Path:
+        """Where the video of the job with this subject is."""
+        return self.out_dir / self.rows[subject].path
+
+
+def walk_to(ledger: Ledger, key: str, to: JobStatus, **columns: Any) -> JobRow:
+    """Move a pending job along the usual path to ``to`` (downloaded or failed)."""
+    ledger.transition(key, S.SUBMITTING, detail="submit")
+    if to is S.FAILED:
+        return ledger.transition(key, S.FAILED, **columns)
+    ledger.transition(key, S.QUEUED, generation_id=f"gen-{key[:6]}")
+    if to is S.QUEUED:
+        return ledger.transition(key, S.QUEUED)
+    ledger.transition(key, S.COMPLETED, video_url=SIGNED_URL)
+    return ledger.transition(key, S.DOWNLOADED, **columns)
+
+
+def record(state: Path, manifest_file: Path) -> dict[str, JobRow]:
+    """Record a manifest's plan; its pending rows by matrix subject."""
+    manifest = load_manifest(manifest_file)
+    with Ledger(state) as ledger:
+        ledger.record_plan(str(manifest.path), expand(manifest))
+        return {row.vars["subject"]: row for row in ledger.jobs(manifest=str(manifest.path))}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    """The main manifest recorded and moved through statuses, videos written where they go."""
+    out_dir = tmp_path / "my videos"
+    manifest_file = tmp_path / "m.yaml"
+    manifest_file.write_text(MAIN_MANIFEST.format(out=out_dir), encoding="utf-8")
+    state = tmp_path / "state"
+    rows = record(state, manifest_file)
+    with Ledger(state) as ledger:
+        for subject in ("A chef", "<i>dancer</i> 100%?"):
+            file = out_dir / rows[subject].path
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(b"\x00\x00\x00\x18ftypmp42" + subject.encode())
+            rows[subject] = walk_to(
+                ledger, rows[subject].key, S.DOWNLOADED, bytes=1234567, sha256="ab" * 32
+            )
+        rows["watch"] = walk_to(ledger, rows["watch"].key, S.FAILED, error=SCRIPT_ERROR)
+        rows["shoe"] = walk_to(ledger, rows["shoe"].key, S.QUEUED)
+    return Setup(tmp_path, state, manifest_file, out_dir, rows)
+
+
+def cards(doc: Node) -> dict[str, Node]:
+    """The report's job cards by job key (their <code class="key">)."""
+    found: dict[str, Node] = {}
+    for art in doc.find("article"):
+        (key,) = [c for c in art.find("code") if c.attrs.get("class") == "key"]
+        found[key.all_text()] = art
+    return found
+
+
+def test_writes_a_card_per_job_and_a_player_per_downloaded_video(setup: Setup) -> None:
+    """Every job gets a card; downloaded ones a <video> whose relative src is their file."""
+    out = setup.tmp / "reports" / "report.html"
+    summary = build_report(setup.state, out_file=out, now=NOW)
+
+    assert summary.path == out and out.is_file()
+    assert summary.jobs == 4 and summary.videos == 2
+    assert summary.counts == {"queued": 1, "downloaded": 2, "failed": 1}
+    doc = parse(out.read_text(encoding="utf-8"))
+    by_key = cards(doc)
+    assert set(by_key) == {row.key for row in setup.rows.values()}
+    assert len(doc.find("video")) == 2
+    for subject in ("A chef", "<i>dancer</i> 100%?"):
+        (video,) = by_key[setup.rows[subject].key].find("video")
+        assert "controls" in video.attrs and video.attrs["preload"] == "metadata"
+        src = video.attrs["src"]
+        assert src and not src.startswith(("/", "file:")), src
+        assert "#" not in src and "?" not in src and " " not in src  # all percent-encoded
+        assert (out.parent / unquote(src)).resolve() == setup.file(subject).resolve()
+
+
+def test_cards_show_request_file_and_generation(setup: Setup) -> None:
+    """A downloaded card shows vars, duration/resolution/aspect ratio, bytes, sha prefix, id."""
+    out = setup.tmp / "report.html"
+    build_report(setup.state, out_file=out, now=NOW)
+    doc = parse(out.read_text(encoding="utf-8"))
+    chef = setup.rows["A chef"]
+    text = cards(doc)[chef.key].all_text()
+    for shown in ("downloaded", "A chef", "720p", "9:16", "4", "1,234,567", "abababababab"):
+        assert shown in text
+    assert "ab" * 32 not in text  # only a prefix of the hash
+    assert chef.generation_id and chef.generation_id in text
+    assert "Generated 2024-05-01 12:00:00 UTC" in doc.all_text()
+    sections = {s.find("h2")[0].all_text(): s for s in doc.find("section")}
+    assert list(sections) == ["walk", "spin"]  # manifest order
+    assert "downloaded 2" in sections["walk"].find("ul")[0].all_text()
+
+
+def test_failed_and_unfinished_jobs_show_status_and_escaped_error(setup: Setup) -> None:
+    """No player for jobs not downloaded; the error is shown as text, never as markup."""
+    out = setup.tmp / "report.html"
+    build_report(setup.state, out_file=out, now=NOW)
+    html = out.read_text(encoding="utf-8")
+    doc = parse(html)
+    failed = cards(doc)[setup.rows["watch"].key]
+    assert failed.find("video") == []
+    assert SCRIPT_ERROR in failed.all_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; nsfw" in html
+    assert "<script" not in html.lower()
+    assert doc.find("script") == []
+    queued = cards(doc)[setup.rows["shoe"].key]
+    assert queued.find("video") == [] and "queued" in queued.all_text()
+
+
+def test_prompts_and_vars_are_escaped(setup: Setup) -> None:
+    """A prompt with <b> and a var with <i> come out as text, not elements."""
+    out = setup.tmp / "report.html"
+    build_report(setup.state, out_file=out, now=NOW)
+    html = out.read_text(encoding="utf-8")
+    doc = parse(html)
+    assert "&lt;b&gt;A chef&lt;/b&gt; walking" in html
+    assert "<b>" not in html and "<i>" not in html
+    assert not {"b", "i"} & {n.tag for n in doc.walk()}
+    dancer = cards(doc)[setup.rows["<i>dancer</i> 100%?"].key].all_text()
+    assert "<b><i>dancer</i> 100%?</b> walking" in dancer
+
+
+def test_no_external_resources_and_no_provider_urls(setup: Setup) -> None:
+    """Self-contained: no <link>, no <script>, no http(s) anywhere, no video_url or its token."""
+    out = setup.tmp / "report.html"
+    build_report(setup.state, out_file=out, now=NOW)
+    html = out.read_text(encoding="utf-8")
+    doc = parse(html)
+    tags = {n.tag for n in doc.walk()}
+    assert not tags & {"link", "script", "img", "iframe", "object", "embed"}
+    assert "style" in tags  # the CSS is inline
+    for node in doc.walk():
+        for name, value in node.attrs.items():
+            if name in ("src", "href"):
+                assert value and "://" not in value, value
+    assert "http://" not in html and "https://" not in html
+    assert "SECRET-TOKEN" not in html and "cdn.example.com" not in html
+
+
+def test_signed_urls_quoted_in_errors_lose_their_query(tmp_path: Path) -> None:
+    """An error text quoting a provider URL keeps the URL's path but drops its query string."""
+    manifest_file = tmp_path / "o.yaml"
+    manifest_file.write_text(OTHER_MANIFEST, encoding="utf-8")
+    state = tmp_path / "state"
+    rows = record(state, manifest_file)
+    with Ledger(state) as ledger:
+        walk_to(ledger, rows["cat"].key, S.FAILED, error=f"moderation: see {SIGNED_URL} now")
+    out = tmp_path / "report.html"
+    build_report(state, out_file=out, now=NOW)
+    html = out.read_text(encoding="utf-8")
+    assert "SECRET-TOKEN" not in html and "token=" not in html
+    assert "https://cdn.example.com/v/1.mp4?…" in html
+
+
+def test_manifest_filter_keeps_only_that_manifests_jobs(setup: Setup) -> None:
+    """With a manifest, only its jobs appear; without, every manifest's jobs do."""
+    other = setup.tmp / "elsewhere" / "o.yaml"
+    other.parent.mkdir()
+    other.write_text(OTHER_MANIFEST, encoding="utf-8")
+    other_key = record(setup.state, other)["cat"].key
+
+    only = setup.tmp / "only.html"
+    summary = build_report(setup.state, setup.manifest, out_file=only, now=NOW)
+    assert summary.jobs == 4 and summary.videos == 2
+    keys = set(cards(parse(only.read_text(encoding="utf-8"))))
+    assert keys == {row.key for row in setup.rows.values()}
+
+    both = setup.tmp / "both.html"
+    summary = build_report(setup.state, out_file=both, now=NOW)
+    assert summary.jobs == 5 and summary.counts["pending"] == 1
+    doc = parse(both.read_text(encoding="utf-8"))
+    assert other_key in cards(doc)
+    headings = [h.all_text() for h in doc.find("h2")]
+    assert any("other" in h and str(other.resolve()) in h for h in headings)
+
+    mine = setup.tmp / "other.html"
+    summary = build_report(setup.state, str(other), out_file=mine, now=NOW)
+    assert summary.jobs == 1 and set(cards(parse(mine.read_text(encoding="utf-8")))) == {other_key}
+
+
+def test_unknown_manifest_is_a_manifest_error(setup: Setup) -> None:
+    """A manifest argument that does not load raises ManifestError and writes nothing."""
+    out = setup.tmp / "report.html"
+    with pytest.raises(ManifestError):
+        build_report(setup.state, setup.tmp / "missing.yaml", out_file=out, now=NOW)
+    assert not out.exists()
+
+
+def test_videos_of_a_vanished_manifest_are_looked_for_in_state_videos(setup: Setup) -> None:
+    """When a job's manifest no longer loads, its video is expected under <state>/videos."""
+    setup.manifest.unlink()
+    chef = setup.rows["A chef"]
+    moved = setup.state / "videos" / chef.path
+    moved.parent.mkdir(parents=True)
+    setup.file("A chef").rename(moved)
+    out = setup.tmp / "report.html"
+    summary = build_report(setup.state, out_file=out, now=NOW)
+    assert summary.videos == 1
+    by_key = cards(parse(out.read_text(encoding="utf-8")))
+    (video,) = by_key[chef.key].find("video")
+    assert (out.parent / unquote(video.attrs["src"] or "")).resolve() == moved.resolve()
+    dancer = by_key[setup.rows["<i>dancer</i> 100%?"].key]
+    assert dancer.find("video") == [] and "file missing" in dancer.all_text()
+
+
+def test_no_ledger_writes_a_report_with_no_jobs_and_creates_no_ledger(tmp_path: Path) -> None:
+    """Without a ledger the report says there are no jobs; no ledger.db appears."""
+    state = tmp_path / "state"
+    out = state / "report.html"
+    summary = build_report(state, out_file=out, now=NOW)
+    assert summary.jobs == 0 and summary.counts == {} and summary.videos == 0
+    doc = parse(out.read_text(encoding="utf-8"))
+    assert "No jobs in the ledger." in doc.all_text()
+    assert doc.find("article") == [] and doc.find("video") == []
+    assert sorted(p.name for p in state.iterdir()) == ["report.html"]
+
+
+def test_the_report_is_replaced_atomically(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rewrite leaves no temp file; a failed rewrite keeps the old report and no temp file."""
+    out = setup.tmp / "reports" / "report.html"
+    build_report(setup.state, out_file=out, now=NOW)
+    build_report(setup.state, out_file=out, now=datetime(2024, 6, 1, tzinfo=UTC))
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    before = out.read_text(encoding="utf-8")
+    assert "2024-06-01" in before
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        build_report(setup.state, out_file=out, now=NOW)
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    assert out.read_text(encoding="utf-8") == before
+
+
+def test_reading_leaves_the_ledger_unchanged(setup: Setup) -> None:
+    """The report only reads: the ledger's jobs and events are the same afterwards."""
+    with Ledger(setup.state) as ledger:
+        jobs_before = ledger.jobs()
+        events_before = [ledger.events(row.key) for row in jobs_before]
+    build_report(setup.state, out_file=setup.tmp / "report.html", now=NOW)
+    with Ledger(setup.state) as ledger:
+        assert ledger.jobs() == jobs_before
+        assert [ledger.events(row.key) for row in jobs_before] == events_before
