@@ -365,3 +365,25 @@ def test_reading_leaves_the_ledger_unchanged(setup: Setup) -> None:
     with Ledger(setup.state) as ledger:
         assert ledger.jobs() == jobs_before
         assert [ledger.events(row.key) for row in jobs_before] == events_before
+
+
+def test_report_command_writes_into_the_state_dir_by_default(setup: Setup) -> None:
+    """`runner report` writes <state>/report.html; `-o` and a manifest argument are honoured."""
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    runner = CliRunner()
+    done = runner.invoke(cli, ["report", "--state", str(setup.state)])
+    assert done.exit_code == 0, done.output
+    assert (setup.state / "report.html").is_file()
+    assert "4 jobs, 2 videos" in done.output
+    elsewhere = setup.tmp / "out" / "r.html"
+    done = runner.invoke(
+        cli, ["report", str(setup.manifest), "-o", str(elsewhere), "--state", str(setup.state)]
+    )
+    assert done.exit_code == 0, done.output
+    assert len(cards(parse(elsewhere.read_text()))) == 4
+    missing = runner.invoke(cli, ["report", "nope.yaml", "--state", str(setup.state)])
+    assert missing.exit_code == 2
+    assert "nope.yaml" in missing.output

@@ -8,7 +8,7 @@ command shares; each other module holds the commands of one pipeline stage.
 from __future__ import annotations
 
 # Importing a command module registers its commands on the group.
-from runner.cli import ledger_cmds, manifest_cmds, mock_cmds, run_cmds  # noqa: F401
+from runner.cli import ledger_cmds, manifest_cmds, mock_cmds, report_cmds, run_cmds  # noqa: F401
 from runner.cli.base import cli
 from runner.cli.run_cmds import ProgressView
 

@@ -36,8 +36,8 @@ def _ledger_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None
 
 
 def _manifest_column(manifest: Path) -> str:
-    """The ledger's name for a manifest: its absolute path, as ``Manifest.path`` has it."""
-    return str(manifest.expanduser().absolute())
+    """The ledger's name for a manifest: its resolved path, as ``Manifest.path`` has it."""
+    return str(manifest.expanduser().resolve())
 
 
 @cli.command()
