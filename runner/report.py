@@ -196,7 +196,11 @@ def _card(row: JobRow, folder: Path, report_dir: Path) -> tuple[str, bool]:
     else:
         media = f'<div class="novideo">{escape(status)}</div>'
     fields: list[tuple[str, str]] = [(escape(k), _text(v)) for k, v in row.vars.items()]
-    fields += [(f, _text(row.request[f])) for f in REQUEST_SHOWN if row.request.get(f) is not None]
+    fields += [
+        (f, _text(row.request[f]))
+        for f in REQUEST_SHOWN
+        if row.request.get(f) is not None and f not in row.vars  # a matrix value shows once
+    ]
     if row.bytes is not None:
         fields.append(("bytes", f"{row.bytes:,}"))
     if row.sha256:
