@@ -120,12 +120,20 @@ def assert_everything_downloaded_once(server: MockServerThread, state: Path, job
 
 
 def crash_and_resume(
-    tmp_path: Path, mock_server_factory: Factory, *, kills: int, seed: int
+    tmp_path: Path,
+    mock_server_factory: Factory,
+    *,
+    kills: int,
+    seed: int,
+    latency: tuple[float, float] = (0.5, 1.5),
+    concurrency: int = 4,
 ) -> None:
+    """Kill `runner run` with SIGKILL ``kills`` times at random moments, then let it finish.
+    The work (24 jobs at ``latency`` each, ``concurrency`` at a time) outlasts most kills."""
     server = mock_server_factory(
         MockOptions(
-            latency_min=0.5,
-            latency_max=1.5,
+            latency_min=latency[0],
+            latency_max=latency[1],
             drop_after_accept_rate=0.1,
             truncate_rate=0.1,
             video_size=256 * 1024,
@@ -133,7 +141,7 @@ def crash_and_resume(
         )
     )
     manifest, state = tmp_path / "m.yaml", tmp_path / "state"
-    jobs = write_manifest(manifest, subjects=6)
+    jobs = write_manifest(manifest, subjects=6, concurrency=concurrency)
     env = runner_env(server)
     rng = random.Random(seed)
     mid_run_kills = 0
@@ -166,8 +174,10 @@ def test_sigkill_at_random_moments_then_resume(
 
 @pytest.mark.slow
 def test_sigkill_many_times(tmp_path: Path, mock_server_factory: Factory) -> None:
-    """The same with 40 kills."""
-    crash_and_resume(tmp_path, mock_server_factory, kills=40, seed=202)
+    """The same with 40 kills, over slower generations so that the work outlasts them."""
+    crash_and_resume(
+        tmp_path, mock_server_factory, kills=40, seed=202, latency=(2.0, 4.0), concurrency=2
+    )
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_server_factory: Factory) -> None:
