@@ -266,12 +266,14 @@ def test_expired_video_url_is_refreshed_once(tmp_path: Path) -> None:
     h.transport_wrapper = lambda t: ExpireFirstDownload(t, clock, 30)
     result = h.run()
     assert result.counts == {"downloaded": JOBS}
-    assert h.mock.stats()["expired_video_urls"] == 1
-    refreshed = [
-        r for r in h.rows()
-        if any(e.detail == "video URL refreshed" for e in Ledger(h.state_dir).events(r.key))
+    # Every URL minted before the clock jumped has expired (at least the first one); each of
+    # those jobs refreshed its URL exactly once.
+    refreshes = [
+        sum(e.detail == "video URL refreshed" for e in Ledger(h.state_dir).events(r.key))
+        for r in h.rows()
     ]
-    assert len(refreshed) == 1
+    assert set(refreshes) <= {0, 1}
+    assert sum(refreshes) == h.mock.stats()["expired_video_urls"] >= 1
     assert_files_match_mock(h)
 
 
