@@ -470,7 +470,7 @@ def test_transient_error_while_refreshing_url_is_retried(tmp_path: Path) -> None
     result = h.run()
     assert result.counts == {"downloaded": JOBS}
     assert script.failed_refresh
-    assert h.mock.stats()["expired_video_urls"] == 1
+    assert h.mock.stats()["expired_video_urls"] >= 1
     assert_files_match_mock(h)
 
 
