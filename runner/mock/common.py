@@ -120,6 +120,22 @@ def guard(request: Request, dialect: Dialect) -> tuple[str, Response | None]:
     return account, None
 
 
+def find_generation(
+    request: Request, dialect: Dialect, param: str, missing: str
+) -> tuple[MockState, Generation] | Response:
+    """Authenticate, then look up the generation named by path parameter ``param`` for this
+    account: the state and the generation, or the answer to send instead (401/429/5xx/404)."""
+    account, refusal = guard(request, dialect)
+    if refusal is not None:
+        return refusal
+    state = mock_state(request)
+    generation = state.generation(request.path_params[param], account)
+    if generation is None:
+        return dialect.error(404, missing)
+    note(request, generation_id=generation.id)
+    return state, generation
+
+
 async def json_body(request: Request) -> dict[str, Any] | None:
     """The request body as a JSON object, or None."""
     try:

@@ -12,7 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.mock.common import PLATFORM, guard, json_body, mock_state, note, submit
+from runner.mock.common import (
+    PLATFORM,
+    find_generation,
+    guard,
+    json_body,
+    mock_state,
+    submit,
+)
 from runner.mock.state import Generation
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
@@ -71,14 +78,10 @@ async def generate(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     """GET /requests/{request_id}/status."""
-    account, refusal = guard(request, PLATFORM)
-    if refusal is not None:
-        return refusal
-    state = mock_state(request)
-    generation = state.generation(request.path_params["request_id"], account)
-    if generation is None:
-        return PLATFORM.error(404, "Request not found")
-    note(request, generation_id=generation.id)
+    found = find_generation(request, PLATFORM, "request_id", "Request not found")
+    if isinstance(found, Response):
+        return found
+    state, generation = found
     word = generation.state(state.now())
     doc: dict[str, Any] = {
         "status": STATUS_WORDS.get(word, word),
@@ -95,14 +98,10 @@ async def status(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     """POST /requests/{request_id}/cancel: 202 while queued, 400 once processing started."""
-    account, refusal = guard(request, PLATFORM)
-    if refusal is not None:
-        return refusal
-    state = mock_state(request)
-    generation = state.generation(request.path_params["request_id"], account)
-    if generation is None:
-        return PLATFORM.error(404, "Request not found")
-    note(request, generation_id=generation.id)
+    found = find_generation(request, PLATFORM, "request_id", "Request not found")
+    if isinstance(found, Response):
+        return found
+    state, generation = found
     now = state.now()
     if generation.state(now) != "queued":
         return PLATFORM.error(400, "Request is already being processed")

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.mock.common import SEED, guard, json_body, mock_state, note, submit
+from runner.mock.common import SEED, find_generation, guard, json_body, mock_state, submit
 from runner.mock.state import Generation
 
 PREFIX = "/api/v1"
@@ -62,14 +62,10 @@ async def generate(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     """GET /api/v1/status/{generation_id}."""
-    account, refusal = guard(request, SEED)
-    if refusal is not None:
-        return refusal
-    state = mock_state(request)
-    generation = state.generation(request.path_params["generation_id"], account)
-    if generation is None:
-        return SEED.error(404, "generation not found")
-    note(request, generation_id=generation.id)
+    found = find_generation(request, SEED, "generation_id", "generation not found")
+    if isinstance(found, Response):
+        return found
+    state, generation = found
     word = generation.state(state.now())
     doc: dict[str, Any] = {
         "status": STATUS_WORDS.get(word, word),
