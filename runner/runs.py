@@ -16,7 +16,7 @@ import anyio
 import httpx
 
 from runner.downloads import safe_destination
-from runner.errors import PermanentError, RunnerError, UsageError
+from runner.errors import ManifestError, PermanentError, RunnerError, UsageError
 from runner.executor import Executor, ExecutorSettings, Outcome, Progress
 from runner.jobs import Job, expand
 from runner.ledger import ExecutorLock, JobRow, JobStatus, Ledger, SoulRow
@@ -64,6 +64,7 @@ class RunResult:
     output_dir: Path
     counts: dict[str, int] = field(default_factory=dict)  # selected jobs by status, after
     would_submit: list[Job] = field(default_factory=list)  # --dry-run only
+    error: str | None = None  # collect: why this manifest's jobs could not be collected
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,18 @@ def collect(
         return []
     with ledger:
         manifests = sorted({r.manifest for r in ledger.jobs() if r.status in COLLECTABLE})
-    return [run(m, state_dir, RunOptions(collect=True), env) for m in manifests]
+    results: list[RunResult] = []
+    for manifest in manifests:
+        try:
+            result = run(manifest, state_dir, RunOptions(collect=True), env)
+        except ManifestError as err:
+            # The provider settings live in the manifest: without it, its jobs must wait.
+            results.append(RunResult(manifest, 0, Outcome(), state_dir, error=str(err)))
+            continue
+        results.append(result)
+        if result.outcome.interrupted or result.outcome.fatal:
+            break
+    return results
 
 
 def retry(

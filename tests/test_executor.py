@@ -541,3 +541,19 @@ def test_unknown_tag_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--tag names no tag"):
         h.run(runs.RunOptions(tags=("nightly",)))
     assert not h.state_dir.exists()
+
+
+def test_collect_everything_skips_a_manifest_that_is_gone(tmp_path: Path) -> None:
+    """`collect` with no manifest collects every manifest's jobs; one whose file has vanished
+    is reported (its provider settings are in it) and the others are still collected."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=22))
+    h.run(runs.RunOptions(submit_only=True))
+    other = tmp_path / "other.yaml"
+    other.write_text(MANIFEST.format(limits=FAST_LIMITS).replace("name: walk", "name: stroll"))
+    runs.run(other, h.state_dir, runs.RunOptions(submit_only=True, only=("stroll",)), h.env())
+    other.unlink()
+    results = runs.collect(None, h.state_dir, h.env())
+    by_manifest = {Path(r.manifest).name: r for r in results}
+    assert by_manifest["m.yaml"].counts == {"downloaded": JOBS}
+    assert by_manifest["other.yaml"].error is not None
+    assert "other.yaml" in by_manifest["other.yaml"].error

@@ -87,6 +87,9 @@ class ProgressView:
 
 def _run_exit(result: RunResult, *, resume_hint: str) -> int:
     """Print a run's summary; return the SPEC's exit code."""
+    if result.error is not None:
+        click.echo(f"error: cannot collect {result.manifest}: {result.error}", err=True)
+        return EXIT_FAILED
     out = result.outcome
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "nothing to do"
     click.echo(f"{result.manifest}: {result.selected} jobs: {counts}")
