@@ -15,13 +15,14 @@ them finish and commit; a second one drops the shields and stops at once.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import httpx
@@ -41,7 +42,7 @@ from runner.ledger import JobRow, JobStatus, Ledger
 from runner.providers import GenerationStatus, Provider
 from runner.throttle import AdaptiveSlots, Backoff, Throttle, retry_wait
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 POLL_GROWTH = 1.5  # each quiet poll waits this much longer, up to poll_max
 MIN_POLL_STEP = 0.01  # seconds: the smallest poll interval after the first
@@ -251,6 +252,7 @@ class Executor:
 
     def _move(self, row: JobRow, to: JobStatus, detail: str | None = None, **cols: Any) -> JobRow:
         new = self.ledger.transition(row.key, to, detail=detail, **cols)
+        log.info("%s %s: %s -> %s: %s", row.campaign, row.key, row.status, to, detail or "")
         if to is JobStatus.FAILED:
             self.progress.failed += 1
             self.outcome.failed += 1
@@ -271,6 +273,7 @@ class Executor:
         self.progress.throttled += 1
         self.slots.throttled()
         wait = retry_wait(err.retry_after, attempt, self.settings.backoff)
+        log.info("throttled (%s); waiting %.1fs", err.message, wait)
         if err.retry_after is not None:
             self.throttle.pause(wait)
         else:

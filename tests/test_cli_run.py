@@ -229,12 +229,19 @@ def test_second_runner_is_refused_while_one_runs(
 
 
 def test_wrong_key_exits_3_without_leaking_it(tmp_path: Path, mock_server_factory: Factory) -> None:
-    """A 401 stops the run with exit 3; the key is in no output; no job is failed."""
+    """A 401 stops the run with exit 3; the key is in no output, even at -vv; no job failed."""
     server = mock_server_factory(MockOptions(seed=5))
     manifest, state = tmp_path / "m.yaml", tmp_path / "state"
     write_manifest(manifest, subjects=1)
     secret = "sk-live-very-secret-0123456789"
-    done = finish_run(manifest, state, runner_env(server, HIGGSFIELD_API_KEY=secret))
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "-vv", "run", str(manifest), "--state", str(state)],
+        env=runner_env(server, HIGGSFIELD_API_KEY=secret),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "DEBUG" in done.stderr or "INFO" in done.stderr  # verbose output was produced
     assert done.returncode == 3
     assert "Traceback" not in done.stderr
     assert secret not in done.stdout + done.stderr
