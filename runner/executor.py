@@ -103,9 +103,18 @@ class Outcome:
     downloaded: int = 0
     failed: int = 0
     unfinished: int = 0  # still in flight or not downloaded when the run stopped
+    held: dict[str, str] = field(default_factory=dict)  # key → why it was left for next run
     budget_stop: str | None = None
     interrupted: bool = False
     fatal: FatalError | None = None
+
+
+def budget_message(key: str, credits: float, spent: float, cap: float) -> str:
+    """Why the budget stopped submissions, with the numbers."""
+    return (
+        f"budget: submitting job {key} ({credits:g} credits) would bring estimated credits "
+        f"to {spent + credits:g}, over the cap of {cap:g} ({spent:g} already submitted)"
+    )
 
 
 class _Gone(Exception):
@@ -213,11 +222,7 @@ class Executor:
             fresh = row.status is JobStatus.PENDING
             if fresh and cap is not None and self._spent + row.credits > cap:
                 await self.slots.release(succeeded=False)
-                self.outcome.budget_stop = (
-                    f"budget: submitting job {row.key} ({row.credits:g} credits) would bring "
-                    f"estimated credits to {self._spent + row.credits:g}, over the cap of "
-                    f"{cap:g} ({self._spent:g} already submitted)"
-                )
+                self.outcome.budget_stop = budget_message(row.key, row.credits, self._spent, cap)
                 return
             if fresh:
                 self._spent += row.credits
@@ -260,6 +265,12 @@ class Executor:
             self.progress.downloaded += 1
             self.outcome.downloaded += 1
         return new
+
+    def _hold(self, row: JobRow, reason: str) -> _Gone:
+        """Leave the job as it is for the next run, saying why (ledger and summary)."""
+        self.ledger.note(row.key, f"{reason}; the next run tries again")
+        self.outcome.held[row.key] = reason
+        return _Gone()
 
     def _fail(self, row: JobRow, reason: str, **cols: Any) -> _Gone:
         """Record the job as failed; the caller raises what this returns to end its task."""
@@ -355,6 +366,7 @@ class Executor:
                     attempts=attempts,
                     error=err.message,
                 )
+                self.outcome.held[row.key] = f"submit answer lost: {err.message}"
                 raise _Gone() from err
             self._spent -= row.credits
             raise self._fail(
@@ -387,8 +399,7 @@ class Executor:
                 errors += 1
                 self.progress.retries += 1
                 if errors >= self.settings.max_attempts:
-                    self.ledger.note(row.key, f"status unavailable, next run retries: {err}")
-                    raise _Gone() from err
+                    raise self._hold(row, f"status unavailable: {err}") from err
                 await anyio.sleep(self.settings.backoff.delay(errors, self.rng))
 
     async def _poll(self, row: JobRow) -> JobRow:
@@ -457,8 +468,7 @@ class Executor:
                     tries += 1
                     self.progress.retries += 1
                     if isinstance(err, OSError) or tries >= self.settings.max_attempts:
-                        self.ledger.note(row.key, f"download failed, next run retries: {err}")
-                        raise _Gone() from err
+                        raise self._hold(row, f"download failed: {err}") from err
                     await anyio.sleep(self.settings.backoff.delay(tries, self.rng))
 
     async def _refresh_url(self, row: JobRow) -> JobRow:

@@ -17,7 +17,7 @@ import httpx
 
 from runner.downloads import safe_destination
 from runner.errors import ManifestError, PermanentError, RunnerError, UsageError
-from runner.executor import Executor, ExecutorSettings, Outcome, Progress
+from runner.executor import Executor, ExecutorSettings, Outcome, Progress, budget_message
 from runner.jobs import Job, expand
 from runner.ledger import ExecutorLock, JobRow, JobStatus, Ledger, SoulRow
 from runner.manifest import Manifest, load_manifest
@@ -220,6 +220,13 @@ def retry(
 ) -> int:
     """``runner retry``: failed jobs back to ``pending`` with a new idempotency key."""
     manifest = load_manifest(manifest_path)
+    jobs = expand(manifest)
+    unknown = [c for c in campaigns if c not in {j.campaign for j in jobs}]
+    if unknown:
+        raise UsageError(f"--campaign names no campaign of this manifest: {', '.join(unknown)}")
+    unknown = [k for k in keys if k not in {j.key for j in jobs}]
+    if unknown:
+        raise UsageError(f"--job names no job of this manifest: {', '.join(unknown)}")
     state_dir.mkdir(parents=True, exist_ok=True)
     with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
         return ledger.retry_failed(
@@ -340,22 +347,35 @@ def _dry_run(
     options: RunOptions,
     output_dir: Path,
 ) -> RunResult:
-    """What ``run`` would submit, reading the ledger only."""
+    """What ``run`` would submit (with --limit and the budget applied), reading the ledger only."""
     ledger = Ledger.open_readonly(state_dir)
     statuses: dict[str, str] = {}
+    spent = 0.0
     if ledger is not None:
         with ledger:
             statuses = ledger.diff(str(manifest.path), jobs).statuses
+            spent = sum(r.credits for r in ledger.jobs(manifest=str(manifest.path)) if charged(r))
     sendable = {JobStatus.PENDING.value, JobStatus.SUBMITTING.value}
     if options.retry_failed:
         sendable.add(JobStatus.FAILED.value)
-    would = [j for j in selected if statuses.get(j.key, "pending") in sendable]
-    if options.limit is not None:
-        # As in a real run, the limit counts only jobs never sent; `submitting` ones go anyway.
-        fresh = [j for j in would if statuses.get(j.key, "pending") != "submitting"]
-        keep = {j.key for j in fresh[: options.limit]}
-        would = [j for j in would if j.key in keep or statuses.get(j.key) == "submitting"]
-    return RunResult(str(manifest.path), len(selected), Outcome(), output_dir, would_submit=would)
+    cap = options.max_credits if options.max_credits is not None else manifest.budget.max_credits
+    outcome = Outcome()
+    would: list[Job] = []
+    fresh = 0
+    for job in selected:
+        status = statuses.get(job.key, "pending")
+        if status not in sendable:
+            continue
+        if status != JobStatus.SUBMITTING.value:  # re-sends are neither limited nor charged
+            if options.limit is not None and fresh >= options.limit:
+                continue
+            if cap is not None and spent + job.credits > cap:
+                outcome.budget_stop = budget_message(job.key, job.credits, spent, cap)
+                break
+            fresh += 1
+            spent += job.credits
+        would.append(job)
+    return RunResult(str(manifest.path), len(selected), outcome, output_dir, would_submit=would)
 
 
 async def _execute(

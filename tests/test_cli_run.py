@@ -348,3 +348,50 @@ def test_second_ctrl_c_aborts_and_the_ledger_still_resumes(
     final = finish_run(manifest, state, env)
     assert final.returncode == 0, final.stderr
     assert_everything_downloaded_once(server, state, jobs)
+
+
+def test_verbose_after_the_command_and_unusable_state(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """`run m.yaml -v` logs like `-v run`; a state path under a file is exit 2, no traceback."""
+    server = mock_server_factory(MockOptions(latency_min=0, latency_max=0, seed=10))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    write_manifest(manifest, subjects=1)
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(manifest), "--state", str(state), "-v"],
+        env=runner_env(server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "INFO runner.executor" in done.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad = finish_run(manifest, blocker / "state", runner_env(server))
+    assert bad.returncode == 2
+    assert "Not a directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_souls_command_says_why_a_soul_could_not_be_trained(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """Local reference images need an upload the seed API lacks: `souls` says so, exit 1."""
+    server = mock_server_factory(MockOptions(seed=11))
+    (tmp_path / "ava.jpg").write_bytes(b"\xff\xd8\xff")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "version: 1\n"
+        "souls: {ava: {name: ava_v1, images: [ava.jpg]}}\n"
+        "campaigns: [{name: c, soul: ava, prompt: hi, type: text-to-video}]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "souls", str(manifest), "--state", str(tmp_path / "s")],
+        env=runner_env(server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout.startswith("ava  failed  -  ")
+    assert "upload" in done.stdout

@@ -306,6 +306,20 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert h.mock.log_entries() == []
 
 
+def test_dry_run_applies_limit_and_budget_like_a_run(tmp_path: Path) -> None:
+    """--dry-run stops where the budget would (8-credit jobs, cap 20: two), and says so."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=23))
+    dry = h.run(runs.RunOptions(dry_run=True, max_credits=20))
+    assert len(dry.would_submit) == 2
+    assert dry.outcome.budget_stop is not None
+    real = h.run(runs.RunOptions(max_credits=20))
+    assert real.outcome.submitted == 2
+    assert [j.key for j in dry.would_submit] == [
+        r.key for r in h.rows() if r.status is JobStatus.DOWNLOADED
+    ]
+    assert len(h.run(runs.RunOptions(dry_run=True, limit=3)).would_submit) == 3
+
+
 def test_transient_failures_use_up_attempts_across_runs(tmp_path: Path) -> None:
     """A provider that only answers 5xx fails each job after max_attempts, counted in the
     ledger; nothing is left in flight and the ledger is intact."""
@@ -526,6 +540,8 @@ def test_local_disk_problem_keeps_the_job_for_next_run(tmp_path: Path) -> None:
     result = h.run()
     assert result.counts == {"completed": 6, "downloaded": 2}
     assert result.outcome.unfinished == 6
+    assert len(result.outcome.held) == 6
+    assert all(r.startswith("download failed") for r in result.outcome.held.values())
     walk = [r for r in h.rows() if r.campaign == "walk"]
     assert all(
         any("download failed" in (e.detail or "") for e in Ledger(h.state_dir).events(r.key))
@@ -557,3 +573,12 @@ def test_collect_everything_skips_a_manifest_that_is_gone(tmp_path: Path) -> Non
     assert by_manifest["m.yaml"].counts == {"downloaded": JOBS}
     assert by_manifest["other.yaml"].error is not None
     assert "other.yaml" in by_manifest["other.yaml"].error
+
+
+def test_retry_refuses_unknown_jobs_and_campaigns(tmp_path: Path) -> None:
+    """`retry --job`/`--campaign` naming nothing in the manifest is a usage error."""
+    h = Harness(tmp_path, MockOptions(seed=24))
+    with pytest.raises(UsageError, match="--job names no job"):
+        runs.retry(h.manifest, h.state_dir, keys=["0000000000000000"])
+    with pytest.raises(UsageError, match="--campaign names no campaign"):
+        runs.retry(h.manifest, h.state_dir, campaigns=["nope"])

@@ -14,10 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from runner.errors import (
-    EXIT_INTERRUPTED,
-    RunnerError,
-)
+from runner.errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +44,10 @@ def _set_state(ctx: click.Context, _param: click.Parameter, value: Path | None) 
 
 def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
     if value:
-        ctx.ensure_object(Context).verbose += value
+        obj = ctx.ensure_object(Context)
+        obj.verbose += value
+        # `runner run m.yaml -v`: the group has set logging up already; raise its level now.
+        _configure_logging(obj)
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -101,6 +101,11 @@ def handle_errors(f: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as err:
+            # A state directory or output file that cannot be used: the user's to fix.
+            where = f" {err.filename}" if err.filename else ""
+            click.echo(f"error: cannot use{where}: {err.strerror or err}", err=True)
+            sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
 
@@ -116,9 +121,8 @@ def _configure_logging(ctx: Context) -> None:
         level = logging.DEBUG
     elif ctx.verbose == 1:
         level = logging.INFO
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
     # httpx/httpcore log request lines and headers at DEBUG; keep them out of our output
     # whatever -v says, so an Authorization header can never reach a log.
     for name in ("httpx", "httpcore"):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 
 
+HELD_SHOWN = 5  # jobs left for the next run whose reason the summary prints
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
 
@@ -108,6 +109,10 @@ def _run_exit(result: RunResult, *, resume_hint: str) -> int:
             f"{out.unfinished} jobs not finished in this run; `{resume_hint}` picks them up",
             err=True,
         )
+        for key, reason in list(out.held.items())[:HELD_SHOWN]:
+            click.echo(f"  {key}: {reason}", err=True)
+        if len(out.held) > HELD_SHOWN:
+            click.echo(f"  ... and {len(out.held) - HELD_SHOWN} more (`runner show KEY`)", err=True)
     if result.counts.get("failed"):
         click.echo(
             f"{result.counts['failed']} jobs failed: `runner jobs --status failed` lists them, "
@@ -154,6 +159,8 @@ def run_cmd(manifest: Path, **flags: Any) -> None:
         for job in result.would_submit:
             click.echo(f"{job.key}  {job.campaign}  {job.request.get('prompt', '')}")
         click.echo(f"would submit {len(result.would_submit)} jobs, ~{credits:g} credits")
+        if result.outcome.budget_stop:
+            click.echo(f"then stop: {result.outcome.budget_stop}")
         return
     with ProgressView(quiet=ctx.quiet) as view:
         env = runs.Environment(handle_signals=True, on_progress=view)
@@ -207,7 +214,11 @@ def souls_cmd(manifest: Path) -> None:
     for soul in records:
         error = f"  {soul.error}" if soul.error else ""
         click.echo(f"{soul.name}  {soul.status}  {soul.model_id or '-'}{error}")
-    if not records:
+    recorded = {soul.name for soul in records}
+    for name, reason in failures.items():
+        if name not in recorded:  # failed before the provider took it (e.g. an upload)
+            click.echo(f"{name}  failed  -  {reason}")
+    if not records and not failures:
         click.echo("this manifest defines no souls")
     sys.exit(EXIT_FAILED if failures else EXIT_OK)
 
