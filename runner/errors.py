@@ -46,7 +46,8 @@ class UsageError(RunnerError):
 class ManifestError(RunnerError):
     """A manifest that cannot be loaded, validated or expanded.
 
-    ``str(err)`` is one paragraph: ``file:line:col: field.path: message``.
+    ``str(err)`` is one paragraph: ``file:line:col: field.path: message``. ``also`` holds the
+    other problems found in the same pass (each its own paragraph), first one first.
     """
 
     def __init__(
@@ -57,12 +58,14 @@ class ManifestError(RunnerError):
         line: int | None = None,
         column: int | None = None,
         field: str | None = None,
+        also: tuple[ManifestError, ...] = (),
     ) -> None:
         self.message = message
         self.file = file
         self.line = line
         self.column = column
         self.field = field
+        self.also = also
         super().__init__(self.render())
 
     def render(self) -> str:

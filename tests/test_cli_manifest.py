@@ -332,3 +332,17 @@ def test_schema_prints_the_committed_schema() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"version", "campaigns"}
+
+
+def test_every_problem_of_a_manifest_is_listed(tmp_path: Path) -> None:
+    """Several schema problems: each gets its own located paragraph, first one first."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 2\ncampaigns: []\nlimits: {concurrency: x}\n")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 3
+    assert lines[0].startswith(f"error: {bad}:1:10: version:")
+    assert "(and 2 more problems)" in lines[0]
+    assert lines[1].startswith(f"error: {bad}:2:1: campaigns:")
+    assert lines[2].startswith(f"error: {bad}:3:23: limits.concurrency:")

@@ -96,7 +96,7 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except RunnerError as err:
-            click.echo(f"error: {err}", err=True)
+            echo_error(err)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -108,6 +108,13 @@ def handle_errors(f: F) -> F:
             sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
+
+
+def echo_error(err: RunnerError) -> None:
+    """One paragraph on stderr per problem (a manifest may have several)."""
+    click.echo(f"error: {err}", err=True)
+    for other in getattr(err, "also", ()):
+        click.echo(f"error: {other}", err=True)
 
 
 def echo_json(doc: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_errors
+from runner.cli.base import cli, common_options, echo_error, echo_json, get_ctx, handle_errors
 
 # Library imports stay inside the commands: `runner --help` and manifest errors stay fast.
 
@@ -19,7 +19,7 @@ from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_erro
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
 @handle_errors
 def validate(manifests: tuple[Path, ...]) -> None:
-    """Check manifests: print `ok: N jobs` for each, or its error (exit 2)."""
+    """Check manifests: print `ok: N jobs` for each, or its errors (exit 2)."""
     from runner.errors import EXIT_USAGE, ManifestError
     from runner.jobs import expand
     from runner.manifest import load_manifest
@@ -32,7 +32,7 @@ def validate(manifests: tuple[Path, ...]) -> None:
         except ManifestError as err:
             if not several:
                 raise
-            click.echo(f"error: {err}", err=True)
+            echo_error(err)
             failed = True
             continue
         click.echo(f"{path}: ok: {len(jobs)} jobs" if several else f"ok: {len(jobs)} jobs")

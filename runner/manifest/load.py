@@ -93,11 +93,23 @@ def _located(doc: Document, err: ValidationError) -> ManifestError:
         where = doc.where(path, key=is_key or e["type"] == "extra_forbidden")
         found.append((where, _message(e, path)))
     found.sort(key=lambda wm: (wm[0].line or 10**9, wm[0].column or 0))
-    where, message = found[0]
-    others = len({(w.line, w.column, w.field) for w, _ in found}) - 1
-    if others > 0:
-        message += f" (and {others} more problem{'s' if others > 1 else ''})"
-    return where.error(message)
+    seen: set[tuple[int | None, int | None, str | None]] = set()
+    errors: list[ManifestError] = []
+    for where, message in found:
+        if (where.line, where.column, where.field) not in seen:
+            seen.add((where.line, where.column, where.field))
+            errors.append(where.error(message))
+    first, rest = errors[0], errors[1:]
+    if rest:
+        first = ManifestError(
+            f"{first.message} (and {len(rest)} more problem{'s' if len(rest) > 1 else ''})",
+            file=first.file,
+            line=first.line,
+            column=first.column,
+            field=first.field,
+            also=tuple(rest),
+        )
+    return first
 
 
 def _data_path(data: Any, loc: Iterable[int | str]) -> tuple[FieldPath, bool]:
