@@ -582,3 +582,69 @@ def test_retry_refuses_unknown_jobs_and_campaigns(tmp_path: Path) -> None:
         runs.retry(h.manifest, h.state_dir, keys=["0000000000000000"])
     with pytest.raises(UsageError, match="--campaign names no campaign"):
         runs.retry(h.manifest, h.state_dir, campaigns=["nope"])
+
+
+PLATFORM_MANIFEST = """
+version: 1
+provider: {{name: higgsfield}}
+{limits}
+defaults:
+  type: text-to-video
+  model: higgsfield-ai/dop/standard
+  duration: 4
+campaigns:
+  - name: walk
+    prompt: "{{subject}} walking in {{place}}"
+    matrix:
+      subject: [A dancer, A chef]
+      place: [a park, a street, a kitchen]
+"""
+
+
+def test_platform_dialect_end_to_end_under_its_concurrency_limit(
+    harness: Callable[..., Harness],
+) -> None:
+    """The official platform dialect, with the account limited to 2 generations at once while
+    the runner asks for 4: the concurrency-limit 400s are backpressure, every job downloads,
+    the provider never holds more than 2, and nothing is paid twice."""
+    h = harness(MockOptions(latency_min=0.02, latency_max=0.05, concurrency_limit=2, seed=25))
+    h.write(PLATFORM_MANIFEST.format(limits=FAST_LIMITS))
+    environ = {
+        "HIGGSFIELD_BASE_URL": base_urls(h.server.origin if h.server else IN_PROCESS_ORIGIN)[
+            "higgsfield"
+        ]
+    }
+    result = h.run(**environ)
+    assert result.counts == {"downloaded": 6}
+    stats = h.mock.stats()
+    assert stats["concurrency_rejections"] > 0
+    assert stats["max_in_flight"] <= 2
+    assert stats["generations_created"] == 6 and stats["duplicate_bodies"] == 0
+    assert {g.route for g in h.mock.generations.values()} == {"higgsfield-ai/dop/standard"}
+    assert all(r.attempts == 0 for r in h.rows())  # throttles used no attempts
+    assert_files_match_mock(h)
+
+
+def test_platform_soul_from_local_images_is_uploaded_once(tmp_path: Path) -> None:
+    """On the platform dialect a soul's local reference images are uploaded (once, remembered
+    by content), trained as a custom reference, and sent as custom_reference_id."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, soul_training_seconds=0.02))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for n in (1, 2):
+        (refs / f"{n}.jpg").write_bytes(b"\xff\xd8\xff" + bytes([n]) * 64)
+    h.write(
+        PLATFORM_MANIFEST.format(limits=FAST_LIMITS).replace(
+            "defaults:",
+            "souls: {ava: {name: ava_v1, images: [refs/*.jpg]}}\ndefaults:",
+        ).replace("  - name: walk\n", "  - name: walk\n    soul: ava\n")
+    )
+    environ = {"HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfield"]}
+    assert h.run(**environ).counts == {"downloaded": 6}
+    stats = h.mock.stats()
+    assert stats["uploads"] == 2 and stats["souls_created"] == 1
+    [soul] = h.mock.souls.values()
+    assert {g.body.get("custom_reference_id") for g in h.mock.generations.values()} == {soul.id}
+    h.write(h.manifest.read_text().replace("a kitchen", "a roof"))
+    assert h.run(**environ).counts == {"downloaded": 6}
+    assert h.mock.stats()["uploads"] == 2 and h.mock.stats()["souls_created"] == 1
