@@ -1,4 +1,8 @@
-"""Soul ID identity models: trained once per manifest soul (and image set), then reused.
+"""Soul ID identity models: trained once, then reused.
+
+A model is identified by what trained it: the provider (dialect and base URL), the soul's
+``name`` and its reference images (``training_hash``). Any manifest in the ledger whose soul has
+the same identity reuses the model; changing the images or the name trains a new one.
 
 Jobs that name a soul wait in ``SoulTrainer.model_id`` until its model is ready. The model id
 is committed to the ledger right after the training request is accepted, so a later run polls
@@ -29,9 +33,10 @@ TRAINING = "training"
 FAILED = "failed"
 
 
-def images_hash(images: list[str]) -> str:
-    """Identifies the reference image set a model was trained on (paths/URLs, in order)."""
-    return hashlib.sha256(json.dumps(images).encode()).hexdigest()[:16]
+def training_hash(provider: Provider, name: str, images: list[str]) -> str:
+    """Identifies a soul model by what trained it: provider, soul name, images (in order)."""
+    identity = [provider.name, provider.base_url, name, images]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
 class SoulTrainer:
@@ -82,11 +87,28 @@ class SoulTrainer:
     async def _ensure(self, name: str) -> str:
         manifest = str(self.manifest.path)
         images = self.manifest.soul_images(name)
-        wanted = images_hash(images)
+        wanted = training_hash(self.provider, self.manifest.souls[name].name, images)
         record = self.ledger.get_soul(name, manifest)
         if record is None or record.status == FAILED or record.images_hash != wanted:
-            record = await self._train(name, images, wanted)
+            twin = self._twin(wanted)
+            if twin is not None:
+                record = self.ledger.set_soul(
+                    name,
+                    manifest,
+                    status=twin.status,
+                    model_id=twin.model_id,
+                    images_hash=wanted,
+                )
+            else:
+                record = await self._train(name, images, wanted)
         return await self._wait_ready(record)
+
+    def _twin(self, wanted: str) -> SoulRow | None:
+        """A model of the same identity that another manifest trained (or is training)."""
+        for soul in self.ledger.souls():
+            if soul.images_hash == wanted and soul.status in (READY, TRAINING) and soul.model_id:
+                return soul
+        return None
 
     async def _train(self, name: str, images: list[str], wanted: str) -> SoulRow:
         urls = [await self._public_url(image) for image in images]

@@ -648,3 +648,20 @@ def test_platform_soul_from_local_images_is_uploaded_once(tmp_path: Path) -> Non
     h.write(h.manifest.read_text().replace("a kitchen", "a roof"))
     assert h.run(**environ).counts == {"downloaded": 6}
     assert h.mock.stats()["uploads"] == 2 and h.mock.stats()["souls_created"] == 1
+
+
+def test_a_soul_is_shared_by_manifests_that_define_it_alike(tmp_path: Path) -> None:
+    """Two manifests with the same soul (name and images) train one model between them; a
+    different image set trains another."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, soul_training_seconds=0.02))
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    h.run()
+    other = tmp_path / "other.yaml"
+    text = SOUL_MANIFEST.format(limits=FAST_LIMITS)
+    other.write_text(text.replace("name: ava\n", "name: ava2\n"))
+    assert runs.run(other, h.state_dir, runs.RunOptions(), h.env()).counts == {"downloaded": 3}
+    assert h.mock.stats()["souls_created"] == 1
+    third = tmp_path / "third.yaml"
+    third.write_text(other.read_text().replace("ava/02.jpg", "ava/03.jpg").replace("ava2", "ava3"))
+    assert runs.run(third, h.state_dir, runs.RunOptions(), h.env()).counts == {"downloaded": 3}
+    assert h.mock.stats()["souls_created"] == 2

@@ -162,7 +162,7 @@ class SoulRow:
     updated_at: str
     model_id: str | None = None
     error: str | None = None
-    images_hash: str | None = None  # which reference images it was trained on
+    images_hash: str | None = None  # identity of what trained it: provider, name, images
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> SoulRow:
