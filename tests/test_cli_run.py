@@ -101,6 +101,14 @@ def finish_run(
     )
 
 
+def wait_for_generations(server: MockServerThread, count: int, timeout: float = 20) -> None:
+    """Until the mock has accepted ``count`` generations: the run is under way."""
+    deadline = time.monotonic() + timeout
+    while server.state.stats()["generations_created"] < count:
+        assert time.monotonic() < deadline, f"fewer than {count} generations in {timeout}s"
+        time.sleep(0.02)
+
+
 def assert_everything_downloaded_once(server: MockServerThread, state: Path, jobs: int) -> None:
     """Every job downloaded and verified, no duplicate generation, no .part, ledger intact."""
     with Ledger(state) as ledger:
@@ -187,9 +195,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_server_factory: F
     jobs = write_manifest(manifest, concurrency=8)
     env = runner_env(server)
     proc = start_run(manifest, state, env)
-    deadline = time.monotonic() + 20
-    while server.state.stats()["generations_created"] < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_generations(server, 4)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -210,9 +216,7 @@ def test_second_runner_is_refused_while_one_runs(
     env = runner_env(server)
     first = start_run(manifest, state, env)
     try:
-        deadline = time.monotonic() + 20
-        while server.state.stats()["generations_created"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_generations(server, 1)
         second = finish_run(manifest, state, env)
         assert second.returncode == 2
         assert f"pid {first.pid}" in second.stderr
@@ -337,9 +341,7 @@ def test_second_ctrl_c_aborts_and_the_ledger_still_resumes(
     jobs = write_manifest(manifest, concurrency=8)
     env = runner_env(server)
     proc = start_run(manifest, state, env)
-    deadline = time.monotonic() + 20
-    while server.state.stats()["generations_created"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_generations(server, 2)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
