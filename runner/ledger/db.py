@@ -90,6 +90,10 @@ class Ledger:
         self._db = Database(conn, execute_plugins=False)
         try:
             self._enable_wal(busy_timeout)
+            # WAL + NORMAL: a commit survives any crash of this process (kill -9 included);
+            # only a power cut may lose the last commits, which idempotency keys make safe to
+            # replay (they are derived from the job, not stored only here).
+            conn.execute("PRAGMA synchronous=NORMAL")
             if pending_migrations(self._db, migrations):
                 with self._write():
                     migrate(self._db, migrations)
