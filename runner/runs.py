@@ -201,8 +201,9 @@ def collect(
     for manifest in manifests:
         try:
             result = run(manifest, state_dir, RunOptions(collect=True), env)
-        except ManifestError as err:
-            # The provider settings live in the manifest: without it, its jobs must wait.
+        except (ManifestError, UsageError) as err:
+            # The provider settings (and key) live with the manifest: without them, its jobs
+            # wait for a later collect; the other manifests' jobs need not.
             results.append(RunResult(manifest, 0, Outcome(), state_dir, error=str(err)))
             continue
         results.append(result)
@@ -360,20 +361,19 @@ def _dry_run(
         sendable.add(JobStatus.FAILED.value)
     cap = options.max_credits if options.max_credits is not None else manifest.budget.max_credits
     outcome = Outcome()
-    would: list[Job] = []
-    fresh = 0
-    for job in selected:
-        status = statuses.get(job.key, "pending")
-        if status not in sendable:
-            continue
-        if status != JobStatus.SUBMITTING.value:  # re-sends are neither limited nor charged
-            if options.limit is not None and fresh >= options.limit:
-                continue
-            if cap is not None and spent + job.credits > cap:
-                outcome.budget_stop = budget_message(job.key, job.credits, spent, cap)
-                break
-            fresh += 1
-            spent += job.credits
+    # As the executor does: re-sends first (neither limited nor charged), then new jobs in
+    # manifest order until --limit or the budget stops them.
+    would = [j for j in selected if statuses.get(j.key) == JobStatus.SUBMITTING.value]
+    fresh = [
+        j
+        for j in selected
+        if statuses.get(j.key, "pending") in sendable - {JobStatus.SUBMITTING.value}
+    ]
+    for job in fresh[: options.limit]:
+        if cap is not None and spent + job.credits > cap:
+            outcome.budget_stop = budget_message(job.key, job.credits, spent, cap)
+            break
+        spent += job.credits
         would.append(job)
     return RunResult(str(manifest.path), len(selected), outcome, output_dir, would_submit=would)
 

@@ -34,8 +34,9 @@ FAILED = "failed"
 
 
 def training_hash(provider: Provider, name: str, images: list[str]) -> str:
-    """Identifies a soul model by what trained it: provider, soul name, images (in order)."""
-    identity = [provider.name, provider.base_url, name, images]
+    """Identifies a soul model by what trained it: provider and account, soul name, images
+    (in order). A model belongs to the account that trained it."""
+    identity = [provider.name, provider.base_url, provider.account, name, images]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
@@ -104,11 +105,18 @@ class SoulTrainer:
         return await self._wait_ready(record)
 
     def _twin(self, wanted: str) -> SoulRow | None:
-        """A model of the same identity that another manifest trained (or is training)."""
-        for soul in self.ledger.souls():
-            if soul.images_hash == wanted and soul.status in (READY, TRAINING) and soul.model_id:
-                return soul
-        return None
+        """A model of the same identity that another manifest trained (or is training), ready
+        ones first; never one that any manifest has seen fail."""
+        souls = self.ledger.souls()
+        failed = {s.model_id for s in souls if s.status == FAILED}
+        alike = [
+            s
+            for s in souls
+            if s.images_hash == wanted and s.model_id and s.model_id not in failed
+            and s.status in (READY, TRAINING)
+        ]
+        alike.sort(key=lambda s: s.status != READY)
+        return alike[0] if alike else None
 
     async def _train(self, name: str, images: list[str], wanted: str) -> SoulRow:
         urls = [await self._public_url(image) for image in images]

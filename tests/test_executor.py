@@ -665,3 +665,62 @@ def test_a_soul_is_shared_by_manifests_that_define_it_alike(tmp_path: Path) -> N
     third.write_text(other.read_text().replace("ava/02.jpg", "ava/03.jpg").replace("ava2", "ava3"))
     assert runs.run(third, h.state_dir, runs.RunOptions(), h.env()).counts == {"downloaded": 3}
     assert h.mock.stats()["souls_created"] == 2
+
+
+def test_a_failed_shared_soul_model_is_not_reused(tmp_path: Path) -> None:
+    """Manifest A's model was still `training` when A's run stopped, and then failed: B picks
+    it up once, sees it fail, and its next run trains a model of its own."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, soul_fail_rate=1.0))
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    h.run()
+    with Ledger(h.state_dir) as ledger:
+        [a] = ledger.souls()
+        ledger.set_soul(  # as if A's run had been killed while the model trained
+            a.name, a.manifest, status="training", model_id=a.model_id, images_hash=a.images_hash
+        )
+    h.mock.options = MockOptions(latency_min=0, latency_max=0)
+    other = tmp_path / "other.yaml"
+    other.write_text(h.manifest.read_text().replace("name: ava\n", "name: ava2\n"))
+    first = runs.run(other, h.state_dir, runs.RunOptions(), h.env())
+    assert first.counts == {"failed": 3}
+    assert h.mock.stats()["souls_created"] == 1
+    runs.retry(other, h.state_dir)
+    second = runs.run(other, h.state_dir, runs.RunOptions(), h.env())
+    assert second.counts == {"downloaded": 3}
+    assert h.mock.stats()["souls_created"] == 2
+
+
+def test_souls_are_not_shared_across_accounts(tmp_path: Path) -> None:
+    """The same soul under another account (another api_key_env) is trained for that account."""
+    options = MockOptions(
+        latency_min=0, latency_max=0, soul_training_seconds=0, seed_api_keys=("test-key", "k2")
+    )
+    h = Harness(tmp_path, options)
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    h.run()
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        h.manifest.read_text()
+        .replace("version: 1\n", "version: 1\nprovider: {api_key_env: SECOND_KEY}\n")
+        .replace("name: ava\n", "name: ava2\n")
+    )
+    env = h.env(SECOND_KEY="k2")
+    assert runs.run(other, h.state_dir, runs.RunOptions(), env).counts == {"downloaded": 3}
+    assert h.mock.stats()["souls_created"] == 2
+
+
+def test_dry_run_lists_resends_even_when_the_budget_stops_new_jobs(tmp_path: Path) -> None:
+    """A job left `submitting` is re-sent (uncharged) whatever the budget; dry-run says so."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=26))
+    h.write(MANIFEST.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 1")))
+    h.transport_wrapper = DropPostAnswers
+    h.run(runs.RunOptions(only=("spin",)))  # both spin jobs left `submitting`
+    h.transport_wrapper = lambda t: t
+    dry = h.run(runs.RunOptions(dry_run=True, max_credits=16))
+    assert sorted(j.campaign for j in dry.would_submit) == ["spin", "spin"]
+    assert dry.outcome.budget_stop is not None
+    real = h.run(runs.RunOptions(max_credits=16))
+    assert sorted(r.campaign for r in h.rows() if r.status is JobStatus.DOWNLOADED) == [
+        "spin", "spin"
+    ]
+    assert real.outcome.budget_stop is not None

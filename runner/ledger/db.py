@@ -90,10 +90,12 @@ class Ledger:
         self._db = Database(conn, execute_plugins=False)
         try:
             self._enable_wal(busy_timeout)
-            # WAL + NORMAL: a commit survives any crash of this process (kill -9 included);
-            # only a power cut may lose the last commits, which idempotency keys make safe to
-            # replay (they are derived from the job, not stored only here).
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # In WAL mode, NORMAL still makes every commit survive a crash of this process
+            # (kill -9 included); only a power cut may lose the last ones. Jobs replay those
+            # safely (their idempotency keys derive from the job); a soul training or upload
+            # whose commit was lost would be sent again. Without WAL, keep FULL.
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                conn.execute("PRAGMA synchronous=NORMAL")
             if pending_migrations(self._db, migrations):
                 with self._write():
                     migrate(self._db, migrations)

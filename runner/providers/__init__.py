@@ -68,6 +68,7 @@ class Provider(Protocol):
 
     name: str
     base_url: str
+    account: str  # opaque, stable per credential; never the credential itself
 
     async def submit(
         self,

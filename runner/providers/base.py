@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import re
 from collections.abc import Mapping
@@ -62,6 +63,11 @@ class Secret:
         for part in sorted(self._parts, key=len, reverse=True):
             text = text.replace(part, "***")
         return text
+
+    def fingerprint(self) -> str:
+        """An opaque name for the account this credential opens (a salted hash, so equal
+        credentials match without the ledger ever holding one)."""
+        return hashlib.sha256(b"runner-account:" + self._value.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -191,6 +197,7 @@ class HttpProvider(abc.ABC):
         self.base_url = base_url.rstrip("/")
         self._base = httpx.URL(self.base_url)
         self._credential = credential
+        self.account = credential.fingerprint()
         self._timeout = timeout
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
