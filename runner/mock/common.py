@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,6 +20,7 @@ from runner.mock.video import BrokenResponse, ConnectionDropped
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 SERVER_ERROR_CODES = (500, 502, 503)
+T = TypeVar("T")
 
 
 def mock_state(request: Request) -> MockState:
@@ -120,20 +121,34 @@ def guard(request: Request, dialect: Dialect) -> tuple[str, Response | None]:
     return account, None
 
 
-def find_generation(
-    request: Request, dialect: Dialect, param: str, missing: str
-) -> tuple[MockState, Generation] | Response:
-    """Authenticate, then look up the generation named by path parameter ``param`` for this
-    account: the state and the generation, or the answer to send instead (401/429/5xx/404)."""
+def find(
+    request: Request,
+    dialect: Dialect,
+    param: str,
+    missing: str,
+    get: Callable[[MockState, str, str], T | None],
+) -> tuple[MockState, T] | Response:
+    """Authenticate, then look up what path parameter ``param`` names for this account with
+    ``get(state, id, account)``: the state and the object, or the answer to send instead
+    (401/403/429/5xx from the guard, 404 with ``missing``)."""
     account, refusal = guard(request, dialect)
     if refusal is not None:
         return refusal
     state = mock_state(request)
-    generation = state.generation(request.path_params[param], account)
-    if generation is None:
+    found = get(state, request.path_params[param], account)
+    if found is None:
         return dialect.error(404, missing)
-    note(request, generation_id=generation.id)
-    return state, generation
+    return state, found
+
+
+def find_generation(
+    request: Request, dialect: Dialect, param: str, missing: str
+) -> tuple[MockState, Generation] | Response:
+    """``find`` for a generation, noted in the request log."""
+    found = find(request, dialect, param, missing, lambda st, id_, acct: st.generation(id_, acct))
+    if not isinstance(found, Response):
+        note(request, generation_id=found[1].id)
+    return found
 
 
 async def json_body(request: Request) -> dict[str, Any] | None:

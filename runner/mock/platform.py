@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from runner.mock.common import (
     PLATFORM,
+    find,
     find_generation,
     guard,
     json_body,
@@ -129,13 +130,16 @@ async def create_reference(request: Request) -> Response:
 
 async def get_reference(request: Request) -> Response:
     """GET /v1/custom-references/{id}."""
-    account, refusal = guard(request, PLATFORM)
-    if refusal is not None:
-        return refusal
-    state = mock_state(request)
-    soul = state.soul(request.path_params["reference_id"], account)
-    if soul is None:
-        return PLATFORM.error(404, "Custom reference not found")
+    found = find(
+        request,
+        PLATFORM,
+        "reference_id",
+        "Custom reference not found",
+        lambda st, i, a: st.soul(i, a),
+    )
+    if isinstance(found, Response):
+        return found
+    state, soul = found
     word = soul.state(state.now())
     reason = "Not enough usable faces in the input images" if word == "failed" else None
     return JSONResponse(_reference_doc(soul.id, soul.name, SOUL_WORDS.get(word, word), reason))

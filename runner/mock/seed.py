@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.mock.common import SEED, find_generation, guard, json_body, mock_state, submit
+from runner.mock.common import SEED, find, find_generation, guard, json_body, mock_state, submit
 from runner.mock.state import Generation
 
 PREFIX = "/api/v1"
@@ -104,13 +104,10 @@ async def train(request: Request) -> Response:
 
 async def soul_model(request: Request) -> Response:
     """GET /api/v1/soul/models/{model_id}."""
-    account, refusal = guard(request, SEED)
-    if refusal is not None:
-        return refusal
-    state = mock_state(request)
-    soul = state.soul(request.path_params["model_id"], account)
-    if soul is None:
-        return SEED.error(404, "model not found")
+    found = find(request, SEED, "model_id", "model not found", lambda st, i, a: st.soul(i, a))
+    if isinstance(found, Response):
+        return found
+    state, soul = found
     word = soul.state(state.now())
     doc: dict[str, Any] = {
         "model_id": soul.id,
