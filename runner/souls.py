@@ -23,7 +23,7 @@ import anyio
 from runner.errors import PermanentError, ThrottledError, TransientError
 from runner.ledger import Ledger, SoulRow
 from runner.manifest import Manifest
-from runner.providers import Provider
+from runner.providers import Provider, uploader
 from runner.throttle import Backoff, Throttle, retry_wait
 
 T = TypeVar("T")
@@ -171,8 +171,14 @@ class SoulTrainer:
         known = self.ledger.get_upload(digest)
         if known:
             return known
+        host = uploader(self.provider)
+        if host is None:
+            raise PermanentError(
+                f"provider {self.provider.name} has no upload endpoint; "
+                f"local soul images need provider `higgsfield` (or give {image} as a URL)"
+            )
         content_type = mimetypes.guess_type(image)[0] or "application/octet-stream"
-        url = await self._call(lambda: self.provider.upload(data, content_type))
+        url = await self._call(lambda: host.upload(data, content_type))
         self.ledger.record_upload(digest, url)
         return url
 

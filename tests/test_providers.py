@@ -26,11 +26,15 @@ from runner.mock.options import RetryAfterMode
 from runner.mock.server import MockServerThread
 from runner.mock.testing import FakeClock, InProcessMock
 from runner.providers import (
+    GenerationProvider,
     GenerationStatus,
     Provider,
     ProviderSettings,
+    SoulProvider,
     SoulStatus,
+    UploadProvider,
     make_provider,
+    uploader,
 )
 from runner.providers.base import HttpProvider, Secret
 from runner.providers.classify import parse_retry_after
@@ -75,6 +79,13 @@ def provider_for(
     env = ENV if environ is None else environ
     provider = make_provider(ProviderSettings(name=name, **settings), client=client, environ=env)
     return provider, fake
+
+
+def can_upload(provider: Provider) -> UploadProvider:
+    """``provider`` as an uploader (the test's dialect must be one)."""
+    host = uploader(provider)
+    assert host is not None, f"{provider.name} cannot upload"
+    return host
 
 
 def body_of(request: httpx.Request) -> Any:
@@ -222,12 +233,18 @@ async def test_soul_images_must_be_urls() -> None:
     assert fake.requests == []
 
 
-async def test_seed_upload_is_unsupported() -> None:
-    """The seed API has no upload endpoint: a clear PermanentError, no request."""
-    provider, fake = provider_for("higgsfieldapi", json_answer({}))
-    with pytest.raises(PermanentError, match="not supported"):
-        await provider.upload(b"jpeg", "image/jpeg")
-    assert fake.requests == []
+async def test_capabilities_by_dialect() -> None:
+    """Both dialects generate and train souls; only the platform uploads (the seed API has
+    no upload endpoint, so it has no ``upload`` at all)."""
+    seed, _ = provider_for("higgsfieldapi", json_answer({}))
+    platform, _ = provider_for("higgsfield", json_answer({}))
+    for provider in (seed, platform):
+        assert isinstance(provider, GenerationProvider)
+        assert isinstance(provider, SoulProvider)
+        assert isinstance(provider, Provider)
+    assert not isinstance(seed, UploadProvider) and uploader(seed) is None
+    assert not hasattr(seed, "upload")
+    assert isinstance(platform, UploadProvider) and uploader(platform) is platform
 
 
 # --- platform dialect on MockTransport (higgsfield-platform-api.md) ------------------------
@@ -364,7 +381,7 @@ async def test_platform_upload_puts_bytes_without_the_key() -> None:
         return httpx.Response(200)
 
     provider, fake = provider_for("higgsfield", answer)
-    assert await provider.upload(b"\xff\xd8jpeg", "image/jpeg") == (
+    assert await can_upload(provider).upload(b"\xff\xd8jpeg", "image/jpeg") == (
         "https://cdn.example-cdn.com/abc.jpg"
     )
     ask, put = fake.requests
@@ -389,7 +406,7 @@ async def test_platform_upload_refused_by_storage_is_not_fatal() -> None:
 
     provider, _ = provider_for("higgsfield", answer)
     with pytest.raises(PermanentError, match="SignatureDoesNotMatch") as info:
-        await provider.upload(b"x", "image/png")
+        await can_upload(provider).upload(b"x", "image/png")
     assert type(info.value) is PermanentError
 
 
@@ -566,7 +583,7 @@ async def test_platform_upload_malformed_answer() -> None:
     for doc in ({"public_url": "https://p/x"}, {"upload_url": "file:///etc/x", "public_url": "p"}):
         provider, fake = provider_for("higgsfield", json_answer(doc))
         with pytest.raises(PermanentError, match="malformed response"):
-            await provider.upload(b"x", "image/png")
+            await can_upload(provider).upload(b"x", "image/png")
         assert len(fake.requests) == 1
 
 
@@ -760,7 +777,8 @@ async def test_key_never_in_debug_logs_over_a_real_socket(
             model = await provider.train_soul("ava", ["https://cdn.example.com/a.jpg"])
             assert (await provider.soul_status(model)).state == "ready"
             if name == "higgsfield":
-                assert (await provider.upload(b"img", "image/png")).startswith(server.origin)
+                url = await can_upload(provider).upload(b"img", "image/png")
+                assert url.startswith(server.origin)
             with pytest.raises(PermanentError):
                 await provider.status("no-such-generation")
         finally:
@@ -843,7 +861,7 @@ async def test_souls_against_the_mock(
 async def test_upload_against_the_mock(inprocess_mock: InProcessMock) -> None:
     """The platform upload lands on the mock and the public URL serves the bytes."""
     provider = inprocess_mock.provider("higgsfield")
-    url = await provider.upload(b"\x89PNG data", "image/png")
+    url = await can_upload(provider).upload(b"\x89PNG data", "image/png")
     got = await inprocess_mock.client.get(url)
     assert (got.status_code, got.content) == (200, b"\x89PNG data")
     put = next(e for e in inprocess_mock.state.log_entries() if e["method"] == "PUT")

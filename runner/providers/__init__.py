@@ -1,11 +1,13 @@
 """Providers: the two Higgsfield API dialects behind one interface.
 
-The executor talks to a :class:`Provider` and never sees a dialect's URLs or JSON:
+The executor talks to a :class:`Provider` (the capability protocols and records are declared
+once, in :mod:`runner.providers.types`) and never sees a dialect's URLs or JSON:
 
 - ``higgsfieldapi`` (:mod:`runner.providers.higgsfieldapi`): the seed API at
   ``https://higgsfieldapi.com/api/v1`` — ``Authorization: Bearer $HIGGSFIELD_API_KEY``.
 - ``higgsfield`` (:mod:`runner.providers.platform`): the official queue-style platform API at
-  ``https://api.higgsfield.ai`` — ``Authorization: Key $HF_KEY`` (``id:secret``).
+  ``https://api.higgsfield.ai`` — ``Authorization: Key $HF_KEY`` (``id:secret``); the only
+  one that can upload local files (:func:`uploader` tells).
 
 Both raise only :mod:`runner.errors` provider errors, never retry and never rate-limit: the
 executor owns both. The HTTP client is injectable, so tests run them over
@@ -16,89 +18,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
 
 import httpx
 
 from runner.errors import UsageError
+from runner.providers.types import (
+    DEFAULT_PROVIDER,
+    GenerationProvider,
+    GenerationState,
+    GenerationStatus,
+    Provider,
+    ProviderSettings,
+    SoulProvider,
+    SoulState,
+    SoulStatus,
+    UploadProvider,
+    uploader,
+)
 
-DEFAULT_PROVIDER = "higgsfieldapi"
 BASE_URL_ENV = "HIGGSFIELD_BASE_URL"
-
-GenerationState = Literal["queued", "running", "completed", "failed"]
-SoulState = Literal["training", "ready", "failed"]
-
-
-@dataclass(frozen=True)
-class ProviderSettings:
-    """The manifest's ``provider:`` block: which dialect, where, and which key variable."""
-
-    name: str = DEFAULT_PROVIDER
-    base_url: str | None = None
-    api_key_env: str | None = None
-
-
-@dataclass(frozen=True)
-class GenerationStatus:
-    """A generation's state, normalized across dialects (SPEC §6).
-
-    ``video_url`` is set exactly when ``state`` is ``completed``; ``error`` when it is
-    ``failed`` (the provider's status word, then its error text if any). ``raw`` is the
-    provider's own status word.
-    """
-
-    state: GenerationState
-    video_url: str | None
-    error: str | None
-    raw: str
-
-
-@dataclass(frozen=True)
-class SoulStatus:
-    """A soul (identity) model's training state, normalized across dialects."""
-
-    model_id: str
-    state: SoulState
-    error: str | None
-
-
-class Provider(Protocol):
-    """What the executor needs from an API dialect. Every method may raise a ProviderError."""
-
-    name: str
-    base_url: str
-    account: str  # opaque, stable per credential; never the credential itself
-
-    async def submit(
-        self,
-        request: dict[str, Any],
-        *,
-        idempotency_key: str,
-        soul_model_id: str | None = None,
-    ) -> str:
-        """Start a generation; returns its id. Sends ``Idempotency-Key: idempotency_key``."""
-        ...
-
-    async def status(self, generation_id: str) -> GenerationStatus:
-        """The generation's current, normalized state."""
-        ...
-
-    async def train_soul(self, name: str, images: list[str]) -> str:
-        """Start training a soul model from image URLs; returns the model id."""
-        ...
-
-    async def soul_status(self, model_id: str) -> SoulStatus:
-        """The soul model's training state."""
-        ...
-
-    async def upload(self, data: bytes, content_type: str) -> str:
-        """Upload a local file's bytes; returns a public URL usable as an image input."""
-        ...
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if the provider created it (an injected one is left open)."""
-        ...
 
 
 def make_provider(
@@ -144,11 +82,15 @@ def make_provider(
 __all__ = [
     "BASE_URL_ENV",
     "DEFAULT_PROVIDER",
+    "GenerationProvider",
     "GenerationState",
     "GenerationStatus",
     "Provider",
     "ProviderSettings",
+    "SoulProvider",
     "SoulState",
     "SoulStatus",
+    "UploadProvider",
     "make_provider",
+    "uploader",
 ]

@@ -229,10 +229,6 @@ class HttpProvider(abc.ABC):
     async def soul_status(self, model_id: str) -> SoulStatus:
         """See :class:`runner.providers.Provider`."""
 
-    @abc.abstractmethod
-    async def upload(self, data: bytes, content_type: str) -> str:
-        """See :class:`runner.providers.Provider`."""
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, credential={self._credential!r})"
 

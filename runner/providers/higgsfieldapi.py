@@ -7,9 +7,9 @@
     GET  {base}/soul/models/{id}    → {"model_id", "status": "ready" | ..., ...}
 
 Auth is ``Authorization: Bearer $HIGGSFIELD_API_KEY`` (or the manifest's ``api_key_env``).
-The seed API has no upload endpoint, so :meth:`HiggsfieldApiProvider.upload` refuses with a
-PermanentError: souls for this dialect need image URLs (use the ``higgsfield`` provider to
-upload local files). The Soul paths are the document's own placeholders.
+The seed API has no upload endpoint, so this dialect has no ``upload`` (it is no
+:class:`~runner.providers.UploadProvider`): its souls need image URLs (the ``higgsfield``
+provider uploads local files). The Soul paths are the document's own placeholders.
 """
 
 from __future__ import annotations
@@ -107,13 +107,6 @@ class HiggsfieldApiProvider(HttpProvider):
         doc = self.json_object(response)
         word = require_str(doc, "status", what=f"GET /soul/models/{model_id}")
         return normalize_soul(model_id, word, error=self._error(doc))
-
-    async def upload(self, data: bytes, content_type: str) -> str:
-        """The seed API has no upload endpoint: always a PermanentError."""
-        raise PermanentError(
-            "uploads are not supported by the higgsfieldapi provider: give soul images "
-            "as URLs, or use the higgsfield provider"
-        )
 
     def _error(self, doc: Mapping[str, Any]) -> str | None:
         for field in ERROR_FIELDS:
