@@ -8,7 +8,8 @@ import pytest
 
 from runner.mock import MockOptions, create_app
 from runner.mock.server import MockServerThread
-from runner.mock.testing import INSTANT, FakeClock, InProcessMock, in_process
+from runner.mock.testing import INSTANT, FakeClock
+from tests.support import InProcessMock, in_process
 
 
 @pytest.fixture

@@ -3,20 +3,24 @@ videos (a real MP4 with Range), URL expiry, the request log and counters."""
 
 from __future__ import annotations
 
+import ast
 import email.utils
 import hashlib
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import runner.mock
 from runner.mock import ConnectionDropped, MockOptions, create_app
 from runner.mock.options import RetryAfterMode
 from runner.mock.server import MockServerThread
-from runner.mock.testing import FakeClock, InProcessMock
+from runner.mock.testing import FakeClock
 from runner.mock.video import RangeNotSatisfiable, parse_range, sample_mp4, video_for
+from tests.support import InProcessMock
 
 pytestmark = pytest.mark.anyio
 
@@ -593,3 +597,57 @@ def test_options_are_validated(bad: dict[str, Any]) -> None:
     """Impossible options fail loudly at construction."""
     with pytest.raises(ValueError):
         MockOptions(**bad)
+
+
+# --- independence from the product -------------------------------------------------------------
+
+def product_imports(source: str, package: str) -> list[str]:
+    """The modules outside ``runner.mock`` that ``source`` (a module of ``package``) imports,
+    relative imports resolved and imports inside functions included."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            found.extend(f"{module}.{alias.name}" for alias in node.names)
+    return [
+        name
+        for name in found
+        if (name == "runner" or name.startswith("runner."))
+        and not (name == "runner.mock" or name.startswith("runner.mock."))
+    ]
+
+
+def test_product_imports_are_found() -> None:
+    """The checker below sees absolute, relative and lazy imports of the product."""
+    source = (
+        "import httpx\nfrom runner.mock import seed\nfrom . import state\n"
+        "from runner.providers import make_provider\nfrom .. import errors\n"
+        "def f():\n    import runner.ledger\n"
+    )
+    assert product_imports(source, "runner.mock") == [
+        "runner.providers.make_provider",
+        "runner.errors",
+        "runner.ledger",
+    ]
+
+
+def test_mock_imports_nothing_from_the_product() -> None:
+    """No module of runner/mock imports ``runner.*`` outside ``runner.mock``: the mock stands
+    apart from what it tests (``tests/support.py`` wires the two together)."""
+    root = Path(runner.mock.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 1, root
+    offenders = {
+        str(path.relative_to(root)): found
+        for path in files
+        if (
+            found := product_imports(
+                path.read_text(), ".".join(["runner", "mock", *path.parent.relative_to(root).parts])
+            )
+        )
+    }
+    assert offenders == {}

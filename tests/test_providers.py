@@ -24,7 +24,7 @@ from runner.errors import (
 from runner.mock import MockOptions
 from runner.mock.options import RetryAfterMode
 from runner.mock.server import MockServerThread
-from runner.mock.testing import FakeClock, InProcessMock
+from runner.mock.testing import FakeClock
 from runner.providers import (
     GenerationProvider,
     GenerationStatus,
@@ -38,6 +38,7 @@ from runner.providers import (
 )
 from runner.providers.base import HttpProvider, Secret
 from runner.providers.classify import parse_retry_after
+from tests.support import InProcessMock
 
 pytestmark = pytest.mark.anyio
 
