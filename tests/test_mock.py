@@ -601,6 +601,7 @@ def test_options_are_validated(bad: dict[str, Any]) -> None:
 
 # --- independence from the product -------------------------------------------------------------
 
+
 def product_imports(source: str, package: str) -> list[str]:
     """The modules outside ``runner.mock`` that ``source`` (a module of ``package``) imports,
     relative imports resolved and imports inside functions included."""

@@ -151,13 +151,19 @@ def find_generation(
     return found
 
 
-async def json_body(request: Request) -> dict[str, Any] | None:
-    """The request body as a JSON object, or None."""
+async def guarded_body(
+    request: Request, dialect: Dialect, *, not_an_object: Callable[[], Response]
+) -> tuple[str, dict[str, Any]] | Response:
+    """``guard``, then read the body as a JSON object: ``(account, body)``, or the answer to
+    send instead (the guard's, or ``not_an_object()`` for a body that is no JSON object)."""
+    account, refusal = guard(request, dialect)
+    if refusal is not None:
+        return refusal
     try:
         doc = await request.json()
     except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+        doc = None
+    return (account, doc) if isinstance(doc, dict) else not_an_object()
 
 
 def submit(

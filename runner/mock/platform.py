@@ -16,8 +16,7 @@ from runner.mock.common import (
     PLATFORM,
     find,
     find_generation,
-    guard,
-    json_body,
+    guarded_body,
     mock_state,
     submit,
 )
@@ -38,6 +37,10 @@ def _invalid(*problems: tuple[str, str]) -> Response:
     return PLATFORM.error(422, detail)
 
 
+def _not_an_object() -> Response:
+    return _invalid(("body", "Input should be a valid JSON object"))
+
+
 def _links(request: Request, generation: Generation) -> dict[str, str]:
     origin = str(request.base_url).rstrip("/")
     return {
@@ -51,12 +54,10 @@ async def generate(request: Request) -> Response:
     model = request.path_params["model"]
     if not MODEL_ID.fullmatch(model) or model.startswith(("_mock", "api/")):
         return PLATFORM.error(404, "Not Found")
-    account, refusal = guard(request, PLATFORM)
-    if refusal is not None:
-        return refusal
-    body = await json_body(request)
-    if body is None:
-        return _invalid(("body", "Input should be a valid JSON object"))
+    found = await guarded_body(request, PLATFORM, not_an_object=_not_an_object)
+    if isinstance(found, Response):
+        return found
+    account, body = found
     prompt, image_url = body.get("prompt"), body.get("image_url")
     if prompt is None and image_url is None:
         return _invalid(("prompt", "Field required"))
@@ -112,12 +113,10 @@ async def cancel(request: Request) -> Response:
 
 async def create_reference(request: Request) -> Response:
     """POST /v1/custom-references: start a soul (custom reference) training."""
-    account, refusal = guard(request, PLATFORM)
-    if refusal is not None:
-        return refusal
-    body = await json_body(request)
-    if body is None:
-        return _invalid(("body", "Input should be a valid JSON object"))
+    found = await guarded_body(request, PLATFORM, not_an_object=_not_an_object)
+    if isinstance(found, Response):
+        return found
+    account, body = found
     name, images = body.get("name"), body.get("input_images")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_SOUL_NAME:
         return _invalid(("name", f"String should have 1 to {MAX_SOUL_NAME} characters"))
@@ -172,13 +171,16 @@ def _reference_doc(soul_id: str, name: str, status: str, reason: str | None) -> 
 
 async def generate_upload_url(request: Request) -> Response:
     """POST /files/generate-upload-url: a presigned PUT slot on this server."""
-    _account, refusal = guard(request, PLATFORM)
-    if refusal is not None:
-        return refusal
-    body = await json_body(request)
-    content_type = (body or {}).get("content_type")
-    if not isinstance(content_type, str) or "/" not in content_type:
+
+    def no_content_type() -> Response:
         return _invalid(("content_type", "Field required"))
+
+    found = await guarded_body(request, PLATFORM, not_an_object=no_content_type)
+    if isinstance(found, Response):
+        return found
+    content_type = found[1].get("content_type")
+    if not isinstance(content_type, str) or "/" not in content_type:
+        return no_content_type()
     state = mock_state(request)
     token = state.new_upload(content_type)
     origin = str(request.base_url).rstrip("/")

@@ -8,13 +8,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.mock.common import SEED, find, find_generation, guard, json_body, mock_state, submit
+from runner.mock.common import SEED, find, find_generation, guarded_body, mock_state, submit
 from runner.mock.state import Generation
 
 PREFIX = "/api/v1"
 TYPES = ("text-to-video", "image-to-video")
 STATUS_WORDS = {"running": "processing"}  # the seed's word for running; others pass through
 SOUL_WORDS = {"not_ready": "training", "queued": "training"}
+
+
+def _not_an_object() -> Response:
+    return SEED.error(400, "body must be a JSON object")
 
 
 def _validate(body: dict[str, Any]) -> str | None:
@@ -33,12 +37,10 @@ def _validate(body: dict[str, Any]) -> str | None:
 
 async def generate(request: Request) -> Response:
     """POST /api/v1/generate."""
-    account, refusal = guard(request, SEED)
-    if refusal is not None:
-        return refusal
-    body = await json_body(request)
-    if body is None:
-        return SEED.error(400, "body must be a JSON object")
+    found = await guarded_body(request, SEED, not_an_object=_not_an_object)
+    if isinstance(found, Response):
+        return found
+    account, body = found
     problem = _validate(body)
     if problem:
         return SEED.error(422, problem)
@@ -83,12 +85,10 @@ async def status(request: Request) -> Response:
 
 async def train(request: Request) -> Response:
     """POST /api/v1/soul/train."""
-    account, refusal = guard(request, SEED)
-    if refusal is not None:
-        return refusal
-    body = await json_body(request)
-    if body is None:
-        return SEED.error(400, "body must be a JSON object")
+    found = await guarded_body(request, SEED, not_an_object=_not_an_object)
+    if isinstance(found, Response):
+        return found
+    account, body = found
     name, images = body.get("name"), body.get("images")
     if not isinstance(name, str) or not name.strip():
         return SEED.error(422, "name is required")

@@ -56,11 +56,12 @@ def make_provider(
     :data:`runner.providers.base.DEFAULT_TIMEOUT`) is applied to every request, an injected
     client's own default notwithstanding.
     """
-    from runner.providers.base import DEFAULT_TIMEOUT, HttpProvider, check_base_url
+    from runner.providers.base import DEFAULT_TIMEOUT, check_base_url
     from runner.providers.higgsfieldapi import HiggsfieldApiProvider
     from runner.providers.platform import PlatformProvider
 
-    dialects: dict[str, type[HttpProvider]] = {
+    # The union (not type[HttpProvider]) lets mypy check each dialect against Provider.
+    dialects: dict[str, type[HiggsfieldApiProvider] | type[PlatformProvider]] = {
         HiggsfieldApiProvider.name: HiggsfieldApiProvider,
         PlatformProvider.name: PlatformProvider,
     }

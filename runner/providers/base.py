@@ -14,13 +14,13 @@ import httpx
 
 from runner import __version__
 from runner.errors import PermanentError, UsageError
-from runner.providers import GenerationStatus, SoulStatus
 from runner.providers.classify import (
     raise_for_status,
     raise_for_transport,
     render_detail,
     shorten,
 )
+from runner.providers.types import GenerationStatus, SoulStatus
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,9 @@ class HttpProvider(abc.ABC):
     """One dialect's client: absolute URLs, auth only to the base URL's origin, error mapping.
 
     Subclasses set ``name`` and ``default_base_url``, read their credentials in
-    ``credential_from`` and implement the :class:`runner.providers.Provider` methods.
+    ``credential_from`` and implement the protocols of :mod:`runner.providers.types` they have
+    (``make_provider`` has mypy check each against :class:`~runner.providers.types.Provider`),
+    mostly through :meth:`create` and :meth:`read_status`.
     """
 
     name: str
@@ -206,28 +208,6 @@ class HttpProvider(abc.ABC):
     @abc.abstractmethod
     def credential_from(cls, environ: Mapping[str, str], api_key_env: str | None) -> Secret:
         """The ``Authorization`` header value, from the environment; UsageError when missing."""
-
-    @abc.abstractmethod
-    async def submit(
-        self,
-        request: dict[str, Any],
-        *,
-        idempotency_key: str,
-        soul_model_id: str | None = None,
-    ) -> str:
-        """See :class:`runner.providers.Provider`."""
-
-    @abc.abstractmethod
-    async def status(self, generation_id: str) -> GenerationStatus:
-        """See :class:`runner.providers.Provider`."""
-
-    @abc.abstractmethod
-    async def train_soul(self, name: str, images: list[str]) -> str:
-        """See :class:`runner.providers.Provider`."""
-
-    @abc.abstractmethod
-    async def soul_status(self, model_id: str) -> SoulStatus:
-        """See :class:`runner.providers.Provider`."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, credential={self._credential!r})"
@@ -278,6 +258,28 @@ class HttpProvider(abc.ABC):
             response, what=what, redact=self._credential.redact, credentials_apply=keyed
         )
         return response
+
+    async def create(
+        self, url: str, body: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """POST something the provider creates (and may charge for); its JSON answer.
+
+        With ``idempotency_key`` it is checked and sent as ``Idempotency-Key``. A lost answer is
+        an UnknownOutcomeError: only a retry with the same key is safe.
+        """
+        headers: dict[str, str] = {}
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            headers["Idempotency-Key"] = idempotency_key
+        response = await self.send(
+            "POST", url, json_body=body, headers=headers, non_idempotent=True
+        )
+        return self.json_object(response)
+
+    async def read_status(self, url: str, *, what: str) -> tuple[dict[str, Any], str]:
+        """GET a status document: the JSON object and its (non-empty) ``status`` word."""
+        doc = self.json_object(await self.send("GET", url))
+        return doc, require_str(doc, "status", what=what)
 
     def json_object(self, response: httpx.Response) -> dict[str, Any]:
         """The answer as a JSON object, or PermanentError('malformed response ...')."""

@@ -18,19 +18,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner.errors import PermanentError
-from runner.providers import GenerationStatus, SoulStatus
 from runner.providers.base import (
     HttpProvider,
     Secret,
-    check_idempotency_key,
     check_image_urls,
     env_value,
     merge_params,
     normalize_generation,
     normalize_soul,
     require_id,
-    require_str,
 )
+from runner.providers.types import GenerationStatus, SoulStatus
 
 DEFAULT_BASE_URL = "https://higgsfieldapi.com/api/v1"
 API_KEY_ENV = "HIGGSFIELD_API_KEY"
@@ -57,30 +55,18 @@ class HiggsfieldApiProvider(HttpProvider):
         soul_model_id: str | None = None,
     ) -> str:
         """POST /generate; returns the ``generation_id``."""
-        check_idempotency_key(idempotency_key)
         body = merge_params(request)
         if soul_model_id is not None:
             body["model_id"] = soul_model_id
-        response = await self.send(
-            "POST",
-            self.url("generate"),
-            json_body=body,
-            headers={"Idempotency-Key": idempotency_key},
-            non_idempotent=True,
+        doc = await self.create(self.url("generate"), body, idempotency_key=idempotency_key)
+        return require_id(
+            self._accepted(doc, "POST /generate"), "generation_id", what="POST /generate"
         )
-        doc = self.json_object(response)
-        what = "POST /generate"
-        if doc.get("success") is False:
-            reason = self._error(doc) or "no reason given"
-            raise PermanentError(f"{what}: refused: {reason}")
-        return require_id(doc, "generation_id", what=what)
 
     async def status(self, generation_id: str) -> GenerationStatus:
         """GET /status/{id}, normalized."""
-        response = await self.send("GET", self.url("status", generation_id))
-        doc = self.json_object(response)
         what = f"GET /status/{generation_id}"
-        word = require_str(doc, "status", what=what)
+        doc, word = await self.read_status(self.url("status", generation_id), what=what)
         return normalize_generation(
             word, video_url=doc.get("video_url"), error=self._error(doc), what=what
         )
@@ -89,24 +75,21 @@ class HiggsfieldApiProvider(HttpProvider):
         """POST /soul/train with image URLs; returns the ``model_id``."""
         what = "POST /soul/train"
         check_image_urls(images, what=what)
-        response = await self.send(
-            "POST",
-            self.url("soul", "train"),
-            json_body={"name": name, "images": list(images)},
-            non_idempotent=True,
-        )
-        doc = self.json_object(response)
-        if doc.get("success") is False:
-            raise PermanentError(f"{what}: refused: {self._error(doc) or 'no reason given'}")
-        field = "model_id" if "model_id" in doc else "id"
-        return require_id(doc, field, what=what)
+        doc = await self.create(self.url("soul", "train"), {"name": name, "images": list(images)})
+        doc = self._accepted(doc, what)
+        return require_id(doc, "model_id" if "model_id" in doc else "id", what=what)
 
     async def soul_status(self, model_id: str) -> SoulStatus:
         """GET /soul/models/{id}: ``ready`` → ready, failed/error → failed, else training."""
-        response = await self.send("GET", self.url("soul", "models", model_id))
-        doc = self.json_object(response)
-        word = require_str(doc, "status", what=f"GET /soul/models/{model_id}")
+        what = f"GET /soul/models/{model_id}"
+        doc, word = await self.read_status(self.url("soul", "models", model_id), what=what)
         return normalize_soul(model_id, word, error=self._error(doc))
+
+    def _accepted(self, doc: dict[str, Any], what: str) -> dict[str, Any]:
+        """The answer, unless it says ``"success": false`` (a refusal with a 2xx status)."""
+        if doc.get("success") is False:
+            raise PermanentError(f"{what}: refused: {self._error(doc) or 'no reason given'}")
+        return doc
 
     def _error(self, doc: Mapping[str, Any]) -> str | None:
         for field in ERROR_FIELDS:

@@ -30,11 +30,9 @@ from typing import Any
 import httpx
 
 from runner.errors import PermanentError, UsageError
-from runner.providers import GenerationStatus, SoulStatus
 from runner.providers.base import (
     HttpProvider,
     Secret,
-    check_idempotency_key,
     check_image_urls,
     env_value,
     merge_params,
@@ -43,6 +41,7 @@ from runner.providers.base import (
     require_id,
     require_str,
 )
+from runner.providers.types import GenerationStatus, SoulStatus
 
 DEFAULT_BASE_URL = "https://api.higgsfield.ai"
 KEY_ENV = "HF_KEY"
@@ -89,26 +88,18 @@ class PlatformProvider(HttpProvider):
         soul_model_id: str | None = None,
     ) -> str:
         """POST /{model}; returns the ``request_id``."""
-        check_idempotency_key(idempotency_key)
         model = model_for(request)
         body = merge_params(request, drop=("model", "type"))
         if soul_model_id is not None:
             body["custom_reference_id"] = soul_model_id
-        response = await self.send(
-            "POST",
-            "/".join([self.base_url, model]),
-            json_body=body,
-            headers={"Idempotency-Key": idempotency_key},
-            non_idempotent=True,
-        )
-        return require_id(self.json_object(response), "request_id", what=f"POST /{model}")
+        url = "/".join([self.base_url, model])
+        doc = await self.create(url, body, idempotency_key=idempotency_key)
+        return require_id(doc, "request_id", what=f"POST /{model}")
 
     async def status(self, generation_id: str) -> GenerationStatus:
         """GET /requests/{id}/status, normalized; the video is at ``video.url``."""
-        response = await self.send("GET", self.url("requests", generation_id, "status"))
-        doc = self.json_object(response)
         what = f"GET /requests/{generation_id}/status"
-        word = require_str(doc, "status", what=what)
+        doc, word = await self.read_status(self.url("requests", generation_id, "status"), what=what)
         video = doc.get("video")
         video_url = video.get("url") if isinstance(video, dict) else None
         return normalize_generation(
@@ -124,16 +115,13 @@ class PlatformProvider(HttpProvider):
             "input_images": [{"type": "image_url", "image_url": url} for url in images],
             "model_version": SOUL_MODEL_VERSION,
         }
-        response = await self.send(
-            "POST", self.url("v1", "custom-references"), json_body=body, non_idempotent=True
-        )
-        return require_id(self.json_object(response), "id", what=what)
+        doc = await self.create(self.url("v1", "custom-references"), body)
+        return require_id(doc, "id", what=what)
 
     async def soul_status(self, model_id: str) -> SoulStatus:
         """GET /v1/custom-references/{id}: completed → ready, failed → failed, else training."""
-        response = await self.send("GET", self.url("v1", "custom-references", model_id))
-        doc = self.json_object(response)
-        word = require_str(doc, "status", what=f"GET /v1/custom-references/{model_id}")
+        what = f"GET /v1/custom-references/{model_id}"
+        doc, word = await self.read_status(self.url("v1", "custom-references", model_id), what=what)
         error = self.error_text(doc.get("fail_reason")) or self.error_text(doc.get("error"))
         return normalize_soul(model_id, word, error=error)
 
