@@ -19,7 +19,7 @@ from runner.downloads import safe_destination
 from runner.errors import ManifestError, PermanentError, RunnerError, UsageError
 from runner.executor import Executor, ExecutorSettings, Outcome, Progress, budget_message
 from runner.jobs import Job, expand
-from runner.ledger import ExecutorLock, JobRow, JobStatus, Ledger, SoulRow
+from runner.ledger import JobRow, JobStatus, Ledger, SoulRow, default_ledger_url, open_ledger
 from runner.manifest import Manifest, load_manifest
 from runner.providers import Provider, ProviderSettings, make_provider
 from runner.souls import SoulTrainer
@@ -159,7 +159,7 @@ def run(
     provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
     backoff = backoff_from(env.environ)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
+    with open_ledger(default_ledger_url(state_dir)) as ledger, ledger.executor_lock():
         if not options.collect:
             _move_renamed_files(ledger, jobs, output_dir)
             ledger.record_plan(str(manifest.path), jobs)
@@ -192,7 +192,7 @@ def collect(
     """``runner collect``: poll and download what is in flight, for one or every manifest."""
     if manifest_path is not None:
         return [run(manifest_path, state_dir, RunOptions(collect=True), env)]
-    ledger = Ledger.open_readonly(state_dir)
+    ledger = open_ledger(default_ledger_url(state_dir), readonly=True)
     if ledger is None:
         return []
     with ledger:
@@ -229,7 +229,7 @@ def retry(
     if unknown:
         raise UsageError(f"--job names no job of this manifest: {', '.join(unknown)}")
     state_dir.mkdir(parents=True, exist_ok=True)
-    with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
+    with open_ledger(default_ledger_url(state_dir)) as ledger, ledger.executor_lock():
         return ledger.retry_failed(
             str(manifest.path), keys=list(keys) or None, campaigns=list(campaigns) or None
         )
@@ -273,7 +273,7 @@ def train_souls(
                 await api_client.aclose()
         return failures
 
-    with ExecutorLock(state_dir), Ledger(state_dir) as ledger:
+    with open_ledger(default_ledger_url(state_dir)) as ledger, ledger.executor_lock():
         failures = anyio.run(train_all, ledger)
         return ledger.souls(str(manifest.path)), failures
 
@@ -349,7 +349,7 @@ def _dry_run(
     output_dir: Path,
 ) -> RunResult:
     """What ``run`` would submit (with --limit and the budget applied), reading the ledger only."""
-    ledger = Ledger.open_readonly(state_dir)
+    ledger = open_ledger(default_ledger_url(state_dir), readonly=True)
     statuses: dict[str, str] = {}
     spent = 0.0
     if ledger is not None:

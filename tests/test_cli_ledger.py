@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from runner.cli import cli
 from runner.jobs import Job, expand
-from runner.ledger import ExecutorLock, Ledger
+from runner.ledger import default_ledger_url, open_ledger
 from runner.manifest import load_manifest
 
 MANIFEST = """\
@@ -59,7 +59,7 @@ class World:
         self.jobs = expand(manifest)
         self.walk = [j for j in self.jobs if j.campaign == "walk"]
         self.spin = [j for j in self.jobs if j.campaign == "spin"]
-        with Ledger(self.state) as led:
+        with open_ledger(default_ledger_url(self.state)) as led:
             led.record_plan(self.path, self.jobs)
             shoe = self.spin[0].key
             for status in ("submitting", "queued", "running", "completed"):
@@ -252,7 +252,7 @@ def test_read_commands_without_a_ledger_print_empty_results(tmp_path: Path) -> N
 def test_read_commands_work_during_a_run(world: World) -> None:
     """With the executor lock held and a write transaction open, reads still answer."""
     writer = sqlite3.connect(world.state / "ledger.db", isolation_level=None)
-    with ExecutorLock(world.state):
+    with open_ledger(default_ledger_url(world.state)) as held, held.executor_lock():
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("UPDATE jobs SET status = 'failed'")
         try:

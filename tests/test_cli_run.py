@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from runner.ledger import JobStatus, Ledger
+from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions
 from runner.mock.server import MockServerThread
 
@@ -111,7 +111,7 @@ def wait_for_generations(server: MockServerThread, count: int, timeout: float = 
 
 def assert_everything_downloaded_once(server: MockServerThread, state: Path, jobs: int) -> None:
     """Every job downloaded and verified, no duplicate generation, no .part, ledger intact."""
-    with Ledger(state) as ledger:
+    with open_ledger(default_ledger_url(state)) as ledger:
         rows = ledger.jobs()
     assert len(rows) == jobs
     assert {r.status for r in rows} == {JobStatus.DOWNLOADED}
@@ -160,7 +160,7 @@ def crash_and_resume(
         except subprocess.TimeoutExpired:
             proc.kill()
         proc.communicate()
-        ledger = Ledger.open_readonly(state)
+        ledger = open_ledger(default_ledger_url(state), readonly=True)
         if ledger is not None:
             with ledger:
                 statuses = {r.status for r in ledger.jobs()}
@@ -256,7 +256,7 @@ def test_wrong_key_exits_3_without_leaking_it(tmp_path: Path, mock_server_factor
     assert done.returncode == 3
     assert "Traceback" not in done.stderr
     assert secret not in done.stdout + done.stderr
-    with Ledger(state) as ledger:
+    with open_ledger(default_ledger_url(state)) as ledger:
         assert JobStatus.FAILED not in {r.status for r in ledger.jobs()}
         for row in ledger.jobs():
             assert all(secret not in (e.detail or "") for e in ledger.events(row.key))

@@ -19,7 +19,7 @@ import pytest
 
 from runner import runs
 from runner.errors import UsageError
-from runner.ledger import JobStatus, Ledger
+from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions, base_urls, create_app
 from runner.mock.server import MockServerThread
 from runner.mock.state import MockState
@@ -106,7 +106,7 @@ class Harness:
         return runs.run(self.manifest, self.state_dir, options, self.env(**extra))
 
     def rows(self) -> list[Any]:
-        with Ledger(self.state_dir) as ledger:
+        with open_ledger(default_ledger_url(self.state_dir)) as ledger:
             return ledger.jobs()
 
     def submits(self) -> list[dict[str, Any]]:
@@ -150,7 +150,9 @@ def test_run_downloads_every_job_byte_identical(harness: Callable[..., Harness])
     assert h.mock.stats()["generations_created"] == JOBS
     assert_files_match_mock(h)
     for row in h.rows():
-        steps = [e.to_status.value for e in Ledger(h.state_dir).events(row.key)]
+        steps = [
+            e.to_status.value for e in open_ledger(default_ledger_url(h.state_dir)).events(row.key)
+        ]
         assert [s for s in steps if s != "running"] == [
             "pending", "submitting", "queued", "completed", "downloaded",
         ]
@@ -269,7 +271,10 @@ def test_expired_video_url_is_refreshed_once(tmp_path: Path) -> None:
     # Every URL minted before the clock jumped has expired (at least the first one); each of
     # those jobs refreshed its URL exactly once.
     refreshes = [
-        sum(e.detail == "video URL refreshed" for e in Ledger(h.state_dir).events(r.key))
+        sum(
+            e.detail == "video URL refreshed"
+            for e in open_ledger(default_ledger_url(h.state_dir)).events(r.key)
+        )
         for r in h.rows()
     ]
     assert set(refreshes) <= {0, 1}
@@ -544,7 +549,10 @@ def test_local_disk_problem_keeps_the_job_for_next_run(tmp_path: Path) -> None:
     assert all(r.startswith("download failed") for r in result.outcome.held.values())
     walk = [r for r in h.rows() if r.campaign == "walk"]
     assert all(
-        any("download failed" in (e.detail or "") for e in Ledger(h.state_dir).events(r.key))
+        any(
+            "download failed" in (e.detail or "")
+            for e in open_ledger(default_ledger_url(h.state_dir)).events(r.key)
+        )
         for r in walk
     )
     (h.state_dir / "videos" / "walk").unlink()
@@ -673,7 +681,7 @@ def test_a_failed_shared_soul_model_is_not_reused(tmp_path: Path) -> None:
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, soul_fail_rate=1.0))
     h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
     h.run()
-    with Ledger(h.state_dir) as ledger:
+    with open_ledger(default_ledger_url(h.state_dir)) as ledger:
         [a] = ledger.souls()
         ledger.set_soul(  # as if A's run had been killed while the model trained
             a.name, a.manifest, status="training", model_id=a.model_id, images_hash=a.images_hash

@@ -14,7 +14,7 @@ import pytest
 
 from runner.errors import ManifestError
 from runner.jobs import expand
-from runner.ledger import JobRow, JobStatus, Ledger
+from runner.ledger import JobRow, JobStatus, Ledger, default_ledger_url, open_ledger
 from runner.manifest import load_manifest
 from runner.report import build_report
 
@@ -140,7 +140,7 @@ def walk_to(ledger: Ledger, key: str, to: JobStatus, **columns: Any) -> JobRow:
 def record(state: Path, manifest_file: Path) -> dict[str, JobRow]:
     """Record a manifest's plan; its pending rows by matrix subject."""
     manifest = load_manifest(manifest_file)
-    with Ledger(state) as ledger:
+    with open_ledger(default_ledger_url(state)) as ledger:
         ledger.record_plan(str(manifest.path), expand(manifest))
         return {row.vars["subject"]: row for row in ledger.jobs(manifest=str(manifest.path))}
 
@@ -153,7 +153,7 @@ def setup(tmp_path: Path) -> Setup:
     manifest_file.write_text(MAIN_MANIFEST.format(out=out_dir), encoding="utf-8")
     state = tmp_path / "state"
     rows = record(state, manifest_file)
-    with Ledger(state) as ledger:
+    with open_ledger(default_ledger_url(state)) as ledger:
         for subject in ("A chef", "<i>dancer</i> 100%?"):
             file = out_dir / rows[subject].path
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ def test_signed_urls_quoted_in_errors_lose_their_query(tmp_path: Path) -> None:
     manifest_file.write_text(OTHER_MANIFEST, encoding="utf-8")
     state = tmp_path / "state"
     rows = record(state, manifest_file)
-    with Ledger(state) as ledger:
+    with open_ledger(default_ledger_url(state)) as ledger:
         walk_to(ledger, rows["cat"].key, S.FAILED, error=f"moderation: see {SIGNED_URL} now")
     out = tmp_path / "report.html"
     build_report(state, out_file=out, now=NOW)
@@ -358,11 +358,11 @@ def test_the_report_is_replaced_atomically(setup: Setup, monkeypatch: pytest.Mon
 
 def test_reading_leaves_the_ledger_unchanged(setup: Setup) -> None:
     """The report only reads: the ledger's jobs and events are the same afterwards."""
-    with Ledger(setup.state) as ledger:
+    with open_ledger(default_ledger_url(setup.state)) as ledger:
         jobs_before = ledger.jobs()
         events_before = [ledger.events(row.key) for row in jobs_before]
     build_report(setup.state, out_file=setup.tmp / "report.html", now=NOW)
-    with Ledger(setup.state) as ledger:
+    with open_ledger(default_ledger_url(setup.state)) as ledger:
         assert ledger.jobs() == jobs_before
         assert [ledger.events(row.key) for row in jobs_before] == events_before
 

@@ -1,58 +1,16 @@
-"""What the ledger stores: job states and their allowed transitions, and the records it returns."""
+"""The records a ledger returns: jobs, their events, soul models, and plan diffs.
+
+Plain frozen dataclasses, the same whatever implementation stores them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 
-
-class JobStatus(StrEnum):
-    """Where a job is in its life. Stored as the lowercase word."""
-
-    PENDING = "pending"  # planned, nothing sent yet
-    # committed with its idempotency key just before the POST; found like this on resume, it is
-    # re-sent with the same key, because the POST may have reached the provider
-    SUBMITTING = "submitting"
-    QUEUED = "queued"  # the provider accepted it and gave a generation id
-    RUNNING = "running"  # the provider reports it in progress
-    COMPLETED = "completed"  # the provider has a video for it; not downloaded (yet)
-    DOWNLOADED = "downloaded"  # the video is on disk, complete, with bytes and sha256 recorded
-    FAILED = "failed"  # terminal failure; ``error`` says why
-    ORPHANED = "orphaned"  # its manifest no longer produces it; kept, never deleted
-
-
-S = JobStatus
-
-#: Every status change the ledger accepts. ``orphaned`` is special: it may only go back to
-#: the status the job had before it was orphaned (see ``Ledger.transition``).
-TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    S.PENDING: frozenset({S.SUBMITTING, S.FAILED, S.ORPHANED}),
-    S.SUBMITTING: frozenset(
-        # submitting → submitting is a resend with the same idempotency key;
-        # → pending when the submit was refused before it could have reached the provider
-        {S.SUBMITTING, S.QUEUED, S.RUNNING, S.COMPLETED, S.FAILED, S.PENDING, S.ORPHANED}
-    ),
-    S.QUEUED: frozenset({S.QUEUED, S.RUNNING, S.COMPLETED, S.FAILED, S.ORPHANED}),
-    S.RUNNING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.ORPHANED}),
-    # completed → completed refreshes an expired video URL
-    S.COMPLETED: frozenset({S.COMPLETED, S.DOWNLOADED, S.FAILED, S.ORPHANED}),
-    # downloaded → completed when the file is found missing or corrupt: download it again
-    S.DOWNLOADED: frozenset({S.COMPLETED, S.ORPHANED}),
-    # failed → pending only through a deliberate retry (a new idempotency key)
-    S.FAILED: frozenset({S.PENDING, S.ORPHANED}),
-    S.ORPHANED: frozenset(),
-}
-
-#: Statuses of jobs the provider has (or may have) but that are not on disk yet.
-IN_FLIGHT: frozenset[JobStatus] = frozenset({S.SUBMITTING, S.QUEUED, S.RUNNING, S.COMPLETED})
-
-#: Columns of ``jobs`` that ``Ledger.transition`` may set besides ``status``.
-TRANSITION_COLUMNS: frozenset[str] = frozenset(
-    {"generation_id", "idempotency_key", "attempts", "error", "video_url", "bytes", "sha256"}
-)
+from runner.ledger.status import JobStatus
 
 
 def _loads(text: str | None, default: Any) -> Any:
@@ -82,12 +40,13 @@ class JobRow:
     video_url: str | None
     bytes: int | None
     sha256: str | None
+    location: str | None  # where the video is: an absolute path or an s3:// URI
     created_at: str
     updated_at: str
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRow:
-        """Build from a ``jobs`` row as sqlite returns it."""
+        """Build from a ``jobs`` row as the database returns it."""
         return cls(
             key=row["key"],
             campaign=row["campaign"],
@@ -107,6 +66,7 @@ class JobRow:
             video_url=row["video_url"],
             bytes=row["bytes"],
             sha256=row["sha256"],
+            location=row["location"],
             soul=row["soul"],
             variant=row["variant"],
             tags=tuple(_loads(row["tags"], [])),
@@ -133,7 +93,7 @@ class EventRow:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EventRow:
-        """Build from an ``events`` row as sqlite returns it."""
+        """Build from an ``events`` row as the database returns it."""
         return cls(
             id=row["id"],
             job_key=row["job_key"],
@@ -166,7 +126,7 @@ class SoulRow:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> SoulRow:
-        """Build from a ``souls`` row as sqlite returns it."""
+        """Build from a ``souls`` row as the database returns it."""
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
 
 

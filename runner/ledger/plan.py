@@ -1,7 +1,7 @@
 """Comparing a manifest's jobs with the ledger: what is new, done, in flight, failed, orphaned.
 
-Pure functions over rows already read; ``Ledger.diff`` and ``Ledger.record_plan`` do the
-reading and the writing.
+Pure functions over rows already read, shared by every ledger implementation: their ``diff``
+and ``record_plan`` do the reading and the writing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.jobs import Job
-from runner.ledger.models import IN_FLIGHT, JobRow, JobStatus, PlanDiff
+from runner.ledger.models import JobRow, PlanDiff
+from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
 _JSON_COLUMNS = frozenset({"tags", "request", "vars"})
 
@@ -85,7 +86,7 @@ def new_row(job: Job, manifest: str, now: str) -> dict[str, Any]:
         "vars": json.dumps(job.vars, ensure_ascii=False),
         "path": job.path,
         "status": JobStatus.PENDING.value,
-        "idempotency_key": f"{job.key}-1",
+        "idempotency_key": first_idempotency_key(job.key),
         "attempts": 0,
         "credits": job.credits,
         "soul": job.soul,

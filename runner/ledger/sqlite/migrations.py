@@ -1,4 +1,4 @@
-"""The ledger's schema, as an append-only list of named migrations.
+"""The SQLite ledger's schema, as an append-only list of named migrations.
 
 Never edit or reorder a migration that has shipped: add a new one at the end. Each applied
 migration's name is recorded in ``_migrations``, so opening a ledger applies only what it lacks.
@@ -151,3 +151,9 @@ def m005_indexes(db: Database) -> None:
     db.table("jobs").create_index(["status"])
     db.table("jobs").create_index(["campaign"])
     db.table("events").create_index(["job_key", "id"])
+
+
+@migration
+def m006_jobs_location(db: Database) -> None:
+    # Where a downloaded video is (an absolute path or an s3:// URI); NULL on older rows.
+    db.table("jobs").add_column("location", str)

@@ -1,4 +1,4 @@
-"""One executing process per ledger: an ``flock`` on ``<state>/runner.lock``.
+"""One executing process per SQLite ledger: an ``flock`` on ``runner.lock`` beside the file.
 
 ``flock`` rather than a pid file: the kernel releases it when the holder dies, however it dies,
 so a crashed or SIGKILLed run never leaves a stale lock behind. The pid and start time written
@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from runner.errors import LedgerLockedError
-from runner.ledger.db import utcnow
+from runner.ledger.base import utcnow
 
 LOCK_FILE = "runner.lock"
 

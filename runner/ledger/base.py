@@ -1,0 +1,188 @@
+"""The ledger interface: what the rest of the runner may ask of any ledger (SPEC §4).
+
+SQLite (``runner.ledger.sqlite``) is the first implementation; PostgreSQL comes next. Both
+take the same rules from ``runner.ledger.status`` and return the records of
+``runner.ledger.models``; ``tests/test_ledger.py`` is the contract every one must pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from runner.jobs import Job
+from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow
+from runner.ledger.status import JobStatus
+
+Clock = Callable[[], datetime]
+StatusFilter = JobStatus | str | Iterable[JobStatus | str]
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+class Ledger(Protocol):
+    """A ledger opened by :func:`runner.ledger.open_ledger`: every job, its status changes,
+    soul models and uploads, so that every run can resume.
+
+    Opening and locking. Opening read-write connects but changes no schema: an implementation
+    brings its schema up to date in :meth:`executor_lock`, after the lock is taken, or on
+    first use by a process that does not execute jobs. So the way to execute is
+    ``with open_ledger(url) as ledger, ledger.executor_lock(): ...`` and a second run refused
+    by the lock has changed nothing. A read-only ledger (``open_ledger(url, readonly=True)``)
+    refuses every write with ``LedgerError`` and never creates anything.
+
+    Every write is one transaction: a status change and its event commit together or not at
+    all. Errors are ``LedgerError`` (``TransitionError`` for a change the state machine
+    refuses, ``LedgerLockedError`` from :meth:`executor_lock`).
+    """
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the ledger was opened read-only."""
+        ...
+
+    @property
+    def url(self) -> str:
+        """Where the ledger lives, for messages (never holds a password)."""
+        ...
+
+    def executor_lock(self) -> AbstractContextManager[None]:
+        """A context manager held by the one process that executes jobs against this ledger.
+
+        Entering never waits: while another process (or another lock in this one) holds it,
+        it raises ``LedgerLockedError`` naming the holder (pid and start time). Once held, the
+        schema is brought up to date. SQLite: an ``flock`` on ``runner.lock`` beside the file,
+        released by the kernel however the holder dies. An implementation that lets several
+        processes execute together (PostgreSQL, SPEC §8) may only upgrade the schema here.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the ledger; it cannot be used afterwards."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the ledger."""
+        ...
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def get(self, key: str) -> JobRow | None:
+        """The job with this exact key, or ``None``."""
+        ...
+
+    def match_key(self, prefix: str) -> str:
+        """The one key that is ``prefix`` or starts with it; ``LedgerError`` if none or several."""
+        ...
+
+    def jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> list[JobRow]:
+        """Jobs matching every given filter, ordered by manifest, then manifest order, then key."""
+        ...
+
+    def events(self, key: str) -> list[EventRow]:
+        """A job's status changes and notes, oldest first."""
+        ...
+
+    def counts(self, manifest: str | None = None) -> dict[str, dict[str, int]]:
+        """``{campaign: {status: count}}``, campaigns by name, statuses in life-cycle order."""
+        ...
+
+    def transition(
+        self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
+    ) -> JobRow:
+        """Move a job to status ``to``, updating ``columns`` and appending the event, atomically;
+        return the job as it is now.
+
+        ``columns`` may be any of ``TRANSITION_COLUMNS`` (``location`` is written in the same
+        change as ``downloaded``). The state machine is ``runner.ledger.status``:
+        ``TransitionError`` for a refused change, ``TypeError`` for another column,
+        ``LedgerError`` for an unknown key, ``ValueError`` for an unknown status.
+        """
+        ...
+
+    def note(self, key: str, detail: str) -> None:
+        """Append an event that records something without changing the job's status
+        (``from_status`` and ``to_status`` are both the current one)."""
+        ...
+
+    def bump_attempts(self, key: str) -> int:
+        """Count one more attempt for a job (no status change, no event); return the count."""
+        ...
+
+    def retry_failed(
+        self,
+        manifest: str,
+        keys: Collection[str] | None = None,
+        campaigns: Collection[str] | None = None,
+    ) -> int:
+        """Put a manifest's failed jobs (all, or those with these keys / in these campaigns)
+        back to ``pending`` with the next idempotency key and no attempts; return how many."""
+        ...
+
+    # --- plans ------------------------------------------------------------------------
+
+    def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
+        """What :meth:`record_plan` would do with these jobs, without writing anything."""
+        ...
+
+    def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
+        """Record a manifest's jobs in one transaction and return the resulting diff.
+
+        New jobs are inserted as ``pending`` (idempotency key ``<key>-1``); jobs the ledger
+        knows keep their status and get their path, credits, order and tags refreshed (and
+        move to this manifest if another one recorded them); orphaned jobs the manifest
+        produces again go back to the status they had; every job recorded for this manifest
+        path that it no longer produces becomes ``orphaned``. Nothing is deleted.
+        """
+        ...
+
+    # --- souls and uploads ------------------------------------------------------------
+
+    def get_soul(self, name: str, manifest: str) -> SoulRow | None:
+        """The soul model recorded for ``souls.<name>`` of this manifest, or ``None``."""
+        ...
+
+    def souls(self, manifest: str | None = None) -> list[SoulRow]:
+        """Every soul record (of one manifest, if given), by manifest and name."""
+        ...
+
+    def set_soul(
+        self,
+        name: str,
+        manifest: str,
+        *,
+        status: str,
+        model_id: str | None = None,
+        error: str | None = None,
+        images_hash: str | None = None,
+    ) -> SoulRow:
+        """Record a soul model's state, replacing every field but ``created_at``."""
+        ...
+
+    def get_upload(self, sha256: str) -> str | None:
+        """The public URL of a local file already uploaded, by the sha256 of its content."""
+        ...
+
+    def record_upload(self, sha256: str, url: str) -> None:
+        """Remember where a local file's content was uploaded (replacing an older URL)."""
+        ...

@@ -1,0 +1,380 @@
+"""The SQLite ledger: jobs, their events, soul models and uploads in one file (SPEC §4).
+
+``Store`` (store.py) owns the connection and its transactions; this module is what the
+interface asks: job queries, status changes, plan recording, souls and uploads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from runner.errors import LedgerError
+from runner.jobs import Job
+from runner.ledger.base import Clock, StatusFilter, utcnow
+from runner.ledger.models import EventRow, JobRow, PlanDiff
+from runner.ledger.plan import Plan, compute_plan, new_row, refreshed_columns
+from runner.ledger.sqlite.lock import ExecutorLock
+from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
+from runner.ledger.sqlite.souls import SoulsAndUploads
+from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
+from runner.ledger.status import (
+    JobStatus,
+    check_transition,
+    restored_status,
+    retry_idempotency_key,
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _in_json(column: str) -> str:
+    # One JSON parameter instead of one "?" per value: no limit on how many keys a filter holds.
+    return f"{column} IN (SELECT value FROM json_each(?))"
+
+
+class SqliteLedger(SoulsAndUploads):
+    """The ledger in one SQLite file (``<state>/ledger.db`` by default); see ``Ledger``.
+
+    Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
+    The executor lock is an ``flock`` on ``runner.lock`` in the file's directory.
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Clock = utcnow,
+        busy_timeout: float = BUSY_TIMEOUT,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> SqliteLedger:
+        """Open for reading and writing, creating the directory and the file if needed.
+
+        Pending ``migrations`` are applied when the executor lock is taken or on first use.
+        """
+        return cls(
+            Store.open(Path(path), clock=clock, busy_timeout=busy_timeout, migrations=migrations)
+        )
+
+    @classmethod
+    def open_readonly(
+        cls, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT
+    ) -> SqliteLedger | None:
+        """Open an existing ledger without writing to it; ``None`` if there is none yet.
+
+        Never creates a directory or a file. Works while a run writes, and on a ledger in a
+        read-only directory. ``LedgerError`` if the file lacks migrations (an older runner).
+        """
+        store = Store.open_readonly(Path(path), busy_timeout=busy_timeout)
+        return cls(store) if store is not None else None
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._store.path
+
+    @property
+    def url(self) -> str:
+        """The database file's path, as given."""
+        return str(self._store.path)
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the ledger was opened read-only."""
+        return self._store.readonly
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.readonly:
+            raise LedgerError(f"the ledger {self.url} was opened read-only")
+        with ExecutorLock(self.path.parent, clock=self._store.clock):
+            self._store.ensure_schema()
+            yield
+
+    def executor_lock(self) -> AbstractContextManager[None]:
+        """The flock on ``runner.lock`` beside the file; see ``Ledger.executor_lock``."""
+        return self._locked()
+
+    def close(self) -> None:
+        """Close the connection. The ledger cannot be used afterwards."""
+        self._store.close()
+
+    def __enter__(self) -> SqliteLedger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.readonly else "read-write"
+        return f"<SqliteLedger {self.url} {mode}>"
+
+    def _select_jobs(self, where: str | None = None, params: Sequence[Any] = ()) -> list[JobRow]:
+        with self._store.read() as db:
+            rows = db.table("jobs").rows_where(
+                where, list(params), order_by="manifest, job_index, key"
+            )
+            return [JobRow.from_row(row) for row in rows]
+
+    def _require(self, key: str) -> JobRow:
+        rows = self._select_jobs("key = ?", [key])
+        if not rows:
+            raise LedgerError(f"no job {key!r} in the ledger {self.url}")
+        return rows[0]
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def get(self, key: str) -> JobRow | None:
+        """The job with this exact key, or ``None``."""
+        rows = self._select_jobs("key = ?", [key])
+        return rows[0] if rows else None
+
+    def match_key(self, prefix: str) -> str:
+        """The one key that is ``prefix`` or starts with it; ``LedgerError`` if none or several."""
+        if self.get(prefix) is not None:
+            return prefix
+        with self._store.read() as db:
+            keys = [
+                str(row["key"])
+                for row in db.query(
+                    "SELECT key FROM jobs WHERE substr(key, 1, ?) = ? ORDER BY key LIMIT 6",
+                    [len(prefix), prefix],
+                )
+            ]
+        if not prefix or not keys:
+            raise LedgerError(f"no job {prefix!r} in the ledger")
+        if len(keys) > 1:
+            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+            raise LedgerError(f"{prefix!r} matches several jobs ({shown}); give more of the key")
+        return keys[0]
+
+    def jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> list[JobRow]:
+        """Jobs matching every given filter, ordered by manifest, then manifest order."""
+        wheres: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            wheres.append(_in_json("status"))
+            params.append(_json([JobStatus(s).value for s in statuses]))
+        if campaign is not None:
+            campaigns = [campaign] if isinstance(campaign, str) else list(campaign)
+            wheres.append(_in_json("campaign"))
+            params.append(_json(campaigns))
+        if manifest is not None:
+            wheres.append("manifest = ?")
+            params.append(manifest)
+        if keys is not None:
+            wheres.append(_in_json("key"))
+            params.append(_json(list(keys)))
+        return self._select_jobs(" AND ".join(wheres) or None, params)
+
+    def events(self, key: str) -> list[EventRow]:
+        """A job's status changes, oldest first."""
+        with self._store.read() as db:
+            rows = db.table("events").rows_where("job_key = ?", [key], order_by="id")
+            return [EventRow.from_row(row) for row in rows]
+
+    def counts(self, manifest: str | None = None) -> dict[str, dict[str, int]]:
+        """``{campaign: {status: count}}``, campaigns by name, statuses in life-cycle order."""
+        sql = "SELECT campaign, status, count(*) AS n FROM jobs"
+        params: list[Any] = []
+        if manifest is not None:
+            sql += " WHERE manifest = ?"
+            params.append(manifest)
+        sql += " GROUP BY campaign, status"
+        order = {status.value: i for i, status in enumerate(JobStatus)}
+        with self._store.read() as db:
+            rows = sorted(
+                db.query(sql, params), key=lambda r: (r["campaign"], order.get(r["status"], 99))
+            )
+        result: dict[str, dict[str, int]] = {}
+        for row in rows:
+            result.setdefault(row["campaign"], {})[row["status"]] = row["n"]
+        return result
+
+    def transition(
+        self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
+    ) -> JobRow:
+        """Move a job to status ``to``, updating ``columns`` and appending the event, atomically.
+
+        See ``Ledger.transition``; the rules are ``runner.ledger.status.check_transition``.
+        """
+        target = JobStatus(to)
+        with self._store.write():
+            return self._apply(self._require(key), target, detail, columns)
+
+    def note(self, key: str, detail: str) -> None:
+        """Append an event that records something without changing the job's status
+        (``from_status`` and ``to_status`` are both the current one)."""
+        with self._store.write() as db:
+            row = self._require(key)
+            db.table("events").insert(
+                {
+                    "job_key": key,
+                    "at": self._store.now(),
+                    "from_status": row.status.value,
+                    "to_status": row.status.value,
+                    "detail": detail,
+                }
+            )
+
+    def bump_attempts(self, key: str) -> int:
+        """Count one more attempt for a job (no status change); return the new count."""
+        with self._store.write():
+            self._require(key)
+            row = self._store.conn.execute(
+                "UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE key = ? "
+                "RETURNING attempts",
+                [self._store.now(), key],
+            ).fetchone()
+        return int(row[0])
+
+    def retry_failed(
+        self,
+        manifest: str,
+        keys: Collection[str] | None = None,
+        campaigns: Collection[str] | None = None,
+    ) -> int:
+        """Put a manifest's failed jobs (all, or those with these keys / in these campaigns)
+        back to ``pending`` with the next idempotency key and no attempts; return how many."""
+        with self._store.write():
+            rows = self.jobs(
+                status=JobStatus.FAILED, manifest=manifest, keys=keys, campaign=campaigns
+            )
+            for row in rows:
+                new_key = retry_idempotency_key(row.key, row.idempotency_key)
+                self._apply(
+                    row,
+                    JobStatus.PENDING,
+                    f"retry with idempotency key {new_key}",
+                    {
+                        "idempotency_key": new_key,
+                        "attempts": 0,
+                        "error": None,
+                        "generation_id": None,
+                        "video_url": None,
+                    },
+                )
+        return len(rows)
+
+    def _status_before_orphaning(self, key: str) -> JobStatus:
+        row = self._store.conn.execute(
+            "SELECT from_status FROM events WHERE job_key = ? AND to_status = ? "
+            "ORDER BY id DESC LIMIT 1",
+            [key, JobStatus.ORPHANED.value],
+        ).fetchone()
+        return restored_status(row[0] if row is not None else None)
+
+    def _apply(
+        self, row: JobRow, to: JobStatus, detail: str | None, columns: Mapping[str, Any]
+    ) -> JobRow:
+        """The one place a status changes; the caller holds the write transaction."""
+        orphaned = row.status is JobStatus.ORPHANED
+        before = self._status_before_orphaning(row.key) if orphaned else None
+        implied = check_transition(
+            row.key,
+            row.status,
+            to,
+            columns,
+            idempotency_key=row.idempotency_key,
+            before_orphaning=before,
+        )
+        detail = detail or implied
+        now = self._store.now()
+        updates = {**columns, "status": to.value, "updated_at": now}
+        # Plain SQL (column names come from TRANSITION_COLUMNS only): this runs once per job
+        # when a plan orphans thousands, and Table.update re-reads the schema on every call.
+        self._store.conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in updates)} WHERE key = ?",
+            [*updates.values(), row.key],
+        )
+        self._store.conn.execute(
+            "INSERT INTO events (job_key, at, from_status, to_status, detail) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [row.key, now, row.status.value, to.value, detail],
+        )
+        cursor = self._store.conn.execute("SELECT * FROM jobs WHERE key = ?", [row.key])
+        names = [d[0] for d in cursor.description]
+        return JobRow.from_row(dict(zip(names, cursor.fetchone(), strict=True)))
+
+    # --- plans ------------------------------------------------------------------------
+
+    def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
+        """What :meth:`record_plan` would do with these jobs, without writing anything."""
+        with self._store.read():
+            return self._plan(str(manifest_path), jobs).diff
+
+    def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
+        """Record a manifest's jobs in one transaction and return the resulting diff.
+
+        New jobs are inserted as ``pending`` (idempotency key ``<key>-1``); jobs the ledger
+        knows keep their status and get their path, credits, order and tags refreshed (and
+        move to this manifest if another one recorded them); orphaned jobs the manifest
+        produces again go back to the status they had; every job recorded for this manifest
+        path that it no longer produces becomes ``orphaned``. Nothing is deleted.
+        """
+        manifest = str(manifest_path)
+        with self._store.write() as db:
+            plan = self._plan(manifest, jobs)
+            now = self._store.now()
+            new_rows = [
+                new_row(job, manifest, now)
+                for key, job in plan.produced.items()
+                if key not in plan.existing
+            ]
+            db.table("jobs").insert_all(new_rows)
+            db.table("events").insert_all(
+                {
+                    "job_key": row["key"],
+                    "at": now,
+                    "from_status": None,
+                    "to_status": JobStatus.PENDING.value,
+                    "detail": f"planned from {manifest}",
+                }
+                for row in new_rows
+            )
+            for key, row in plan.existing.items():
+                changes = refreshed_columns(row, plan.produced[key], manifest)
+                if changes:
+                    db.table("jobs").update(key, {**changes, "updated_at": now})
+            for key in plan.diff.restored_keys:
+                back = JobStatus(plan.diff.statuses[key])
+                self._apply(plan.existing[key], back, "produced again by the manifest", {})
+            for row in plan.to_orphan:
+                self._apply(row, JobStatus.ORPHANED, f"no longer produced by {manifest}", {})
+        return plan.diff
+
+    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
+        produced: dict[str, Job] = {}
+        for job in jobs:
+            produced.setdefault(job.key, job)
+        existing = {row.key: row for row in self.jobs(keys=list(produced))}
+        gone = [row for row in self.jobs(manifest=manifest) if row.key not in produced]
+        restore = {
+            key: self._status_before_orphaning(key)
+            for key, row in existing.items()
+            if row.status is JobStatus.ORPHANED
+        }
+        return compute_plan(produced, existing, gone, restore)
