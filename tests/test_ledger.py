@@ -1,22 +1,37 @@
-"""The ledger against a real SQLite file: schema migrations, the job state machine, plan diffs."""
+"""The ledger contract: every implementation, through the public interface only.
+
+Each test runs once per entry of ``BACKENDS`` (SQLite today; PostgreSQL is one more entry).
+What only concerns SQLite's file (WAL, migrations, read-only directories) is in
+``tests/test_ledger_sqlite.py``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlite_utils import Database
 
-from runner.errors import LedgerError, TransitionError
+from runner.errors import LedgerError, LedgerLockedError, TransitionError
 from runner.jobs import Job
-from runner.ledger import TRANSITIONS, JobStatus, Ledger
-from runner.ledger.migrations import MIGRATIONS, applied_migrations, migrate
+from runner.ledger import (
+    TRANSITION_COLUMNS,
+    TRANSITIONS,
+    JobStatus,
+    Ledger,
+    default_ledger_url,
+    open_ledger,
+)
+from runner.ledger.status import check_transition, restored_status, retry_idempotency_key
 
 S = JobStatus
 MANIFEST = "/work/m.yaml"
@@ -28,9 +43,16 @@ ALLOWED: dict[str, set[str]] = {
     "queued": {"queued", "running", "completed", "failed", "orphaned"},
     "running": {"running", "completed", "failed", "orphaned"},
     "completed": {"completed", "downloaded", "failed", "orphaned"},
-    "downloaded": {"orphaned", "completed"},
+    "downloaded": {"downloaded", "orphaned", "completed"},  # → itself: the video moved
     "failed": {"pending", "orphaned"},
 }
+
+#: Every column of a job, as ``JobRow.to_dict`` gives it.
+JOB_COLUMNS = {
+    "key", "campaign", "manifest", "job_index", "request", "vars", "path", "status",
+    "generation_id", "idempotency_key", "attempts", "error", "video_url", "bytes", "sha256",
+    "credits", "soul", "tags", "variant", "created_at", "updated_at", "location",
+}  # fmt: skip
 
 # How to walk a pending job into each status through allowed transitions.
 PATHS: dict[str, list[str]] = {
@@ -92,9 +114,67 @@ class FakeClock:
         return self.now
 
 
+# --- the implementations under test -------------------------------------------------------
+
+#: The failures a test can inject, each making a ledger write fail with this message.
+INJECTED = "injected failure"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One ledger implementation: how to name a fresh ledger, and how an outside client
+    makes its writes fail (to check that a failed write leaves nothing behind)."""
+
+    name: str
+    fresh_url: Callable[[Path], str]  # a ledger that does not exist yet, under tmp_path
+    # ``failing(url, what)``: while held, writes fail with INJECTED; ``what`` is "event"
+    # (any event insert) or "orphan" (any job becoming orphaned). Leaving the block must
+    # not wait for the ledger: it fails if the ledger still holds a write transaction.
+    failing: Callable[[str, str], AbstractContextManager[None]]
+
+
+_SQLITE_TRIGGERS = {
+    "event": "BEFORE INSERT ON events",
+    "orphan": "BEFORE UPDATE OF status ON jobs WHEN NEW.status = 'orphaned'",
+}
+
+
+@contextmanager
+def sqlite_failing(url: str, what: str) -> Iterator[None]:
+    """A trigger added and dropped by an outside sqlite3 client, as any tool could."""
+    conn = sqlite3.connect(url, timeout=0, isolation_level=None)
+    try:
+        conn.execute(
+            f"CREATE TRIGGER injected {_SQLITE_TRIGGERS[what]} "
+            f"BEGIN SELECT RAISE(ABORT, '{INJECTED}'); END"
+        )
+        yield
+        conn.execute("DROP TRIGGER injected")  # timeout 0: refused while a write is open
+    finally:
+        conn.close()
+
+
+BACKENDS = [
+    Backend("sqlite", lambda tmp: default_ledger_url(tmp / "state"), sqlite_failing),
+]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda backend: backend.name)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each implementation in turn."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def ledger(tmp_path: Path) -> Any:
-    with Ledger(tmp_path / "state") as led:
+def url(backend: Backend, tmp_path: Path) -> str:
+    """Where a fresh ledger of this implementation lives (nothing there yet)."""
+    return backend.fresh_url(tmp_path)
+
+
+@pytest.fixture
+def ledger(url: str) -> Iterator[Ledger]:
+    """A fresh ledger, opened read-write."""
+    with open_ledger(url) as led:
         yield led
 
 
@@ -103,146 +183,141 @@ def walk(ledger: Ledger, key: str, path: list[str]) -> None:
         ledger.transition(key, status)
 
 
-def columns(db_path: Path, table: str) -> set[str]:
-    with sqlite3.connect(db_path) as conn:
-        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+# --- opening, read-only, the executor lock -------------------------------------------------
 
 
-# --- migrations ---------------------------------------------------------------------------
-
-EXPECTED_COLUMNS = {
-    "jobs": {
-        "key", "campaign", "manifest", "job_index", "request", "vars", "path", "status",
-        "generation_id", "idempotency_key", "attempts", "error", "video_url", "bytes", "sha256",
-        "credits", "soul", "tags", "variant", "created_at", "updated_at",
-    },
-    "events": {"id", "job_key", "at", "from_status", "to_status", "detail"},
-    "souls": {
-        "name", "manifest", "model_id", "status", "error", "images_hash", "created_at",
-        "updated_at",
-    },
-    "uploads": {"sha256", "public_url", "created_at"},
-    "_migrations": {"name", "applied_at"},
-}  # fmt: skip
+def test_readonly_without_a_ledger_is_none(url: str) -> None:
+    """No ledger yet: a read-only open returns None, and a read-only open creates nothing
+    that a later one would take for a ledger."""
+    assert open_ledger(url, readonly=True) is None
+    assert open_ledger(url, readonly=True) is None
 
 
-def test_fresh_ledger_has_every_table_and_column(tmp_path: Path) -> None:
-    """A new ledger.db gets every table and column, in WAL mode, with every migration recorded."""
-    Ledger(tmp_path).close()
-    db_path = tmp_path / "ledger.db"
-    for table, expected in EXPECTED_COLUMNS.items():
-        assert columns(db_path, table) == expected, table
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        names = [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
-    assert names == [fn.__name__ for fn in MIGRATIONS]
+def test_a_ledger_opened_but_never_used_is_none_to_readers(url: str) -> None:
+    """Opening read-write sets nothing up until first use: readers still see no ledger."""
+    with open_ledger(url):
+        assert open_ledger(url, readonly=True) is None
 
 
-def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
-    """Opening an up-to-date ledger again changes nothing in ``_migrations``."""
-    Ledger(tmp_path).close()
-    with sqlite3.connect(tmp_path / "ledger.db") as conn:
-        before = conn.execute("SELECT name, applied_at FROM _migrations").fetchall()
-    Ledger(tmp_path).close()
-    with Ledger(tmp_path) as led:
-        assert migrate(led._db) == []
-    with sqlite3.connect(tmp_path / "ledger.db") as conn:
-        assert conn.execute("SELECT name, applied_at FROM _migrations").fetchall() == before
-
-
-def test_migrations_in_memory() -> None:
-    """The migration list applies to an in-memory database once, then is a no-op."""
-    db = Database(memory=True)
-    assert migrate(db) == [fn.__name__ for fn in MIGRATIONS]
-    assert migrate(db) == []
-    assert applied_migrations(db) == {fn.__name__ for fn in MIGRATIONS}
-    assert set(db.table_names()) == set(EXPECTED_COLUMNS)
-
-
-@pytest.mark.parametrize("n", range(1, len(MIGRATIONS)))
-def test_older_ledger_upgrades_in_place(tmp_path: Path, n: int) -> None:
-    """A ledger built by only the first n migrations gains the rest and keeps its data."""
-    db = Database(tmp_path / "ledger.db")
-    migrate(db, MIGRATIONS[:n])
+def test_readonly_reads_and_refuses_every_write(url: str) -> None:
+    """A read-only ledger answers every read and refuses every write with LedgerError."""
     job = make_job()
-    db.table("jobs").insert(
-        {
-            "key": job.key, "campaign": job.campaign, "manifest": MANIFEST, "job_index": 0,
-            "request": json.dumps(job.request), "vars": "{}", "path": job.path,
-            "status": "downloaded", "idempotency_key": f"{job.key}-1", "attempts": 1,
-            "credits": 8.0, "tags": "[]", "created_at": "2025-01-01T00:00:00+00:00",
-            "updated_at": "2025-01-01T00:00:00+00:00", "sha256": "ab" * 32,
-        }
-    )  # fmt: skip
-    db.close()
-
-    with Ledger(tmp_path) as led:
-        row = led.get(job.key)
-        assert row is not None
-        assert (row.status, row.sha256, row.request) == (S.DOWNLOADED, "ab" * 32, job.request)
-        led.set_soul("ava", MANIFEST, status="ready", model_id="m1")
-        led.record_upload("f" * 64, "https://cdn.example/x.jpg")
-    for table, expected in EXPECTED_COLUMNS.items():
-        assert columns(tmp_path / "ledger.db", table) == expected
-
-
-def test_a_new_migration_adds_a_column_to_existing_rows(tmp_path: Path) -> None:
-    """Appending a migration later upgrades a ledger that already holds jobs."""
-    with Ledger(tmp_path) as led:
-        led.record_plan(MANIFEST, [make_job()])
-
-    def m999_jobs_note(db: Database) -> None:
-        db.table("jobs").add_column("note", str)
-
-    with Ledger(tmp_path, migrations=[*MIGRATIONS, m999_jobs_note]) as led:
-        assert "m999_jobs_note" in applied_migrations(led._db)
-        assert led.get(make_job().key) is not None
-    assert "note" in columns(tmp_path / "ledger.db", "jobs")
-
-
-def test_open_readonly_without_ledger_creates_nothing(tmp_path: Path) -> None:
-    """No ledger yet: ``open_readonly`` returns None and creates neither folder nor file."""
-    state = tmp_path / "state"
-    assert Ledger.open_readonly(state) is None
-    assert not state.exists()
-    state.mkdir()
-    assert Ledger.open_readonly(state) is None
-    assert list(state.iterdir()) == []
-
-
-def test_open_readonly_refuses_writes_and_leaves_no_side_files(tmp_path: Path) -> None:
-    """A read-only ledger reads, refuses writes, and leaves only ledger.db behind."""
-    job = make_job()
-    with Ledger(tmp_path) as led:
+    with open_ledger(url) as led:
         led.record_plan(MANIFEST, [job])
-    led_ro = Ledger.open_readonly(tmp_path)
+        led.set_soul("ava", MANIFEST, status="ready", model_id="m1")
+        led.record_upload("a" * 64, "https://cdn.example/1.jpg")
+    led_ro = open_ledger(url, readonly=True)
     assert led_ro is not None
     with led_ro:
         assert led_ro.readonly
         assert [r.key for r in led_ro.jobs()] == [job.key]
-        with pytest.raises(LedgerError, match="read-only"):
-            led_ro.transition(job.key, S.SUBMITTING)
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            led_ro._conn.execute("DELETE FROM jobs")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.db"]
-    with Ledger(tmp_path) as led:
+        assert led_ro.get(job.key) is not None and led_ro.match_key(job.key[:12]) == job.key
+        assert led_ro.counts() == {"c": {"pending": 1}}
+        assert [e.to_status for e in led_ro.events(job.key)] == [S.PENDING]
+        assert led_ro.diff(MANIFEST, [job]).statuses == {job.key: "pending"}
+        assert [s.model_id for s in led_ro.souls()] == ["m1"]
+        assert led_ro.get_soul("ava", MANIFEST) is not None
+        assert led_ro.get_upload("a" * 64) == "https://cdn.example/1.jpg"
+        writes: list[Callable[[], object]] = [
+            lambda: led_ro.transition(job.key, S.SUBMITTING),
+            lambda: led_ro.note(job.key, "x"),
+            lambda: led_ro.bump_attempts(job.key),
+            lambda: led_ro.retry_failed(MANIFEST),
+            lambda: led_ro.record_plan(MANIFEST, []),
+            lambda: led_ro.set_soul("ava", MANIFEST, status="failed"),
+            lambda: led_ro.record_upload("b" * 64, "https://cdn.example/2.jpg"),
+            lambda: led_ro.executor_lock().__enter__(),
+        ]
+        for write in writes:
+            with pytest.raises(LedgerError, match="read-only"):
+                write()
+    with open_ledger(url) as led:
+        row = led.get(job.key)
+        assert row is not None and row.status is S.PENDING
+        assert [e.to_status for e in led.events(job.key)] == [S.PENDING]
+        assert led.get_upload("b" * 64) is None
+
+
+def test_readonly_reads_while_the_executor_writes(url: str) -> None:
+    """With the executor lock held by a writer, a read-only ledger sees every commit."""
+    job = make_job()
+    with open_ledger(url) as writer, writer.executor_lock():
+        writer.record_plan(MANIFEST, [job])
+        reader = open_ledger(url, readonly=True)
+        assert reader is not None
+        with reader:
+            assert reader.counts() == {"c": {"pending": 1}}
+            writer.transition(job.key, S.SUBMITTING)
+            assert reader.counts() == {"c": {"submitting": 1}}
+
+
+def test_one_executor_per_ledger(url: str) -> None:
+    """A second executor lock, from this process or another ledger object, is refused with
+    the holder's pid; once released it can be taken again, and the ledger is usable."""
+    with open_ledger(url) as first, open_ledger(url) as second:
+        with first.executor_lock():
+            for led in (first, second):
+                with pytest.raises(LedgerLockedError, match=f"held by pid {os.getpid()} since "):
+                    led.executor_lock().__enter__()
+        with second.executor_lock():
+            second.record_plan(MANIFEST, [make_job()])
+            assert len(first.jobs()) == 1
+        with first.executor_lock():
+            pass
+
+
+def test_url_names_the_ledger(url: str) -> None:
+    """``url`` opens the same ledger again, read-write and read-only."""
+    job = make_job()
+    with open_ledger(url) as led:
+        led.record_plan(MANIFEST, [job])
+        assert not led.readonly
+        again = led.url
+    with open_ledger(again) as led:
         assert led.get(job.key) is not None
+    reader = open_ledger(again, readonly=True)
+    assert reader is not None
+    with reader:
+        assert reader.url == again
 
 
-def test_open_readonly_on_an_older_ledger_says_so(tmp_path: Path) -> None:
-    """A ledger that lacks migrations cannot be read; the message says what upgrades it."""
-    migrate(Database(tmp_path / "ledger.db"), MIGRATIONS[:2])
-    with pytest.raises(LedgerError, match="older runner"):
-        Ledger.open_readonly(tmp_path)
+def test_open_ledger_url_forms(tmp_path: Path) -> None:
+    """A path to the SQLite file and sqlite:///abs/path name the same ledger."""
+    assert default_ledger_url(tmp_path / "state") == str(tmp_path / "state" / "ledger.db")
+    job = make_job()
+    with open_ledger(default_ledger_url(tmp_path / "state")) as led:
+        led.record_plan(MANIFEST, [job])
+    with open_ledger(f"sqlite://{tmp_path}/state/ledger.db") as led:
+        assert led.get(job.key) is not None
+    reader = open_ledger(f"sqlite://{tmp_path}/state/ledger.db", readonly=True)
+    assert reader is not None
+    reader.close()
 
 
-def test_not_a_database_is_a_ledger_error(tmp_path: Path) -> None:
-    """A file that is not SQLite gives a LedgerError naming it, not a traceback."""
-    (tmp_path / "ledger.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LedgerError, match=r"ledger\.db"):
-        Ledger(tmp_path)
-    with pytest.raises(LedgerError, match=r"ledger\.db"):
-        Ledger.open_readonly(tmp_path)
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://runner:s3cret@db.example/ledger", "PostgreSQL ledger is not available"),
+        ("postgres://db.example/ledger", "PostgreSQL ledger is not available"),
+        ("mysql://db.example/ledger", "mysql://db.example/ledger"),
+        ("sqlite://relative/ledger.db", "sqlite://relative/ledger.db"),
+        ("", "give a path"),
+    ],
+)
+def test_open_ledger_refuses_other_urls(tmp_path: Path, url: str, message: str) -> None:
+    """PostgreSQL is not there yet, and says so; any other URL is a LedgerError naming it,
+    never with its password; nothing is created."""
+    for readonly in (False, True):
+        with pytest.raises(LedgerError, match=message) as caught:
+            open_ledger(url, readonly=readonly)
+        assert "s3cret" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_is_not_a_ledger_url(tmp_path: Path) -> None:
+    """Giving the state directory instead of its ledger file says so."""
+    with pytest.raises(LedgerError, match="is a directory"):
+        open_ledger(str(tmp_path))
 
 
 # --- transitions --------------------------------------------------------------------------
@@ -252,6 +327,45 @@ def test_transition_table_is_the_contract() -> None:
     """``TRANSITIONS`` allows exactly the changes the executor relies on."""
     assert {s.value: {t.value for t in ts} for s, ts in TRANSITIONS.items() if ts} == ALLOWED
     assert TRANSITIONS[S.ORPHANED] == frozenset()  # only back where it came from
+
+
+def test_check_transition_is_the_one_rule() -> None:
+    """The pure rule every implementation calls: the table, orphans going back where they
+    were, resends keeping their key, and only the transition columns."""
+    for start, targets in ALLOWED.items():
+        for to in S:
+            args = ("k", S(start), to, {})
+            if to.value in targets:
+                check_transition(*args, idempotency_key="k-1")
+            else:
+                with pytest.raises(TransitionError, match=f"job k: {start} → {to.value}"):
+                    check_transition(*args, idempotency_key="k-1")
+    for before in S:
+        for to in S:
+            if to is before:
+                check_transition(
+                    "k", S.ORPHANED, to, {}, idempotency_key="k-1", before_orphaning=before
+                )
+            else:
+                with pytest.raises(TransitionError):
+                    check_transition(
+                        "k", S.ORPHANED, to, {}, idempotency_key="k-1", before_orphaning=before
+                    )
+    assert restored_status(None) is S.PENDING
+    assert restored_status("orphaned") is S.PENDING
+    assert restored_status("queued") is S.QUEUED
+    resend = check_transition("k", S.SUBMITTING, S.SUBMITTING, {}, idempotency_key="k-1")
+    assert resend == "resent with the same idempotency key k-1"
+    assert check_transition("k", S.PENDING, S.SUBMITTING, {}, idempotency_key="k-1") is None
+    with pytest.raises(TransitionError, match="never a new one"):
+        check_transition(
+            "k", S.SUBMITTING, S.SUBMITTING, {"idempotency_key": "k-2"}, idempotency_key="k-1"
+        )
+    with pytest.raises(TypeError, match="campaign"):
+        check_transition("k", S.PENDING, S.SUBMITTING, {"campaign": "x"}, idempotency_key="k-1")
+    assert retry_idempotency_key("k", "k-1") == "k-2"
+    assert retry_idempotency_key("k", "k-9") == "k-10"
+    assert retry_idempotency_key("k", "other") == "k-2"
 
 
 @pytest.mark.parametrize(
@@ -288,10 +402,10 @@ def test_orphaned_job_only_returns_to_its_previous_status(ledger: Ledger) -> Non
     assert ledger.transition(job.key, "downloaded").status is S.DOWNLOADED
 
 
-def test_transition_sets_columns_and_writes_the_event(tmp_path: Path) -> None:
+def test_transition_sets_columns_and_writes_the_event(url: str) -> None:
     """Columns given to transition land in the row; the event carries the same timestamp."""
     clock = FakeClock()
-    with Ledger(tmp_path, clock=clock) as led:
+    with open_ledger(url, clock=clock) as led:
         job = make_job()
         led.record_plan(MANIFEST, [job])
         led.transition(job.key, "submitting", detail="sending")
@@ -312,6 +426,25 @@ def test_transition_sets_columns_and_writes_the_event(tmp_path: Path) -> None:
         row = led.transition(job.key, "completed", video_url="https://v/1.mp4", error=None)
         row = led.transition(job.key, "downloaded", bytes=1234, sha256="cd" * 32)
         assert (row.video_url, row.bytes, row.sha256) == ("https://v/1.mp4", 1234, "cd" * 32)
+
+
+def test_location_is_written_with_downloaded(ledger: Ledger, tmp_path: Path) -> None:
+    """``location`` (a path or an s3:// URI) is set in the same change as downloaded, and
+    cleared the same way when the file must be fetched again."""
+    assert "location" in TRANSITION_COLUMNS
+    job = make_job()
+    ledger.record_plan(MANIFEST, [job])
+    assert ledger.get(job.key).location is None  # type: ignore[union-attr]
+    walk(ledger, job.key, PATHS["completed"])
+    where = str(tmp_path / "videos" / "c" / "x.mp4")
+    row = ledger.transition(job.key, "downloaded", bytes=1, sha256="ab" * 32, location=where)
+    assert (row.status, row.location) == (S.DOWNLOADED, where)
+    assert ledger.get(job.key) == row
+    assert ledger.jobs(status="downloaded")[0].location == where
+    row = ledger.transition(job.key, "completed", location=None, detail="file missing")
+    assert row.location is None
+    ledger.transition(job.key, "downloaded", location="s3://bucket/c/x.mp4")
+    assert ledger.get(job.key).to_dict()["location"] == "s3://bucket/c/x.mp4"  # type: ignore[union-attr]
 
 
 def test_resend_keeps_the_idempotency_key_and_says_so(ledger: Ledger) -> None:
@@ -339,36 +472,35 @@ def test_transition_refuses_unknown_columns_and_keys(ledger: Ledger) -> None:
         ledger.transition(job.key, "exploded")
 
 
-def test_failed_event_insert_leaves_neither_row_nor_event(ledger: Ledger) -> None:
-    """If the event cannot be written, the status change is rolled back with it."""
+def test_failed_event_insert_leaves_neither_row_nor_event(
+    backend: Backend, url: str, ledger: Ledger
+) -> None:
+    """If the event cannot be written, the status change is rolled back with it, and no
+    transaction is left open."""
     job = make_job()
     ledger.record_plan(MANIFEST, [job])
-    ledger._conn.execute(
-        "CREATE TRIGGER no_events BEFORE INSERT ON events "
-        "BEGIN SELECT RAISE(ABORT, 'events are read-only today'); END"
-    )
-    with pytest.raises(LedgerError, match="events are read-only today"):
-        ledger.transition(job.key, "submitting", idempotency_key=f"{job.key}-1", attempts=3)
-    row = ledger.get(job.key)
-    assert row is not None
-    assert (row.status, row.attempts) == (S.PENDING, 0)
-    assert [e.to_status for e in ledger.events(job.key)] == [S.PENDING]
-    assert not ledger._conn.in_transaction
+    with backend.failing(url, "event"):
+        with pytest.raises(LedgerError, match=INJECTED):
+            ledger.transition(job.key, "submitting", idempotency_key=f"{job.key}-1", attempts=3)
+        row = ledger.get(job.key)
+        assert row is not None
+        assert (row.status, row.attempts) == (S.PENDING, 0)
+        assert [e.to_status for e in ledger.events(job.key)] == [S.PENDING]
+    # leaving the block did not wait for a write lock; a new write transaction can begin
+    assert ledger.transition(job.key, "submitting").status is S.SUBMITTING
 
 
-def test_failed_plan_recording_writes_nothing(ledger: Ledger) -> None:
+def test_failed_plan_recording_writes_nothing(backend: Backend, url: str, ledger: Ledger) -> None:
     """record_plan is one transaction: a failure while orphaning undoes the inserts too."""
     old, new = make_job(index=0, n=1), make_job(index=0, n=2)
     ledger.record_plan(MANIFEST, [old])
-    ledger._conn.execute(
-        "CREATE TRIGGER no_orphans BEFORE UPDATE OF status ON jobs "
-        "WHEN NEW.status = 'orphaned' BEGIN SELECT RAISE(ABORT, 'no orphans'); END"
-    )
-    with pytest.raises(LedgerError, match="no orphans"):
-        ledger.record_plan(MANIFEST, [new])
-    assert [r.key for r in ledger.jobs()] == [old.key]
-    assert ledger.get(new.key) is None
-    assert ledger.events(new.key) == []
+    with backend.failing(url, "orphan"):
+        with pytest.raises(LedgerError, match=INJECTED):
+            ledger.record_plan(MANIFEST, [new])
+        assert [r.key for r in ledger.jobs()] == [old.key]
+        assert ledger.get(new.key) is None
+        assert ledger.events(new.key) == []
+    assert ledger.record_plan(MANIFEST, [new]).orphaned_keys == (old.key,)
 
 
 # --- other job records --------------------------------------------------------------------
@@ -481,9 +613,9 @@ def test_match_key_accepts_a_unique_prefix(ledger: Ledger) -> None:
         ledger.match_key("")
 
 
-def test_souls_and_uploads(tmp_path: Path) -> None:
+def test_souls_and_uploads(url: str) -> None:
     """Soul records are replaced field by field but keep created_at; uploads map sha256 → URL."""
-    with Ledger(tmp_path, clock=FakeClock()) as led:
+    with open_ledger(url, clock=FakeClock()) as led:
         assert led.get_soul("ava", MANIFEST) is None
         first = led.set_soul("ava", MANIFEST, status="training", model_id="m1", images_hash="h")
         ready = led.set_soul("ava", MANIFEST, status="ready", model_id="m1", images_hash="h")
@@ -507,7 +639,7 @@ def test_job_row_to_dict_is_json(ledger: Ledger) -> None:
     ledger.record_plan(MANIFEST, [job])
     doc = ledger.get(job.key).to_dict()  # type: ignore[union-attr]
     assert json.loads(json.dumps(doc)) == doc
-    assert set(doc) == EXPECTED_COLUMNS["jobs"]
+    assert set(doc) == JOB_COLUMNS
     assert (doc["status"], doc["tags"], doc["vars"]) == ("pending", ["nightly"], {"x": 1})
 
 
@@ -635,9 +767,9 @@ def test_removed_campaign_is_orphaned(ledger: Ledger) -> None:
     assert ledger.counts("/other.yaml") == {"b": {"pending": 1}}
 
 
-def test_known_jobs_are_refreshed_but_keep_their_status(tmp_path: Path) -> None:
+def test_known_jobs_are_refreshed_but_keep_their_status(url: str) -> None:
     """Path, credits, order and tags of known jobs follow the manifest; status does not."""
-    with Ledger(tmp_path, clock=FakeClock()) as led:
+    with open_ledger(url, clock=FakeClock()) as led:
         job = make_job(x=1)
         led.record_plan(MANIFEST, [job])
         walk(led, job.key, PATHS["downloaded"])
@@ -702,9 +834,9 @@ def load_jobs(path: Path, text: str) -> tuple[str, list[Job]]:
     return str(manifest.path), expand(manifest)
 
 
-def test_yaml_manifest_edit_diff(tmp_path: Path) -> None:
+def test_yaml_manifest_edit_diff(tmp_path: Path, url: str) -> None:
     """Editing a real manifest gives exact counts; done stays done; reverting restores."""
-    with Ledger(tmp_path / "state") as led:
+    with open_ledger(url) as led:
         path, v1 = load_jobs(tmp_path / "m.yaml", MANIFEST_V1)
         assert path == str(tmp_path / "m.yaml")
         first = led.record_plan(path, v1)

@@ -1,4 +1,5 @@
-"""Many writers on one ledger (threads and processes), reads during writes, the executor lock."""
+"""Many writers on one SQLite ledger (threads and processes), reads during writes, the executor
+lock."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from runner.errors import LedgerLockedError
 from runner.jobs import Job
-from runner.ledger import ExecutorLock, JobStatus, Ledger
+from runner.ledger import ExecutorLock, JobStatus, SqliteLedger, default_ledger_url, open_ledger
 
 MANIFEST = "/work/m.yaml"
 
@@ -24,13 +25,13 @@ MANIFEST = "/work/m.yaml"
 # says "ready", waits for a line on stdin, then writes.
 WRITER = """
 import sys
-from runner.ledger import Ledger
+from runner.ledger import default_ledger_url, open_ledger
 from runner.jobs import Job
 state, key, n, open_first = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-led = Ledger(state) if open_first else None
+led = open_ledger(default_ledger_url(state)) if open_first else None
 print("ready", flush=True)
 sys.stdin.readline()
-led = led or Ledger(state)
+led = led or open_ledger(default_ledger_url(state))
 job = Job(key=key, campaign="p", manifest="/proc/" + key, index=0, vars={}, request={},
           path=key + ".mp4", credits=1.0)
 led.record_plan("/proc/" + key, [job])
@@ -44,9 +45,11 @@ print("done", flush=True)
 HOLDER = """
 import sys
 from runner.errors import LedgerLockedError
-from runner.ledger import ExecutorLock
+from runner.ledger import default_ledger_url, open_ledger
+led = open_ledger(default_ledger_url(sys.argv[1]))
+lock = led.executor_lock()  # kept referenced: held until this process ends
 try:
-    ExecutorLock(sys.argv[1]).acquire()
+    lock.__enter__()
 except LedgerLockedError as err:
     print(f"refused: {err}", flush=True)
     sys.exit(2)
@@ -84,7 +87,7 @@ def test_threads_and_a_process_write_at_once(tmp_path: Path) -> None:
     threads_n, rounds = 8, 25
     jobs = [make_job(f"job{i}", i) for i in range(threads_n)]
     shared = make_job("shared", threads_n)
-    with Ledger(tmp_path) as led:
+    with open_ledger(default_ledger_url(tmp_path)) as led:
         led.record_plan(MANIFEST, [*jobs, shared])
 
     proc_key = hashlib.sha256(b"proc").hexdigest()[:16]
@@ -97,7 +100,7 @@ def test_threads_and_a_process_write_at_once(tmp_path: Path) -> None:
 
     def work(job: Job) -> None:
         try:
-            with Ledger(tmp_path) as led:
+            with open_ledger(default_ledger_url(tmp_path)) as led:
                 start.wait()
                 for status in ("submitting", "queued", "running", "completed", "downloaded"):
                     led.transition(job.key, status, detail=f"thread {job.index}")
@@ -122,7 +125,7 @@ def test_threads_and_a_process_write_at_once(tmp_path: Path) -> None:
     assert errors == []
     assert proc.returncode == 0, err
     assert out.strip() == "done"
-    with Ledger(tmp_path) as led:
+    with open_ledger(default_ledger_url(tmp_path)) as led:
         assert {r.status for r in led.jobs(keys=[j.key for j in jobs])} == {JobStatus.DOWNLOADED}
         row = led.get(shared.key)
         assert row is not None and row.attempts == threads_n * rounds
@@ -145,7 +148,7 @@ def test_processes_creating_a_fresh_ledger_at_once(tmp_path: Path) -> None:
         proc.stdin.flush()
     results = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in results]
-    with Ledger(state) as led:
+    with open_ledger(default_ledger_url(state)) as led:
         assert [led.get(key).attempts for key in keys] == [10] * 4  # type: ignore[union-attr]
     with sqlite3.connect(state / "ledger.db") as conn:
         names = [row[0] for row in conn.execute("SELECT name FROM _migrations")]
@@ -155,13 +158,13 @@ def test_processes_creating_a_fresh_ledger_at_once(tmp_path: Path) -> None:
 def test_readers_see_committed_data_while_a_write_is_open(tmp_path: Path) -> None:
     """WAL: a read-only ledger reads (the last committed state) while a writer holds its lock."""
     job = make_job("a")
-    with Ledger(tmp_path) as led:
+    with open_ledger(default_ledger_url(tmp_path)) as led:
         led.record_plan(MANIFEST, [job])
     writer = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("UPDATE jobs SET status = 'failed'")
     try:
-        reader = Ledger.open_readonly(tmp_path, busy_timeout=0)
+        reader = SqliteLedger.open_readonly(tmp_path / "ledger.db", busy_timeout=0)
         assert reader is not None
         with reader:
             assert [r.status for r in reader.jobs()] == [JobStatus.PENDING]
@@ -187,7 +190,7 @@ def test_second_lock_holder_in_the_same_process_is_refused(tmp_path: Path) -> No
 
 def test_second_lock_holder_in_another_process_is_refused(tmp_path: Path) -> None:
     """Another process gets LedgerLockedError naming this process while it holds the lock."""
-    with ExecutorLock(tmp_path):
+    with open_ledger(default_ledger_url(tmp_path)) as led, led.executor_lock():
         proc = spawn(HOLDER, str(tmp_path))
         out, _ = proc.communicate("", timeout=60)
     assert proc.returncode == 2
@@ -200,11 +203,18 @@ def test_sigkilled_holder_releases_the_lock(tmp_path: Path) -> None:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
     try:
-        with pytest.raises(LedgerLockedError, match=f"pid {proc.pid} "):
-            ExecutorLock(tmp_path).acquire()
+        with (
+            open_ledger(default_ledger_url(tmp_path)) as led,
+            pytest.raises(LedgerLockedError, match=f"pid {proc.pid} "),
+        ):
+            led.executor_lock().__enter__()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    with ExecutorLock(tmp_path) as lock:
-        assert lock.held
+    with (
+        open_ledger(default_ledger_url(tmp_path)) as led,
+        led.executor_lock(),
+        pytest.raises(LedgerLockedError, match=f"pid {os.getpid()} "),
+    ):
+        ExecutorLock(tmp_path).acquire()

@@ -44,8 +44,9 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     S.RUNNING: frozenset({S.RUNNING, S.COMPLETED, S.FAILED, S.ORPHANED}),
     # completed → completed refreshes an expired video URL
     S.COMPLETED: frozenset({S.COMPLETED, S.DOWNLOADED, S.FAILED, S.ORPHANED}),
-    # downloaded → completed when the file is found missing or corrupt: download it again
-    S.DOWNLOADED: frozenset({S.COMPLETED, S.ORPHANED}),
+    # downloaded → completed when the file is found missing or corrupt: download it again;
+    # downloaded → downloaded when the video moved (a new output name): its location changes
+    S.DOWNLOADED: frozenset({S.DOWNLOADED, S.COMPLETED, S.ORPHANED}),
     # failed → pending only through a deliberate retry (a new idempotency key)
     S.FAILED: frozenset({S.PENDING, S.ORPHANED}),
     S.ORPHANED: frozenset(),

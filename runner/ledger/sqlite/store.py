@@ -196,13 +196,13 @@ def _connect_readonly(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """A connection that cannot write, trying the ways that leave the least behind."""
     uri = path.resolve().as_uri()
     # mode=rw (which never creates the file) so that the last connection to close can clean
-    # up the WAL side files; query_only makes SQLite itself refuse any write. mode=ro for a
-    # file we may only read. Without write access to the directory, SQLite cannot create the
-    # -shm file a WAL reader needs; when there is no -wal file either, every commit is in the
-    # main file, and immutable=1 reads it without any side file.
-    modes = ["mode=rw", "mode=ro"]
-    if not path.with_name(path.name + "-wal").exists():
-        modes.append("mode=ro&immutable=1")
+    # up the WAL side files; query_only makes SQLite itself refuse any write. That fails when
+    # SQLite may not create the -shm file a WAL reader needs (a read-only directory or mount).
+    # Then, if a -wal file exists, commits may be in it: mode=ro reads through the side files
+    # already there. If not, every commit is in the main file, and immutable=1 reads it
+    # creating nothing (a writer starting meanwhile writes to a new -wal, not the main file).
+    wal = path.with_name(path.name + "-wal").exists()
+    modes = ["mode=rw", "mode=ro" if wal else "mode=ro&immutable=1"]
     error: sqlite3.Error | None = None
     for mode in modes:
         try:
