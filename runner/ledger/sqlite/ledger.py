@@ -1,7 +1,8 @@
 """The SQLite ledger: jobs, their events, soul models and uploads in one file (SPEC §4).
 
 ``Store`` (store.py) owns the connection and its transactions; this module is what the
-interface asks: job queries, status changes, plan recording, souls and uploads.
+interface asks of jobs: queries, status changes, plan recording. Souls and uploads are in
+souls.py, the base class.
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ class SqliteLedger(SoulsAndUploads):
     Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
     The executor lock is an ``flock`` on ``runner.lock`` in the file's directory.
     """
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
 
     @classmethod
     def open(
