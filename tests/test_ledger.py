@@ -334,12 +334,11 @@ def test_check_transition_is_the_one_rule() -> None:
     were, resends keeping their key, and only the transition columns."""
     for start, targets in ALLOWED.items():
         for to in S:
-            args = ("k", S(start), to, {})
             if to.value in targets:
-                check_transition(*args, idempotency_key="k-1")
+                check_transition("k", S(start), to, {}, idempotency_key="k-1")
             else:
                 with pytest.raises(TransitionError, match=f"job k: {start} → {to.value}"):
-                    check_transition(*args, idempotency_key="k-1")
+                    check_transition("k", S(start), to, {}, idempotency_key="k-1")
     for before in S:
         for to in S:
             if to is before:

@@ -199,7 +199,7 @@ def capture_connections(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connect
     real = sqlite3.connect
 
     def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = real(*args, **kwargs)
+        conn: sqlite3.Connection = real(*args, **kwargs)
         made.append(conn)
         return conn
 
@@ -271,7 +271,8 @@ def refuse(monkeypatch: pytest.MonkeyPatch, *modes: str) -> list[str]:
         query = str(database).partition("?")[2]
         if query in modes:
             raise sqlite3.OperationalError("unable to open database file")
-        return real(database, *args, **kwargs)
+        conn: sqlite3.Connection = real(database, *args, **kwargs)
+        return conn
 
     monkeypatch.setattr(sqlite3, "connect", connect)
     return asked
