@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
-from runner import runs
+from runner import app
 from runner.jobs import expand
 from runner.manifest import load_manifest
 from runner.mock import MockOptions, base_urls, create_app
@@ -93,21 +93,21 @@ campaigns:
 
 def run_manifest(tmp: Path, jobs: int, rps: float) -> tuple[float, int]:
     """A full run of ``jobs`` jobs in-process; returns (seconds, API calls the mock saw)."""
-    app = create_app(MockOptions(latency_min=0.0, latency_max=0.0, seed=1))
+    mock = create_app(MockOptions(latency_min=0.0, latency_max=0.0, seed=1))
     manifest = tmp / f"run-{jobs}-{rps}.yaml"
     manifest.write_text(MANIFEST.format(rps=rps, values=list(range(jobs))))
 
     def client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=mock))
 
-    env = runs.Environment(
+    env = app.Environment(
         environ={**MOCK_ENV, "HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfieldapi"]},
         api_client=client,
         download_client=client,
     )
     state = tmp / f"state-{jobs}-{rps}"
-    seconds = timed(lambda: runs.run(manifest, state, runs.RunOptions(), env))
-    calls = [e for e in app.state.mock.log_entries() if not e["path"].startswith("/_mock/")]
+    seconds = timed(lambda: app.run(manifest, state, app.RunOptions(), env))
+    calls = [e for e in mock.state.mock.log_entries() if not e["path"].startswith("/_mock/")]
     return seconds, len(calls)
 
 

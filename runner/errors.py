@@ -13,12 +13,12 @@
     │   │   └── ThrottledError       429 or the platform's concurrency-limit 400: backpressure,
     │   │                            not a failure; ``retry_after`` in seconds when given
     │   ├── PermanentError           other 4xx, malformed answers: the job fails with the message
+    │   │   └── ExhaustedError       a transient error until ``max_attempts`` ran out
     │   └── FatalError               401/403: credentials or account refused; the run stops (exit 3)
     ├── DownloadError                a video download failed
     │   ├── UnsafeURLError           scheme or address refused by the download policy
     │   └── ExpiredURLError          403/404/410 on the video URL: refresh it once
-    ├── BudgetExceededError          the credit cap stops new submissions               (exit 1)
-    └── InterruptedRun               Ctrl-C: stopped cleanly, resumable                 (exit 130)
+    └── BudgetExceededError          a credit cap stops new submissions                 (exit 1)
 
 Messages never contain secrets: provider errors are built from status codes and the
 provider's own error text, never from request headers.
@@ -131,6 +131,22 @@ class PermanentError(ProviderError):
     """The provider refused this request for good; the job fails with this message."""
 
 
+class ExhaustedError(PermanentError):
+    """A transient error that kept coming back until ``max_attempts`` ran out.
+
+    ``last`` is the final transient error (an ``UnknownOutcomeError`` means the last submit may
+    have reached the provider), ``attempts`` how many were used in all.
+    """
+
+    def __init__(self, last: TransientError, attempts: int) -> None:
+        self.last = last
+        self.attempts = attempts
+        super().__init__(
+            f"gave up after {attempts} attempts: {type(last).__name__}: {last.message}",
+            status_code=last.status_code,
+        )
+
+
 class FatalError(ProviderError):
     """Credentials or account refused (401/403): the whole run stops."""
 
@@ -155,9 +171,3 @@ class BudgetExceededError(RunnerError):
     """Submitting more would pass the credit cap."""
 
     exit_code = EXIT_FAILED
-
-
-class InterruptedRun(RunnerError):
-    """The run was interrupted (Ctrl-C) and stopped cleanly; it can be resumed."""
-
-    exit_code = EXIT_INTERRUPTED

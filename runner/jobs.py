@@ -246,7 +246,8 @@ def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> float:
     return 0.0
 
 
-def _number(value: float) -> int | float:
+def number(value: float) -> int | float:
+    """A credit figure as JSON shows it: whole numbers without ``.0``, no float noise."""
     value = round(value, 6)
     return int(value) if value.is_integer() else value
 
@@ -286,6 +287,6 @@ def plan_document(
             }
         )
     return {
-        "summary": {**summary, "orphaned": orphaned, "estimated_credits": _number(credits)},
+        "summary": {**summary, "orphaned": orphaned, "estimated_credits": number(credits)},
         "jobs": entries,
     }

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runner.errors import RunnerError
-from runner.ledger import JobRow, JobStatus, Ledger, utcnow
+from runner.app.common import reading
+from runner.ledger import JobRow, JobStatus, utcnow
 from runner.manifest import Manifest, load_manifest
-from runner.manifest.model import DEFAULT_OUTPUT_SUBDIR
 
 SHA256_SHOWN = 12  # hex digits of a file's sha256 shown on its card
 REQUEST_SHOWN = ("duration", "resolution", "aspect_ratio")
@@ -83,34 +82,12 @@ def build_report(
     out_file = Path(os.path.abspath(out_file))
     manifest = load_manifest(manifest_path) if manifest_path is not None else None
     rows: list[JobRow] = []
-    ledger = Ledger.open_readonly(state_dir)
-    if ledger is not None:
-        with ledger:
+    with reading(state_dir) as ledger:
+        if ledger is not None:
             rows = ledger.jobs(manifest=str(manifest.path) if manifest else None)
-    folders = _OutputDirs(state_dir, manifest)
-    page, videos = _page(rows, folders, out_file.parent, now or utcnow(), manifest)
+    page, videos = _page(rows, out_file.parent, now or utcnow(), manifest)
     _write_atomically(out_file, page)
     return ReportSummary(out_file, len(rows), _counts(rows), videos)
-
-
-class _OutputDirs:
-    """Each manifest's output folder, loading every manifest at most once."""
-
-    def __init__(self, state_dir: Path, manifest: Manifest | None) -> None:
-        self._state_dir = state_dir
-        self._fallback = state_dir.expanduser().absolute() / DEFAULT_OUTPUT_SUBDIR
-        self._cache: dict[str, Path] = {}
-        if manifest is not None:
-            self._cache[str(manifest.path)] = manifest.output_dir(state_dir)
-
-    def __call__(self, manifest: str) -> Path:
-        if manifest not in self._cache:
-            try:
-                self._cache[manifest] = load_manifest(manifest).output_dir(self._state_dir)
-            except (RunnerError, OSError):
-                # moved, deleted or now invalid: assume the default folder
-                self._cache[manifest] = self._fallback
-        return self._cache[manifest]
 
 
 def _counts(rows: Iterable[JobRow]) -> dict[str, int]:
@@ -132,7 +109,6 @@ def _count_list(counts: Mapping[str, int]) -> str:
 
 def _page(
     rows: list[JobRow],
-    folders: _OutputDirs,
     report_dir: Path,
     now: datetime,
     manifest: Manifest | None,
@@ -148,7 +124,7 @@ def _page(
     for (manifest_file, campaign), jobs in groups.items():
         cards: list[str] = []
         for row in jobs:
-            card, has_video = _card(row, folders(row.manifest), report_dir)
+            card, has_video = _card(row, report_dir)
             cards.append(card)
             videos += has_video
         where = f" <small>{escape(manifest_file)}</small>" if several else ""
@@ -183,16 +159,17 @@ def _video_src(file: Path, report_dir: Path) -> str:
     return quote(Path(relative).as_posix())
 
 
-def _card(row: JobRow, folder: Path, report_dir: Path) -> tuple[str, bool]:
-    """One job's card, and whether it has a player."""
+def _card(row: JobRow, report_dir: Path) -> tuple[str, bool]:
+    """One job's card, and whether it has a player (its video is where the ledger says)."""
     status = row.status.value
-    file = folder / row.path
-    has_video = row.status is JobStatus.DOWNLOADED and file.is_file()
-    if has_video:
+    file = Path(row.location) if row.location else None
+    has_video = row.status is JobStatus.DOWNLOADED and file is not None and file.is_file()
+    if has_video and file is not None:
         src = escape(_video_src(file, report_dir))
         media = f'<video controls preload="metadata" src="{src}"></video>'
     elif row.status is JobStatus.DOWNLOADED:
-        media = f'<div class="novideo">file missing: <code>{escape(row.path)}</code></div>'
+        missing = escape(row.location or row.path)
+        media = f'<div class="novideo">file missing: <code>{missing}</code></div>'
     else:
         media = f'<div class="novideo">{escape(status)}</div>'
     fields: list[tuple[str, str]] = [(escape(k), _text(v)) for k, v in row.vars.items()]

@@ -64,7 +64,10 @@ class World:
             shoe = self.spin[0].key
             for status in ("submitting", "queued", "running", "completed"):
                 led.transition(shoe, status, generation_id="gen-1")
-            led.transition(shoe, "downloaded", bytes=2048, sha256="ab" * 32)
+            self.shoe_file = self.state.absolute() / "videos" / self.spin[0].path
+            led.transition(
+                shoe, "downloaded", bytes=2048, sha256="ab" * 32, location=str(self.shoe_file)
+            )
             led.transition(self.spin[1].key, "submitting")
             led.transition(self.spin[1].key, "failed", error="nsfw")
             led.transition(self.walk[0].key, "submitting")
@@ -174,8 +177,11 @@ def test_show_prints_request_state_file_and_events(world: World) -> None:
     out = result.stdout
     assert "spin of the shoe" in out
     assert "downloaded (attempts 0)" in out
-    expected_file = world.state.absolute() / "videos" / shoe.path
-    assert f"{expected_file} (not on disk); 2048 bytes, sha256 {'ab' * 32}" in out
+    assert f"{world.shoe_file} (not on disk); 2048 bytes, sha256 {'ab' * 32}" in out
+    world.shoe_file.parent.mkdir(parents=True)
+    world.shoe_file.write_bytes(b"x" * 2048)
+    out = invoke(world.state, "show", shoe.key).stdout
+    assert f"location         {world.shoe_file}; 2048 bytes" in out
     events = out.split("\nevents\n")[1].splitlines()
     assert [line.split()[1:4] for line in events] == [
         ["-", "→", "pending"],
@@ -277,7 +283,8 @@ def test_plan_without_a_ledger_is_all_new_and_writes_nothing(tmp_path: Path) -> 
     doc = invoke_json(state, "plan", str(tmp_path / "m.yaml"))
     assert doc["summary"] == {
         "total": 7, "new": 7, "done": 0, "in_flight": 0, "failed": 0, "orphaned": 0,
-        "estimated_credits": 56,
+        "estimated_credits": 56, "charged_credits": 0, "estimated_total_credits": 56,
+        "max_credits": None, "max_total_credits": None,
     }  # fmt: skip
     assert {j["status"] for j in doc["jobs"]} == {"new"}
     assert not state.exists()
@@ -294,7 +301,8 @@ def test_plan_diffs_an_edited_manifest_against_the_ledger(world: World) -> None:
     doc = invoke_json(world.state, "plan", str(world.manifest_file))
     assert doc["summary"] == {
         "total": 7, "new": 5, "done": 1, "in_flight": 0, "failed": 1, "orphaned": 5,
-        "estimated_credits": 40,
+        "estimated_credits": 40, "charged_credits": 16, "estimated_total_credits": 56,
+        "max_credits": None, "max_total_credits": None,
     }  # fmt: skip
     statuses = {(j["campaign"], j["vars"].get("product")): j["status"] for j in doc["jobs"]}
     assert statuses[("spin", "shoe")] == "downloaded"

@@ -267,6 +267,10 @@ def test_plan_json_is_one_document_in_the_spec_shape(tmp_path: Path) -> None:
         "failed": 0,
         "orphaned": 0,
         "estimated_credits": 0,
+        "charged_credits": 0,
+        "estimated_total_credits": 0,
+        "max_credits": None,
+        "max_total_credits": None,
     }
     assert [(j["campaign"], j["vars"]) for j in doc["jobs"]] == [
         ("walk", {"subject": "A chef", "place": "a kitchen"}),
@@ -315,7 +319,8 @@ def test_plan_human_output_lists_jobs_and_summary(tmp_path: Path) -> None:
         assert job["path"] in line
     summary = (
         "4 jobs: 4 new, 0 done, 0 in flight, 0 failed, 0 orphaned; "
-        "estimated credits for new jobs: 0"
+        "estimated credits for new jobs: 0 (no cap per run); "
+        "manifest total with them: 0 (0 charged so far, no cap)"
     )
     assert lines[5:] == [summary]
     quiet = invoke("plan", "-q", str(path))

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from runner.cli import ProgressView
-from runner.executor import Progress
+from runner.engine import Progress
 
 
 def sample() -> Progress:

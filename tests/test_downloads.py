@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner.downloads import DownloadPolicy, check_url, download, safe_destination
 from runner.errors import DownloadError, ExpiredURLError, TransientError, UnsafeURLError
+from runner.outputs.fetch import DownloadPolicy, check_url
+from runner.outputs.local import download, safe_destination
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 LOCAL = DownloadPolicy(allow_private=True)

@@ -1,7 +1,7 @@
 """The executor end to end: real ledger, real files, the mock app over loopback (uvicorn in a
 thread) or in-process (ASGITransport, no socket).
 
-Each test calls ``runner.runs.run`` exactly as the CLI does. The tests that take the
+Each test calls ``runner.app.run`` exactly as the CLI does. The tests that take the
 ``harness`` fixture run twice, once over each transport.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runner import runs
+from runner import app
 from runner.errors import UsageError
 from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions, base_urls, create_app
@@ -84,7 +84,7 @@ class Harness:
         if self.server is not None:
             self.server.stop()
 
-    def env(self, **extra: str) -> runs.Environment:
+    def env(self, **extra: str) -> app.Environment:
         origin = self.server.origin if self.server else IN_PROCESS_ORIGIN
         environ = {
             **MOCK_ENV,
@@ -93,17 +93,17 @@ class Harness:
             **extra,
         }
         if self.server is not None:
-            return runs.Environment(environ=environ)
+            return app.Environment(environ=environ)
 
         def client() -> httpx.AsyncClient:
             transport = self.transport_wrapper(httpx.ASGITransport(app=self.app))
             return httpx.AsyncClient(transport=transport)
 
-        return runs.Environment(environ=environ, api_client=client, download_client=client)
+        return app.Environment(environ=environ, api_client=client, download_client=client)
 
-    def run(self, options: runs.RunOptions | None = None, **extra: str) -> runs.RunResult:
-        options = options or runs.RunOptions()
-        return runs.run(self.manifest, self.state_dir, options, self.env(**extra))
+    def run(self, options: app.RunOptions | None = None, **extra: str) -> app.RunResult:
+        options = options or app.RunOptions()
+        return app.run(self.manifest, self.state_dir, options, self.env(**extra))
 
     def rows(self) -> list[Any]:
         with open_ledger(default_ledger_url(self.state_dir)) as ledger:
@@ -192,11 +192,11 @@ def test_editing_one_matrix_value_submits_only_changed_jobs(
 def test_submit_only_then_collect(harness: Callable[..., Harness]) -> None:
     """--submit-only leaves generations in flight; collect polls and downloads them."""
     h = harness(MockOptions(latency_min=0.0, latency_max=0.0, seed=4))
-    result = h.run(runs.RunOptions(submit_only=True))
+    result = h.run(app.RunOptions(submit_only=True))
     assert result.counts == {"queued": JOBS}
     assert result.outcome.unfinished == 0
     assert not (h.state_dir / "videos").exists()
-    [collected] = runs.collect(h.manifest, h.state_dir, h.env())
+    [collected] = app.collect(h.manifest, h.state_dir, h.env())
     assert collected.counts == {"downloaded": JOBS}
     assert collected.outcome.submitted == 0
     assert len(h.submits()) == JOBS
@@ -285,7 +285,7 @@ def test_expired_video_url_is_refreshed_once(tmp_path: Path) -> None:
 def test_budget_stops_new_submissions(tmp_path: Path) -> None:
     """With an 8-credit cap and 8-credit jobs, one job is sent and the run says why it stopped."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=8))
-    result = h.run(runs.RunOptions(max_credits=20))
+    result = h.run(app.RunOptions(max_credits=20))
     assert result.outcome.submitted == 2
     assert result.outcome.budget_stop is not None
     assert "20" in result.outcome.budget_stop and "24" in result.outcome.budget_stop
@@ -295,9 +295,9 @@ def test_budget_stops_new_submissions(tmp_path: Path) -> None:
 def test_only_tag_and_limit_select_jobs(tmp_path: Path) -> None:
     """--only picks a campaign, --limit caps new submissions."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=9))
-    result = h.run(runs.RunOptions(only=("spin",)))
+    result = h.run(app.RunOptions(only=("spin",)))
     assert result.counts == {"downloaded": 2}
-    result = h.run(runs.RunOptions(limit=3))
+    result = h.run(app.RunOptions(limit=3))
     assert result.outcome.submitted == 3
     assert sum(r.status is JobStatus.DOWNLOADED for r in h.rows()) == 5
 
@@ -305,7 +305,7 @@ def test_only_tag_and_limit_select_jobs(tmp_path: Path) -> None:
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     """--dry-run lists what would be sent and creates no ledger."""
     h = Harness(tmp_path, MockOptions(seed=10))
-    result = h.run(runs.RunOptions(dry_run=True))
+    result = h.run(app.RunOptions(dry_run=True))
     assert len(result.would_submit) == JOBS
     assert not h.state_dir.exists()
     assert h.mock.log_entries() == []
@@ -314,15 +314,15 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
 def test_dry_run_applies_limit_and_budget_like_a_run(tmp_path: Path) -> None:
     """--dry-run stops where the budget would (8-credit jobs, cap 20: two), and says so."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=23))
-    dry = h.run(runs.RunOptions(dry_run=True, max_credits=20))
+    dry = h.run(app.RunOptions(dry_run=True, max_credits=20))
     assert len(dry.would_submit) == 2
     assert dry.outcome.budget_stop is not None
-    real = h.run(runs.RunOptions(max_credits=20))
+    real = h.run(app.RunOptions(max_credits=20))
     assert real.outcome.submitted == 2
     assert [j.key for j in dry.would_submit] == [
         r.key for r in h.rows() if r.status is JobStatus.DOWNLOADED
     ]
-    assert len(h.run(runs.RunOptions(dry_run=True, limit=3)).would_submit) == 3
+    assert len(h.run(app.RunOptions(dry_run=True, limit=3)).would_submit) == 3
 
 
 def test_transient_failures_use_up_attempts_across_runs(tmp_path: Path) -> None:
@@ -340,7 +340,7 @@ def test_retry_sends_failed_jobs_with_new_key(tmp_path: Path) -> None:
     """`retry` puts failed jobs back with key <key>-2; the next run sends them."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, fail_rate=1.0, seed=12))
     h.run()
-    assert runs.retry(h.manifest, h.state_dir) == JOBS
+    assert app.retry(h.manifest, h.state_dir) == JOBS
     assert {r.idempotency_key for r in h.rows()} == {f"{r.key}-2" for r in h.rows()}
     h.mock.options = MockOptions(latency_min=0, latency_max=0, seed=12)  # provider recovers
     result = h.run()
@@ -403,9 +403,9 @@ def test_soul_is_trained_once_and_reused(harness: Callable[..., Harness]) -> Non
     h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS).replace("a kitchen", "a roof"))
     h.run()
     assert h.mock.stats()["souls_created"] == 1
-    records, failures = runs.train_souls(h.manifest, h.state_dir, h.env())
-    assert failures == {}
-    assert [(r.name, r.status, r.model_id) for r in records] == [("ava", "ready", soul.id)]
+    trained = app.train_souls(h.manifest, h.state_dir, h.env())
+    assert trained.failures == {}
+    assert [(r.name, r.status, r.model_id) for r in trained.souls] == [("ava", "ready", soul.id)]
     assert h.mock.stats()["souls_created"] == 1
 
 
@@ -504,9 +504,9 @@ def test_failed_soul_is_trained_once_per_run(tmp_path: Path) -> None:
 def test_submit_only_leaves_earlier_generations_alone(tmp_path: Path) -> None:
     """A second --submit-only run neither polls nor waits for what is already in flight."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=17))
-    h.run(runs.RunOptions(submit_only=True))
+    h.run(app.RunOptions(submit_only=True))
     calls = len(h.mock.log_entries())
-    result = h.run(runs.RunOptions(submit_only=True))
+    result = h.run(app.RunOptions(submit_only=True))
     assert result.counts == {"queued": JOBS}
     assert len(h.mock.log_entries()) == calls
 
@@ -525,15 +525,23 @@ def test_changed_filename_moves_videos_instead_of_downloading(tmp_path: Path) ->
     assert_files_match_mock(h)
 
 
-def test_orphaned_jobs_still_count_against_the_budget(tmp_path: Path) -> None:
-    """Credits spent on a job stay spent when an edit orphans it."""
+def with_total_cap(manifest: str, cap: int) -> str:
+    """The manifest with ``budget.max_total_credits: cap``."""
+    return manifest.replace("budget:\n", f"budget:\n  max_total_credits: {cap}\n", 1)
+
+
+def test_orphaned_jobs_still_count_against_the_total_budget(tmp_path: Path) -> None:
+    """Credits spent on a job stay spent when an edit orphans it: max_total_credits counts
+    them, and the next run submits nothing, saying why with the numbers."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=19))
-    first = h.run(runs.RunOptions(max_credits=16))
+    h.write(with_total_cap(MANIFEST.format(limits=FAST_LIMITS), 16))
+    first = h.run()
     assert first.outcome.submitted == 2
-    h.write(MANIFEST.format(limits=FAST_LIMITS).replace("[a park, ", "["))
-    second = h.run(runs.RunOptions(max_credits=16))
+    h.write(with_total_cap(MANIFEST.format(limits=FAST_LIMITS).replace("[a park, ", "["), 16))
+    second = h.run()
+    assert JobStatus.ORPHANED in {r.status for r in h.rows()}
     assert second.outcome.submitted == 0
-    assert second.outcome.budget_stop is not None
+    assert "16 charged so far" in (second.outcome.budget_stop or "")
 
 
 def test_local_disk_problem_keeps_the_job_for_next_run(tmp_path: Path) -> None:
@@ -563,7 +571,7 @@ def test_unknown_tag_is_a_usage_error(tmp_path: Path) -> None:
     """--tag that no campaign has is a mistake, said before anything is written."""
     h = Harness(tmp_path, MockOptions(seed=21))
     with pytest.raises(UsageError, match="--tag names no tag"):
-        h.run(runs.RunOptions(tags=("nightly",)))
+        h.run(app.RunOptions(tags=("nightly",)))
     assert not h.state_dir.exists()
 
 
@@ -571,12 +579,12 @@ def test_collect_everything_skips_a_manifest_that_is_gone(tmp_path: Path) -> Non
     """`collect` with no manifest collects every manifest's jobs; one whose file has vanished
     is reported (its provider settings are in it) and the others are still collected."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=22))
-    h.run(runs.RunOptions(submit_only=True))
+    h.run(app.RunOptions(submit_only=True))
     other = tmp_path / "other.yaml"
     other.write_text(MANIFEST.format(limits=FAST_LIMITS).replace("name: walk", "name: stroll"))
-    runs.run(other, h.state_dir, runs.RunOptions(submit_only=True, only=("stroll",)), h.env())
+    app.run(other, h.state_dir, app.RunOptions(submit_only=True, only=("stroll",)), h.env())
     other.unlink()
-    results = runs.collect(None, h.state_dir, h.env())
+    results = app.collect(None, h.state_dir, h.env())
     by_manifest = {Path(r.manifest).name: r for r in results}
     assert by_manifest["m.yaml"].counts == {"downloaded": JOBS}
     assert by_manifest["other.yaml"].error is not None
@@ -587,9 +595,9 @@ def test_retry_refuses_unknown_jobs_and_campaigns(tmp_path: Path) -> None:
     """`retry --job`/`--campaign` naming nothing in the manifest is a usage error."""
     h = Harness(tmp_path, MockOptions(seed=24))
     with pytest.raises(UsageError, match="--job names no job"):
-        runs.retry(h.manifest, h.state_dir, keys=["0000000000000000"])
+        app.retry(h.manifest, h.state_dir, keys=["0000000000000000"])
     with pytest.raises(UsageError, match="--campaign names no campaign"):
-        runs.retry(h.manifest, h.state_dir, campaigns=["nope"])
+        app.retry(h.manifest, h.state_dir, campaigns=["nope"])
 
 
 PLATFORM_MANIFEST = """
@@ -667,11 +675,11 @@ def test_a_soul_is_shared_by_manifests_that_define_it_alike(tmp_path: Path) -> N
     other = tmp_path / "other.yaml"
     text = SOUL_MANIFEST.format(limits=FAST_LIMITS)
     other.write_text(text.replace("name: ava\n", "name: ava2\n"))
-    assert runs.run(other, h.state_dir, runs.RunOptions(), h.env()).counts == {"downloaded": 3}
+    assert app.run(other, h.state_dir, app.RunOptions(), h.env()).counts == {"downloaded": 3}
     assert h.mock.stats()["souls_created"] == 1
     third = tmp_path / "third.yaml"
     third.write_text(other.read_text().replace("ava/02.jpg", "ava/03.jpg").replace("ava2", "ava3"))
-    assert runs.run(third, h.state_dir, runs.RunOptions(), h.env()).counts == {"downloaded": 3}
+    assert app.run(third, h.state_dir, app.RunOptions(), h.env()).counts == {"downloaded": 3}
     assert h.mock.stats()["souls_created"] == 2
 
 
@@ -689,11 +697,11 @@ def test_a_failed_shared_soul_model_is_not_reused(tmp_path: Path) -> None:
     h.mock.options = MockOptions(latency_min=0, latency_max=0)
     other = tmp_path / "other.yaml"
     other.write_text(h.manifest.read_text().replace("name: ava\n", "name: ava2\n"))
-    first = runs.run(other, h.state_dir, runs.RunOptions(), h.env())
+    first = app.run(other, h.state_dir, app.RunOptions(), h.env())
     assert first.counts == {"failed": 3}
     assert h.mock.stats()["souls_created"] == 1
-    runs.retry(other, h.state_dir)
-    second = runs.run(other, h.state_dir, runs.RunOptions(), h.env())
+    app.retry(other, h.state_dir)
+    second = app.run(other, h.state_dir, app.RunOptions(), h.env())
     assert second.counts == {"downloaded": 3}
     assert h.mock.stats()["souls_created"] == 2
 
@@ -713,22 +721,68 @@ def test_souls_are_not_shared_across_accounts(tmp_path: Path) -> None:
         .replace("name: ava\n", "name: ava2\n")
     )
     env = h.env(SECOND_KEY="k2")
-    assert runs.run(other, h.state_dir, runs.RunOptions(), env).counts == {"downloaded": 3}
+    assert app.run(other, h.state_dir, app.RunOptions(), env).counts == {"downloaded": 3}
     assert h.mock.stats()["souls_created"] == 2
 
 
 def test_dry_run_lists_resends_even_when_the_budget_stops_new_jobs(tmp_path: Path) -> None:
-    """A job left `submitting` is re-sent (uncharged) whatever the budget; dry-run says so."""
+    """A job left `submitting` is re-sent (not charged again) whatever the budget; dry-run
+    says so."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=26))
-    h.write(MANIFEST.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 1")))
+    limits = FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 1")
+    h.write(with_total_cap(MANIFEST.format(limits=limits), 16))
     h.transport_wrapper = DropPostAnswers
-    h.run(runs.RunOptions(only=("spin",)))  # both spin jobs left `submitting`
+    h.run(app.RunOptions(only=("spin",)))  # both spin jobs left `submitting`: 16 credits
     h.transport_wrapper = lambda t: t
-    dry = h.run(runs.RunOptions(dry_run=True, max_credits=16))
+    dry = h.run(app.RunOptions(dry_run=True))
     assert sorted(j.campaign for j in dry.would_submit) == ["spin", "spin"]
     assert dry.outcome.budget_stop is not None
-    real = h.run(runs.RunOptions(max_credits=16))
+    real = h.run()
     assert sorted(r.campaign for r in h.rows() if r.status is JobStatus.DOWNLOADED) == [
         "spin", "spin"
     ]
-    assert real.outcome.budget_stop is not None
+    assert real.outcome.budget_stop == dry.outcome.budget_stop
+
+
+def test_location_is_recorded_and_read_after_the_manifest_moves(tmp_path: Path) -> None:
+    """Each downloaded video's absolute location is in the ledger; `show`, `jobs --json` and
+    `export` give it, still right after the manifest was moved and then deleted."""
+    import csv
+    import io
+    import json
+
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=27))
+    assert h.run().counts == {"downloaded": JOBS}
+    expected = {r.key: str((h.state_dir / "videos" / r.path).resolve()) for r in h.rows()}
+    assert all(Path(loc).is_file() for loc in expected.values())
+    moved = tmp_path / "archive" / "m.yaml"
+    moved.parent.mkdir()
+    h.manifest.rename(moved)
+
+    def cli_says() -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str]]:
+        runner = CliRunner()
+        state = ["--state", str(h.state_dir)]
+        jobs = json.loads(runner.invoke(cli, ["jobs", "--json", *state]).stdout)
+        jsonl = runner.invoke(cli, ["export", "--format", "jsonl", *state]).stdout.splitlines()
+        table = csv.DictReader(io.StringIO(runner.invoke(cli, ["export", *state]).stdout))
+        shown = {}
+        for key in expected:
+            out = runner.invoke(cli, ["show", key, *state]).stdout
+            (line,) = [x for x in out.splitlines() if x.startswith("location")]
+            shown[key] = line.split()[1].rstrip(";")
+        return (
+            {j["key"]: j["location"] for j in jobs},
+            {d["key"]: d["location"] for d in map(json.loads, jsonl)},
+            {row["key"]: row["location"] for row in table},
+            shown,
+        )
+
+    for said in cli_says():
+        assert said == expected
+    moved.unlink()
+    for said in cli_says():
+        assert said == expected

@@ -159,7 +159,12 @@ def setup(tmp_path: Path) -> Setup:
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_bytes(b"\x00\x00\x00\x18ftypmp42" + subject.encode())
             rows[subject] = walk_to(
-                ledger, rows[subject].key, S.DOWNLOADED, bytes=1234567, sha256="ab" * 32
+                ledger,
+                rows[subject].key,
+                S.DOWNLOADED,
+                bytes=1234567,
+                sha256="ab" * 32,
+                location=str(file.resolve()),
             )
         rows["watch"] = walk_to(ledger, rows["watch"].key, S.FAILED, error=SCRIPT_ERROR)
         rows["shoe"] = walk_to(ledger, rows["shoe"].key, S.QUEUED)
@@ -308,21 +313,26 @@ def test_unknown_manifest_is_a_manifest_error(setup: Setup) -> None:
     assert not out.exists()
 
 
-def test_videos_of_a_vanished_manifest_are_looked_for_in_state_videos(setup: Setup) -> None:
-    """When a job's manifest no longer loads, its video is expected under <state>/videos."""
+def test_videos_are_found_where_the_ledger_says_after_the_manifest_is_gone(
+    setup: Setup,
+) -> None:
+    """The report reads each video's recorded location: deleting (or moving) the manifest
+    changes nothing; a video moved away from its location shows as missing, with where it
+    was expected."""
     setup.manifest.unlink()
     chef = setup.rows["A chef"]
-    moved = setup.state / "videos" / chef.path
-    moved.parent.mkdir(parents=True)
-    setup.file("A chef").rename(moved)
     out = setup.tmp / "report.html"
     summary = build_report(setup.state, out_file=out, now=NOW)
-    assert summary.videos == 1
+    assert summary.videos == 2
     by_key = cards(parse(out.read_text(encoding="utf-8")))
     (video,) = by_key[chef.key].find("video")
-    assert (out.parent / unquote(video.attrs["src"] or "")).resolve() == moved.resolve()
-    dancer = by_key[setup.rows["<i>dancer</i> 100%?"].key]
-    assert dancer.find("video") == [] and "file missing" in dancer.all_text()
+    assert (out.parent / unquote(video.attrs["src"] or "")).resolve() == setup.file("A chef")
+    setup.file("A chef").rename(setup.tmp / "elsewhere.mp4")
+    summary = build_report(setup.state, out_file=out, now=NOW)
+    assert summary.videos == 1
+    card = cards(parse(out.read_text(encoding="utf-8")))[chef.key]
+    assert card.find("video") == [] and "file missing" in card.all_text()
+    assert str(setup.file("A chef")) in card.all_text()
 
 
 def test_no_ledger_writes_a_report_with_no_jobs_and_creates_no_ledger(tmp_path: Path) -> None:

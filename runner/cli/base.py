@@ -10,11 +10,21 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from runner.errors import EXIT_INTERRUPTED, EXIT_USAGE, RunnerError
+from runner.errors import (
+    EXIT_FAILED,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RunnerError,
+)
+
+if TYPE_CHECKING:
+    from runner.app import RunResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +98,36 @@ def get_ctx() -> Context:
     return click.get_current_context().ensure_object(Context)
 
 
+def exit_code(
+    *,
+    error: BaseException | None = None,
+    result: RunResult | None = None,
+    failed: bool = False,
+    bad_input: bool = False,
+) -> int:
+    """The SPEC's exit code, decided here alone: from the error a command raised, from how a
+    run ended (``RunResult``), or from what a command found (``failed``: some work failed, as
+    a soul that could not be trained; ``bad_input``: a manifest among several is bad)."""
+    if error is not None:
+        if isinstance(error, RunnerError):
+            return error.exit_code
+        if isinstance(error, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        return EXIT_USAGE  # OSError: a state directory or output file the user must fix
+    if bad_input:
+        return EXIT_USAGE
+    if result is None:
+        return EXIT_FAILED if failed else EXIT_OK
+    out = result.outcome
+    if out.fatal is not None:
+        return EXIT_FATAL
+    if out.interrupted:
+        return EXIT_INTERRUPTED
+    if result.error or out.budget_stop or out.unfinished or result.counts.get("failed"):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def handle_errors(f: F) -> F:
     """Turn library errors into one-paragraph messages and the SPEC's exit codes."""
 
@@ -97,15 +137,14 @@ def handle_errors(f: F) -> F:
             return f(*args, **kwargs)
         except RunnerError as err:
             echo_error(err)
-            sys.exit(err.exit_code)
-        except KeyboardInterrupt:
+            sys.exit(exit_code(error=err))
+        except KeyboardInterrupt as err:
             click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(exit_code(error=err))
         except OSError as err:
-            # A state directory or output file that cannot be used: the user's to fix.
             where = f" {err.filename}" if err.filename else ""
             click.echo(f"error: cannot use{where}: {err.strerror or err}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(exit_code(error=err))
 
     return wrapper  # type: ignore[return-value]
 

@@ -10,8 +10,8 @@ import click
 
 from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_errors
 
-# All read-only: they open the ledger with ``Ledger.open_readonly`` (no lock, no writes, no
-# files created) so they work during a run, and print empty results when there is no ledger.
+# All read-only (``runner.app.queries``): no lock, no writes, no files created; they work
+# during a run, and print empty results when there is no ledger.
 
 _JOB_STATUSES = (
     "pending", "submitting", "queued", "running", "completed", "downloaded", "failed", "orphaned",
@@ -35,11 +35,6 @@ def _ledger_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _manifest_column(manifest: Path) -> str:
-    """The ledger's name for a manifest: its resolved path, as ``Manifest.path`` has it."""
-    return str(manifest.expanduser().resolve())
-
-
 @cli.command()
 @common_options
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
@@ -47,18 +42,12 @@ def _manifest_column(manifest: Path) -> str:
 @handle_errors
 def status(manifest: Path | None, as_json: bool) -> None:
     """Job counts per campaign and status (of one manifest, if given)."""
-    from runner.ledger import Ledger
+    from runner import app
 
-    counts: dict[str, dict[str, int]] = {}
-    ledger = Ledger.open_readonly(get_ctx().state_dir)
-    if ledger is not None:
-        with ledger:
-            counts = ledger.counts(_manifest_column(manifest) if manifest else None)
-    totals = {
-        s: n for s in _JOB_STATUSES if (n := sum(c.get(s, 0) for c in counts.values()))
-    }
+    doc = app.status(get_ctx().state_dir, manifest)
+    counts, totals = doc["campaigns"], doc["totals"]
     if as_json:
-        echo_json({"campaigns": counts, "totals": totals})
+        echo_json(doc)
         return
     if not counts:
         click.echo("no jobs in the ledger")
@@ -80,13 +69,9 @@ def status(manifest: Path | None, as_json: bool) -> None:
 @handle_errors
 def jobs(statuses: tuple[str, ...], campaigns: tuple[str, ...], as_json: bool) -> None:
     """One line per job in the ledger: key, campaign, status, attempts, file, error."""
-    from runner.ledger import Ledger
+    from runner import app
 
-    ledger = Ledger.open_readonly(get_ctx().state_dir)
-    rows = []
-    if ledger is not None:
-        with ledger:
-            rows = ledger.jobs(status=statuses or None, campaign=campaigns or None)
+    rows = app.jobs(get_ctx().state_dir, statuses=statuses, campaigns=campaigns)
     if as_json:
         echo_json([row.to_dict() for row in rows])
         return
@@ -103,17 +88,13 @@ def jobs(statuses: tuple[str, ...], campaigns: tuple[str, ...], as_json: bool) -
     )
 
 
-def _video_file(state_dir: Path, manifest: str, path: str) -> str:
-    """Where a job's video lives: absolute when its manifest still loads, else relative."""
-    from runner.errors import RunnerError
-    from runner.manifest import load_manifest
+def _video_file(location: str | None, size: int | None) -> str:
+    """Where a job's video is, as the ledger recorded it, and whether it is still there."""
+    from runner.outputs import exists
 
-    try:
-        folder = load_manifest(manifest).output_dir(state_dir)
-    except (RunnerError, OSError):
-        return f"{path} (relative to the manifest's output.dir)"
-    file = folder / path
-    return f"{file}{'' if file.is_file() else ' (not on disk)'}"
+    if location is None:
+        return "-"
+    return f"{location}{'' if exists(location, size) else ' (not on disk)'}"
 
 
 @cli.command()
@@ -123,19 +104,12 @@ def _video_file(state_dir: Path, manifest: str, path: str) -> str:
 @handle_errors
 def show(key: str, as_json: bool) -> None:
     """A job's request, state, file and full event history (KEY may be a unique prefix)."""
-    from runner.errors import LedgerError
-    from runner.ledger import Ledger
+    from runner import app
 
-    state_dir = get_ctx().state_dir
-    ledger = Ledger.open_readonly(state_dir)
-    if ledger is None:
-        raise LedgerError(f"no job {key!r}: there is no ledger in {state_dir} yet")
-    with ledger:
-        row = ledger.get(ledger.match_key(key))
-        assert row is not None
-        events = ledger.events(row.key)
+    shown = app.show(get_ctx().state_dir, key)
+    row, events = shown.job, shown.events
     if as_json:
-        echo_json({"job": row.to_dict(), "events": [e.to_dict() for e in events]})
+        echo_json(shown.to_dict())
         return
     size = f"{row.bytes} bytes, sha256 {row.sha256}" if row.bytes is not None else "not downloaded"
     fields = [
@@ -147,7 +121,8 @@ def show(key: str, as_json: bool) -> None:
         ("idempotency key", row.idempotency_key),
         ("generation id", row.generation_id or "-"),
         ("video url", row.video_url or "-"),
-        ("file", f"{_video_file(state_dir, row.manifest, row.path)}; {size}"),
+        ("output name", row.path),
+        ("location", f"{_video_file(row.location, row.bytes)}; {size}"),
         ("credits", f"{row.credits:g}"),
         ("soul", row.soul or "-"),
         ("tags", ", ".join(row.tags) or "-"),
@@ -186,13 +161,10 @@ def export(fmt: str) -> None:
     import csv
     import dataclasses
 
-    from runner.ledger import JobRow, Ledger
+    from runner import app
+    from runner.ledger import JobRow
 
-    ledger = Ledger.open_readonly(get_ctx().state_dir)
-    rows = []
-    if ledger is not None:
-        with ledger:
-            rows = ledger.jobs()
+    rows = app.jobs(get_ctx().state_dir)
     out = sys.stdout
     if fmt == "jsonl":
         for row in rows:

@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from runner.cli.base import cli, common_options, echo_error, echo_json, get_ctx, handle_errors
+from runner.cli.base import (
+    cli,
+    common_options,
+    echo_error,
+    echo_json,
+    exit_code,
+    get_ctx,
+    handle_errors,
+)
 
 # Library imports stay inside the commands: `runner --help` and manifest errors stay fast.
 
@@ -20,42 +28,24 @@ from runner.cli.base import cli, common_options, echo_error, echo_json, get_ctx,
 @handle_errors
 def validate(manifests: tuple[Path, ...]) -> None:
     """Check manifests: print `ok: N jobs` for each, or its errors (exit 2)."""
-    from runner.errors import EXIT_USAGE, ManifestError
-    from runner.jobs import expand
-    from runner.manifest import load_manifest
+    from runner import app
 
-    several = len(manifests) > 1
-    failed = False
-    for path in manifests:
-        try:
-            jobs = expand(load_manifest(path))
-        except ManifestError as err:
-            if not several:
-                raise
-            echo_error(err)
-            failed = True
-            continue
-        click.echo(f"{path}: ok: {len(jobs)} jobs" if several else f"ok: {len(jobs)} jobs")
-    if failed:
-        click.get_current_context().exit(EXIT_USAGE)
+    results = app.validate(manifests)
+    if len(results) == 1 and results[0].error is not None:
+        raise results[0].error
+    for result in results:
+        if result.error is not None:
+            echo_error(result.error)
+        elif len(results) > 1:
+            click.echo(f"{result.path}: ok: {result.jobs} jobs")
+        else:
+            click.echo(f"ok: {result.jobs} jobs")
+    bad = any(r.error is not None for r in results)
+    click.get_current_context().exit(exit_code(bad_input=bad))
 
 
-def _plan_statuses(
-    state_dir: Path, manifest_path: Path, jobs: list[Any]
-) -> tuple[dict[str, str], int]:
-    """Ledger statuses of these jobs (``runner.jobs.Job``), and how many of the manifest's
-    ledger jobs are orphaned.
-
-    Reads the ledger without the executor lock and writes nothing; no ledger: every job is new.
-    """
-    from runner.ledger import Ledger
-
-    ledger = Ledger.open_readonly(state_dir)
-    if ledger is None:
-        return {}, 0
-    with ledger:
-        diff = ledger.diff(str(manifest_path), jobs)
-    return diff.statuses, diff.orphaned
+def _cap(value: float | None) -> str:
+    return "no cap" if value is None else f"cap {value:g}"
 
 
 @cli.command()
@@ -65,23 +55,22 @@ def _plan_statuses(
 @handle_errors
 def plan(manifest: Path, as_json: bool) -> None:
     """Expand a manifest and compare it with the ledger. Writes nothing."""
-    from runner.jobs import expand, plan_document
-    from runner.manifest import load_manifest
+    from runner import app
 
-    loaded = load_manifest(manifest)
-    jobs = expand(loaded)
-    statuses, orphaned = _plan_statuses(get_ctx().state_dir, loaded.path, jobs)
-    doc = plan_document(jobs, statuses, orphaned)
+    planned = app.plan(manifest, get_ctx().state_dir)
+    doc = planned.document
     if as_json:
         echo_json(doc)
         return
     if not get_ctx().quiet:
-        _print_plan_table(doc, [j.credits for j in jobs])
+        _print_plan_table(doc, [j.credits for j in planned.jobs])
     s = doc["summary"]
     click.echo(
         f"{s['total']} jobs: {s['new']} new, {s['done']} done, {s['in_flight']} in flight, "
         f"{s['failed']} failed, {s['orphaned']} orphaned; "
-        f"estimated credits for new jobs: {s['estimated_credits']}"
+        f"estimated credits for new jobs: {s['estimated_credits']} ({_cap(s['max_credits'])} "
+        f"per run); manifest total with them: {s['estimated_total_credits']} "
+        f"({s['charged_credits']} charged so far, {_cap(s['max_total_credits'])})"
     )
 
 

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from runner.cli.base import cli, common_options, get_ctx, handle_errors
-from runner.errors import EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK
+from runner.cli.base import cli, common_options, exit_code, get_ctx, handle_errors
 
 if TYPE_CHECKING:
-    from runner.executor import Progress
-    from runner.runs import RunResult
+    from runner.app import RunResult
+    from runner.engine import Progress
 
 
 
@@ -86,11 +85,12 @@ class ProgressView:
             click.echo(self.line(p), err=True)
 
 
-def _run_exit(result: RunResult, *, resume_hint: str) -> int:
-    """Print a run's summary; return the SPEC's exit code."""
+def _summarize(result: RunResult, *, resume_hint: str) -> int:
+    """Print a run's summary; return its exit code."""
+    code = exit_code(result=result)
     if result.error is not None:
         click.echo(f"error: cannot collect {result.manifest}: {result.error}", err=True)
-        return EXIT_FAILED
+        return code
     out = result.outcome
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "nothing to do"
     click.echo(f"{result.manifest}: {result.selected} jobs: {counts}")
@@ -98,10 +98,10 @@ def _run_exit(result: RunResult, *, resume_hint: str) -> int:
         click.echo(f"videos: {result.output_dir}")
     if out.fatal is not None:
         click.echo(f"error: the provider refused the credentials or account: {out.fatal}", err=True)
-        return EXIT_FATAL
+        return code
     if out.interrupted:
         click.echo(f"interrupted: nothing is lost; run `{resume_hint}` to resume", err=True)
-        return EXIT_INTERRUPTED
+        return code
     if out.budget_stop:
         click.echo(out.budget_stop, err=True)
     if out.unfinished:
@@ -119,9 +119,7 @@ def _run_exit(result: RunResult, *, resume_hint: str) -> int:
             f"`runner retry MANIFEST` sends them again",
             err=True,
         )
-    if out.budget_stop or out.unfinished or result.counts.get("failed"):
-        return EXIT_FAILED
-    return EXIT_OK
+    return code
 
 
 @cli.command("run")
@@ -139,10 +137,10 @@ def _run_exit(result: RunResult, *, resume_hint: str) -> int:
 @handle_errors
 def run_cmd(manifest: Path, **flags: Any) -> None:
     """Submit, poll and download a manifest's jobs until each is done or failed."""
-    from runner import runs
+    from runner import app
 
     ctx = get_ctx()
-    options = runs.RunOptions(
+    options = app.RunOptions(
         only=tuple(flags["only"]),
         tags=tuple(flags["tags"]),
         limit=flags["limit"],
@@ -154,7 +152,7 @@ def run_cmd(manifest: Path, **flags: Any) -> None:
         dry_run=flags["dry_run"],
     )
     if options.dry_run:
-        result = runs.run(manifest, ctx.state_dir, options)
+        result = app.run(manifest, ctx.state_dir, options)
         credits = sum(j.credits for j in result.would_submit)
         for job in result.would_submit:
             click.echo(f"{job.key}  {job.campaign}  {job.request.get('prompt', '')}")
@@ -163,9 +161,9 @@ def run_cmd(manifest: Path, **flags: Any) -> None:
             click.echo(f"then stop: {result.outcome.budget_stop}")
         return
     with ProgressView(quiet=ctx.quiet) as view:
-        env = runs.Environment(handle_signals=True, on_progress=view)
-        result = runs.run(manifest, ctx.state_dir, options, env)
-    sys.exit(_run_exit(result, resume_hint=f"runner run {manifest}"))
+        env = app.Environment(handle_signals=True, on_progress=view)
+        result = app.run(manifest, ctx.state_dir, options, env)
+    sys.exit(_summarize(result, resume_hint=f"runner run {manifest}"))
 
 
 @cli.command("collect")
@@ -174,16 +172,16 @@ def run_cmd(manifest: Path, **flags: Any) -> None:
 @handle_errors
 def collect_cmd(manifest: Path | None) -> None:
     """Poll and download what is already in flight; submit nothing."""
-    from runner import runs
+    from runner import app
 
     ctx = get_ctx()
     with ProgressView(quiet=ctx.quiet) as view:
-        env = runs.Environment(handle_signals=True, on_progress=view)
-        results = runs.collect(manifest, ctx.state_dir, env)
+        env = app.Environment(handle_signals=True, on_progress=view)
+        results = app.collect(manifest, ctx.state_dir, env)
     if not results:
         click.echo("nothing in flight")
         return
-    code = max(_run_exit(r, resume_hint="runner collect") for r in results)
+    code = max(_summarize(r, resume_hint="runner collect") for r in results)
     sys.exit(code)
 
 
@@ -195,9 +193,9 @@ def collect_cmd(manifest: Path | None) -> None:
 @handle_errors
 def retry_cmd(manifest: Path, keys: tuple[str, ...], campaigns: tuple[str, ...]) -> None:
     """Put failed jobs back to pending with a new idempotency key; `run` sends them."""
-    from runner import runs
+    from runner import app
 
-    count = runs.retry(manifest, get_ctx().state_dir, keys=keys, campaigns=campaigns)
+    count = app.retry(manifest, get_ctx().state_dir, keys=keys, campaigns=campaigns)
     click.echo(f"{count} failed jobs back to pending; `runner run {manifest}` sends them")
 
 
@@ -208,9 +206,10 @@ def retry_cmd(manifest: Path, keys: tuple[str, ...], campaigns: tuple[str, ...])
 @handle_errors
 def souls_cmd(manifest: Path) -> None:
     """Train the manifest's soul models that are not ready yet, and list them all."""
-    from runner import runs
+    from runner import app
 
-    records, failures = runs.train_souls(manifest, get_ctx().state_dir)
+    result = app.train_souls(manifest, get_ctx().state_dir)
+    records, failures = result.souls, result.failures
     for soul in records:
         error = f"  {soul.error}" if soul.error else ""
         click.echo(f"{soul.name}  {soul.status}  {soul.model_id or '-'}{error}")
@@ -220,6 +219,6 @@ def souls_cmd(manifest: Path) -> None:
             click.echo(f"{name}  failed  -  {reason}")
     if not records and not failures:
         click.echo("this manifest defines no souls")
-    sys.exit(EXIT_FAILED if failures else EXIT_OK)
+    sys.exit(exit_code(failed=bool(failures)))
 
 

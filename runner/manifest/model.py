@@ -131,7 +131,14 @@ class PriceRule(_Strict):
 class Budget(_Strict):
     """An optional credit cap and the price list used to estimate credits."""
 
-    max_credits: NonNegativeFloat | None = None
+    max_credits: NonNegativeFloat | None = Field(
+        default=None, description="Cap on the estimated credits one run submits."
+    )
+    max_total_credits: NonNegativeFloat | None = Field(
+        default=None,
+        description="Cap on the estimated credits of every job of this manifest ever charged "
+        "(submitted and not refunded, orphaned jobs included).",
+    )
     prices: list[PriceRule] = Field(
         default_factory=list, description="First matching rule wins; no match costs 0."
     )

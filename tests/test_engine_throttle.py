@@ -8,7 +8,7 @@ import random
 import anyio
 import pytest
 
-from runner.throttle import AdaptiveSlots, Backoff, Throttle, retry_wait
+from runner.engine import AdaptiveSlots, Backoff, Throttle, VirtualClock, retry_wait
 
 pytestmark = pytest.mark.anyio
 
@@ -77,25 +77,55 @@ async def test_slots_block_at_the_limit() -> None:
     assert slots.in_flight == 4
 
 
-async def test_limiter_has_no_initial_burst() -> None:
-    """Calls are spaced by at least 1/rps from the very first one."""
-    throttle = Throttle(100.0)
-    stamps = []
-    for _ in range(6):
-        await throttle.wait_turn()
-        stamps.append(anyio.current_time())
+async def test_calls_are_spaced_from_the_very_first_one() -> None:
+    """No burst: on virtual time the first call goes at once, then one every 1.05/rps."""
+    async with VirtualClock().running() as clock:
+        throttle = Throttle(100.0, clock=clock)
+        stamps = []
+        for _ in range(6):
+            await throttle.wait_turn()
+            stamps.append(clock.now())
+    assert stamps[0] == 0.0
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) >= 0.01 * 0.99
+    assert gaps == pytest.approx([1.05 / 100] * 5)
+
+
+async def test_concurrent_callers_take_turns_in_order() -> None:
+    """Ten callers at once are released one slot apart, first come first served."""
+    order: list[tuple[int, float]] = []
+    async with VirtualClock().running() as clock:
+        throttle = Throttle(2.0, clock=clock)
+
+        async def caller(i: int) -> None:
+            await throttle.wait_turn()
+            order.append((i, clock.now()))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(caller, i)
+    assert [i for i, _ in order] == list(range(10))
+    assert [t for _, t in order] == pytest.approx([i * 0.525 for i in range(10)])
 
 
 async def test_pause_holds_every_caller() -> None:
-    """During a pause nobody gets a turn; afterwards everybody does."""
-    now = [0.0]
-    throttle = Throttle(1000.0, clock=lambda: now[0])
-    throttle.pause(5.0)
-    assert throttle.paused_for == 5.0
-    throttle.pause(1.0)  # a shorter pause does not cut the longer one
-    assert throttle.paused_for == 5.0
-    now[0] = 5.0
-    assert throttle.paused_for == 0.0
-    await throttle.wait_turn()
+    """A pause holds every caller, those already waiting for a slot included; a shorter pause
+    never cuts a longer one; afterwards the calls are still spaced."""
+    sent: list[float] = []
+    async with VirtualClock().running() as clock:
+        throttle = Throttle(10.0, clock=clock)
+
+        async def caller() -> None:
+            await throttle.wait_turn()
+            sent.append(clock.now())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(caller)
+            await clock.sleep(0.2)  # two calls out (at 0 and 0.105), three waiting
+            throttle.pause(5.0)
+            throttle.pause(1.0)
+            assert throttle.paused_for == pytest.approx(5.0)
+    assert len(sent) == 5
+    assert sent[:2] == pytest.approx([0.0, 0.105])
+    assert all(t >= 5.2 for t in sent[2:])
+    assert [b - a for a, b in itertools.pairwise(sent[2:])] == pytest.approx([0.105] * 2)

@@ -1,20 +1,16 @@
-"""Flow control for provider calls: the rate limiter, Retry-After pauses, adaptive concurrency
-and backoff. The executor owns one ``Throttle`` per run; every API call goes through it.
+"""Flow control for provider calls: call spacing, Retry-After pauses, adaptive concurrency and
+backoff. One ``Throttle`` per run; every API call takes a turn from it (see ``calls``).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import anyio
-from aiolimiter import AsyncLimiter
 
-T = TypeVar("T")
+from runner.engine.clock import SYSTEM_CLOCK, Clock
 
 # Calls are spaced a little wider than 1/rps so that network jitter between our clock and the
 # provider's cannot make any 1-second window at the provider hold rps + 1 calls.
@@ -41,43 +37,43 @@ class Backoff:
 class Throttle:
     """One gate for every call to the provider.
 
-    - a leaky bucket of capacity 1 (no initial burst) releasing one call per 1/rps seconds;
+    - calls are spaced ``RATE_SAFETY / rps`` apart from the very first one (no burst), in the
+      order they asked (each caller reserves the next free slot);
     - a provider-wide pause: a ``Retry-After`` stops every call, not just the one that got it;
-    - nothing is sent while the pause is in force, even by calls already waiting on the limiter.
+    - nothing is sent while a pause is in force, even by calls already waiting for their slot.
 
-    Create it inside the running event loop (aiolimiter binds to the loop it first runs on).
+    aiolimiter did this before; it reads the event loop's real clock, and the engine's rules
+    must run on an injected one.
     """
 
-    def __init__(self, requests_per_second: float, *, clock: Callable[[], float] = time.monotonic):
-        interval = RATE_SAFETY / requests_per_second
-        self._limiter = AsyncLimiter(1, interval)
-        self._clock = clock
-        self._paused_until = 0.0
+    def __init__(self, requests_per_second: float, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.interval = RATE_SAFETY / requests_per_second
+        self.clock = clock
+        self._next_slot = -math.inf
+        self._paused_until = -math.inf
 
     @property
     def paused_for(self) -> float:
         """Seconds left in the current pause (0 when none)."""
-        return max(0.0, self._paused_until - self._clock())
+        return max(0.0, self._paused_until - self.clock.now())
 
     def pause(self, seconds: float) -> None:
         """Hold every call for ``seconds`` from now (an earlier, longer pause is kept)."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._paused_until = max(self._paused_until, self.clock.now() + seconds)
 
     async def wait_turn(self) -> None:
         """Return when this caller may send one request."""
         while True:
             while (left := self.paused_for) > 0:
-                await anyio.sleep(left)
-            await self._limiter.acquire()
-            # A pause may have started while we waited on the limiter: honour it, then queue
-            # again so the calls released after the pause are still spaced.
+                await self.clock.sleep(left)
+            now = self.clock.now()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + self.interval
+            await self.clock.sleep(slot - now)
+            # A pause may have started while we waited for our slot: honour it, then take a
+            # new slot so the calls released after the pause are still spaced.
             if self.paused_for == 0:
                 return
-
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Wait for a turn, then run ``fn``."""
-        await self.wait_turn()
-        return await fn()
 
 
 class AdaptiveSlots:

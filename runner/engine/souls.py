@@ -14,19 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
-from collections.abc import Awaitable, Callable
+import random
 from pathlib import Path
-from typing import TypeVar
 
 import anyio
 
-from runner.errors import PermanentError, ThrottledError, TransientError
+from runner.engine.calls import Calls
+from runner.engine.polling import PollSchedule
+from runner.errors import PermanentError
 from runner.ledger import Ledger, SoulRow
 from runner.manifest import Manifest
 from runner.providers import Provider, uploader
-from runner.throttle import Backoff, Throttle, retry_wait
-
-T = TypeVar("T")
 
 READY = "ready"
 TRAINING = "training"
@@ -41,28 +39,25 @@ def training_hash(provider: Provider, name: str, images: list[str]) -> str:
 
 
 class SoulTrainer:
-    """Trains (or finds) the soul models a run needs, sharing the run's throttle."""
+    """Trains (or finds) the soul models a run needs. Its provider calls follow the run's
+    calls policy (``Calls``) and it polls training on the run's poll schedule."""
 
     def __init__(
         self,
         ledger: Ledger,
         provider: Provider,
         manifest: Manifest,
-        throttle: Throttle,
+        calls: Calls,
+        poll: PollSchedule,
         *,
-        max_attempts: int = 5,
-        poll_initial: float = 5.0,
-        poll_max: float = 30.0,
-        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.ledger = ledger
         self.provider = provider
         self.manifest = manifest
-        self.throttle = throttle
-        self.max_attempts = max_attempts
-        self.poll_initial = poll_initial
-        self.poll_max = poll_max
-        self.backoff = backoff or Backoff()
+        self.calls = calls
+        self.poll = poll
+        self.rng = rng or random.Random()
         self._locks: dict[str, anyio.Lock] = {}
         self._ready: dict[str, str] = {}
         self._failed: dict[str, PermanentError] = {}
@@ -123,7 +118,7 @@ class SoulTrainer:
         soul_name = self.manifest.souls[name].name
         # Training is paid for: once sent, its model id is committed even on Ctrl-C.
         with anyio.CancelScope(shield=True):
-            model_id = await self._call(lambda: self.provider.train_soul(soul_name, urls))
+            model_id = await self.calls(lambda: self.provider.train_soul(soul_name, urls))
             record = self.ledger.set_soul(
                 name,
                 str(self.manifest.path),
@@ -135,9 +130,11 @@ class SoulTrainer:
 
     async def _wait_ready(self, record: SoulRow) -> str:
         model_id = record.model_id or ""
-        delay = self.poll_initial
-        while record.status != READY:
-            status = await self._call(lambda: self.provider.soul_status(model_id))
+        if record.status == READY:
+            return model_id
+
+        async def check() -> str | None:
+            status = await self.calls(lambda: self.provider.soul_status(model_id))
             if status.state == "failed":
                 error = status.error or "training failed"
                 self.ledger.set_soul(
@@ -149,18 +146,18 @@ class SoulTrainer:
                     images_hash=record.images_hash,
                 )
                 raise PermanentError(f"soul model {model_id} failed: {error}")
-            if status.state == "ready":
-                record = self.ledger.set_soul(
-                    record.name,
-                    record.manifest,
-                    status=READY,
-                    model_id=model_id,
-                    images_hash=record.images_hash,
-                )
-                break
-            await anyio.sleep(delay)
-            delay = min(self.poll_max, delay * 1.5)
-        return model_id
+            if status.state != "ready":
+                return None
+            self.ledger.set_soul(
+                record.name,
+                record.manifest,
+                status=READY,
+                model_id=model_id,
+                images_hash=record.images_hash,
+            )
+            return model_id
+
+        return await self.poll.until(check, clock=self.calls.clock, rng=self.rng)
 
     async def _public_url(self, image: str) -> str:
         """URLs pass through; a local file is uploaded once (remembered by content hash)."""
@@ -178,29 +175,6 @@ class SoulTrainer:
                 f"local soul images need provider `higgsfield` (or give {image} as a URL)"
             )
         content_type = mimetypes.guess_type(image)[0] or "application/octet-stream"
-        url = await self._call(lambda: host.upload(data, content_type))
+        url = await self.calls(lambda: host.upload(data, content_type))
         self.ledger.record_upload(digest, url)
         return url
-
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """One provider call through the run's throttle, retried on transient errors;
-        throttling answers are waited out and use no attempts."""
-        attempt = throttles = 0
-        while True:
-            await self.throttle.wait_turn()
-            try:
-                return await fn()
-            except ThrottledError as err:
-                throttles += 1
-                wait = retry_wait(err.retry_after, throttles, self.backoff)
-                if err.retry_after is not None:
-                    self.throttle.pause(wait)
-                else:
-                    await anyio.sleep(wait)
-            except TransientError as err:
-                if err.retry_after is not None:
-                    self.throttle.pause(err.retry_after)
-                attempt += 1
-                if attempt >= self.max_attempts:
-                    raise PermanentError(f"gave up after {attempt} attempts: {err}") from err
-                await anyio.sleep(self.backoff.delay(attempt))

@@ -1,12 +1,11 @@
-"""Verified video downloads: safe URLs, `.part` files, Content-Length checks, fsync, rename.
+"""Fetching a video over HTTP: the URL policy, redirects, Range, Content-Length checks.
 
-A file is never left under its final name unless every byte the server promised arrived.
-Downloads never carry the provider's key: the executor gives this module its own client.
+Downloads never carry the provider's key: the engine gives them a client of their own.
+Where the bytes go (and how a file is made final) is the output store's business.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -50,15 +49,6 @@ class DownloadPolicy:
         return cls(allow_private=any(_is_private(a) for a in addresses))
 
 
-@dataclass(frozen=True)
-class Downloaded:
-    """A verified file on disk."""
-
-    path: Path
-    bytes: int
-    sha256: str
-
-
 def _is_private(address: IPAddress) -> bool:
     return address.is_private or address.is_loopback
 
@@ -91,54 +81,7 @@ async def check_url(url: str, policy: DownloadPolicy) -> None:
             raise UnsafeURLError(f"refusing video URL on private address {address}")
 
 
-def safe_destination(output_dir: Path, relative: str) -> Path:
-    """``output_dir / relative``, proven to stay inside ``output_dir``."""
-    root = output_dir.resolve()
-    target = (root / relative).resolve()
-    if target == root or root not in target.parents:
-        raise UnsafeURLError(f"output path {relative!r} escapes {root}")
-    return target
-
-
-async def download(
-    client: httpx.AsyncClient,
-    url: str,
-    dest: Path,
-    *,
-    policy: DownloadPolicy,
-    resume_token: str | None = None,
-) -> Downloaded:
-    """Download ``url`` to ``dest`` through ``dest.part``.
-
-    A partial file is resumed with Range only when it was started for the same
-    ``resume_token`` (the generation id, kept beside it in ``dest.part.id``): a ``.part`` left
-    by another generation at the same path is thrown away, never spliced in.
-
-    Raises ``ExpiredURLError`` for 403/404/410, ``TransientError`` for what is worth retrying
-    (connection errors, 5xx, short bodies), ``UnsafeURLError`` for refused URLs.
-    """
-    part = dest.with_name(dest.name + ".part")
-    tag = dest.with_name(dest.name + ".part.id")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    offset = 0
-    if part.exists():
-        owner = tag.read_text() if tag.exists() else None
-        if resume_token is not None and owner == resume_token:
-            offset = part.stat().st_size
-        else:
-            part.unlink()
-    if resume_token is not None:
-        tag.write_text(resume_token)
-    try:
-        await _fetch(client, url, part, offset, policy)
-    except httpx.TransportError as err:
-        raise TransientError(f"download interrupted: {type(err).__name__}") from err
-    size, digest = await anyio.to_thread.run_sync(_finish, part, dest)
-    tag.unlink(missing_ok=True)
-    return Downloaded(path=dest, bytes=size, sha256=digest)
-
-
-async def _fetch(
+async def fetch(
     client: httpx.AsyncClient, url: str, part: Path, offset: int, policy: DownloadPolicy
 ) -> None:
     # Identity encoding: Content-Length must count the bytes we store.
@@ -204,20 +147,3 @@ async def _write_body(response: httpx.Response, part: Path, offset: int) -> None
         raise DownloadError("video server sent no Content-Length; cannot verify the file")
     if written != total:
         raise TransientError(f"video body cut short: {written} of {total} bytes")
-
-
-def _finish(part: Path, dest: Path) -> tuple[int, str]:
-    """Hash the complete ``.part`` file, rename it into place and make the rename durable."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(part, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    os.replace(part, dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return size, digest.hexdigest()

@@ -1,0 +1,36 @@
+"""The use cases: what every command does, callable from Python, returning data.
+
+The CLI parses options, calls one of these and renders what it returns; tests call them the
+same way. Each lives with its stage: ``manifests`` (validate, plan), ``run`` (run, collect,
+the dry run), ``souls`` (souls, retry), ``queries`` (status, jobs, show, export).
+"""
+
+from __future__ import annotations
+
+from runner.app.common import Environment, select
+from runner.app.manifests import Planned, Validated, plan, validate
+from runner.app.queries import Shown, jobs, manifest_column, show, status
+from runner.app.run import RunResult, collect, run
+from runner.app.souls import SoulsResult, retry, train_souls
+from runner.settings import RunOptions
+
+__all__ = [
+    "Environment",
+    "Planned",
+    "RunOptions",
+    "RunResult",
+    "Shown",
+    "SoulsResult",
+    "Validated",
+    "collect",
+    "jobs",
+    "manifest_column",
+    "plan",
+    "retry",
+    "run",
+    "select",
+    "show",
+    "status",
+    "train_souls",
+    "validate",
+]

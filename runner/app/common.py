@@ -1,0 +1,64 @@
+"""What every use case shares: the outside world a run takes (``Environment``), job
+selection, and opening the ledger to execute or to read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from runner.engine import SYSTEM_CLOCK, Clock, Progress
+from runner.errors import UsageError
+from runner.jobs import Job
+from runner.ledger import Ledger, default_ledger_url, open_ledger
+from runner.settings import RunOptions
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a run takes from outside: env vars, the clock, and (for tests) the HTTP clients."""
+
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    api_client: Callable[[], httpx.AsyncClient] | None = None
+    download_client: Callable[[], httpx.AsyncClient] | None = None
+    handle_signals: bool = False
+    on_progress: Callable[[Progress], None] | None = None
+    clock: Clock = SYSTEM_CLOCK
+
+
+def select(jobs: Sequence[Job], options: RunOptions) -> list[Job]:
+    """The jobs ``--only`` and ``--tag`` pick (all of them when neither is given)."""
+    names = {j.campaign for j in jobs}
+    unknown = [c for c in options.only if c not in names]
+    if unknown:
+        raise UsageError(f"--only names no campaign of this manifest: {', '.join(unknown)}")
+    tags = {t for j in jobs for t in j.tags}
+    unknown = [t for t in options.tags if t not in tags]
+    if unknown:
+        raise UsageError(f"--tag names no tag of this manifest: {', '.join(unknown)}")
+    picked = [j for j in jobs if not options.only or j.campaign in options.only]
+    if options.tags:
+        picked = [j for j in picked if set(options.tags) & set(j.tags)]
+    return picked
+
+
+@contextmanager
+def executing(state_dir: Path) -> Iterator[Ledger]:
+    """The ledger, opened to execute jobs: its executor lock held for the whole block."""
+    with open_ledger(default_ledger_url(state_dir)) as ledger, ledger.executor_lock():
+        yield ledger
+
+
+@contextmanager
+def reading(state_dir: Path) -> Iterator[Ledger | None]:
+    """The ledger, opened read-only (no lock, nothing written); ``None`` when there is none."""
+    ledger = open_ledger(default_ledger_url(state_dir), readonly=True)
+    if ledger is None:
+        yield None
+        return
+    with ledger:
+        yield ledger

@@ -1,0 +1,130 @@
+"""Videos as local files: ``.part`` files, resume, fsync and rename, checks and moves.
+
+A file is never left under its final name unless every byte the server promised arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import anyio
+import httpx
+
+from runner.errors import TransientError, UnsafeURLError
+from runner.outputs import Saved
+from runner.outputs.fetch import CHUNK_SIZE, DownloadPolicy, fetch
+
+
+def safe_destination(output_dir: Path, relative: str) -> Path:
+    """``output_dir / relative``, proven to stay inside ``output_dir``."""
+    root = output_dir.resolve()
+    target = (root / relative).resolve()
+    if target == root or root not in target.parents:
+        raise UnsafeURLError(f"output path {relative!r} escapes {root}")
+    return target
+
+
+class LocalStore:
+    """Videos under one local folder (``output.dir``)."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.dir = Path(output_dir)
+
+    @property
+    def root(self) -> str:
+        return str(self.dir)
+
+    def location(self, relative: str) -> str:
+        return str(safe_destination(self.dir, relative))
+
+    async def save(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        relative: str,
+        *,
+        policy: DownloadPolicy,
+        resume_token: str | None = None,
+    ) -> Saved:
+        dest = safe_destination(self.dir, relative)
+        return await download(client, url, dest, policy=policy, resume_token=resume_token)
+
+    def problem(self, location: str, size: int | None) -> str | None:
+        file = Path(location)
+        found = file.stat().st_size if file.is_file() else None
+        if found == size:
+            return None
+        return "missing" if found is None else f"{found} bytes, expected {size}"
+
+    @staticmethod
+    def present(location: str, size: int | None = None) -> bool:
+        """Whether a file is at ``location`` (with ``size`` bytes, if given)."""
+        file = Path(location)
+        return file.is_file() and (size is None or file.stat().st_size == size)
+
+    def relocate(self, old: str, relative: str) -> str | None:
+        source = Path(old)
+        target = safe_destination(self.dir, relative)
+        if target == source or not source.is_file() or target.exists():
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)  # a rename, or a copy when output.dir is on another disk
+        return str(target)
+
+
+async def download(
+    client: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    policy: DownloadPolicy,
+    resume_token: str | None = None,
+) -> Saved:
+    """Download ``url`` to ``dest`` through ``dest.part``.
+
+    A partial file is resumed with Range only when it was started for the same
+    ``resume_token`` (the generation id, kept beside it in ``dest.part.id``): a ``.part`` left
+    by another generation at the same path is thrown away, never spliced in.
+
+    Raises ``ExpiredURLError`` for 403/404/410, ``TransientError`` for what is worth retrying
+    (connection errors, 5xx, short bodies), ``UnsafeURLError`` for refused URLs.
+    """
+    part = dest.with_name(dest.name + ".part")
+    tag = dest.with_name(dest.name + ".part.id")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    if part.exists():
+        owner = tag.read_text() if tag.exists() else None
+        if resume_token is not None and owner == resume_token:
+            offset = part.stat().st_size
+        else:
+            part.unlink()
+    if resume_token is not None:
+        tag.write_text(resume_token)
+    try:
+        await fetch(client, url, part, offset, policy)
+    except httpx.TransportError as err:
+        raise TransientError(f"download interrupted: {type(err).__name__}") from err
+    size, digest = await anyio.to_thread.run_sync(_finish, part, dest)
+    tag.unlink(missing_ok=True)
+    return Saved(location=str(dest), bytes=size, sha256=digest)
+
+
+def _finish(part: Path, dest: Path) -> tuple[int, str]:
+    """Hash the complete ``.part`` file, rename it into place and make the rename durable."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(part, "rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    os.replace(part, dest)
+    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return size, digest.hexdigest()

@@ -1,0 +1,74 @@
+"""Run settings from manifest + flags + environment: the one place defaults combine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from runner.engine import Backoff, Budget, EngineSettings, PollSchedule
+from runner.errors import UsageError
+from runner.manifest import Manifest
+from runner.providers import ProviderSettings
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The flags of ``runner run`` (and the subset ``collect`` uses)."""
+
+    only: tuple[str, ...] = ()  # campaign names
+    tags: tuple[str, ...] = ()
+    limit: int | None = None  # at most this many new submissions
+    submit_only: bool = False
+    retry_failed: bool = False
+    concurrency: int | None = None
+    rps: float | None = None
+    max_credits: float | None = None  # this run's cap; wins over budget.max_credits
+    dry_run: bool = False
+    collect: bool = False  # poll and download only; submit nothing
+
+
+def backoff_from(environ: Mapping[str, str]) -> Backoff:
+    """``RUNNER_BACKOFF="BASE,CAP"`` (seconds) tunes retry backoff; tests make it tiny."""
+    raw = environ.get("RUNNER_BACKOFF")
+    if not raw:
+        return Backoff()
+    try:
+        base, cap = (float(part) for part in raw.split(","))
+    except ValueError as err:
+        raise UsageError(f"RUNNER_BACKOFF must be 'BASE,CAP' in seconds, not {raw!r}") from err
+    return Backoff(base=base, cap=cap)
+
+
+def engine_settings(
+    manifest: Manifest, options: RunOptions, environ: Mapping[str, str]
+) -> EngineSettings:
+    """The engine's limits: the manifest's, with the command line's overrides."""
+    limits = manifest.limits
+    return EngineSettings(
+        concurrency=options.concurrency or limits.concurrency,
+        requests_per_second=options.rps or limits.requests_per_second,
+        download_concurrency=limits.download_concurrency,
+        max_attempts=limits.max_attempts,
+        poll=PollSchedule(initial=limits.poll_initial, maximum=limits.poll_max),
+        backoff=backoff_from(environ),
+        submit=not options.collect,
+        download=not options.submit_only,
+    )
+
+
+def budget(manifest: Manifest, options: RunOptions, charged_before: float) -> Budget:
+    """This run's budget: ``--max-credits`` wins over ``budget.max_credits``."""
+    run_cap = options.max_credits
+    if run_cap is None:
+        run_cap = manifest.budget.max_credits
+    return Budget(
+        run_cap=run_cap,
+        total_cap=manifest.budget.max_total_credits,
+        charged_before=charged_before,
+    )
+
+
+def provider_settings(manifest: Manifest) -> ProviderSettings:
+    """Which provider a manifest talks to, and with which key variable."""
+    p = manifest.provider
+    return ProviderSettings(name=p.name, base_url=p.base_url, api_key_env=p.api_key_env)

@@ -1,0 +1,148 @@
+"""The whole engine on virtual time: the real executor, ledger and files, the mock in-process
+reading the same virtual clock. Seconds-long rules (poll schedules, Retry-After pauses, rate
+windows) are checked exactly, at the mock, and take no real time."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runner import app
+from runner.engine import VirtualClock
+from runner.ledger import JobStatus, default_ledger_url, open_ledger
+from runner.mock import MockOptions, base_urls, create_app
+from runner.mock.testing import IN_PROCESS_ORIGIN, MOCK_ENV
+
+MANIFEST = """
+version: 1
+limits:
+  concurrency: {concurrency}
+  requests_per_second: {rps}
+  poll_initial: {poll_initial}
+  poll_max: {poll_max}
+  max_attempts: 5
+{souls}defaults: {{type: text-to-video, duration: 4}}
+campaigns:
+  - name: walk
+{soul}    prompt: "shot {{n}}"
+    matrix:
+      n: {numbers}
+"""
+
+SOULS = """souls:
+  ava:
+    name: ava
+    images: [https://cdn.example.com/ava.jpg]
+"""
+
+
+class VirtualWorld:
+    """A manifest, a state dir and the mock, all on one virtual clock."""
+
+    def __init__(self, tmp_path: Path, options: MockOptions, **manifest: Any) -> None:
+        self.clock = VirtualClock(start=1000.0)
+        self.mock = create_app(options, clock=self.clock.now)
+        self.state = tmp_path / "state"
+        self.manifest = tmp_path / "m.yaml"
+        values = {
+            "concurrency": 4, "rps": 100, "poll_initial": 5, "poll_max": 30, "souls": "",
+            "soul": "", "jobs": 1, **manifest,
+        }  # fmt: skip
+        values["numbers"] = list(range(values.pop("jobs")))
+        self.manifest.write_text(MANIFEST.format(**values))
+
+    def run(self) -> app.RunResult:
+        def client() -> httpx.AsyncClient:
+            return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.mock))
+
+        environ = {
+            **MOCK_ENV,
+            "HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfieldapi"],
+            "RUNNER_BACKOFF": "1,8",
+        }
+        env = app.Environment(
+            environ=environ, api_client=client, download_client=client, clock=self.clock
+        )
+        return app.run(self.manifest, self.state, app.RunOptions(), env)
+
+    def calls(self, path_part: str = "") -> list[dict[str, Any]]:
+        """API calls the mock saw (not video downloads), oldest first."""
+        return [
+            e
+            for e in self.mock.state.mock.log_entries()
+            if "/videos/" not in e["path"] and not e["path"].startswith("/_mock/")
+            and path_part in e["path"]
+        ]
+
+    def statuses(self) -> set[JobStatus]:
+        with open_ledger(default_ledger_url(self.state)) as ledger:
+            return {r.status for r in ledger.jobs()}
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def test_a_generation_is_polled_on_the_schedule(tmp_path: Path) -> None:
+    """A 100 s generation with poll_initial 5 and poll_max 30: polls at ~5, then waits growing
+    1.5× (±10 %) up to 30; it is noticed within one poll_max of finishing, in 7 or 8 polls."""
+    world = VirtualWorld(tmp_path, MockOptions(latency_min=100, latency_max=100, seed=1))
+    assert world.run().counts == {"downloaded": 1}
+    submit = world.calls("/generate")[0]["time"]
+    polls = [e["time"] for e in world.calls("/status/")]
+    assert 4.5 <= polls[0] - submit <= 5.5
+    nominal = [7.5, 11.25, 16.875, 25.3125, 30.0, 30.0, 30.0][: len(polls) - 1]
+    assert all(0.9 * n <= g <= 1.1 * n for g, n in zip(gaps(polls), nominal, strict=True))
+    assert polls[-1] - submit >= 100 > polls[-2] - submit
+    assert polls[-1] - submit <= 100 + 30 * 1.1
+    assert 7 <= len(polls) <= 8
+
+
+@pytest.mark.parametrize("poll_initial", [0, 2])
+def test_soul_training_is_polled_on_the_same_schedule(tmp_path: Path, poll_initial: int) -> None:
+    """A soul training for 60 s is polled like a generation: backing off up to poll_max, a
+    few dozen polls at most, even with poll_initial 0 (once a tight loop)."""
+    world = VirtualWorld(
+        tmp_path,
+        MockOptions(latency_min=1, latency_max=1, soul_training_seconds=60, seed=2),
+        poll_initial=poll_initial, poll_max=5, souls=SOULS, soul="    soul: ava\n",
+    )  # fmt: skip
+    assert world.run().counts == {"downloaded": 1}
+    trained = world.calls("/soul/train")[0]["time"]
+    polls = [e["time"] for e in world.calls("/soul/models/")]
+    assert polls[-1] - trained >= 60 > polls[-2] - trained
+    assert polls[-1] - trained <= 60 + 5 * 1.1
+    assert len(polls) < 40
+    assert all(g <= 5 * 1.1 for g in gaps(polls))
+
+
+def test_no_call_reaches_the_provider_during_a_retry_after_pause(tmp_path: Path) -> None:
+    """After any 429 with Retry-After: 7, no API call at all reaches the mock for 7 seconds;
+    every job is still downloaded."""
+    options = MockOptions(
+        latency_min=3, latency_max=6, rate_429=0.2, retry_after=7.0, retry_after_mode="seconds",
+        seed=3,
+    )  # fmt: skip
+    world = VirtualWorld(tmp_path, options, jobs=12, concurrency=6, rps=20, poll_initial=1)
+    assert world.run().counts == {"downloaded": 12}
+    calls = world.calls()
+    throttled = [e["time"] for e in calls if e["status"] == 429]
+    assert len(throttled) >= 3, "the mock drew too few 429s; the test proved little"
+    for t in throttled:
+        inside = [e for e in calls if t < e["time"] < t + 7.0]
+        assert inside == [], f"calls during the pause that started at {t}: {inside}"
+
+
+def test_no_one_second_window_holds_more_than_the_rate(tmp_path: Path) -> None:
+    """rps 5 over 30 jobs: no 1-second window at the mock holds more than 5 API calls, and the
+    limiter (not a lack of work) sets the pace: the busiest window holds 5."""
+    options = MockOptions(latency_min=2, latency_max=4, seed=4)
+    world = VirtualWorld(tmp_path, options, jobs=30, concurrency=30, rps=5, poll_initial=1)
+    assert world.run().counts == {"downloaded": 30}
+    times = [e["time"] for e in world.calls()]
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest == 5
