@@ -89,7 +89,9 @@ def gaps(times: list[float]) -> list[float]:
 
 def test_a_generation_is_polled_on_the_schedule(tmp_path: Path) -> None:
     """A 100 s generation with poll_initial 5 and poll_max 30: polls at ~5, then waits growing
-    1.5× (±10 %) up to 30; it is noticed within one poll_max of finishing, in 7 or 8 polls."""
+    1.5× (±10 %) up to 30; it is noticed within one poll_max of finishing. The nominal polls
+    fall at 5, 12.5, 23.75, 40.6, 65.9, 95.9, 125.9 s; jitter moves the sixth to 86–106 s, so
+    the generation is noticed at the sixth or the seventh."""
     world = VirtualWorld(tmp_path, MockOptions(latency_min=100, latency_max=100, seed=1))
     assert world.run().counts == {"downloaded": 1}
     submit = world.calls("/generate")[0]["time"]
@@ -99,7 +101,7 @@ def test_a_generation_is_polled_on_the_schedule(tmp_path: Path) -> None:
     assert all(0.9 * n <= g <= 1.1 * n for g, n in zip(gaps(polls), nominal, strict=True))
     assert polls[-1] - submit >= 100 > polls[-2] - submit
     assert polls[-1] - submit <= 100 + 30 * 1.1
-    assert 7 <= len(polls) <= 8
+    assert 6 <= len(polls) <= 7
 
 
 @pytest.mark.parametrize("poll_initial", [0, 2])

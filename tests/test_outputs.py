@@ -1,4 +1,4 @@
-"""Verified downloads: Content-Length checks, Range resume, expiry, URL safety, path safety."""
+"""The output store: verified downloads, URL safety, and local files (locations, checks, moves)."""
 
 from __future__ import annotations
 
@@ -208,3 +208,36 @@ def test_destination_must_stay_inside_output_dir(tmp_path: Path, relative: str) 
 def test_destination_inside_output_dir(tmp_path: Path) -> None:
     """A normal relative path resolves inside output.dir."""
     assert safe_destination(tmp_path, "c/k.mp4") == (tmp_path / "c" / "k.mp4").resolve()
+
+
+def test_local_store_locations_are_absolute_and_stay_inside(tmp_path: Path) -> None:
+    """A location is the absolute path under output.dir; a name escaping it is refused."""
+    from runner.outputs import open_store
+
+    store = open_store(str(tmp_path / "videos"))
+    assert store.location("a/b.mp4") == str((tmp_path / "videos" / "a" / "b.mp4").resolve())
+    with pytest.raises(UnsafeURLError):
+        store.location("../outside.mp4")
+
+
+def test_local_store_checks_and_moves_recorded_videos(tmp_path: Path) -> None:
+    """`problem` says missing or the wrong size; `relocate` moves a video to its new name
+    (also into another folder), never over an existing file, and reports nothing to move."""
+    from runner.outputs import exists, open_store
+
+    store = open_store(str(tmp_path / "videos"))
+    old = Path(store.location("a/v.mp4"))
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x" * 10)
+    assert store.problem(str(old), 10) is None and exists(str(old), 10)
+    assert store.problem(str(old), 11) == "10 bytes, expected 11"
+    new = store.relocate(str(old), "b/v.mp4")
+    assert new == store.location("b/v.mp4") and Path(new).read_bytes() == b"x" * 10
+    assert not old.exists() and store.problem(str(old), 10) == "missing"
+    assert store.relocate(str(old), "c/v.mp4") is None  # nothing there to move
+    other = open_store(str(tmp_path / "elsewhere"))
+    Path(other.location("b/v.mp4")).parent.mkdir(parents=True)
+    Path(other.location("b/v.mp4")).write_bytes(b"taken")
+    assert other.relocate(new, "b/v.mp4") is None  # never over an existing file
+    moved = other.relocate(new, "c/v.mp4")
+    assert moved is not None and Path(moved).read_bytes() == b"x" * 10
