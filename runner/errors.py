@@ -14,6 +14,7 @@
     │   │                            not a failure; ``retry_after`` in seconds when given
     │   ├── PermanentError           other 4xx, malformed answers: the job fails with the message
     │   │   └── ExhaustedError       a transient error until ``max_attempts`` ran out
+    │   ├── DeadlineError            a generation or a throttled call past its deadline: held
     │   └── FatalError               401/403: credentials or account refused; the run stops (exit 3)
     ├── DownloadError                a video download failed
     │   ├── UnsafeURLError           scheme or address refused by the download policy
@@ -145,6 +146,12 @@ class ExhaustedError(PermanentError):
             f"gave up after {attempts} attempts: {type(last).__name__}: {last.message}",
             status_code=last.status_code,
         )
+
+
+class DeadlineError(ProviderError):
+    """A wait that must end did not: a generation unfinished past ``generation_timeout``, or a
+    call throttled for longer than the engine's ceiling. The job is left as it is (held) for
+    the next run; the run goes on and ends."""
 
 
 class FatalError(ProviderError):

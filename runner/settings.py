@@ -53,6 +53,7 @@ def engine_settings(
         backoff=backoff_from(environ),
         submit=not options.collect,
         download=not options.submit_only,
+        generation_timeout=limits.generation_timeout,
     )
 
 

@@ -25,6 +25,7 @@ limits:
   poll_initial: {poll_initial}
   poll_max: {poll_max}
   max_attempts: 5
+  generation_timeout: {timeout}
 {souls}defaults: {{type: text-to-video, duration: 4}}
 campaigns:
   - name: walk
@@ -50,7 +51,7 @@ class VirtualWorld:
         self.manifest = tmp_path / "m.yaml"
         values = {
             "concurrency": 4, "rps": 100, "poll_initial": 5, "poll_max": 30, "souls": "",
-            "soul": "", "jobs": 1, **manifest,
+            "soul": "", "jobs": 1, "timeout": 21600, **manifest,
         }  # fmt: skip
         values["numbers"] = list(range(values.pop("jobs")))
         self.manifest.write_text(MANIFEST.format(**values))
@@ -148,3 +149,39 @@ def test_no_one_second_window_holds_more_than_the_rate(tmp_path: Path) -> None:
     times = [e["time"] for e in world.calls()]
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert busiest == 5
+
+
+def test_a_generation_that_never_finishes_is_left_for_collect_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """generation_timeout 3600 and generations that never finish: the run makes its last poll
+    exactly an hour after each submit, holds the jobs in flight for `collect` with the reason,
+    and ends (exit 1: unfinished)."""
+    options = MockOptions(latency_min=1e9, latency_max=1e9, seed=6)
+    world = VirtualWorld(tmp_path, options, jobs=2, timeout=3600, poll_max=600)
+    result = world.run()
+    assert result.outcome.unfinished == 2
+    assert len(result.outcome.held) == 2
+    for reason in result.outcome.held.values():
+        assert "not finished 3600s after its submit" in reason and "runner collect" in reason
+    assert world.statuses() <= {JobStatus.QUEUED, JobStatus.RUNNING}
+    submits = [e["time"] for e in world.calls("/generate")]
+    last_polls = {}
+    for e in world.calls("/status/"):
+        last_polls[e["path"]] = e["time"]
+    assert sorted(last_polls.values()) == pytest.approx([t + 3600 for t in sorted(submits)])
+
+
+def test_a_throttling_storm_ends_the_run_with_the_jobs_held(tmp_path: Path) -> None:
+    """Every call answered 429 with `Retry-After: 1e9`: each pause is cut to 10 minutes, and
+    after an hour of throttling the job is held (still `submitting`, so the next run re-sends
+    the same key), the run ends."""
+    options = MockOptions(rate_429=1.0, retry_after=1e9, retry_after_mode="seconds", seed=7)
+    world = VirtualWorld(tmp_path, options, jobs=1)
+    result = world.run()
+    (reason,) = result.outcome.held.values()
+    assert "throttled for 3600s" in reason
+    assert world.statuses() == {JobStatus.SUBMITTING}
+    times = [e["time"] for e in world.calls("/generate")]
+    assert gaps(times) == pytest.approx([600.0] * (len(times) - 1), abs=0.1)
+    assert len(times) == 7  # at 0, 600, ..., 3600 s

@@ -10,9 +10,10 @@ from __future__ import annotations
 from runner.engine.budget import Budget, charged, charged_credits, submission_order
 from runner.engine.calls import Calls, Shields
 from runner.engine.clock import SYSTEM_CLOCK, Clock, SystemClock, VirtualClock
-from runner.engine.executor import EngineSettings, Executor
+from runner.engine.executor import Executor
 from runner.engine.polling import PollSchedule
 from runner.engine.progress import Outcome, Progress
+from runner.engine.settings import EngineSettings
 from runner.engine.throttle import AdaptiveSlots, Backoff, Throttle, retry_wait
 
 __all__ = [

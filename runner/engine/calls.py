@@ -7,6 +7,8 @@
   caller says were already used (a job's attempts persist across runs), until ``max_attempts``:
   then ``ExhaustedError`` carries the last error;
 - a Retry-After on a transient answer (a 503) pauses every caller too;
+- a Retry-After longer than ``MAX_PAUSE`` is cut to it (with a warning), and a call throttled
+  for longer than ``throttle_ceiling`` in all gives up with ``DeadlineError``: a run always ends;
 - the call runs inside a shield, so a first Ctrl-C lets it finish and record its answer.
 """
 
@@ -22,12 +24,15 @@ from typing import TypeVar
 import anyio
 
 from runner.engine.clock import Clock
-from runner.engine.throttle import Backoff, Throttle, retry_wait
-from runner.errors import ExhaustedError, ThrottledError, TransientError
+from runner.engine.throttle import MAX_PAUSE, Backoff, Throttle, retry_wait
+from runner.errors import DeadlineError, ExhaustedError, ThrottledError, TransientError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How long one call may be held back by throttling answers before it gives up (seconds).
+THROTTLE_CEILING = 3600.0
 
 
 class Shields:
@@ -68,6 +73,7 @@ class Calls:
     on_throttled: Callable[[ThrottledError], None] | None = None
     # told of every transient failure that will be retried (progress counters)
     on_retry: Callable[[TransientError], None] | None = None
+    throttle_ceiling: float = THROTTLE_CEILING
 
     async def __call__(
         self,
@@ -87,6 +93,7 @@ class Calls:
         """
         attempts = used
         throttles = 0
+        started = self.clock.now()
         while True:
             if rate:
                 await self.throttle.wait_turn()
@@ -97,10 +104,15 @@ class Calls:
                 throttles += 1
                 if throttled is not None:
                     throttled(err)
+                held = self.clock.now() - started
+                if held >= self.throttle_ceiling:
+                    raise DeadlineError(
+                        f"throttled for {held:.0f}s ({throttles} times; last: {err.message})"
+                    ) from err
                 await self._throttled(err, throttles)
             except TransientError as err:
                 if err.retry_after is not None:
-                    self.throttle.pause(err.retry_after)
+                    self._pause(err.retry_after)
                 attempts += 1
                 if count is not None:
                     count(err, attempts)
@@ -113,9 +125,22 @@ class Calls:
     async def _throttled(self, err: ThrottledError, throttles: int) -> None:
         if self.on_throttled is not None:
             self.on_throttled(err)
-        wait = retry_wait(err.retry_after, throttles, self.backoff)
-        log.info("throttled (%s); waiting %.1fs", err.message, wait)
         if err.retry_after is not None:
-            self.throttle.pause(wait)
+            self._pause(err.retry_after)
+            return
+        wait = retry_wait(None, throttles, self.backoff)
+        log.info("throttled (%s); waiting %.1fs", err.message, wait)
+        await self.clock.sleep(wait)
+
+    def _pause(self, retry_after: float) -> None:
+        """A Retry-After holds every caller; one past ``MAX_PAUSE`` is cut to it, saying so."""
+        wait = retry_wait(retry_after, 1, self.backoff)
+        if wait < retry_after:
+            log.warning(
+                "the provider asked to pause for %.0fs; pausing %.0fs (the most the runner waits)",
+                retry_after,
+                MAX_PAUSE,
+            )
         else:
-            await self.clock.sleep(wait)
+            log.info("pausing every call for %.1fs (Retry-After)", wait)
+        self.throttle.pause(wait)

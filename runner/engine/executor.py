@@ -18,7 +18,6 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -27,11 +26,13 @@ import httpx
 from runner.engine.budget import Budget, submission_order
 from runner.engine.calls import Calls
 from runner.engine.clock import SYSTEM_CLOCK, Clock
-from runner.engine.polling import PollSchedule
+from runner.engine.polling import deadline
 from runner.engine.progress import Outcome, Progress
-from runner.engine.throttle import AdaptiveSlots, Backoff, Throttle
+from runner.engine.settings import EngineSettings
+from runner.engine.throttle import AdaptiveSlots, Throttle
 from runner.errors import (
     BudgetExceededError,
+    DeadlineError,
     DownloadError,
     ExhaustedError,
     ExpiredURLError,
@@ -50,20 +51,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.5
 AT_PROVIDER = (JobStatus.QUEUED, JobStatus.RUNNING)  # generations the provider is working on
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Everything the engine needs to know about limits; built from the manifest + flags."""
-
-    concurrency: int = 4
-    requests_per_second: float = 2.0
-    download_concurrency: int = 4
-    max_attempts: int = 5
-    poll: PollSchedule = field(default_factory=PollSchedule)
-    backoff: Backoff = field(default_factory=Backoff)
-    submit: bool = True  # False for `collect`
-    download: bool = True  # False for `run --submit-only`
 
 
 class _Gone(Exception):
@@ -112,6 +99,7 @@ class Executor:
         )
         self.downloads = anyio.Semaphore(max(1, settings.download_concurrency))
         self._scope: anyio.CancelScope | None = None
+        self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
 
     # --- control --------------------------------------------------------------------------
 
@@ -142,6 +130,7 @@ class Executor:
                     # --submit-only leaves what is already under way to `collect`.
                     for row in rows if self.settings.download else ():
                         if row.status in AT_PROVIDER:
+                            self._deadlines[row.key] = self._deadline_of(row)
                             self.slots.adopt()
                             jobs.start_soon(self._drive, row, True)
                         elif row.status is JobStatus.COMPLETED:
@@ -259,6 +248,7 @@ class Executor:
             generation_id = await self.provider.submit(
                 row.request, idempotency_key=key, soul_model_id=soul_model
             )
+            self._deadlines[row.key] = deadline(self.settings.generation_timeout, None, self.clock)
             self.progress.submitted += 1
             self.outcome.submitted += 1
             return self._move(
@@ -271,6 +261,9 @@ class Executor:
 
         try:
             return await self.calls(send, used=row.attempts, count=count, throttled=note)
+        except DeadlineError as err:
+            # Nothing was accepted while it was throttled; the next run re-sends the same key.
+            raise self._hold(row, f"submit {err.message}") from err
         except ExhaustedError as err:
             if isinstance(err.last, UnknownOutcomeError):
                 # The last POST may have been accepted: keep `submitting`, so the next run
@@ -296,6 +289,8 @@ class Executor:
             return await self.calls(lambda: self.provider.status(row.generation_id or ""))
         except ExhaustedError as err:
             raise self._hold(row, f"status unavailable: {err.last}") from err
+        except DeadlineError as err:
+            raise self._hold(row, f"status {err.message}") from err
 
     async def _poll(self, row: JobRow) -> JobRow:
         """Poll until the generation is completed or failed. Returns the completed row."""
@@ -320,7 +315,23 @@ class Executor:
                 row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
             return None
 
-        return await self.settings.poll.until(check, clock=self.clock, rng=self.rng)
+        try:
+            return await self.settings.poll.until(
+                check, clock=self.clock, rng=self.rng, deadline=self._deadlines.get(row.key)
+            )
+        except DeadlineError as err:
+            reason = (
+                f"generation {row.generation_id} not finished {self.settings.generation_timeout:g}s"
+                " after its submit; left in flight for `runner collect`"
+            )
+            raise self._hold(row, reason) from err
+
+    def _deadline_of(self, row: JobRow) -> float | None:
+        """When to stop waiting for a generation found in flight: ``generation_timeout`` after
+        the event that recorded its generation id."""
+        accepted = [e.at for e in self.ledger.events(row.key) if e.to_status is JobStatus.QUEUED]
+        since = accepted[-1] if accepted else None
+        return deadline(self.settings.generation_timeout, since, self.clock)
 
     async def _download(self, row: JobRow) -> None:
         async with self.downloads:

@@ -11,15 +11,28 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from runner.engine.clock import Clock
+from runner.errors import DeadlineError
 
 T = TypeVar("T")
 
 POLL_GROWTH = 1.5
 MIN_STEP = 0.01  # seconds: the smallest wait after the first
 JITTER = 0.1  # each wait is drawn from [1 - JITTER, 1 + JITTER] of its nominal value
+
+
+def deadline(timeout: float | None, since: str | None, clock: Clock) -> float | None:
+    """When (on ``clock``) to stop waiting for something submitted at ``since`` (an ISO time
+    from the ledger; ``None`` for just now), ``timeout`` seconds after it."""
+    if timeout is None:
+        return None
+    age = 0.0
+    if since is not None:
+        age = max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds())
+    return clock.now() + timeout - age
 
 
 @dataclass(frozen=True)
@@ -38,12 +51,27 @@ class PollSchedule:
             delay = min(self.maximum, max(delay * self.growth, MIN_STEP))
 
     async def until(
-        self, check: Callable[[], Awaitable[T | None]], *, clock: Clock, rng: random.Random
+        self,
+        check: Callable[[], Awaitable[T | None]],
+        *,
+        clock: Clock,
+        rng: random.Random,
+        deadline: float | None = None,
+        what: str = "it",
     ) -> T:
-        """Wait, check, and again, until ``check`` returns something other than ``None``."""
+        """Wait, check, and again, until ``check`` returns something other than ``None``.
+
+        With a ``deadline`` (on ``clock``), the last check is made at the deadline; if that
+        finds nothing either, ``DeadlineError`` says so.
+        """
         for delay in self.delays(rng):
+            last = deadline is not None and clock.now() + delay >= deadline
+            if deadline is not None and last:
+                delay = max(0.0, deadline - clock.now())
             await clock.sleep(delay)
             result = await check()
             if result is not None:
                 return result
+            if last:
+                raise DeadlineError(f"{what} was not finished by its deadline")
         raise AssertionError("unreachable: the schedule never ends")

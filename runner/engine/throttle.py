@@ -19,6 +19,9 @@ DEFAULT_BACKOFF_BASE = 1.0
 DEFAULT_BACKOFF_CAP = 60.0
 # A throttle answer without Retry-After: wait this long at least before the next call.
 DEFAULT_THROTTLE_WAIT = 2.0
+# The longest pause a provider's Retry-After can impose (seconds): `Retry-After: 1e9` or an
+# HTTP date ten years ahead must not hold a nightly run (and its lock) for decades.
+MAX_PAUSE = 600.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,9 @@ class Throttle:
         return max(0.0, self._paused_until - self.clock.now())
 
     def pause(self, seconds: float) -> None:
-        """Hold every call for ``seconds`` from now (an earlier, longer pause is kept)."""
+        """Hold every call for ``seconds`` from now, at most ``MAX_PAUSE`` (an earlier, longer
+        pause is kept)."""
+        seconds = min(seconds, MAX_PAUSE)
         self._paused_until = max(self._paused_until, self.clock.now() + seconds)
 
     async def wait_turn(self) -> None:
@@ -113,7 +118,8 @@ class AdaptiveSlots:
 
 
 def retry_wait(retry_after: float | None, attempt: int, backoff: Backoff) -> float:
-    """How long to wait after a throttle answer: its Retry-After, else the backoff."""
-    if retry_after is not None and math.isfinite(retry_after):
-        return max(0.0, retry_after)
+    """How long to wait after a throttle answer: its Retry-After (at most ``MAX_PAUSE``), else
+    the backoff."""
+    if retry_after is not None and not math.isnan(retry_after):
+        return min(MAX_PAUSE, max(0.0, retry_after))
     return max(backoff.delay(attempt), min(DEFAULT_THROTTLE_WAIT, backoff.cap))

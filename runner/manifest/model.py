@@ -37,6 +37,7 @@ DEFAULT_DOWNLOAD_CONCURRENCY = 4
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_POLL_INITIAL = 5.0
 DEFAULT_POLL_MAX = 30.0
+DEFAULT_GENERATION_TIMEOUT = 6 * 3600.0
 DEFAULT_MAX_JOBS = 10_000
 DEFAULT_OUTPUT_SUBDIR = "videos"
 DEFAULT_FILENAME = "{campaign}/{key}.mp4"
@@ -105,6 +106,11 @@ class Limits(_Strict):
     poll_max: PositiveFloat = Field(DEFAULT_POLL_MAX, description="Longest polling interval.")
     max_jobs: PositiveInt = Field(
         DEFAULT_MAX_JOBS, description="Expansion guard; raise it deliberately for big manifests."
+    )
+    generation_timeout: PositiveFloat = Field(
+        DEFAULT_GENERATION_TIMEOUT,
+        description="Seconds after its submit that a run stops waiting for a generation "
+        "(it stays in flight for `runner collect`).",
     )
 
     @model_validator(mode="after")
