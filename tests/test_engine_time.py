@@ -185,3 +185,62 @@ def test_a_throttling_storm_ends_the_run_with_the_jobs_held(tmp_path: Path) -> N
     times = [e["time"] for e in world.calls("/generate")]
     assert gaps(times) == pytest.approx([600.0] * (len(times) - 1), abs=0.1)
     assert len(times) == 7  # at 0, 600, ..., 3600 s
+
+
+def overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant."""
+    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("accounts", [1, 2])
+def test_several_manifests_in_one_run_share_their_accounts_limits(
+    tmp_path: Path, accounts: int
+) -> None:
+    """Two manifests in one run: on one account they share the smaller concurrency (3, not
+    3 + 5) and the smaller rate, measured at the mock; on two accounts each keeps its own."""
+    clock = VirtualClock(start=1000.0)
+    mock = create_app(
+        MockOptions(latency_min=10, latency_max=10, seed_api_keys=("test-key", "k2"), seed=8),
+        clock=clock.now,
+    )
+    paths = []
+    for i, (concurrency, rps) in enumerate([(3, 10), (5, 20)]):
+        key = "  api_key_env: SECOND_KEY\n" if accounts == 2 and i == 1 else ""
+        text = MANIFEST.format(
+            concurrency=concurrency, rps=rps, poll_initial=2, poll_max=4, souls="", soul="",
+            numbers=list(range(9)), timeout=21600,
+        )  # fmt: skip
+        text = text.replace("version: 1\n", f"version: 1\nprovider:\n  name: higgsfieldapi\n{key}")
+        text = text.replace("name: walk", f"name: walk{i}")
+        path = tmp_path / f"m{i}.yaml"
+        path.write_text(text)
+        paths.append(path)
+
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=mock))
+
+    environ = {
+        **MOCK_ENV,
+        "SECOND_KEY": "k2",
+        "HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfieldapi"],
+    }
+    env = app.Environment(environ=environ, api_client=client, download_client=client, clock=clock)
+    results = app.run_many(paths, tmp_path / "state", app.RunOptions(), env)
+    assert [r.counts for r in results] == [{"downloaded": 9}, {"downloaded": 9}]
+    generations = list(mock.state.mock.generations.values())
+    by_account: dict[str, list[tuple[float, float]]] = {}
+    for g in generations:
+        by_account.setdefault(g.account, []).append((g.created_at, g.created_at + g.latency))
+    assert len(by_account) == accounts
+    if accounts == 1:
+        assert overlap(next(iter(by_account.values()))) == 3
+        times = [e["time"] for e in mock.state.mock.log_entries() if "/videos/" not in e["path"]]
+        busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+        assert busiest <= 10
+    else:
+        assert sorted(overlap(v) for v in by_account.values()) == [3, 5]

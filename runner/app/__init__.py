@@ -10,7 +10,7 @@ from __future__ import annotations
 from runner.app.common import Environment, select
 from runner.app.manifests import Planned, Validated, plan, validate
 from runner.app.queries import Shown, jobs, manifest_column, show, status
-from runner.app.run import RunResult, collect, run
+from runner.app.run import RunResult, collect, run, run_many
 from runner.app.souls import SoulsResult, retry, train_souls
 from runner.settings import RunOptions
 
@@ -28,6 +28,7 @@ __all__ = [
     "plan",
     "retry",
     "run",
+    "run_many",
     "select",
     "show",
     "status",

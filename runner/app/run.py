@@ -1,33 +1,30 @@
-"""``run``, ``collect`` and ``run --dry-run``: a manifest's jobs through the engine.
+"""``run``, ``collect`` and ``run --dry-run``: manifests' jobs through the engine.
 
-Each run loads the manifest, takes the ledger's executor lock, records the plan, brings the
+A run loads its manifests, takes the ledger's executor lock, records each plan, brings each
 output store up to date with it (moved names, missing files), and hands the selected jobs to
-the engine. The dry run walks the same budget and order without writing anything.
+the engine (``execute``). The dry run walks the same budget and order without writing.
 """
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import httpx
 
 from runner.app.common import Environment, executing, reading, select
-from runner.engine import Budget, EngineSettings, Executor, Outcome, charged_credits
-from runner.engine.souls import SoulTrainer
+from runner.app.execute import Work, execute
+from runner.engine import Budget, EngineSettings, Outcome, charged_credits
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
 from runner.ledger import JobRow, JobStatus, Ledger
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputStore, open_store
-from runner.providers import Provider, make_provider
+from runner.providers import ProviderSettings, check_credentials, make_provider
 from runner.settings import RunOptions, budget, engine_settings, provider_settings
 
 COLLECTABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED)
-DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)
 
 
 @dataclass
@@ -65,49 +62,118 @@ def run(
     options: RunOptions | None = None,
     env: Environment | None = None,
 ) -> RunResult:
-    """``runner run`` / ``runner collect MANIFEST``: drive a manifest's jobs to the end."""
+    """``runner run MANIFEST``: drive one manifest's jobs to the end."""
+    return run_many([manifest_path], state_dir, options, env)[0]
+
+
+@dataclass
+class _Loaded:
+    path: str  # as given
+    manifest: Manifest
+    jobs: list[Job]
+    selected: list[Job]
+    store: OutputStore
+    settings: EngineSettings
+    provider_settings: ProviderSettings
+
+
+def run_many(
+    manifest_paths: Sequence[str | Path],
+    state_dir: Path,
+    options: RunOptions | None = None,
+    env: Environment | None = None,
+) -> list[RunResult]:
+    """``runner run M1 M2 …`` / ``runner collect``: drive several manifests' jobs in one
+    process under one lock; manifests on one account share its limits (see ``execute``).
+    One ``RunResult`` per manifest, in the order given.
+
+    A manifest that cannot be loaded (or whose provider key is missing) is an error, except
+    when collecting: then its result carries the error and the others are still collected.
+    """
     options = options or RunOptions()
     env = env or Environment()
-    manifest = load_manifest(manifest_path)
-    jobs = expand(manifest)
-    selected = select(jobs, options)
-    store = open_store(str(manifest.output_dir(state_dir)))
-    if options.dry_run:
-        return _dry_run(manifest, jobs, selected, state_dir, options, store)
-
-    # Credentials and settings are checked before anything is written.
-    settings = engine_settings(manifest, options, env.environ)
-    api_client = env.api_client() if env.api_client else None
-    provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
-    with executing(state_dir) as ledger:
-        if not options.collect:
-            _relocate(ledger, store, jobs)
-            ledger.record_plan(str(manifest.path), jobs)
-        keys = [j.key for j in selected]
-        if options.retry_failed:
-            ledger.retry_failed(str(manifest.path), keys=keys)
-        _recheck(ledger, store, ledger.jobs(keys=keys, status=JobStatus.DOWNLOADED))
-        rows = ledger.jobs(keys=keys)
-        if options.collect:
-            rows = [r for r in rows if r.status in COLLECTABLE]
-        rows = _apply_limit(rows, options.limit)
-        spent = charged_credits(ledger.jobs(manifest=str(manifest.path)))
-        executor_budget = budget(manifest, options, spent)
-
-        async def execute() -> Outcome:
-            return await _execute(
-                manifest, ledger, provider, api_client, rows, store, settings, executor_budget, env
-            )
-
+    loaded: list[_Loaded] = []
+    failed: dict[str, RunResult] = {}
+    api_client = None
+    for path in manifest_paths:
         try:
-            outcome = anyio.run(execute)
+            loaded.append(_load(path, state_dir, options, env, dry=options.dry_run))
+        except (ManifestError, UsageError) as err:
+            if not options.collect:
+                raise
+            failed[str(path)] = RunResult(str(path), 0, Outcome(), str(state_dir), error=str(err))
+    if options.dry_run:
+        return [_dry_run(x, state_dir, options) for x in loaded]
+    if loaded:
+        api_client = env.api_client() if env.api_client else None
+    results = {str(p): failed.get(str(p)) for p in manifest_paths}
+    with executing(state_dir) as ledger:
+        works = [
+            Work(
+                x.manifest,
+                make_provider(x.provider_settings, client=api_client, environ=env.environ),
+                _prepare(ledger, x, options),
+                x.store,
+                x.settings,
+                _budget(ledger, x, options),
+            )
+            for x in loaded
+        ]
+        try:
+            outcomes = anyio.run(execute, ledger, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
             raise _single_error(group) from None
-        after = ledger.jobs(keys=[r.key for r in rows])
-    counts: dict[str, int] = {}
-    for r in after:
-        counts[r.status.value] = counts.get(r.status.value, 0) + 1
-    return RunResult(str(manifest.path), len(rows), outcome, store.root, counts)
+        for x, work, outcome in zip(loaded, works, outcomes, strict=True):
+            counts: dict[str, int] = {}
+            for r in ledger.jobs(keys=[r.key for r in work.rows]):
+                counts[r.status.value] = counts.get(r.status.value, 0) + 1
+            results[x.path] = RunResult(
+                str(work.manifest.path), len(work.rows), outcome, work.store.root, counts
+            )
+    return [r for r in results.values() if r is not None]
+
+
+def _load(
+    path: str | Path, state_dir: Path, options: RunOptions, env: Environment, *, dry: bool
+) -> _Loaded:
+    """A manifest, its jobs and its settings, checked (credentials included, unless only a
+    dry run) before anything is written."""
+    manifest = load_manifest(path)
+    jobs = expand(manifest)
+    store = open_store(str(manifest.output_dir(state_dir)), environ=env.environ)
+    loaded = _Loaded(
+        str(path),
+        manifest,
+        jobs,
+        select(jobs, options),
+        store,
+        engine_settings(manifest, options, env.environ),
+        provider_settings(manifest),
+    )
+    if not dry:
+        check_credentials(loaded.provider_settings, env.environ)
+    return loaded
+
+
+def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> list[JobRow]:
+    """Record the plan, bring the outputs up to date with it, and pick the rows to drive."""
+    manifest = str(loaded.manifest.path)
+    if not options.collect:
+        _relocate(ledger, loaded.store, loaded.jobs)
+        ledger.record_plan(manifest, loaded.jobs)
+    keys = [j.key for j in loaded.selected]
+    if options.retry_failed:
+        ledger.retry_failed(manifest, keys=keys)
+    _recheck(ledger, loaded.store, ledger.jobs(keys=keys, status=JobStatus.DOWNLOADED))
+    rows = ledger.jobs(keys=keys)
+    if options.collect:
+        rows = [r for r in rows if r.status in COLLECTABLE]
+    return _apply_limit(rows, options.limit)
+
+
+def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
+    spent = charged_credits(ledger.jobs(manifest=str(loaded.manifest.path)))
+    return budget(loaded.manifest, options, spent)
 
 
 def collect(
@@ -118,19 +184,8 @@ def collect(
         return [run(manifest_path, state_dir, RunOptions(collect=True), env)]
     with reading(state_dir) as ledger:
         rows = ledger.jobs(status=COLLECTABLE) if ledger is not None else []
-    results: list[RunResult] = []
-    for manifest in sorted({r.manifest for r in rows}):
-        try:
-            result = run(manifest, state_dir, RunOptions(collect=True), env)
-        except (ManifestError, UsageError) as err:
-            # The provider settings (and key) live with the manifest: without them, its jobs
-            # wait for a later collect; the other manifests' jobs need not.
-            results.append(RunResult(manifest, 0, Outcome(), str(state_dir), error=str(err)))
-            continue
-        results.append(result)
-        if result.outcome.interrupted or result.outcome.fatal:
-            break
-    return results
+    manifests = sorted({r.manifest for r in rows})
+    return run_many(manifests, state_dir, RunOptions(collect=True), env) if manifests else []
 
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -184,16 +239,10 @@ def _apply_limit(rows: list[JobRow], limit: int | None) -> list[JobRow]:
     return [r for r in rows if r.status is not JobStatus.PENDING or r.key in kept]
 
 
-def _dry_run(
-    manifest: Manifest,
-    jobs: list[Job],
-    selected: list[Job],
-    state_dir: Path,
-    options: RunOptions,
-    store: OutputStore,
-) -> RunResult:
+def _dry_run(loaded: _Loaded, state_dir: Path, options: RunOptions) -> RunResult:
     """What ``run`` would submit (with --limit and the budget applied), reading the ledger
     only: the same order and the same ``Budget`` as the executor."""
+    manifest, jobs, selected, store = loaded.manifest, loaded.jobs, loaded.selected, loaded.store
     statuses: dict[str, str] = {}
     spent = 0.0
     with reading(state_dir) as ledger:
@@ -211,57 +260,3 @@ def _dry_run(
     return RunResult(
         str(manifest.path), len(selected), outcome, store.root, would_submit=[c.job for c in sent]
     )
-
-
-async def _execute(
-    manifest: Manifest,
-    ledger: Ledger,
-    provider: Provider,
-    api_client: httpx.AsyncClient | None,
-    rows: list[JobRow],
-    store: OutputStore,
-    settings: EngineSettings,
-    run_budget: Budget,
-    env: Environment,
-) -> Outcome:
-    download_client = (
-        env.download_client() if env.download_client else httpx.AsyncClient(limits=DOWNLOAD_LIMITS)
-    )
-    try:
-        executor = Executor(
-            ledger=ledger,
-            provider=provider,
-            store=store,
-            download_client=download_client,
-            settings=settings,
-            budget=run_budget,
-            clock=env.clock,
-            on_progress=env.on_progress,
-        )
-        trainer = SoulTrainer(ledger, provider, manifest, executor.calls, settings.poll)
-        executor.souls = trainer.model_id
-        async with env.clock.running(), anyio.create_task_group() as tg:
-            if env.handle_signals:
-                tg.start_soon(_watch_signals, executor, tg.cancel_scope)
-            outcome = await executor.run(rows)
-            tg.cancel_scope.cancel()
-        return outcome
-    finally:
-        with anyio.CancelScope(shield=True):
-            await provider.aclose()
-            if api_client is not None:
-                await api_client.aclose()
-            await download_client.aclose()
-
-
-async def _watch_signals(executor: Executor, scope: anyio.CancelScope) -> None:
-    """First Ctrl-C (or SIGTERM): stop cleanly. Second: abort at once."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        count = 0
-        async for _ in signals:
-            count += 1
-            if count == 1:
-                executor.stop()
-            else:
-                executor.abort()
-                scope.cancel()

@@ -73,6 +73,9 @@ class Executor:
         clock: Clock = SYSTEM_CLOCK,
         on_progress: Callable[[Progress], None] | None = None,
         rng: random.Random | None = None,
+        throttle: Throttle | None = None,
+        slots: AdaptiveSlots | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.ledger = ledger
         self.provider = provider
@@ -85,11 +88,13 @@ class Executor:
         self.souls: Callable[[str], Awaitable[str]] | None = None
         self.on_progress = on_progress
         self.rng = rng or random.Random()
-        self.progress = Progress(started=clock.now(), now=clock.now())
+        # Executors of manifests on one account share its throttle and slots (and a run's
+        # executors one progress display).
+        self.progress = progress or Progress(started=clock.now(), now=clock.now())
         self.outcome = Outcome()
-        self.slots = AdaptiveSlots(settings.concurrency)
+        self.slots = slots or AdaptiveSlots(settings.concurrency)
         self.calls = Calls(
-            throttle=Throttle(settings.requests_per_second, clock=clock),
+            throttle=throttle or Throttle(settings.requests_per_second, clock=clock),
             clock=clock,
             max_attempts=settings.max_attempts,
             backoff=settings.backoff,
@@ -119,8 +124,8 @@ class Executor:
 
     async def run(self, rows: Sequence[JobRow]) -> Outcome:
         """Drive ``rows`` (in manifest order) as far as the settings allow."""
-        self.progress.total = len(rows)
-        self.progress.downloaded = sum(r.status is JobStatus.DOWNLOADED for r in rows)
+        self.progress.total += len(rows)
+        self.progress.downloaded += sum(r.status is JobStatus.DOWNLOADED for r in rows)
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -35,6 +36,10 @@ from runner.providers.types import (
     UploadProvider,
     uploader,
 )
+
+if TYPE_CHECKING:
+    from runner.providers.higgsfieldapi import HiggsfieldApiProvider
+    from runner.providers.platform import PlatformProvider
 
 BASE_URL_ENV = "HIGGSFIELD_BASE_URL"
 
@@ -56,7 +61,27 @@ def make_provider(
     :data:`runner.providers.base.DEFAULT_TIMEOUT`) is applied to every request, an injected
     client's own default notwithstanding.
     """
-    from runner.providers.base import DEFAULT_TIMEOUT, check_base_url
+    from runner.providers.base import DEFAULT_TIMEOUT
+
+    dialect, base_url, credential = _resolve(settings, environ)
+    return dialect(
+        base_url=base_url,
+        credential=credential,
+        client=client,
+        timeout=timeout or DEFAULT_TIMEOUT,
+    )
+
+
+def check_credentials(settings: ProviderSettings, environ: Mapping[str, str] = os.environ) -> None:
+    """What :func:`make_provider` checks (dialect, base URL, key), without building anything:
+    a :class:`~runner.errors.UsageError` naming the problem."""
+    _resolve(settings, environ)
+
+
+def _resolve(
+    settings: ProviderSettings, environ: Mapping[str, str]
+) -> tuple[type[HiggsfieldApiProvider] | type[PlatformProvider], str, Any]:
+    from runner.providers.base import check_base_url
     from runner.providers.higgsfieldapi import HiggsfieldApiProvider
     from runner.providers.platform import PlatformProvider
 
@@ -71,13 +96,7 @@ def make_provider(
         raise UsageError(f"unknown provider {settings.name!r}: expected {known}")
     base_url = environ.get(BASE_URL_ENV) or settings.base_url or dialect.default_base_url
     check_base_url(base_url, source=BASE_URL_ENV if environ.get(BASE_URL_ENV) else "base_url")
-    credential = dialect.credential_from(environ, settings.api_key_env)
-    return dialect(
-        base_url=base_url,
-        credential=credential,
-        client=client,
-        timeout=timeout or DEFAULT_TIMEOUT,
-    )
+    return dialect, base_url, dialect.credential_from(environ, settings.api_key_env)
 
 
 __all__ = [
@@ -92,6 +111,7 @@ __all__ = [
     "SoulState",
     "SoulStatus",
     "UploadProvider",
+    "check_credentials",
     "make_provider",
     "uploader",
 ]

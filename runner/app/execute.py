@@ -1,0 +1,140 @@
+"""The async half of a run: one event loop, one executor per manifest, shared account limits.
+
+Manifests on one provider account (same dialect, base URL and credential) share one throttle
+(the smallest ``requests_per_second``) and one set of concurrency slots (the smallest
+``concurrency``), because the provider counts both per account. Budgets, output stores and
+soul models stay per manifest. Ctrl-C stops every executor; a second one aborts them all.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+import httpx
+
+from runner.app.common import Environment
+from runner.engine import (
+    AdaptiveSlots,
+    Budget,
+    EngineSettings,
+    Executor,
+    Outcome,
+    Progress,
+    Throttle,
+)
+from runner.engine.souls import SoulTrainer
+from runner.ledger import JobRow, Ledger
+from runner.manifest import Manifest
+from runner.outputs import OutputStore
+from runner.providers import Provider
+
+DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)
+
+
+@dataclass
+class Work:
+    """One manifest's share of a run, ready for the engine."""
+
+    manifest: Manifest
+    provider: Provider
+    rows: list[JobRow]
+    store: OutputStore
+    settings: EngineSettings
+    budget: Budget
+
+
+def account_of(provider: Provider) -> tuple[str, str, str]:
+    """What the provider counts limits by: dialect, base URL and credential fingerprint."""
+    return (provider.name, provider.base_url, provider.account)
+
+
+async def execute(
+    ledger: Ledger,
+    works: Sequence[Work],
+    env: Environment,
+    api_client: httpx.AsyncClient | None,
+) -> list[Outcome]:
+    """Run every manifest's jobs together; one ``Outcome`` per manifest, in order."""
+    download_client = (
+        env.download_client() if env.download_client else httpx.AsyncClient(limits=DOWNLOAD_LIMITS)
+    )
+    try:
+        executors = _executors(ledger, works, env, download_client)
+        async with env.clock.running(), anyio.create_task_group() as tg:
+            if env.handle_signals:
+                tg.start_soon(_watch_signals, executors, tg.cancel_scope)
+            outcomes: list[Outcome] = [Outcome() for _ in executors]
+
+            async def drive(i: int) -> None:
+                outcomes[i] = await executors[i].run(works[i].rows)
+
+            async with anyio.create_task_group() as runs:
+                for i in range(len(executors)):
+                    runs.start_soon(drive, i)
+            tg.cancel_scope.cancel()
+        return outcomes
+    finally:
+        with anyio.CancelScope(shield=True):
+            for work in works:
+                await work.provider.aclose()
+            if api_client is not None:
+                await api_client.aclose()
+            await download_client.aclose()
+
+
+def _executors(
+    ledger: Ledger, works: Sequence[Work], env: Environment, download_client: httpx.AsyncClient
+) -> list[Executor]:
+    """One executor per manifest; those on one account share its throttle and slots."""
+    shared: dict[tuple[str, str, str], tuple[Throttle, AdaptiveSlots]] = {}
+    for work in works:
+        account = account_of(work.provider)
+        if account in shared:
+            continue
+        alike = [w.settings for w in works if account_of(w.provider) == account]
+        rps = min(s.requests_per_second for s in alike)
+        shared[account] = (
+            Throttle(rps, clock=env.clock),
+            AdaptiveSlots(min(s.concurrency for s in alike)),
+        )
+    progress = Progress(started=env.clock.now(), now=env.clock.now())
+    executors = []
+    for work in works:
+        throttle, slots = shared[account_of(work.provider)]
+        executor = Executor(
+            ledger=ledger,
+            provider=work.provider,
+            store=work.store,
+            download_client=download_client,
+            settings=work.settings,
+            budget=work.budget,
+            clock=env.clock,
+            on_progress=env.on_progress,
+            throttle=throttle,
+            slots=slots,
+            progress=progress,
+        )
+        trainer = SoulTrainer(
+            ledger, work.provider, work.manifest, executor.calls, work.settings.poll
+        )
+        executor.souls = trainer.model_id
+        executors.append(executor)
+    return executors
+
+
+async def _watch_signals(executors: Sequence[Executor], scope: anyio.CancelScope) -> None:
+    """First Ctrl-C (or SIGTERM): stop cleanly. Second: abort at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for _ in signals:
+            count += 1
+            for executor in executors:
+                if count == 1:
+                    executor.stop()
+                else:
+                    executor.abort()
+            if count > 1:
+                scope.cancel()
