@@ -123,7 +123,9 @@ def _summarize(result: RunResult, *, resume_hint: str) -> int:
 
 
 @cli.command("run")
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
 @click.option("--only", multiple=True, metavar="CAMPAIGN", help="Only this campaign (repeatable).")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only campaigns with this tag.")
 @click.option("--limit", type=click.IntRange(min=0), help="Submit at most N new jobs.")
@@ -135,8 +137,8 @@ def _summarize(result: RunResult, *, resume_hint: str) -> int:
 @click.option("--dry-run", is_flag=True, help="Show what would be submitted; write nothing.")
 @common_options
 @handle_errors
-def run_cmd(manifest: Path, **flags: Any) -> None:
-    """Submit, poll and download a manifest's jobs until each is done or failed."""
+def run_cmd(manifests: tuple[Path, ...], **flags: Any) -> None:
+    """Submit, poll and download manifests' jobs until each is done or failed."""
     from runner import app
 
     ctx = get_ctx()
@@ -152,18 +154,21 @@ def run_cmd(manifest: Path, **flags: Any) -> None:
         dry_run=flags["dry_run"],
     )
     if options.dry_run:
-        result = app.run(manifest, ctx.state_dir, options)
-        credits = sum(j.credits for j in result.would_submit)
-        for job in result.would_submit:
-            click.echo(f"{job.key}  {job.campaign}  {job.request.get('prompt', '')}")
-        click.echo(f"would submit {len(result.would_submit)} jobs, ~{credits:g} credits")
-        if result.outcome.budget_stop:
-            click.echo(f"then stop: {result.outcome.budget_stop}")
+        for result in app.run_many(manifests, ctx.state_dir, options):
+            credits = sum(j.credits for j in result.would_submit)
+            if len(manifests) > 1:
+                click.echo(f"{result.manifest}:")
+            for job in result.would_submit:
+                click.echo(f"{job.key}  {job.campaign}  {job.request.get('prompt', '')}")
+            click.echo(f"would submit {len(result.would_submit)} jobs, ~{credits:g} credits")
+            if result.outcome.budget_stop:
+                click.echo(f"then stop: {result.outcome.budget_stop}")
         return
     with ProgressView(quiet=ctx.quiet) as view:
         env = app.Environment(handle_signals=True, on_progress=view)
-        result = app.run(manifest, ctx.state_dir, options, env)
-    sys.exit(_summarize(result, resume_hint=f"runner run {manifest}"))
+        results = app.run_many(manifests, ctx.state_dir, options, env)
+    hint = "runner run " + " ".join(str(m) for m in manifests)
+    sys.exit(max(_summarize(result, resume_hint=hint) for result in results))
 
 
 @cli.command("collect")
