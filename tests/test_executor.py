@@ -786,3 +786,21 @@ def test_location_is_recorded_and_read_after_the_manifest_moves(tmp_path: Path) 
     moved.unlink()
     for said in cli_says():
         assert said == expected
+
+
+def test_transient_attempts_persist_across_runs(tmp_path: Path) -> None:
+    """A job's attempts live in the ledger: with max_attempts 3 and every answer lost, the
+    first run sends each submit 3 times, the second only once more (its attempts are used
+    up), and a third run whose answers arrive gets the original generations back."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=28))
+    h.write(MANIFEST.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 3")))
+    h.transport_wrapper = DropPostAnswers
+    h.run(app.RunOptions(only=("spin",)))
+    assert len(h.submits()) == 3 * 2
+    assert {r.attempts for r in h.rows() if r.campaign == "spin"} == {3}
+    h.run(app.RunOptions(only=("spin",)))
+    assert len(h.submits()) == 3 * 2 + 2
+    assert {r.attempts for r in h.rows() if r.campaign == "spin"} == {4}
+    h.transport_wrapper = lambda t: t
+    assert h.run(app.RunOptions(only=("spin",))).counts == {"downloaded": 2}
+    assert h.mock.stats()["generations_created"] == 2
