@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -106,6 +107,10 @@ def test_mock_server_sigint_is_a_clean_stop(
         ["--retry-after-mode", "sometimes"],
         ["--fail-rate", "0.7", "--nsfw-rate", "0.7"],
         ["--port", "-1"],
+        ["--queue-limit", "4"],
+        ["--glitch", "teapot"],
+        ["--glitch-rate", "2"],
+        ["--result-ttl", "0"],
     ],
 )
 def test_mock_server_bad_options_exit_2(args: list[str]) -> None:
@@ -126,3 +131,49 @@ def test_mock_server_port_in_use_is_a_usage_error() -> None:
         result = CliRunner().invoke(cli, ["mock-server", "--port", str(port)])
     assert result.exit_code == 2
     assert "cannot listen on 127.0.0.1" in result.output
+
+
+def test_mock_server_flags_reach_the_mock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The account queue, result expiry, glitch and soul-drop flags become MockOptions; the
+    --glitch choices are exactly the mock's glitch kinds."""
+    import runner.mock.server
+    from runner.mock.options import GLITCH_KINDS, MockOptions
+
+    seen: list[MockOptions] = []
+    monkeypatch.setattr(
+        runner.mock.server, "serve", lambda app, sock, **_: seen.append(app.state.mock.options)
+    )
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "mock-server",
+                "--port",
+                "0",
+                "--concurrency-limit",
+                "2",
+                "--queue-limit",
+                "6",
+                "--result-ttl",
+                "60",
+                "--glitch-rate",
+                "0.5",
+                "--glitch",
+                "html",
+                "--glitch",
+                "redirect",
+                "--drop-soul-rate",
+                "0.25",
+            ],
+        )
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert result.exit_code == 0, result.output
+    (options,) = seen
+    assert (options.concurrency_limit, options.queue_limit, options.result_ttl) == (2, 6, 60)
+    assert (options.glitch_rate, options.glitches) == (0.5, ("html", "redirect"))
+    assert options.drop_soul_answer_rate == 0.25
+    (glitch,) = [p for p in cli.commands["mock-server"].params if p.name == "glitches"]
+    assert isinstance(glitch.type, click.Choice)
+    assert tuple(glitch.type.choices) == GLITCH_KINDS

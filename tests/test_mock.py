@@ -8,7 +8,9 @@ import email.utils
 import hashlib
 import struct
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import httpx
@@ -16,7 +18,9 @@ import pytest
 
 import runner.mock
 from runner.mock import ConnectionDropped, MockOptions, create_app
-from runner.mock.options import RetryAfterMode
+from runner.mock.options import DEFAULT_RESULT_TTL, GLITCH_KINDS, GlitchKind, RetryAfterMode
+from runner.mock.records import Generation
+from runner.mock.scheduling import AccountQueue
 from runner.mock.server import MockServerThread
 from runner.mock.testing import FakeClock
 from runner.mock.video import RangeNotSatisfiable, parse_range, sample_mp4, video_for
@@ -56,6 +60,21 @@ async def platform_submit(
 ) -> httpx.Response:
     hdrs = {**PLATFORM_AUTH, **({"Idempotency-Key": key} if key else {})}
     return await mock.client.post(MODEL, json=body or {"prompt": "p"}, headers=hdrs)
+
+
+async def platform_words(mock: InProcessMock, ids: list[str]) -> list[str]:
+    """The status word of each platform request, in order."""
+    words = []
+    for request_id in ids:
+        got = await mock.client.get(f"/requests/{request_id}/status", headers=PLATFORM_AUTH)
+        words.append(got.json()["status"])
+    return words
+
+
+def reference_body(name: str, *urls: str) -> dict[str, Any]:
+    """A POST /v1/custom-references body."""
+    images = [{"type": "image_url", "image_url": u} for u in urls or ("https://x/1.jpg",)]
+    return {"name": name, "input_images": images}
 
 
 async def completed_video_url(mock: InProcessMock, clock: FakeClock) -> tuple[str, str]:
@@ -249,16 +268,27 @@ async def test_platform_lifecycle_and_links(
 
 
 async def test_platform_cancel(inprocess_mock: InProcessMock, fake_clock: FakeClock) -> None:
-    """Cancel is 202 while queued (then status canceled), 400 once processing."""
-    first = (await platform_submit(inprocess_mock, key="a")).json()["request_id"]
-    got = await inprocess_mock.client.post(f"/requests/{first}/cancel", headers=PLATFORM_AUTH)
-    assert got.status_code == 202
-    status = await inprocess_mock.client.get(f"/requests/{first}/status", headers=PLATFORM_AUTH)
+    """Cancel is 202 while queued (then status canceled, counted and refunded; a repeat is 202
+    and not counted again), 400 once processing or finished, 404 for an unknown id."""
+    mock = inprocess_mock
+    first = (await platform_submit(mock, key="a")).json()["request_id"]
+    got = await mock.client.post(f"/requests/{first}/cancel", headers=PLATFORM_AUTH)
+    assert (got.status_code, got.json()) == (202, {"status": "canceled", "request_id": first})
+    status = await mock.client.get(f"/requests/{first}/status", headers=PLATFORM_AUTH)
     assert status.json()["status"] == "canceled"
-    second = (await platform_submit(inprocess_mock, {"prompt": "q"}, key="b")).json()["request_id"]
-    fake_clock.advance(inprocess_mock.state.generations[second].latency * 0.9)
-    got = await inprocess_mock.client.post(f"/requests/{second}/cancel", headers=PLATFORM_AUTH)
+    again = await mock.client.post(f"/requests/{first}/cancel", headers=PLATFORM_AUTH)
+    assert again.status_code == 202
+    second = (await platform_submit(mock, {"prompt": "q"}, key="b")).json()["request_id"]
+    fake_clock.advance(mock.state.generations[second].latency * 0.9)
+    got = await mock.client.post(f"/requests/{second}/cancel", headers=PLATFORM_AUTH)
+    assert (got.status_code, got.json()) == (400, {"detail": "Request is already being processed"})
+    fake_clock.advance(60)
+    got = await mock.client.post(f"/requests/{second}/cancel", headers=PLATFORM_AUTH)
     assert got.status_code == 400
+    got = await mock.client.post("/requests/nope/cancel", headers=PLATFORM_AUTH)
+    assert got.status_code == 404
+    stats = mock.state.stats()
+    assert (stats["canceled"], stats["charged"], stats["refunded"]) == (1, 1, 1)
 
 
 @pytest.mark.parametrize(
@@ -381,6 +411,287 @@ async def test_seed_concurrency_limit_is_429(
     assert (await platform_submit(mock, {"prompt": "x"}, key="k-p")).status_code == 200
     assert mock.state.stats()["max_in_flight"] == 2
     assert mock.state.stats()["in_flight"] == 3
+
+
+# --- the platform's account queue, cancel, estimates ---------------------------------------------
+
+
+async def test_account_queue_accepts_above_concurrency_then_refuses_when_full(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock
+) -> None:
+    """Above concurrency_limit submits wait queued and start, first come first started, as
+    slots free; past queue_limit more a submit is 429 account_queue_full with Retry-After,
+    nothing created or charged, and the same key works once there is room."""
+    options = MockOptions(
+        latency_min=10, latency_max=10, concurrency_limit=1, queue_limit=2, retry_after=7, seed=1
+    )
+    mock = inprocess_factory(options, clock=fake_clock)
+    ids = [
+        (await platform_submit(mock, {"prompt": str(i)}, key=f"k-{i}")).json()["request_id"]
+        for i in range(3)
+    ]
+    full = await platform_submit(mock, {"prompt": "3"}, key="k-3")
+    assert full.status_code == 429
+    assert full.json()["code"] == "account_queue_full" and full.json()["detail"]
+    assert full.headers["retry-after"] == "7"
+    assert len(mock.state.generations) == 3
+    fake_clock.advance(3)  # the first has left its own queue time (2.5 s) and runs
+    assert await platform_words(mock, ids) == ["in_progress", "queued", "queued"]
+    stats = mock.state.stats()
+    assert (stats["queued"], stats["running"], stats["in_flight"]) == (2, 1, 3)
+    fake_clock.advance(7)  # the first finished at 10 s: the second takes its slot
+    assert await platform_words(mock, ids) == ["completed", "in_progress", "queued"]
+    resent = await platform_submit(mock, {"prompt": "3"}, key="k-3")
+    assert resent.status_code == 200
+    replay = await platform_submit(mock, {"prompt": "3"}, key="k-3")
+    assert replay.json()["request_id"] == resent.json()["request_id"]
+    fake_clock.advance(7.5)  # the second ran 7.5 s (10 s less its queue share)
+    ids.append(resent.json()["request_id"])
+    assert await platform_words(mock, ids) == ["completed", "completed", "in_progress", "queued"]
+    fake_clock.advance(15)
+    assert await platform_words(mock, ids) == ["completed"] * 4
+    stats = mock.state.stats()
+    assert stats["queue_full_rejections"] == 1 and stats["concurrency_rejections"] == 0
+    assert (stats["generations_created"], stats["charged"], stats["max_running"]) == (4, 4, 1)
+    assert stats["max_in_flight"] == 3
+
+
+async def test_account_queue_is_the_platforms_only(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock
+) -> None:
+    """The seed dialect keeps its 429 at the concurrency limit with queue_limit set."""
+    options = MockOptions(latency_min=10, latency_max=10, concurrency_limit=1, queue_limit=5)
+    mock = inprocess_factory(options, clock=fake_clock)
+    assert (await seed_submit(mock, {"prompt": "a"}, key="a")).status_code == 200
+    busy = await seed_submit(mock, {"prompt": "b"}, key="b")
+    assert busy.status_code == 429 and "concurrent" in busy.json()["error"]
+    assert mock.state.stats()["concurrency_rejections"] == 1
+
+
+async def test_cancel_frees_a_place_in_the_account_queue(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock
+) -> None:
+    """A cancelled queued request never runs and its place goes to the next submit; the one
+    running cannot be cancelled."""
+    options = MockOptions(latency_min=10, latency_max=10, concurrency_limit=1, queue_limit=1)
+    mock = inprocess_factory(options, clock=fake_clock)
+    first = (await platform_submit(mock, {"prompt": "a"}, key="a")).json()["request_id"]
+    second = (await platform_submit(mock, {"prompt": "b"}, key="b")).json()["request_id"]
+    assert (await platform_submit(mock, {"prompt": "c"}, key="c")).status_code == 429
+    fake_clock.advance(5)
+    assert (
+        await mock.client.post(f"/requests/{first}/cancel", headers=PLATFORM_AUTH)
+    ).status_code == 400
+    assert (
+        await mock.client.post(f"/requests/{second}/cancel", headers=PLATFORM_AUTH)
+    ).status_code == 202
+    third = (await platform_submit(mock, {"prompt": "c"}, key="c")).json()["request_id"]
+    fake_clock.advance(5)  # the first finishes at 10 s; the third (ready at 7.5 s) starts
+    assert await platform_words(mock, [first, second, third]) == [
+        "completed",
+        "canceled",
+        "in_progress",
+    ]
+    stats = mock.state.stats()
+    assert (stats["canceled"], stats["charged"], stats["refunded"]) == (1, 2, 1)
+
+
+def test_account_queue_schedule_holds_its_promises() -> None:
+    """Random arrivals and run times: never more than ``slots`` running at once, starts in
+    submit order, none before it is ready, and none waiting while a slot is free."""
+    rng = Random(5)
+    for slots in (1, 2, 3):
+        queue, made, now = AccountQueue(slots), [], 0.0
+        for i in range(60):
+            now += rng.choice((0.0, 0.5, 3.0))
+            generation = Generation(
+                id=str(i),
+                account="a",
+                dialect="platform",
+                route="m",
+                body={},
+                body_hash="",
+                idempotency_key=None,
+                created_at=now,
+                latency=rng.uniform(1, 10),
+                outcome="completed",
+            )
+            queue.add(generation)
+            made.append(generation)
+            queue.advance(now)
+        queue.advance(now + 10_000)
+        spans = []
+        for g in made:
+            assert g.started_at is not None and g.finished_at is not None
+            spans.append((g.ready_at, g.started_at, g.finished_at))
+        starts = [start for _, start, _ in spans]
+        assert starts == sorted(starts)
+        for i, (ready, start, _) in enumerate(spans):
+            assert start >= ready
+            assert sum(1 for _, s, f in spans if s <= start < f) <= slots
+            if start > ready:  # it waited: for a slot to free, or behind one starting then
+                freed = any(f == start for _, _, f in spans)
+                assert freed or any(s == start for _, s, _ in spans[:i])
+        assert queue.max_running <= slots
+
+
+async def test_estimate_prices_a_body(inprocess_mock: InProcessMock) -> None:
+    """POST /estimate/{model} answers decimal strings, the same for the same duration and
+    resolution whatever the prompt; nothing is created; only priced answers are counted."""
+    mock = inprocess_mock
+
+    async def estimate(
+        body: dict[str, Any], auth: dict[str, str] = PLATFORM_AUTH
+    ) -> httpx.Response:
+        return await mock.client.post("/estimate" + MODEL, json=body, headers=auth)
+
+    default = await estimate({})
+    assert (default.status_code, default.json()) == (200, {"credits": "1.500", "usd": "0.094"})
+    assert (await estimate({"duration": 5, "resolution": "720p", "prompt": "x"})).json() == (
+        default.json()
+    )
+    big = await estimate({"duration": 10, "resolution": "1080p", "prompt": "y", "seed": 3})
+    assert big.json() == {"credits": "6.000", "usd": "0.375"}
+    assert (await estimate({"duration": "ten"})).status_code == 422
+    assert (await estimate({}, auth={})).status_code == 401
+    assert mock.state.generations == {}
+    assert mock.state.stats()["estimates"] == 3
+
+
+# --- result expiry --------------------------------------------------------------------------------
+
+
+async def test_completed_results_carry_expires_at_then_expire(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock
+) -> None:
+    """A completed platform result says when it expires (result_ttl after it completed); after
+    that the status answers it expired, without a URL, and its video URL is 410."""
+    assert MockOptions().result_ttl == DEFAULT_RESULT_TTL == 7 * 24 * 3600
+    options = MockOptions(latency_min=10, latency_max=10, result_ttl=100, seed=1)
+    mock = inprocess_factory(options, clock=fake_clock)
+    request_id = (await platform_submit(mock)).json()["request_id"]
+    path = f"/requests/{request_id}/status"
+    assert "expires_at" not in (await mock.client.get(path, headers=PLATFORM_AUTH)).json()
+    fake_clock.advance(10)
+    done = (await mock.client.get(path, headers=PLATFORM_AUTH)).json()
+    assert done["status"] == "completed" and "expired" not in done
+    assert done["expires_at"] == mock.state.iso(fake_clock.now + 100)
+    assert done["expires_at"].endswith("Z")
+    when = datetime.fromisoformat(done["expires_at"])
+    assert abs(when.timestamp() - (mock.state.wall_offset + fake_clock.now + 100)) < 1
+    url = done["video"]["url"]
+    assert (await mock.client.get(url)).status_code == 200
+    fake_clock.advance(100)
+    gone = (await mock.client.get(path, headers=PLATFORM_AUTH)).json()
+    assert gone == {
+        "status": "completed",
+        "request_id": request_id,
+        "status_url": done["status_url"],
+        "cancel_url": done["cancel_url"],
+        "expires_at": done["expires_at"],
+        "expired": True,
+        "video": None,
+    }
+    expired = await mock.client.get(url)
+    assert expired.status_code == 410 and done["expires_at"] in expired.json()["detail"]
+    assert mock.state.stats()["expired_results"] == 1
+
+
+async def test_seed_results_do_not_expire(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock
+) -> None:
+    """The seed API documents no retention: no expires_at, and the video stays."""
+    mock = inprocess_factory(MockOptions(result_ttl=1, seed=1), clock=fake_clock)
+    gen, url = await completed_video_url(mock, fake_clock)
+    fake_clock.advance(3600)
+    doc = (await mock.client.get(f"/api/v1/status/{gen}", headers=SEED_AUTH)).json()
+    assert "expires_at" not in doc and doc["video_url"] == url
+    assert (await mock.client.get(url)).status_code == 200
+
+
+# --- status glitches ------------------------------------------------------------------------------
+
+
+def is_true_completed(answer: httpx.Response) -> bool:
+    """A 200 JSON answer saying completed, with a video URL (either dialect's shape)."""
+    if answer.status_code != 200 or "json" not in answer.headers["content-type"]:
+        return False
+    doc = answer.json()
+    return doc.get("status") == "completed" and bool(doc.get("video_url") or doc.get("video"))
+
+
+async def glitched_status(
+    mock: InProcessMock, dialect: str
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """Submit one generation (finished at once) and ask its status five times: the one
+    answer that was not the true one, and the answers after it."""
+    if dialect == "seed":
+        gen = (await seed_submit(mock)).json()["generation_id"]
+        path, auth = f"/api/v1/status/{gen}", SEED_AUTH
+    else:
+        gen = (await platform_submit(mock)).json()["request_id"]
+        path, auth = f"/requests/{gen}/status", PLATFORM_AUTH
+    answers = [await mock.client.get(path, headers=auth) for _ in range(5)]
+    glitched = [a for a in answers if not is_true_completed(a)]
+    assert len(glitched) == 1, [a.text for a in answers]
+    return glitched[0], answers[answers.index(glitched[0]) + 1 :]
+
+
+@pytest.mark.parametrize("dialect", ["seed", "platform"])
+@pytest.mark.parametrize("kind", GLITCH_KINDS)
+async def test_each_status_glitch_once_per_generation(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock, dialect: str, kind: GlitchKind
+) -> None:
+    """glitch_rate 1 with one kind: that glitch answers exactly one status call, in its
+    documented shape, and is counted; every other answer is the true one."""
+    options = MockOptions(latency_min=0, latency_max=0, glitch_rate=1.0, glitches=(kind,), seed=1)
+    mock = inprocess_factory(options, clock=fake_clock)
+    glitch, after = await glitched_status(mock, dialect)
+    running = "processing" if dialect == "seed" else "in_progress"
+    if kind == "html":
+        assert glitch.status_code == 200 and glitch.headers["content-type"].startswith("text/html")
+        assert glitch.text.startswith("<!DOCTYPE html>")
+    elif kind == "not_found":
+        assert glitch.status_code == 404
+    elif kind == "redirect":
+        assert glitch.status_code == 307
+        target = httpx.URL(glitch.headers["location"])
+        assert (target.host, target.path) == ("127.0.0.2", glitch.request.url.path)
+    else:
+        doc = glitch.json()
+        expected = {
+            "no_status": None,
+            "numeric_status": 3,
+            "no_url": "completed",
+            "regressed": running,
+        }[kind]
+        assert doc.get("status") == expected
+        assert not doc.get("video_url") and not doc.get("video")
+    assert len(after) >= 3 and all(is_true_completed(a) for a in after)
+    stats = mock.state.stats()
+    assert stats["glitches"] == 1 and stats[f"glitch_{kind}"] == 1
+
+
+async def test_every_glitch_kind_hits_each_generation_once(
+    inprocess_factory: InProcessFactory, fake_clock: FakeClock
+) -> None:
+    """With every kind on at rate 1, each generation gets each kind once, then true answers;
+    no_url and regressed wait until it completed (regressed until it was answered so)."""
+    options = MockOptions(latency_min=10, latency_max=10, glitch_rate=1.0, seed=3)
+    mock = inprocess_factory(options, clock=fake_clock)
+    ids = [(await platform_submit(mock, {"prompt": p}, key=p)).json()["request_id"] for p in "ab"]
+    for request_id in ids:
+        for _ in range(5):
+            await mock.client.get(f"/requests/{request_id}/status", headers=PLATFORM_AUTH)
+    assert mock.state.stats()["glitches"] == 2 * 5  # html, no_status, numeric, not_found, redirect
+    fake_clock.advance(10)
+    for request_id in ids:
+        for _ in range(6):
+            await mock.client.get(f"/requests/{request_id}/status", headers=PLATFORM_AUTH)
+    stats = mock.state.stats()
+    assert stats["glitches"] == 2 * len(GLITCH_KINDS)
+    assert all(stats[f"glitch_{kind}"] == 2 for kind in GLITCH_KINDS)
+    assert await platform_words(mock, ids) == ["completed", "completed"]
 
 
 # --- faults ---------------------------------------------------------------------------------------
@@ -539,18 +850,121 @@ async def test_soul_failures_and_validation(
     assert got.status_code == 422
 
 
+async def test_soul_creation_honours_idempotency_keys(inprocess_mock: InProcessMock) -> None:
+    """Both dialects: the same key gives the same soul back (a replay), the same key with
+    another body is 422; soul keys and generation keys are apart; without keys the same
+    identity twice is a second training, counted as a duplicate."""
+    mock = inprocess_mock
+    hdrs = {**PLATFORM_AUTH, "Idempotency-Key": "soul-1"}
+    first = await mock.client.post(
+        "/v1/custom-references", json=reference_body("ava"), headers=hdrs
+    )
+    again = await mock.client.post(
+        "/v1/custom-references", json=reference_body("ava"), headers=hdrs
+    )
+    assert first.status_code == again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    clash = await mock.client.post("/v1/custom-references", json=reference_body("bo"), headers=hdrs)
+    assert clash.status_code == 422
+    assert (await platform_submit(mock, key="soul-1")).status_code == 200
+    seed_hdrs = {**SEED_AUTH, "Idempotency-Key": "soul-1"}
+    body = {"name": "ava", "images": ["https://x/1.jpg"]}
+    seed_first = await mock.client.post("/api/v1/soul/train", json=body, headers=seed_hdrs)
+    seed_again = await mock.client.post("/api/v1/soul/train", json=body, headers=seed_hdrs)
+    assert seed_again.json()["model_id"] == seed_first.json()["model_id"] != first.json()["id"]
+    other = {**body, "images": ["https://x/2.jpg"]}
+    assert (
+        await mock.client.post("/api/v1/soul/train", json=other, headers=seed_hdrs)
+    ).status_code == 422
+    for _ in range(2):
+        await mock.client.post("/api/v1/soul/train", json=body, headers=SEED_AUTH)
+    stats = mock.state.stats()
+    assert stats["souls_created"] == 4 and stats["soul_replays"] == 2
+    assert stats["idempotency_conflicts"] == 2 and stats["duplicate_souls"] == 2
+
+
+@pytest.mark.parametrize("dialect", ["seed", "platform"])
+async def test_drop_soul_answer_after_accept(
+    inprocess_factory: InProcessFactory, dialect: str
+) -> None:
+    """drop_soul_answer_rate: the training is started, the answer never arrives; the same key
+    then gets it back (a replay is never dropped)."""
+    mock = inprocess_factory(MockOptions(drop_soul_answer_rate=1.0, seed=1))
+    if dialect == "seed":
+        path, body = "/api/v1/soul/train", {"name": "ava", "images": ["https://x/1.jpg"]}
+        hdrs, field = {**SEED_AUTH, "Idempotency-Key": "s"}, "model_id"
+    else:
+        path, body = "/v1/custom-references", reference_body("ava")
+        hdrs, field = {**PLATFORM_AUTH, "Idempotency-Key": "s"}, "id"
+    with pytest.raises(ConnectionDropped):
+        await mock.client.post(path, json=body, headers=hdrs)
+    (soul,) = mock.state.souls
+    assert (await mock.client.post(path, json=body, headers=hdrs)).json()[field] == soul
+    stats = mock.state.stats()
+    assert (stats["souls_created"], stats["dropped_soul_answers"], stats["soul_replays"]) == (
+        1,
+        1,
+        1,
+    )
+
+
+async def test_list_custom_references(inprocess_factory: InProcessFactory) -> None:
+    """GET /v1/custom-references/list pages through the account's references, oldest first,
+    each shaped like GET /v1/custom-references/{id}; other accounts' stay hidden."""
+    mock = inprocess_factory(
+        MockOptions(platform_api_keys=("test-id:test-secret", "other:key"), seed=1)
+    )
+    for name in ("ava", "bo", "cy"):
+        await mock.client.post(
+            "/v1/custom-references", json=reference_body(name), headers=PLATFORM_AUTH
+        )
+    await mock.client.post(
+        "/v1/custom-references",
+        json=reference_body("zed"),
+        headers={"Authorization": "Key other:key"},
+    )
+
+    async def page(query: str) -> httpx.Response:
+        return await mock.client.get(f"/v1/custom-references/list{query}", headers=PLATFORM_AUTH)
+
+    first = (await page("?page=1&page_size=2")).json()
+    assert [i["name"] for i in first["items"]] == ["ava", "bo"]
+    assert (first["page"], first["page_size"], first["total"]) == (1, 2, 3)
+    second = (await page("?page=2&page_size=2")).json()
+    assert [i["name"] for i in second["items"]] == ["cy"]
+    assert (await page("?page=3&page_size=2")).json()["items"] == []
+    everything = (await page("")).json()
+    assert [i["name"] for i in everything["items"]] == ["ava", "bo", "cy"]
+    one = everything["items"][0]
+    alone = await mock.client.get(f"/v1/custom-references/{one['id']}", headers=PLATFORM_AUTH)
+    assert alone.json() == one
+    for bad in ("?page_size=0", "?page_size=101", "?page=x", "?page=0"):
+        assert (await page(bad)).status_code == 422, bad
+    assert (await mock.client.get("/v1/custom-references/list")).status_code == 401
+    assert mock.state.stats()["reference_listings"] == 4
+
+
 async def test_presigned_upload(inprocess_mock: InProcessMock) -> None:
-    """The PUT needs no key but must carry the signed Content-Type; the file is then public."""
+    """The PUT needs no key but must carry every upload header as given (403 and counted
+    otherwise); the file is then public."""
     slot = (
         await inprocess_mock.client.post(
             "/files/generate-upload-url", json={"content_type": "image/jpeg"}, headers=PLATFORM_AUTH
         )
     ).json()
-    assert slot["upload_headers"] == {"Content-Type": "image/jpeg"}
-    wrong = await inprocess_mock.client.put(
-        slot["upload_url"], content=b"x", headers={"Content-Type": "image/png"}
-    )
-    assert wrong.status_code == 403
+    assert slot["upload_headers"] == {
+        "Content-Type": "image/jpeg",
+        "x-amz-tagging": "retention=temporary",
+    }
+    for headers in (
+        {**slot["upload_headers"], "Content-Type": "image/png"},
+        {"Content-Type": "image/jpeg"},  # what the official Python SDK sends
+        {"x-amz-tagging": "retention=temporary"},
+    ):
+        wrong = await inprocess_mock.client.put(slot["upload_url"], content=b"x", headers=headers)
+        assert wrong.status_code == 403
+    assert inprocess_mock.state.stats()["upload_refusals"] == 3
+    assert inprocess_mock.state.stats()["uploads"] == 0
     put = await inprocess_mock.client.put(
         slot["upload_url"], content=b"jpeg!", headers=slot["upload_headers"]
     )
@@ -591,6 +1005,12 @@ async def test_log_and_stats_endpoints(inprocess_mock: InProcessMock) -> None:
         {"retry_after_mode": "sometimes"},
         {"concurrency_limit": 0},
         {"url_ttl": 0},
+        {"queue_limit": 4},
+        {"concurrency_limit": 2, "queue_limit": -1},
+        {"result_ttl": 0},
+        {"glitch_rate": 1.5},
+        {"glitches": ("html", "teapot")},
+        {"drop_soul_answer_rate": -0.1},
     ],
 )
 def test_options_are_validated(bad: dict[str, Any]) -> None:

@@ -60,6 +60,13 @@ from runner.errors import EXIT_OK
     help="Generations queued or running per account (platform: 400, seed: 429 over it).",
 )
 @click.option(
+    "--queue-limit",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Platform account queue: run --concurrency-limit at once, queue N more, then 429 "
+    "account_queue_full.",
+)
+@click.option(
     "--drop-rate",
     "drop_after_accept_rate",
     type=click.FloatRange(0.0, 1.0),
@@ -79,6 +86,27 @@ from runner.errors import EXIT_OK
     help="Video URLs expire after S seconds.",
 )
 @click.option(
+    "--result-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Platform results expire S seconds after they complete (default 7 days).",
+)
+@click.option(
+    "--glitch-rate",
+    type=click.FloatRange(0.0, 1.0),
+    metavar="P",
+    help="Share of status calls answered by a glitch (each kind once per generation).",
+)
+@click.option(
+    "--glitch",
+    "glitches",
+    multiple=True,
+    type=click.Choice(
+        ["html", "no_status", "numeric_status", "not_found", "no_url", "redirect", "regressed"]
+    ),
+    help="A glitch kind --glitch-rate may inject (repeatable; default all).",
+)
+@click.option(
     "--soul-seconds",
     "soul_training_seconds",
     type=click.FloatRange(min=0),
@@ -90,6 +118,13 @@ from runner.errors import EXIT_OK
     type=click.FloatRange(0.0, 1.0),
     metavar="P",
     help="Share of soul trainings that fail.",
+)
+@click.option(
+    "--drop-soul-rate",
+    "drop_soul_answer_rate",
+    type=click.FloatRange(0.0, 1.0),
+    metavar="P",
+    help="Share of soul trainings accepted, then answered by a dropped connection.",
 )
 @click.option("--seed", type=int, help="Seed for the fault generator (reproducible runs).")
 @click.option(

@@ -6,8 +6,9 @@ Base URLs, for a server at ``{origin}`` (e.g. ``http://127.0.0.1:8808``):
 - ``higgsfield``:    ``{origin}``          (``Authorization: Key test-id:test-secret``)
 
 Plus the mock's own routes, which need no key: ``GET /_mock/videos/{id}.mp4?token=…``
-(Range supported; 410 once the token expired), ``PUT /_mock/uploads/{token}`` and
-``GET /_mock/files/{token}`` (presigned uploads), ``GET /_mock/log`` and ``GET /_mock/stats``.
+(Range supported; 410 once the token or the result expired), ``PUT /_mock/uploads/{token}``
+(403 unless it carries every ``upload_headers`` header) and ``GET /_mock/files/{token}``
+(presigned uploads), ``GET /_mock/log`` and ``GET /_mock/stats``.
 In-process, ``app.state.mock`` is the :class:`~runner.mock.state.MockState` behind them.
 """
 
@@ -34,12 +35,18 @@ async def video(request: Request) -> Response:
     """GET/HEAD /_mock/videos/{id}.mp4?token=…: the generation's MP4, with Range support."""
     state = mock_state(request)
     generation = state.generation(request.path_params["generation_id"])
-    if generation is None or generation.state(state.now()) != "completed":
+    if generation is None or state.state_of(generation) != "completed":
         return JSONResponse({"detail": "Not Found"}, status_code=404)
     note(request, generation_id=generation.id)
     verdict = state.check_video_token(generation.id, request.query_params.get("token", ""))
     if verdict == "bad":
         return JSONResponse({"detail": "Forbidden: bad or missing token"}, status_code=403)
+    expires = generation.expires_at
+    if expires is not None and generation.expired(state.now()):
+        state.count("expired_results")
+        note(request, note="result expired")
+        detail = f"Gone: the result expired at {state.iso(expires)}"
+        return JSONResponse({"detail": detail}, status_code=410)
     if verdict == "expired":
         state.count("expired_video_urls")
         note(request, note="expired")
@@ -76,12 +83,16 @@ async def video(request: Request) -> Response:
 
 
 async def upload_put(request: Request) -> Response:
-    """PUT /_mock/uploads/{token}: a presigned upload; the Content-Type must match."""
+    """PUT /_mock/uploads/{token}: a presigned upload; every signed header must be sent as
+    given (as S3 checks the headers it signed)."""
     state = mock_state(request)
     upload = state.uploads.get(request.path_params["token"])
     if upload is None or upload.data is not None:
         return Response("NoSuchUpload", status_code=404, media_type="text/plain")
-    if request.headers.get("content-type") != upload.content_type:
+    wrong = [name for name, value in upload.headers.items() if request.headers.get(name) != value]
+    if wrong:
+        state.count("upload_refusals")
+        note(request, note="missing upload headers: " + ", ".join(sorted(wrong)))
         return Response("SignatureDoesNotMatch", status_code=403, media_type="text/plain")
     upload.data = await request.body()
     state.count("uploads")

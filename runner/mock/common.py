@@ -1,4 +1,5 @@
-"""What both dialects' routes share: auth, edge faults, error bodies, the submit pipeline."""
+"""What both dialects' routes share: auth, edge faults, error bodies, the submit and soul
+creation pipelines."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runner.mock.state import Generation, MockState
+from runner.mock.records import Generation, Soul
+from runner.mock.state import MockState
 from runner.mock.video import BrokenResponse, ConnectionDropped
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -175,7 +177,8 @@ def submit(
     body: dict[str, Any],
     answer: Callable[[Generation], dict[str, Any]],
 ) -> Response:
-    """Idempotency, the concurrency limit, creation, and the drop-after-accept fault."""
+    """Idempotency, the concurrency limit or account queue, creation, and the
+    drop-after-accept fault."""
     state = mock_state(request)
     key = request.headers.get("idempotency-key")
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
@@ -195,12 +198,55 @@ def submit(
             )
         message = f"Too many concurrent generations ({limit})"
         return dialect.error(429, message, headers=retry_after_header(state))
+    if result.kind == "queue_full":
+        note(request, note="account queue full")
+        return JSONResponse(
+            {
+                "code": "account_queue_full",
+                "detail": f"Account queue is full ({result.active} requests queued or "
+                "running); retry after the pause with the same Idempotency-Key",
+            },
+            status_code=429,
+            headers=retry_after_header(state),
+        )
     generation = result.generation
     assert generation is not None
     note(request, generation_id=generation.id, note=result.kind)
     doc = answer(generation)
     if result.kind == "created" and state.roll(state.options.drop_after_accept_rate):
         state.count("dropped_connections")
+        note(request, note="dropped after accept")
+        return BrokenResponse(json.dumps(doc).encode(), media_type="application/json")
+    return JSONResponse(doc)
+
+
+def create_soul(
+    request: Request,
+    dialect: Dialect,
+    *,
+    account: str,
+    name: str,
+    images: list[str],
+    body: dict[str, Any],
+    answer: Callable[[Soul], dict[str, Any]],
+) -> Response:
+    """Idempotency (as for generations), creation, and the drop-soul-answer fault."""
+    state = mock_state(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        return dialect.error(422, "Idempotency-Key must be 1-255 visible ASCII characters")
+    result = state.create_soul(
+        account=account, name=name, images=images, body=body, idempotency_key=key
+    )
+    if result.kind == "conflict":
+        note(request, note="idempotency conflict")
+        return dialect.error(422, "Idempotency-Key was already used with a different body")
+    soul = result.soul
+    assert soul is not None
+    note(request, note=result.kind)
+    doc = answer(soul)
+    if result.kind == "created" and state.roll(state.options.drop_soul_answer_rate):
+        state.count("dropped_soul_answers")
         note(request, note="dropped after accept")
         return BrokenResponse(json.dumps(doc).encode(), media_type="application/json")
     return JSONResponse(doc)

@@ -1,10 +1,30 @@
 """The official platform dialect's routes, at the root (base URL ``{origin}``).
 
 The catch-all ``POST /{model_id}`` must come after every other route of the app.
+
+Shapes the platform's documents leave open, as the mock answers them:
+
+- ``GET /requests/{id}/status`` of a completed generation carries ``expires_at`` (ISO 8601
+  UTC, ``2025-01-31T12:00:00Z``): ``result_ttl`` after it completed. Once past, the answer is
+  ``{"status": "completed", "request_id", "status_url", "cancel_url", "expires_at": <past>,
+  "expired": true, "video": null}`` and every video URL of it answers 410
+  ``{"detail": "Gone: the result expired at <expires_at>"}``.
+- ``POST /requests/{id}/cancel``: 202 ``{"status": "canceled", "request_id"}`` while queued
+  (and again for one already cancelled), 400 ``{"detail": "Request is already being
+  processed"}`` once running or finished, 404 for an unknown id.
+- A full account queue: 429 ``{"code": "account_queue_full", "detail": "..."}`` + Retry-After.
+- ``POST /estimate/{model_id}`` with a submit body: ``{"credits": "1.500", "usd": "0.094"}``,
+  see :func:`price`.
+- ``GET /v1/custom-references/list?page=1&page_size=20``: ``{"items": [<reference>, ...],
+  "page", "page_size", "total"}``, oldest first, each item shaped like
+  ``GET /v1/custom-references/{id}``; pages from 1, ``page_size`` 1 to 100.
+- ``POST /files/generate-upload-url``: ``upload_headers`` are ``Content-Type`` and
+  ``x-amz-tagging: retention=temporary``; a PUT missing either (or with another value) is 403.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -14,19 +34,32 @@ from starlette.routing import Route
 
 from runner.mock.common import (
     PLATFORM,
+    create_soul,
     find,
     find_generation,
+    guard,
     guarded_body,
     mock_state,
+    note,
     submit,
 )
-from runner.mock.state import Generation
+from runner.mock.glitches import glitch_answer
+from runner.mock.records import Generation, Soul
+from runner.mock.state import MockState
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 STATUS_WORDS = {"running": "in_progress"}
 SOUL_WORDS = {"training": "in_progress", "ready": "completed"}
 MAX_SOUL_NAME = 100
 MAX_SOUL_IMAGES = 100
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+UPLOAD_HEADERS = {"x-amz-tagging": "retention=temporary"}  # besides Content-Type
+# Pricing (illustrative): credits per second of video at 720p, scaled by resolution.
+CREDITS_PER_SECOND = 0.3
+RESOLUTION_FACTORS = {"480p": 0.5, "720p": 1.0, "1080p": 2.0}
+DEFAULT_DURATION = 5
+USD_PER_CREDIT = 0.0625
 
 
 def _invalid(*problems: tuple[str, str]) -> Response:
@@ -79,18 +112,27 @@ async def generate(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    """GET /requests/{request_id}/status."""
+    """GET /requests/{request_id}/status (``expires_at`` once completed; glitches)."""
     found = find_generation(request, PLATFORM, "request_id", "Request not found")
     if isinstance(found, Response):
         return found
     state, generation = found
-    word = generation.state(state.now())
-    doc: dict[str, Any] = {
-        "status": STATUS_WORDS.get(word, word),
-        "request_id": generation.id,
-        **_links(request, generation),
-    }
-    if word == "completed":
+    base: dict[str, Any] = {"request_id": generation.id, **_links(request, generation)}
+    glitch = state.glitch_for(generation)
+    if glitch is not None:
+        not_found = PLATFORM.error(404, "Request not found")
+        return glitch_answer(
+            glitch, request, doc=base, running_word="in_progress", not_found=not_found
+        )
+    word = state.state_of(generation)
+    doc: dict[str, Any] = {"status": STATUS_WORDS.get(word, word), **base}
+    expires = generation.expires_at
+    if expires is not None and word == "completed":
+        doc["expires_at"] = state.iso(expires)
+    if word == "completed" and generation.expired(state.now()):
+        doc.update(expired=True, video=None)
+        note(request, note="expired")
+    elif word == "completed":
         url = str(request.base_url).rstrip("/") + state.video_path(generation)
         doc["video"] = {"url": url}
     elif word == "failed":
@@ -99,16 +141,42 @@ async def status(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    """POST /requests/{request_id}/cancel: 202 while queued, 400 once processing started."""
+    """POST /requests/{request_id}/cancel: 202 while queued (refunded), 400 once processing."""
     found = find_generation(request, PLATFORM, "request_id", "Request not found")
     if isinstance(found, Response):
         return found
     state, generation = found
-    now = state.now()
-    if generation.state(now) != "queued":
+    if state.cancel(generation) == "started":
         return PLATFORM.error(400, "Request is already being processed")
-    generation.canceled_at = now
     return JSONResponse({"status": "canceled", "request_id": generation.id}, status_code=202)
+
+
+def price(body: dict[str, Any]) -> float | None:
+    """Credits a body costs: ``CREDITS_PER_SECOND`` × ``duration`` (default 5) × the
+    resolution's factor (480p 0.5, 720p 1, 1080p 2, others 1); None when ``duration`` is no
+    positive number. Deterministic, so equal shapes get equal prices."""
+    duration = body.get("duration", DEFAULT_DURATION)
+    if isinstance(duration, bool) or not isinstance(duration, int | float):
+        return None
+    if not math.isfinite(duration) or duration <= 0:
+        return None
+    factor = RESOLUTION_FACTORS.get(str(body.get("resolution", "720p")), 1.0)
+    return CREDITS_PER_SECOND * duration * factor
+
+
+async def estimate(request: Request) -> Response:
+    """POST /estimate/{model_id} with a submit body: its price, as decimal strings."""
+    model = request.path_params["model"]
+    if not MODEL_ID.fullmatch(model):
+        return PLATFORM.error(404, "Not Found")
+    found = await guarded_body(request, PLATFORM, not_an_object=_not_an_object)
+    if isinstance(found, Response):
+        return found
+    credits = price(found[1])
+    if credits is None:
+        return _invalid(("duration", "Input should be a positive number"))
+    mock_state(request).count("estimates")
+    return JSONResponse({"credits": f"{credits:.3f}", "usd": f"{credits * USD_PER_CREDIT:.3f}"})
 
 
 async def create_reference(request: Request) -> Response:
@@ -123,8 +191,42 @@ async def create_reference(request: Request) -> Response:
     urls = _image_urls(images)
     if urls is None:
         return _invalid(("input_images", f"1 to {MAX_SOUL_IMAGES} {{type: image_url}} items"))
-    soul = mock_state(request).create_soul(account=account, name=name, images=urls)
-    return JSONResponse(_reference_doc(soul.id, name, "not_ready", None))
+    state = mock_state(request)
+    return create_soul(
+        request,
+        PLATFORM,
+        account=account,
+        name=name,
+        images=urls,
+        body=body,
+        answer=lambda soul: _reference(state, soul),
+    )
+
+
+async def list_references(request: Request) -> Response:
+    """GET /v1/custom-references/list?page=&page_size=: the account's references."""
+    account, refusal = guard(request, PLATFORM)
+    if refusal is not None:
+        return refusal
+    page = _positive_int(request.query_params.get("page", "1"))
+    size = _positive_int(request.query_params.get("page_size", str(DEFAULT_PAGE_SIZE)))
+    if page is None:
+        return _query_invalid("page", "Input should be an integer of at least 1")
+    if size is None or size > MAX_PAGE_SIZE:
+        return _query_invalid("page_size", f"Input should be an integer from 1 to {MAX_PAGE_SIZE}")
+    state = mock_state(request)
+    state.count("reference_listings")
+    souls = state.account_souls(account)
+    items = [_reference(state, soul) for soul in souls[(page - 1) * size : page * size]]
+    return JSONResponse({"items": items, "page": page, "page_size": size, "total": len(souls)})
+
+
+def _positive_int(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and int(text) >= 1 else None
+
+
+def _query_invalid(field: str, msg: str) -> Response:
+    return PLATFORM.error(422, [{"loc": ["query", field], "msg": msg, "type": "value_error"}])
 
 
 async def get_reference(request: Request) -> Response:
@@ -139,9 +241,7 @@ async def get_reference(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     state, soul = found
-    word = soul.state(state.now())
-    reason = "Not enough usable faces in the input images" if word == "failed" else None
-    return JSONResponse(_reference_doc(soul.id, soul.name, SOUL_WORDS.get(word, word), reason))
+    return JSONResponse(_reference(state, soul))
 
 
 def _image_urls(images: Any) -> list[str] | None:
@@ -159,11 +259,14 @@ def _image_urls(images: Any) -> list[str] | None:
     return urls
 
 
-def _reference_doc(soul_id: str, name: str, status: str, reason: str | None) -> dict[str, Any]:
+def _reference(state: MockState, soul: Soul) -> dict[str, Any]:
+    """A custom reference as the platform shows it."""
+    word = soul.state(state.now())
+    reason = "Not enough usable faces in the input images" if word == "failed" else None
     return {
-        "id": soul_id,
-        "name": name,
-        "status": status,
+        "id": soul.id,
+        "name": soul.name,
+        "status": SOUL_WORDS.get(word, word),
         "thumbnail_url": None,
         "fail_reason": reason,
     }
@@ -182,13 +285,14 @@ async def generate_upload_url(request: Request) -> Response:
     if not isinstance(content_type, str) or "/" not in content_type:
         return no_content_type()
     state = mock_state(request)
-    token = state.new_upload(content_type)
+    headers = {"Content-Type": content_type, **UPLOAD_HEADERS}
+    token = state.new_upload(content_type, headers)
     origin = str(request.base_url).rstrip("/")
     return JSONResponse(
         {
             "upload_url": f"{origin}/_mock/uploads/{token}",
             "public_url": f"{origin}/_mock/files/{token}",
-            "upload_headers": {"Content-Type": content_type},
+            "upload_headers": headers,
         }
     )
 
@@ -196,7 +300,9 @@ async def generate_upload_url(request: Request) -> Response:
 ROUTES = [
     Route("/requests/{request_id}/status", status, methods=["GET"]),
     Route("/requests/{request_id}/cancel", cancel, methods=["POST"]),
+    Route("/estimate/{model:path}", estimate, methods=["POST"]),
     Route("/v1/custom-references", create_reference, methods=["POST"]),
+    Route("/v1/custom-references/list", list_references, methods=["GET"]),
     Route("/v1/custom-references/{reference_id}", get_reference, methods=["GET"]),
     Route("/files/generate-upload-url", generate_upload_url, methods=["POST"]),
 ]

@@ -8,8 +8,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.mock.common import SEED, find, find_generation, guarded_body, mock_state, submit
-from runner.mock.state import Generation
+from runner.mock.common import (
+    SEED,
+    create_soul,
+    find,
+    find_generation,
+    guarded_body,
+    mock_state,
+    submit,
+)
+from runner.mock.glitches import glitch_answer
+from runner.mock.records import Generation
 
 PREFIX = "/api/v1"
 TYPES = ("text-to-video", "image-to-video")
@@ -68,12 +77,18 @@ async def status(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     state, generation = found
-    word = generation.state(state.now())
-    doc: dict[str, Any] = {
-        "status": STATUS_WORDS.get(word, word),
-        "type": generation.body.get("type", "text-to-video"),
-        "video_url": None,
-    }
+    kind = generation.body.get("type", "text-to-video")
+    glitch = state.glitch_for(generation)
+    if glitch is not None:
+        return glitch_answer(
+            glitch,
+            request,
+            doc={"type": kind, "video_url": None},
+            running_word="processing",
+            not_found=SEED.error(404, "generation not found"),
+        )
+    word = state.state_of(generation)
+    doc: dict[str, Any] = {"status": STATUS_WORDS.get(word, word), "type": kind, "video_url": None}
     if word == "completed":
         doc["video_url"] = str(request.base_url).rstrip("/") + state.video_path(generation)
     elif word == "failed":
@@ -84,7 +99,7 @@ async def status(request: Request) -> Response:
 
 
 async def train(request: Request) -> Response:
-    """POST /api/v1/soul/train."""
+    """POST /api/v1/soul/train (Idempotency-Key honoured as for generations)."""
     found = await guarded_body(request, SEED, not_an_object=_not_an_object)
     if isinstance(found, Response):
         return found
@@ -98,8 +113,15 @@ async def train(request: Request) -> Response:
         or not all(isinstance(i, str) and i for i in images)
     ):
         return SEED.error(422, "images must be a non-empty list of URLs")
-    soul = mock_state(request).create_soul(account=account, name=name, images=images)
-    return JSONResponse({"success": True, "model_id": soul.id, "status": "training"})
+    return create_soul(
+        request,
+        SEED,
+        account=account,
+        name=name,
+        images=images,
+        body=body,
+        answer=lambda soul: {"success": True, "model_id": soul.id, "status": "training"},
+    )
 
 
 async def soul_model(request: Request) -> Response:

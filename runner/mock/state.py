@@ -1,8 +1,10 @@
 """The mock's memory: generations, souls, idempotency keys, video URLs, the log and counters.
 
 Every state is derived lazily from the clock (no background tasks): a generation is queued,
-then running, then finished once its drawn latency has elapsed. Methods take a lock because a
-test thread reads what the server thread writes.
+then running (when :mod:`runner.mock.scheduling` starts it), then finished once its drawn
+latency has elapsed. Methods take a lock because a test thread reads what the server thread
+writes. Times are seconds on the app's clock; :meth:`MockState.iso` turns one into the ISO
+wall-clock time the platform writes (``expires_at``).
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from random import Random
 from typing import Any, Literal
 
-from runner.mock.options import QUEUE_FRACTION, MockOptions
+from runner.mock.options import GLITCH_KINDS, GlitchKind, MockOptions
+from runner.mock.records import (
+    Generation,
+    GenerationState,
+    Outcome,
+    Soul,
+    SoulResult,
+    SubmitResult,
+    Upload,
+)
+from runner.mock.scheduling import AccountQueue
 from runner.mock.video import video_for
 
 Clock = Callable[[], float]
-Outcome = Literal["completed", "failed", "nsfw"]
-GenerationState = Literal["queued", "running", "completed", "failed", "nsfw", "canceled"]
-SoulState = Literal["not_ready", "queued", "training", "ready", "failed"]
 
 COUNTERS = (
     "requests",
@@ -42,80 +52,22 @@ COUNTERS = (
     "range_downloads",
     "truncated_videos",
     "expired_video_urls",
+    "expired_results",
+    "queue_full_rejections",
+    "canceled",
+    "estimates",
     "souls_created",
+    "soul_replays",
+    "duplicate_souls",
+    "dropped_soul_answers",
+    "reference_listings",
     "uploads",
+    "upload_refusals",
+    "glitches",
+    *(f"glitch_{kind}" for kind in GLITCH_KINDS),
 )
-
-
-@dataclass
-class Generation:
-    """One accepted submit; its state at any time follows from ``created_at`` and latency."""
-
-    id: str
-    account: str
-    dialect: str
-    route: str
-    body: dict[str, Any]
-    body_hash: str
-    idempotency_key: str | None
-    created_at: float
-    latency: float
-    outcome: Outcome
-    canceled_at: float | None = None
-
-    def state(self, now: float) -> GenerationState:
-        """Where the generation is at clock time ``now``."""
-        if self.canceled_at is not None and now >= self.canceled_at:
-            return "canceled"
-        # Absolute instants, so a test that sets the clock to created_at + latency lands exactly.
-        if now < self.created_at + self.latency * QUEUE_FRACTION:
-            return "queued"
-        if now < self.created_at + self.latency:
-            return "running"
-        return self.outcome
-
-    def active(self, now: float) -> bool:
-        """Queued or running: counts against the account's concurrency limit."""
-        return self.state(now) in ("queued", "running")
-
-
-@dataclass
-class Soul:
-    """One soul (identity) training, ready or failed after ``training_seconds``."""
-
-    id: str
-    account: str
-    name: str
-    images: list[str]
-    created_at: float
-    training_seconds: float
-    fails: bool
-
-    def state(self, now: float) -> SoulState:
-        """``not_ready`` → ``queued`` → ``training`` (thirds of the time) → ready/failed."""
-        if now >= self.created_at + self.training_seconds:
-            return "failed" if self.fails else "ready"
-        third = self.training_seconds / 3
-        if now < self.created_at + third:
-            return "not_ready"
-        return "queued" if now < self.created_at + 2 * third else "training"
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    """What :meth:`MockState.submit` decided."""
-
-    kind: Literal["created", "replay", "conflict", "busy"]
-    generation: Generation | None = None
-    active: int = 0
-
-
-@dataclass
-class Upload:
-    """A presigned upload slot and, once PUT, its bytes."""
-
-    content_type: str
-    data: bytes | None = None
+"""Every counter of :meth:`MockState.stats` (``canceled``: generations cancelled while
+queued, which the platform refunds; ``glitch_<kind>``: status glitches injected per kind)."""
 
 
 @dataclass
@@ -131,7 +83,11 @@ class MockState:
     counters: Counter[str] = field(default_factory=Counter)
     log: list[dict[str, Any]] = field(default_factory=list)
     max_in_flight: int = 0
+    wall_offset: float = field(init=False)
+    """Wall-clock epoch seconds minus app-clock seconds, fixed when the state is made."""
+    _queues: dict[str, AccountQueue] = field(default_factory=dict)
     _keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    _soul_keys: dict[tuple[str, str], str] = field(default_factory=dict)
     _bodies: dict[tuple[str, str], set[str | None]] = field(default_factory=dict)
     _video_tokens: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     _current_token: dict[str, str] = field(default_factory=dict)
@@ -140,10 +96,46 @@ class MockState:
     def __post_init__(self) -> None:
         seed = self.options.seed if self.options.seed is not None else secrets.randbits(64)
         self.rng = Random(seed)
+        self.wall_offset = time.time() - self.clock()
 
     def now(self) -> float:
         """The app clock."""
         return self.clock()
+
+    def iso(self, instant: float) -> str:
+        """An app-clock instant as an ISO 8601 UTC time (``2025-01-31T12:00:00Z``)."""
+        when = datetime.fromtimestamp(self.wall_offset + instant, UTC)
+        return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def queues_submits(self, dialect: str) -> bool:
+        """Whether submits above the concurrency limit wait in the account queue (the
+        platform with ``queue_limit``) rather than being refused."""
+        return dialect == "platform" and self.options.queue_limit is not None
+
+    def _queue(self, account: str, dialect: str) -> AccountQueue:
+        queue = self._queues.get(account)
+        if queue is None:
+            slots = self.options.concurrency_limit if self.queues_submits(dialect) else None
+            queue = self._queues[account] = AccountQueue(slots)
+        return queue
+
+    def _advance(self, now: float) -> None:
+        for queue in self._queues.values():
+            queue.advance(now)
+
+    def state_of(self, generation: Generation) -> GenerationState:
+        """The generation's state now (its account's queue advanced to now first)."""
+        with self._lock:
+            now = self.now()
+            self._queue(generation.account, generation.dialect).advance(now)
+            return generation.state(now)
+
+    def _active(self, account: str, dialect: str, now: float) -> int:
+        queue = self._queue(account, dialect)
+        queue.advance(now)
+        if queue.slots is not None:
+            return len(queue.waiting) + queue.running(now)
+        return sum(1 for g in self.generations.values() if g.account == account and g.active(now))
 
     def roll(self, rate: float) -> bool:
         """True with probability ``rate``; draws nothing when the rate is zero."""
@@ -177,9 +169,7 @@ class MockState:
         idempotency_key: str | None,
     ) -> SubmitResult:
         """Replay, refuse, or create a generation — atomically, so races cannot double-create."""
-        body_hash = hashlib.sha256(
-            json.dumps([route, body], sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
+        body_hash = _hash([route, body])
         with self._lock:
             now = self.now()
             if idempotency_key is not None:
@@ -191,16 +181,37 @@ class MockState:
                         return SubmitResult("conflict")
                     self.counters["idempotent_replays"] += 1
                     return SubmitResult("replay", self.generations[generation_id])
-            active = sum(
-                1 for g in self.generations.values() if g.account == account and g.active(now)
-            )
+            active = self._active(account, dialect, now)
             limit = self.options.concurrency_limit
-            if limit is not None and active >= limit:
+            if limit is not None and self.queues_submits(dialect):
+                if active >= limit + (self.options.queue_limit or 0):
+                    self.counters["queue_full_rejections"] += 1
+                    return SubmitResult("queue_full", active=active)
+            elif limit is not None and active >= limit:
                 self.counters["concurrency_rejections"] += 1
                 return SubmitResult("busy", active=active)
             generation = self._create(account, dialect, route, body, body_hash, idempotency_key)
+            self._queue(account, dialect).add(generation)
+            self._queue(account, dialect).advance(now)
             self.max_in_flight = max(self.max_in_flight, active + 1)
             return SubmitResult("created", generation, active + 1)
+
+    def cancel(self, generation: Generation) -> Literal["canceled", "already", "started"]:
+        """Cancel a generation still queued (refunded); ``already`` if it was cancelled before,
+        ``started`` once it runs or finished."""
+        with self._lock:
+            now = self.now()
+            word = self.state_of(generation)
+            if word == "canceled":
+                return "already"
+            if word != "queued":
+                return "started"
+            queue = self._queue(generation.account, generation.dialect)
+            if generation in queue.waiting:
+                queue.cancel(generation)
+            generation.canceled_at = now
+            self.counters["canceled"] += 1
+            return "canceled"
 
     def _create(
         self,
@@ -229,6 +240,7 @@ class MockState:
             created_at=self.now(),
             latency=self.rng.uniform(opts.latency_min, opts.latency_max),
             outcome=outcome,
+            result_ttl=opts.result_ttl if dialect == "platform" else None,
         )
         self.generations[generation.id] = generation
         self.counters["generations_created"] += 1
@@ -247,10 +259,32 @@ class MockState:
             return None
         return generation
 
-    def create_soul(self, *, account: str, name: str, images: list[str]) -> Soul:
-        """Start a soul training."""
-        fails = self.roll(self.options.soul_fail_rate)
+    def create_soul(
+        self,
+        *,
+        account: str,
+        name: str,
+        images: list[str],
+        body: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> SoulResult:
+        """Replay, refuse, or start a soul training, honouring ``Idempotency-Key`` as
+        generations do (keys of souls and of generations are apart)."""
+        body_hash = _hash(body)
         with self._lock:
+            if idempotency_key is not None:
+                seen = self._soul_keys.get((account, idempotency_key))
+                if seen is not None:
+                    if self.souls[seen].body_hash != body_hash:
+                        self.counters["idempotency_conflicts"] += 1
+                        return SoulResult("conflict")
+                    self.counters["soul_replays"] += 1
+                    return SoulResult("replay", self.souls[seen])
+            if any(
+                s.account == account and s.name == name and s.images == images
+                for s in self.souls.values()
+            ):
+                self.counters["duplicate_souls"] += 1
             soul = Soul(
                 id=self.new_id(),
                 account=account,
@@ -258,20 +292,54 @@ class MockState:
                 images=images,
                 created_at=self.now(),
                 training_seconds=self.options.soul_training_seconds,
-                fails=fails,
+                fails=self.roll(self.options.soul_fail_rate),
+                idempotency_key=idempotency_key,
+                body_hash=body_hash,
             )
             self.souls[soul.id] = soul
+            if idempotency_key is not None:
+                self._soul_keys[(account, idempotency_key)] = soul.id
             self.counters["souls_created"] += 1
-            return soul
+            return SoulResult("created", soul)
+
+    def account_souls(self, account: str) -> list[Soul]:
+        """The account's souls, oldest first."""
+        with self._lock:
+            return [s for s in self.souls.values() if s.account == account]
 
     def soul(self, soul_id: str, account: str) -> Soul | None:
         """A soul of ``account`` by id."""
         soul = self.souls.get(soul_id)
         return soul if soul is not None and soul.account == account else None
 
+    def glitch_for(self, generation: Generation) -> GlitchKind | None:
+        """The status glitch to answer this call with, if one is drawn (``glitch_rate``): a
+        kind of ``glitches`` not yet used on this generation that fits its state."""
+        if self.options.glitch_rate <= 0.0:
+            return None
+        with self._lock:
+            now = self.now()
+            word = self.state_of(generation)
+            fresh = word == "completed" and not generation.expired(now)
+            eligible = [
+                kind
+                for kind in self.options.glitches
+                if kind not in generation.glitched
+                and (kind != "no_url" or fresh)
+                and (kind != "regressed" or (fresh and generation.answered_completed))
+            ]
+            if not eligible or not self.roll(self.options.glitch_rate):
+                return None
+            kind: GlitchKind = self.rng.choice(eligible)
+            generation.glitched.add(kind)
+            self.counters["glitches"] += 1
+            self.counters[f"glitch_{kind}"] += 1
+            return kind
+
     def video_path(self, generation: Generation) -> str:
         """``/_mock/videos/{id}.mp4?token=…``: reused until it expires, then a fresh one."""
         with self._lock:
+            generation.answered_completed = True
             now = self.now()
             token = self._current_token.get(generation.id)
             if token is not None:
@@ -301,11 +369,11 @@ class MockState:
         """sha256 hex of :meth:`video_bytes`, for tests comparing downloads."""
         return hashlib.sha256(self.video_bytes(generation_id)).hexdigest()
 
-    def new_upload(self, content_type: str) -> str:
-        """A presigned upload slot; returns its token."""
+    def new_upload(self, content_type: str, headers: dict[str, str]) -> str:
+        """A presigned upload slot whose PUT must carry ``headers``; returns its token."""
         with self._lock:
             token = secrets.token_hex(12)
-            self.uploads[token] = Upload(content_type)
+            self.uploads[token] = Upload(content_type, dict(headers))
             return token
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -315,15 +383,38 @@ class MockState:
             self.log.append(entry)
 
     def stats(self) -> dict[str, Any]:
-        """Counters (every name in :data:`COUNTERS`, zero if unused) and in-flight figures."""
+        """Counters (every name in :data:`COUNTERS`, zero if unused) and figures of now:
+        ``in_flight`` (queued or running), ``queued``, ``running``, ``max_in_flight``,
+        ``max_running`` (most of one account running at once, under ``queue_limit``),
+        ``charged`` (generations the account pays for: not cancelled, not failed or NSFW)
+        and ``refunded`` (cancelled, failed or NSFW)."""
         with self._lock:
             now = self.now()
+            self._advance(now)
             doc: dict[str, Any] = {name: self.counters[name] for name in COUNTERS}
-            doc["in_flight"] = sum(1 for g in self.generations.values() if g.active(now))
+            states = Counter(g.state(now) for g in self.generations.values())
+            doc["in_flight"] = states["queued"] + states["running"]
+            doc["queued"] = states["queued"]
+            doc["running"] = states["running"]
             doc["max_in_flight"] = self.max_in_flight
+            doc["max_running"] = max((q.max_running for q in self._queues.values()), default=0)
+            charged = sum(
+                1
+                for g in self.generations.values()
+                if g.canceled_at is None and g.outcome == "completed"
+            )
+            doc["charged"] = charged
+            doc["refunded"] = len(self.generations) - charged
             return doc
 
     def log_entries(self) -> list[dict[str, Any]]:
         """A copy of the request log."""
         with self._lock:
             return [dict(entry) for entry in self.log]
+
+
+def _hash(value: Any) -> str:
+    """sha256 of a JSON value's canonical form: the idempotency fingerprint of a body."""
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
