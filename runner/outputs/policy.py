@@ -1,0 +1,539 @@
+"""Where the runner may connect for URLs a provider hands it: videos, redirects, uploads.
+
+The policy is decided on the address actually connected to:
+
+1. :func:`parse_url` refuses what is not a well-formed ``http(s)`` URL (a port past 65535, a
+   broken IPv6 literal, a DNS label over 63 characters, whitespace, credentials, ...) with an
+   :class:`~runner.errors.UnsafeURLError` — never ``ValueError``/``UnicodeError``/...
+2. :class:`PinnedBackend` (an httpcore network backend, used through :class:`PinnedTransport`)
+   resolves the host **once** per connection, checks **every** address it resolved to, and
+   connects to one of those checked addresses. httpcore still does TLS with the URL's host
+   name (SNI and certificate checks) and the request keeps its ``Host`` header, so nothing
+   but the socket's destination changes. A name that answers a public address to one lookup
+   and a loopback one to the next (DNS rebinding) therefore gains nothing: there is no second
+   lookup.
+3. :meth:`URLPolicy.refusal` decides one address. Always refused: link-local (cloud
+   metadata), known metadata addresses, multicast, unspecified, broadcast, documentation,
+   benchmarking, IETF protocol assignments (``192.0.0.0/24``), discard-only, deprecated and
+   reserved ranges, the local-use NAT64 prefix ``64:ff9b:1::/48``, and everything outside
+   ``2000::/3`` not listed below. Private and loopback (``10/8``, ``172.16/12``,
+   ``192.168/16``, ``127/8``, ``::1``, ``fc00::/7``, CGNAT ``100.64/10``) are refused unless
+   the provider's own base URL is on such an address (the mock server). Addresses that embed
+   an IPv4 address — IPv4-mapped ``::ffff:0:0/96``, NAT64 ``64:ff9b::/96``, 6to4
+   ``2002::/16``, Teredo ``2001::/32`` — are judged by the IPv4 address inside. Python's
+   ``ipaddress`` flags are consulted too, so a range a newer Python knows is refused as well.
+
+Hosts written as legacy IPv4 numbers (``2130706433``, ``0x7f.1``, ``127.1``) are read the way
+browsers and ``inet_aton`` read them, so they are judged as the address they name, with no
+DNS lookup.
+
+Proxies from the environment are not used by :class:`PinnedTransport`: a proxy would resolve
+the name itself, out of the policy's sight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpcore
+import httpx
+
+from runner.errors import UnsafeURLError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+"""``await resolver(host, port)``: every address ``host`` resolves to (an ``OSError`` when it
+resolves to nothing). Tests inject one that answers from a table and records each call."""
+
+POLICY_EXTENSION = "runner.url_policy"
+"""Request extension naming the :class:`URLPolicy` a :class:`PinnedTransport` applies to it."""
+
+MAX_URL_CHARS = 16 * 1024  # presigned URLs run to a few KiB; nothing legitimate is longer
+MAX_HOST_CHARS = 253
+MAX_LABEL_CHARS = 63
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_N = ipaddress.ip_network
+
+# Always refused, whatever the base URL. (IANA special-purpose registries, plus what they miss.)
+_FORBIDDEN_V4: tuple[tuple[Network, str], ...] = (
+    (_N("0.0.0.0/8"), "'this network' (unspecified)"),
+    (_N("169.254.0.0/16"), "link-local (cloud metadata lives there)"),
+    (_N("192.0.0.0/24"), "IETF protocol assignments (192.0.0.0/24)"),
+    (_N("192.0.2.0/24"), "documentation (TEST-NET-1)"),
+    (_N("192.88.99.0/24"), "deprecated 6to4 relay anycast"),
+    (_N("198.18.0.0/15"), "benchmarking"),
+    (_N("198.51.100.0/24"), "documentation (TEST-NET-2)"),
+    (_N("203.0.113.0/24"), "documentation (TEST-NET-3)"),
+    (_N("224.0.0.0/4"), "multicast"),
+    (_N("240.0.0.0/4"), "reserved (240.0.0.0/4, broadcast)"),
+)
+# Refused unless the provider's base URL is on one of these itself.
+_PRIVATE_V4: tuple[tuple[Network, str], ...] = (
+    (_N("10.0.0.0/8"), "private"),
+    (_N("100.64.0.0/10"), "shared address space (CGNAT)"),
+    (_N("127.0.0.0/8"), "loopback"),
+    (_N("172.16.0.0/12"), "private"),
+    (_N("192.168.0.0/16"), "private"),
+)
+_FORBIDDEN_V6: tuple[tuple[Network, str], ...] = (
+    (_N("::/128"), "unspecified"),
+    (_N("64:ff9b:1::/48"), "local-use NAT64 (64:ff9b:1::/48)"),
+    (_N("100::/64"), "discard-only"),
+    (_N("2001::/23"), "IETF protocol assignments (2001::/23)"),
+    (_N("2001:db8::/32"), "documentation"),
+    (_N("3fff::/20"), "documentation"),
+    (_N("5f00::/16"), "segment routing (SRv6) SIDs"),
+    (_N("fe80::/10"), "link-local"),
+    (_N("fec0::/10"), "deprecated site-local"),
+    (_N("ff00::/8"), "multicast"),
+)
+_PRIVATE_V6: tuple[tuple[Network, str], ...] = (
+    (_N("::1/128"), "loopback"),
+    (_N("fc00::/7"), "unique local (private)"),
+)
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_METADATA = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, ...
+        "169.254.170.2",  # AWS ECS task metadata
+        "100.100.100.200",  # Alibaba Cloud (inside CGNAT space)
+        "192.0.0.192",  # Oracle Cloud
+        "fd00:ec2::254",  # AWS IMDS over IPv6 (inside unique-local space)
+    )
+)
+
+
+def _match(address: IPAddress, table: Iterable[tuple[Network, str]]) -> str | None:
+    for network, why in table:
+        if address.version == network.version and address in network:
+            return why
+    return None
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[str, list[ipaddress.IPv4Address]] | None:
+    """The IPv4 addresses an IPv6 address carries (mapped, NAT64, 6to4, Teredo), by form."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return "IPv4-mapped", [address.ipv4_mapped]
+    if address in _NAT64:
+        return "NAT64", [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return "6to4", [address.sixtofour]
+    if address.teredo is not None:
+        server, client = address.teredo
+        return "Teredo", [server, client]
+    return None
+
+
+@dataclass(frozen=True)
+class URLPolicy:
+    """Which addresses a provider-supplied URL may reach (see the module docstring).
+
+    ``allow_private``: private and loopback addresses are allowed too (set when the
+    provider's own base URL is on one: the mock server, a lab proxy).
+    """
+
+    allow_private: bool = False
+
+    @classmethod
+    def for_base_url(cls, base_url: str) -> URLPolicy:
+        """Allow private addresses only when the provider's own base URL is on one."""
+        try:
+            host = urlsplit(base_url).hostname or ""
+            literal = literal_address(host)
+            addresses = [literal] if literal is not None else _resolve_sync(host)
+        except (OSError, ValueError, UnicodeError):
+            return cls(allow_private=False)
+        return cls(allow_private=any(_is_private(a) for a in addresses))
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why ``address`` must not be connected to, or ``None`` when it may be."""
+        if address in _METADATA:
+            return f"{address} is a cloud metadata address"
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            form, inner = embedded
+            for v4 in inner:
+                why = self.refusal(v4)
+                if why is not None:
+                    return f"{address} is {form} for {v4}: {why}"
+            if form != "Teredo":  # Teredo goes on to 2001::/23 below: tunnels are refused
+                return None
+        why = _match(address, _FORBIDDEN_V4 if address.version == 4 else _FORBIDDEN_V6)
+        if why is not None:
+            return f"{address} is {why}"
+        private = _match(address, _PRIVATE_V4 if address.version == 4 else _PRIVATE_V6)
+        if private is not None:
+            return None if self.allow_private else f"{address} is {private}"
+        if isinstance(address, ipaddress.IPv6Address) and address not in _GLOBAL_UNICAST:
+            return f"{address} is reserved (outside 2000::/3)"
+        if not address.is_global or address.is_multicast or address.is_reserved:
+            return f"{address} is a special-purpose address"
+        return None
+
+
+DownloadPolicy = URLPolicy
+"""The name the download code has always used."""
+
+
+def _is_private(address: IPAddress) -> bool:
+    inner = embedded_ipv4(address)
+    candidates: list[IPAddress] = list(inner[1]) if inner else [address]
+    tables = (_PRIVATE_V4, _PRIVATE_V6)
+    return any(_match(a, t) is not None for a in candidates for t in tables)
+
+
+def _resolve_sync(host: str) -> list[IPAddress]:
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """The operating system's resolver (``getaddrinfo``), as a :data:`Resolver`."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a URL host names without DNS: an IP literal, or a legacy IPv4 number.
+
+    A host whose last label is a number (``2130706433``, ``0x7f.1``, ``127.1``) is an IPv4
+    address the way browsers and ``inet_aton`` read it; ``UnsafeURLError`` when that number
+    is not a valid address (``1.2.3.4.5``, ``999999999999``).
+    """
+    bare = host.strip("[]")
+    if ":" in bare:
+        if "%" in bare:
+            raise UnsafeURLError(f"refusing scoped IPv6 address {host!r}")
+        try:
+            return ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise UnsafeURLError(f"refusing malformed IPv6 address {host!r}") from None
+    last = bare.rstrip(".").rsplit(".", 1)[-1].lower()
+    if not last or not (last.isdigit() or (last.startswith("0x") and _is_hex(last[2:]))):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(bare.rstrip(".")))
+    except (OSError, ValueError):
+        raise UnsafeURLError(f"refusing host {host!r}: not a valid IPv4 address") from None
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def _check_hostname(host: str, what: str) -> None:
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > MAX_HOST_CHARS:
+        raise UnsafeURLError(f"refusing {what}: host name of {len(name)} characters")
+    for label in name.split("."):
+        if not label:
+            raise UnsafeURLError(f"refusing {what}: empty label in host {host!r}")
+        if len(label) > MAX_LABEL_CHARS:
+            raise UnsafeURLError(
+                f"refusing {what}: a DNS label of {len(label)} characters (at most "
+                f"{MAX_LABEL_CHARS})"
+            )
+        if not all(c.isascii() and (c.isalnum() or c in "-_") for c in label):
+            raise UnsafeURLError(f"refusing {what}: invalid characters in host {host!r}")
+        if label.lower().startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise UnsafeURLError(f"refusing {what}: invalid IDNA label {label!r}") from None
+
+
+def parse_url(url: object, *, what: str = "video URL") -> httpx.URL:
+    """``url`` as an ``httpx.URL`` if it is a well-formed http(s) URL with a usable host.
+
+    Everything else is an :class:`~runner.errors.UnsafeURLError` saying what is wrong (the URL
+    itself is not quoted: it may carry a token).
+    """
+    if not isinstance(url, str):
+        raise UnsafeURLError(f"refusing {what}: not a string ({type(url).__name__})")
+    if len(url) > MAX_URL_CHARS:
+        raise UnsafeURLError(f"refusing {what}: {len(url)} characters long")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UnsafeURLError(f"refusing {what}: it contains whitespace or control characters")
+    try:
+        parsed = httpx.URL(url)
+        scheme, raw_host, port = parsed.scheme, parsed.raw_host, parsed.port
+        host = raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, UnicodeError, TypeError, OverflowError) as err:
+        raise UnsafeURLError(f"refusing malformed {what}: {type(err).__name__}") from None
+    if scheme not in ("http", "https"):
+        raise UnsafeURLError(f"refusing {what} with scheme {scheme or '(none)'!r}")
+    if not host:
+        raise UnsafeURLError(f"refusing {what} without a host")
+    if port is not None and not 0 < port <= 65535:
+        raise UnsafeURLError(f"refusing {what}: port {port} is out of range")
+    if parsed.userinfo:
+        raise UnsafeURLError(f"refusing {what} with credentials in it")
+    if literal_address(host) is None:
+        _check_hostname(host, what)
+    return parsed
+
+
+def join_redirect(url: str, location: str | None) -> str:
+    """Where a redirect from ``url`` leads; ``UnsafeURLError`` when it leads nowhere sane."""
+    if not location:
+        raise UnsafeURLError("refusing a redirect without a Location")
+    try:
+        return urljoin(url, location)
+    except (ValueError, UnicodeError, TypeError) as err:
+        raise UnsafeURLError(f"refusing malformed redirect: {type(err).__name__}") from None
+
+
+async def check_url(
+    url: str, policy: URLPolicy, *, what: str = "video URL"
+) -> httpx.URL:
+    """Refuse a URL whose shape, scheme or literal address the policy does not allow.
+
+    A host *name* is decided when connecting, by :class:`PinnedBackend` (resolve once, check
+    every address, connect to a checked one); here only literal addresses are judged, so
+    this never waits on DNS.
+    """
+    parsed = parse_url(url, what=what)
+    literal = literal_address(parsed.raw_host.decode("ascii"))
+    if literal is not None:
+        why = policy.refusal(literal)
+        if why is not None:
+            raise UnsafeURLError(f"refusing {what}: {why}")
+    return parsed
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Resolve once, check every address, connect to a checked one (see the module docstring).
+
+    ``inner`` does the connecting (default: httpcore's own backend); tests give one that
+    records the address instead of opening a socket.
+    """
+
+    def __init__(
+        self,
+        policy: URLPolicy,
+        *,
+        resolver: Resolver = system_resolver,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self.policy = policy
+        self.resolver = resolver
+        self.inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
+        """Every address ``host`` stands for, each allowed by the policy (else refused)."""
+        literal = literal_address(host)
+        if literal is not None:
+            found = [literal]
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    found = await self.resolver(host, port)
+            except TimeoutError:
+                raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+            except (OSError, UnicodeError, ValueError) as err:
+                raise httpcore.ConnectError(f"cannot resolve {host}: {err}") from None
+            if not found:
+                raise httpcore.ConnectError(f"{host} resolves to no address")
+        for address in found:
+            why = self.policy.refusal(address)
+            if why is not None:
+                raise UnsafeURLError(f"refusing to connect to {host}: {why}")
+        return found
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        last: Exception | None = None
+        for address in await self.addresses(host, port, timeout):
+            try:
+                return await self.inner.connect_tcp(
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as err:
+                last = err
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise UnsafeURLError("refusing to connect to a unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    # Most specific first.
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """httpcore's exceptions as httpx's, as ``httpx.AsyncHTTPTransport`` does."""
+    try:
+        yield
+    except Exception as err:
+        for source, target in _EXCEPTIONS:
+            if isinstance(err, source):
+                raise target(str(err), request=request) from err
+        raise
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors(self._request):
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        if hasattr(self._stream, "aclose"):
+            with _httpx_errors(self._request):
+                await self._stream.aclose()
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport whose every connection goes through :class:`PinnedBackend`.
+
+    The policy of a request is its ``extensions[POLICY_EXTENSION]``, else ``policy``; each
+    policy gets its own connection pool, so a connection opened under a lenient policy is
+    never reused under a strict one. Redirects are not followed here (``httpx`` follows them
+    only when asked; the download code checks each hop and connects again through here).
+    """
+
+    def __init__(
+        self,
+        policy: URLPolicy | None = None,
+        *,
+        resolver: Resolver = system_resolver,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+        verify: bool = True,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        http2: bool = False,
+    ) -> None:
+        self.policy = policy or URLPolicy()
+        self._resolver = resolver
+        self._inner = network_backend
+        self._ssl = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self._limits = limits
+        self._http2 = http2
+        self._pools: dict[URLPolicy, httpcore.AsyncConnectionPool] = {}
+
+    def _pool(self, policy: URLPolicy) -> httpcore.AsyncConnectionPool:
+        pool = self._pools.get(policy)
+        if pool is None:
+            backend = PinnedBackend(policy, resolver=self._resolver, inner=self._inner)
+            pool = self._pools[policy] = httpcore.AsyncConnectionPool(
+                ssl_context=self._ssl,
+                max_connections=self._limits.max_connections,
+                max_keepalive_connections=self._limits.max_keepalive_connections,
+                keepalive_expiry=self._limits.keepalive_expiry,
+                http1=True,
+                http2=self._http2,
+                network_backend=backend,
+            )
+        return pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        policy = request.extensions.get(POLICY_EXTENSION) or self.policy
+        if not isinstance(policy, URLPolicy):
+            raise TypeError(f"extension {POLICY_EXTENSION} must be a URLPolicy")
+        parse_url(str(request.url), what="URL")
+        extensions = {k: v for k, v in request.extensions.items() if k != POLICY_EXTENSION}
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=extensions,
+        )
+        with _httpx_errors(request):
+            response = await self._pool(policy).handle_async_request(core)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response.stream, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+
+
+def pinned_client(
+    policy: URLPolicy | None = None,
+    *,
+    resolver: Resolver = system_resolver,
+    network_backend: httpcore.AsyncNetworkBackend | None = None,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+    timeout: httpx.Timeout | None = None,
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` whose connections all go through the URL policy.
+
+    For downloads and uploads: the engine's download client should be one of these (each
+    download names its policy with ``extensions={POLICY_EXTENSION: policy}``).
+    """
+    transport = PinnedTransport(
+        policy, resolver=resolver, network_backend=network_backend, limits=limits
+    )
+    return httpx.AsyncClient(
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=timeout if timeout is not None else httpx.Timeout(30.0, connect=10.0),
+    )
