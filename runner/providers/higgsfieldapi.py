@@ -71,11 +71,18 @@ class HiggsfieldApiProvider(HttpProvider):
             word, video_url=doc.get("video_url"), error=self._error(doc), what=what
         )
 
-    async def train_soul(self, name: str, images: list[str]) -> str:
-        """POST /soul/train with image URLs; returns the ``model_id``."""
+    async def train_soul(
+        self, name: str, images: list[str], *, idempotency_key: str | None = None
+    ) -> str:
+        """POST /soul/train with image URLs (and ``Idempotency-Key`` when given); returns the
+        ``model_id``."""
         what = "POST /soul/train"
         check_image_urls(images, what=what)
-        doc = await self.create(self.url("soul", "train"), {"name": name, "images": list(images)})
+        doc = await self.create(
+            self.url("soul", "train"),
+            {"name": name, "images": list(images)},
+            idempotency_key=idempotency_key,
+        )
         doc = self._accepted(doc, what)
         return require_id(doc, "model_id" if "model_id" in doc else "id", what=what)
 

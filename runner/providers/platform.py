@@ -9,7 +9,15 @@ See ``higgsfield-platform-api.md``:
     POST {base}/v1/custom-references         {"name", "input_images", "model_version"} → {"id"}
     GET  {base}/v1/custom-references/{id}    → {"id", "status", "fail_reason", ...}
     POST {base}/files/generate-upload-url    {"content_type"} → {"upload_url", "public_url",
-                                             "upload_headers"}; then PUT the bytes there
+                                             "upload_headers"}; then PUT the bytes there with
+                                             every one of ``upload_headers``
+    POST {base}/requests/{id}/cancel         202 while queued (refunded), 400 once processing
+    POST {base}/estimate/{model}             the submit body → {"credits": "1.500", "usd"}
+    GET  {base}/v1/custom-references/list    ?page=&page_size= → {"items": [...], ...}
+
+A completed status carries ``expires_at`` (ISO 8601), kept in
+:attr:`~runner.providers.types.GenerationStatus.expires_at`; one that says ``"expired": true``
+(the result is gone) is reported ``failed`` with an error starting ``expired``.
 
 Auth is ``Authorization: Key <id>:<secret>`` from ``$HF_KEY``, or ``$HF_API_KEY`` and
 ``$HF_API_SECRET`` (or the manifest's ``api_key_env`` holding ``id:secret``). The key never
@@ -23,8 +31,11 @@ by ``type``. The platform documents no text-to-video model id, so both types def
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -41,6 +52,7 @@ from runner.providers.base import (
     require_id,
     require_str,
 )
+from runner.providers.classify import shorten
 from runner.providers.types import GenerationStatus, SoulStatus
 
 DEFAULT_BASE_URL = "https://api.higgsfield.ai"
@@ -55,7 +67,11 @@ DEFAULT_MODELS: Mapping[str, str] = {
 SOUL_MODEL_VERSION = "v1"
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 # A model id is a path at the API root; these first segments are the API's own endpoints.
-RESERVED_MODEL_PREFIXES = frozenset({"requests", "files", "v1"})
+RESERVED_MODEL_PREFIXES = frozenset({"requests", "files", "v1", "estimate"})
+REFERENCE_PAGE_SIZE = 100
+MAX_REFERENCE_PAGES = 100  # 10,000 souls; a server that ignores ``page`` cannot loop us forever
+REFERENCE_LIST_FIELDS = ("items", "data", "references", "results")
+SOUL_RANKS = {"ready": 0, "training": 1, "failed": 2}  # which same-named soul find_reference picks
 
 
 class PlatformProvider(HttpProvider):
@@ -100,14 +116,70 @@ class PlatformProvider(HttpProvider):
         """GET /requests/{id}/status, normalized; the video is at ``video.url``."""
         what = f"GET /requests/{generation_id}/status"
         doc, word = await self.read_status(self.url("requests", generation_id, "status"), what=what)
+        expires_at = parse_time(doc.get("expires_at"))
+        if doc.get("expired") is True:
+            when = self.error_text(doc.get("expires_at")) if expires_at else None
+            error = shorten(f"expired: the result expired at {when}" if when else "expired")
+            return GenerationStatus("failed", None, error, word, expires_at)
         video = doc.get("video")
         video_url = video.get("url") if isinstance(video, dict) else None
-        return normalize_generation(
+        status = normalize_generation(
             word, video_url=video_url, error=self.error_text(doc.get("error")), what=what
         )
+        return dataclasses.replace(status, expires_at=expires_at) if expires_at else status
 
-    async def train_soul(self, name: str, images: list[str]) -> str:
-        """POST /v1/custom-references with image URLs; returns the reference ``id``."""
+    async def cancel(self, generation_id: str) -> bool:
+        """POST /requests/{id}/cancel: 202 → True (cancelled while queued, refunded); 400 →
+        False (already processing, so it runs and is paid for)."""
+        try:
+            await self.send("POST", self.url("requests", generation_id, "cancel"))
+        except PermanentError as err:
+            if err.status_code == 400:
+                return False
+            raise
+        return True
+
+    async def estimate(self, request: dict[str, Any]) -> float:
+        """POST /estimate/{model} with the body ``submit`` would send; returns ``credits``."""
+        model = model_for(request)
+        body = merge_params(request, drop=("model", "type"))
+        what = f"POST /estimate/{model}"
+        response = await self.send(
+            "POST", "/".join([self.base_url, "estimate", model]), json_body=body
+        )
+        return parse_credits(self.json_object(response).get("credits"), what=what)
+
+    async def find_reference(self, name: str) -> str | None:
+        """GET /v1/custom-references/list page by page: the id of the reference named ``name``
+        (a ready one first, then one training, then a failed one), or None."""
+        what = "GET /v1/custom-references/list"
+        best: tuple[int, str] | None = None
+        for page in range(1, MAX_REFERENCE_PAGES + 1):
+            query = f"?page={page}&page_size={REFERENCE_PAGE_SIZE}"
+            url = self.url("v1", "custom-references", "list") + query
+            doc = self.json_object(await self.send("GET", url))
+            items = reference_items(doc, what=what)
+            for item in items:
+                if item.get("name") != name:
+                    continue
+                word = item.get("status")
+                state = normalize_soul("", word if isinstance(word, str) else "", error=None).state
+                rank = SOUL_RANKS[state]
+                if best is None or rank < best[0]:
+                    best = (rank, require_id(item, "id", what=what))
+            total = doc.get("total")
+            last = len(items) < REFERENCE_PAGE_SIZE or (
+                isinstance(total, int) and page * REFERENCE_PAGE_SIZE >= total
+            )
+            if last or (best is not None and best[0] == 0):
+                break
+        return None if best is None else best[1]
+
+    async def train_soul(
+        self, name: str, images: list[str], *, idempotency_key: str | None = None
+    ) -> str:
+        """POST /v1/custom-references with image URLs (and ``Idempotency-Key`` when given);
+        returns the reference ``id``."""
         what = "POST /v1/custom-references"
         check_image_urls(images, what=what)
         body = {
@@ -115,7 +187,9 @@ class PlatformProvider(HttpProvider):
             "input_images": [{"type": "image_url", "image_url": url} for url in images],
             "model_version": SOUL_MODEL_VERSION,
         }
-        doc = await self.create(self.url("v1", "custom-references"), body)
+        doc = await self.create(
+            self.url("v1", "custom-references"), body, idempotency_key=idempotency_key
+        )
         return require_id(doc, "id", what=what)
 
     async def soul_status(self, model_id: str) -> SoulStatus:
@@ -162,6 +236,46 @@ def model_for(request: Mapping[str, Any]) -> str:
     if model.split("/", 1)[0] in RESERVED_MODEL_PREFIXES:
         raise PermanentError(f"invalid model id {model!r}: that path is an API endpoint")
     return model
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time (``Z`` or an offset; naive taken as UTC) or epoch seconds, as an aware
+    datetime; None when absent or unreadable (a missing expiry never fails a generation)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return None
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def parse_credits(value: Any, *, what: str) -> float:
+    """An estimate's ``credits`` (a decimal string or a number) as a float."""
+    try:
+        credits = float(value) if isinstance(value, str | int | float) else math.nan
+    except ValueError:
+        credits = math.nan
+    if isinstance(value, bool) or not math.isfinite(credits) or credits < 0:
+        raise PermanentError(f"{what}: malformed response: 'credits' is not a number: {value!r}")
+    return credits
+
+
+def reference_items(doc: Mapping[str, Any], *, what: str) -> list[Mapping[str, Any]]:
+    """The references of one page of the list: objects under ``items`` (or ``data``,
+    ``references``, ``results``)."""
+    for field in REFERENCE_LIST_FIELDS:
+        items = doc.get(field)
+        if isinstance(items, list):
+            return [item for item in items if isinstance(item, Mapping)]
+    raise PermanentError(f"{what}: malformed response: no list of references")
 
 
 def _key_secret(value: str, variable: str) -> Secret:
