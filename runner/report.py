@@ -12,7 +12,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -70,13 +70,18 @@ def build_report(
     *,
     out_file: Path,
     now: datetime | None = None,
+    campaigns: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    tags: Sequence[str] = (),
 ) -> ReportSummary:
     """Write the HTML report of the ledger in ``state_dir`` (one manifest's jobs, if given)
     to ``out_file``, atomically, and return a summary.
 
     Reads the ledger without writing to it; without a ledger the report says there are no
-    jobs (and no ledger is created). Raises ``ManifestError`` if ``manifest_path`` does not
-    load, ``LedgerError`` if the ledger cannot be read, ``OSError`` if the file cannot be written.
+    jobs (and no ledger is created). ``campaigns``, ``statuses`` and ``tags`` keep only the
+    jobs that match one of each that is given. Raises ``ManifestError`` if ``manifest_path``
+    does not load, ``LedgerError`` if the ledger cannot be read, ``OSError`` if the file
+    cannot be written.
     """
     state_dir = Path(state_dir)
     out_file = Path(os.path.abspath(out_file))
@@ -84,7 +89,12 @@ def build_report(
     rows: list[JobRow] = []
     with reading(state_dir) as ledger:
         if ledger is not None:
-            rows = ledger.jobs(manifest=str(manifest.path) if manifest else None)
+            rows = ledger.jobs(
+                manifest=str(manifest.path) if manifest else None,
+                status=list(statuses) or None,
+                campaign=list(campaigns) or None,
+            )
+    rows = [r for r in rows if not tags or set(tags) & set(r.tags)]
     page, videos = _page(rows, out_file.parent, now or utcnow(), manifest)
     _write_atomically(out_file, page)
     return ReportSummary(out_file, len(rows), _counts(rows), videos)

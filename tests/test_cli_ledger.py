@@ -248,7 +248,7 @@ def test_read_commands_without_a_ledger_print_empty_results(tmp_path: Path) -> N
     state = tmp_path / "state"
     assert invoke_json(state, "status") == {"campaigns": {}, "totals": {}}
     assert invoke_json(state, "jobs") == []
-    assert invoke(state, "status").stdout == "no jobs in the ledger\n"
+    assert invoke(state, "status").stdout.startswith(f"no ledger at {state / 'ledger.db'} ")
     assert invoke(state, "export").stdout.startswith("key,campaign,manifest,")
     assert len(invoke(state, "export").stdout.splitlines()) == 1
     assert invoke(state, "export", "--format", "jsonl").stdout == ""

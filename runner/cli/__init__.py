@@ -7,14 +7,24 @@ command shares; each other module holds the commands of one pipeline stage.
 
 from __future__ import annotations
 
+import sys
+
 # Importing a command module registers its commands on the group.
 from runner.cli import ledger_cmds, manifest_cmds, mock_cmds, report_cmds, run_cmds  # noqa: F401
-from runner.cli.base import cli
+from runner.cli.base import cli, quiet_pipe
 from runner.cli.run_cmds import ProgressView
 
 __all__ = ["ProgressView", "cli", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="runner")
+    """Console-script entry point. Output still buffered when the command ends is flushed
+    here, so that a reader that went away (``| head``) ends the program quietly, exit 0."""
+    try:
+        try:
+            cli(prog_name="runner")
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_pipe()
+        sys.exit(0)

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_errors
+from runner.cli.base import (
+    cli,
+    common_options,
+    echo_json,
+    example,
+    get_ctx,
+    handle_errors,
+    json_option,
+    selection_options,
+)
+
+if TYPE_CHECKING:
+    from runner.ledger import JobRow
 
 # All read-only (``runner.app.queries``): no lock, no writes, no files created; they work
 # during a run, and print empty results when there is no ledger.
@@ -16,7 +30,7 @@ from runner.cli.base import cli, common_options, echo_json, get_ctx, handle_erro
 _JOB_STATUSES = (
     "pending", "submitting", "queued", "running", "completed", "downloaded", "failed", "orphaned",
 )  # fmt: skip
-_STATUS_CHOICE = click.Choice(_JOB_STATUSES)
+STATUS_CHOICE = click.Choice(_JOB_STATUSES)
 
 
 def _ledger_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -35,22 +49,73 @@ def _ledger_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-@cli.command()
-@common_options
-@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@handle_errors
-def status(manifest: Path | None, as_json: bool) -> None:
-    """Job counts per campaign and status (of one manifest, if given)."""
+def nothing_found(*, filtered: bool = False) -> str:
+    """Why a read found nothing, naming where it looked: no ledger at all (a mistyped
+    ``--state`` is the usual cause), or a ledger without (such) jobs."""
+    from runner.ledger import default_ledger_url
+
+    ctx = get_ctx()
+    ledger = default_ledger_url(ctx.state_dir)
+    if not Path(ledger).exists():
+        return (
+            f"no ledger at {ledger} (state directory {ctx.state_dir} from {ctx.state_origin}); "
+            f"nothing has run there yet"
+        )
+    return f"no {'such ' if filtered else ''}jobs in the ledger {ledger}"
+
+
+def filtered_rows(
+    *,
+    manifest: Path | None = None,
+    statuses: Sequence[str] = (),
+    only: Sequence[str] = (),
+    tags: Sequence[str] = (),
+) -> list[JobRow]:
+    """The ledger's rows of one manifest (if given), with these statuses, campaigns, tags
+    (any of each; all rows when none is given)."""
     from runner import app
 
-    doc = app.status(get_ctx().state_dir, manifest)
+    rows = app.jobs(get_ctx().state_dir, statuses=statuses, campaigns=only)
+    if manifest is not None:
+        name = app.manifest_column(manifest)
+        rows = [r for r in rows if r.manifest == name]
+    return [r for r in rows if not tags or set(tags) & set(r.tags)]
+
+
+@cli.command(
+    short_help="Job counts per campaign and status.",
+    epilog=example("runner status", "runner status manifests/nightly.yaml --tag nightly --json"),
+)
+@common_options
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@selection_options
+@json_option
+@handle_errors
+def status(
+    manifest: Path | None, only: tuple[str, ...], tags: tuple[str, ...], as_json: bool
+) -> None:
+    """Job counts per campaign and status (of one manifest, if given; of the campaigns that
+    --only and --tag pick)."""
+    from runner import app
+    from runner.ledger import JobStatus
+
+    if only or tags:
+        counts: dict[str, dict[str, int]] = {}
+        for row in filtered_rows(manifest=manifest, only=only, tags=tags):
+            per = counts.setdefault(row.campaign, {})
+            per[row.status.value] = per.get(row.status.value, 0) + 1
+        totals = {
+            s.value: n for s in JobStatus if (n := sum(c.get(s.value, 0) for c in counts.values()))
+        }
+        doc: dict[str, Any] = {"campaigns": counts, "totals": totals}
+    else:
+        doc = app.status(get_ctx().state_dir, manifest)
     counts, totals = doc["campaigns"], doc["totals"]
     if as_json:
         echo_json(doc)
         return
     if not counts:
-        click.echo("no jobs in the ledger")
+        click.echo(nothing_found(filtered=bool(manifest or only or tags)))
         return
     headers = ("CAMPAIGN", *(s.upper() for s in totals), "TOTAL")
     rows = [
@@ -61,23 +126,26 @@ def status(manifest: Path | None, as_json: bool) -> None:
     _ledger_table(headers, rows)
 
 
-@cli.command()
+@cli.command(
+    short_help="One line per job: key, campaign, status, file, error.",
+    epilog=example("runner jobs --status failed", "runner jobs --campaign teaser --json"),
+)
 @common_options
-@click.option("--status", "statuses", multiple=True, type=_STATUS_CHOICE, help="Repeatable.")
-@click.option("--campaign", "campaigns", multiple=True, help="Repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Repeatable.")
+@selection_options
+@json_option
 @handle_errors
-def jobs(statuses: tuple[str, ...], campaigns: tuple[str, ...], as_json: bool) -> None:
+def jobs(
+    statuses: tuple[str, ...], only: tuple[str, ...], tags: tuple[str, ...], as_json: bool
+) -> None:
     """One line per job in the ledger: key, campaign, status, attempts, file, error."""
-    from runner import app
-
-    rows = app.jobs(get_ctx().state_dir, statuses=statuses, campaigns=campaigns)
+    rows = filtered_rows(statuses=statuses, only=only, tags=tags)
     if as_json:
         echo_json([row.to_dict() for row in rows])
         return
     if not rows:
         if not get_ctx().quiet:
-            click.echo("no jobs", err=True)
+            click.echo(nothing_found(filtered=bool(statuses or only or tags)), err=True)
         return
     _ledger_table(
         ("KEY", "CAMPAIGN", "STATUS", "ATTEMPTS", "PATH", "ERROR"),
@@ -97,10 +165,13 @@ def _video_file(location: str | None, size: int | None) -> str:
     return f"{location}{'' if exists(location, size) else ' (not on disk)'}"
 
 
-@cli.command()
+@cli.command(
+    short_help="One job: request, state, file and event history.",
+    epilog=example("runner show 7b8e7364", "runner show 7b8e --json"),
+)
 @common_options
 @click.argument("key")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @handle_errors
 def show(key: str, as_json: bool) -> None:
     """A job's request, state, file and full event history (KEY may be a unique prefix)."""
@@ -145,27 +216,40 @@ def show(key: str, as_json: bool) -> None:
         click.echo(f"  {e.at}  {change}  {e.detail or ''}".rstrip())
 
 
-@cli.command()
+@cli.command(
+    short_help="Print the jobs table as CSV, JSON lines or JSON.",
+    epilog=example(
+        "runner export > jobs.csv",
+        "runner export --format json --status downloaded --campaign teaser",
+    ),
+)
 @common_options
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["csv", "jsonl"]),
+    type=click.Choice(["csv", "jsonl", "json"]),
     default="csv",
     show_default=True,
-    help="CSV (JSON columns as JSON text) or one JSON object per line.",
+    help="CSV (JSON columns as JSON text), one JSON object per line, or one JSON list.",
 )
+@click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Repeatable.")
+@selection_options
 @handle_errors
-def export(fmt: str) -> None:
-    """Print the ledger's jobs table to stdout, for spreadsheets and scripts."""
+def export(
+    fmt: str, statuses: tuple[str, ...], only: tuple[str, ...], tags: tuple[str, ...]
+) -> None:
+    """Print the ledger's jobs table to stdout (every column, each video's location), for
+    spreadsheets and scripts."""
     import csv
     import dataclasses
 
-    from runner import app
     from runner.ledger import JobRow
 
-    rows = app.jobs(get_ctx().state_dir)
+    rows = filtered_rows(statuses=statuses, only=only, tags=tags)
     out = sys.stdout
+    if fmt == "json":
+        echo_json([row.to_dict() for row in rows])
+        return
     if fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
@@ -183,5 +267,4 @@ def export(fmt: str) -> None:
                 for n in names
             ]
         )  # fmt: skip
-
 

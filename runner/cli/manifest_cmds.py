@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,64 +14,137 @@ from runner.cli.base import (
     common_options,
     echo_error,
     echo_json,
+    example,
     exit_code,
     get_ctx,
     handle_errors,
+    json_option,
+    plural,
+    selection_options,
 )
+
+if TYPE_CHECKING:
+    from runner.errors import ManifestError
+    from runner.jobs import Job
 
 # Library imports stay inside the commands: `runner --help` and manifest errors stay fast.
 
 
-@cli.command()
+@cli.command(
+    short_help="Check manifests and count their jobs.",
+    epilog=example("runner validate manifests/*.yaml", "runner validate nightly.yaml --json"),
+)
 @common_options
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
 @handle_errors
-def validate(manifests: tuple[Path, ...]) -> None:
+def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests: print `ok: N jobs` for each, or its errors (exit 2)."""
     from runner import app
 
     results = app.validate(manifests)
+    bad = any(r.error is not None for r in results)
+    if as_json:
+        echo_json(
+            {
+                "ok": not bad,
+                "manifests": [
+                    {
+                        "path": str(r.path),
+                        "ok": r.error is None,
+                        "jobs": r.jobs,
+                        "errors": _error_docs(r.error),
+                    }
+                    for r in results
+                ],
+            }
+        )
+        click.get_current_context().exit(exit_code(bad_input=bad))
     if len(results) == 1 and results[0].error is not None:
         raise results[0].error
     for result in results:
         if result.error is not None:
             echo_error(result.error)
         elif len(results) > 1:
-            click.echo(f"{result.path}: ok: {result.jobs} jobs")
+            click.echo(f"{result.path}: ok: {plural(result.jobs or 0, 'job')}")
         else:
-            click.echo(f"ok: {result.jobs} jobs")
-    bad = any(r.error is not None for r in results)
+            click.echo(f"ok: {plural(result.jobs or 0, 'job')}")
     click.get_current_context().exit(exit_code(bad_input=bad))
+
+
+def _error_docs(error: ManifestError | None) -> list[dict[str, Any]]:
+    """A manifest's problems as JSON: where (file, line, column, field) and what."""
+    if error is None:
+        return []
+    return [
+        {
+            "file": e.file,
+            "line": e.line,
+            "column": e.column,
+            "field": e.field,
+            "message": e.message,
+            "text": str(e),
+        }
+        for e in (error, *error.also)
+    ]
 
 
 def _cap(value: float | None) -> str:
     return "no cap" if value is None else f"cap {value:g}"
 
 
-@cli.command()
+@cli.command(
+    short_help="Compare a manifest with the ledger: new, done, credits.",
+    epilog=example(
+        "runner plan manifests/nightly.yaml", "runner plan nightly.yaml --only teaser --json"
+    ),
+)
 @common_options
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@selection_options
+@json_option
 @handle_errors
-def plan(manifest: Path, as_json: bool) -> None:
-    """Expand a manifest and compare it with the ledger. Writes nothing."""
+def plan(manifest: Path, only: tuple[str, ...], tags: tuple[str, ...], as_json: bool) -> None:
+    """Expand a manifest and compare it with the ledger: new, done, in flight, failed,
+    orphaned, and the estimated credits. Writes nothing."""
     from runner import app
 
     planned = app.plan(manifest, get_ctx().state_dir)
-    doc = planned.document
+    doc, jobs = planned.document, planned.jobs
+    if only or tags:
+        doc, jobs = _selected(doc, app.select(jobs, app.RunOptions(only=only, tags=tags)))
     if as_json:
         echo_json(doc)
         return
     if not get_ctx().quiet:
-        _print_plan_table(doc, [j.credits for j in planned.jobs])
+        _print_plan_table(doc, [j.credits for j in jobs])
     s = doc["summary"]
     click.echo(
-        f"{s['total']} jobs: {s['new']} new, {s['done']} done, {s['in_flight']} in flight, "
-        f"{s['failed']} failed, {s['orphaned']} orphaned; "
+        f"{plural(s['total'], 'job')}: {s['new']} new, {s['done']} done, "
+        f"{s['in_flight']} in flight, {s['failed']} failed, {s['orphaned']} orphaned; "
         f"estimated credits for new jobs: {s['estimated_credits']} ({_cap(s['max_credits'])} "
         f"per run); manifest total with them: {s['estimated_total_credits']} "
         f"({s['charged_credits']} charged so far, {_cap(s['max_total_credits'])})"
     )
+
+
+def _selected(doc: dict[str, Any], picked: list[Job]) -> tuple[dict[str, Any], list[Job]]:
+    """The plan document of the jobs ``--only``/``--tag`` picked: their counts and credits,
+    against the manifest's budget figures (which stay the manifest's)."""
+    from runner.jobs import number, plan_document
+
+    statuses = {j["key"]: j["status"] for j in doc["jobs"]}
+    summary = doc["summary"]
+    narrowed = plan_document(picked, statuses, summary["orphaned"])
+    narrowed["summary"] |= {
+        "charged_credits": summary["charged_credits"],
+        "estimated_total_credits": number(
+            float(summary["charged_credits"] + narrowed["summary"]["estimated_credits"])
+        ),
+        "max_credits": summary["max_credits"],
+        "max_total_credits": summary["max_total_credits"],
+    }
+    return narrowed, picked
 
 
 def _print_plan_table(doc: dict[str, Any], credits: list[float]) -> None:
@@ -110,7 +183,10 @@ def _print_plan_table(doc: dict[str, Any], credits: list[float]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
-@cli.command()
+@cli.command(
+    short_help="Print the manifest JSON Schema for editors.",
+    epilog=example("runner schema > manifest.schema.json"),
+)
 @common_options
 @handle_errors
 def schema() -> None:

@@ -7,11 +7,19 @@ from typing import Any
 
 import click
 
-from runner.cli.base import cli, common_options, get_ctx, handle_errors
+from runner.cli.base import cli, common_options, example, get_ctx, handle_errors
 from runner.errors import EXIT_OK
 
 
-@cli.command("mock-server")
+@cli.command(
+    "mock-server",
+    short_help="Serve the built-in mock Higgsfield API.",
+    epilog=example(
+        "runner mock-server --port 0 --latency 2 --rate-429 0.1",
+        "HIGGSFIELD_BASE_URL=http://127.0.0.1:8808/api/v1 HIGGSFIELD_API_KEY=test-key \\",
+        "  runner run manifests/demo.yaml",
+    ),
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from runner.cli.base import cli, common_options, exit_code, get_ctx, handle_errors
+from runner.cli.base import (
+    cli,
+    command_line,
+    common_options,
+    echo_json,
+    example,
+    exit_code,
+    get_ctx,
+    handle_errors,
+    json_option,
+    plural,
+    quiet_pipe,
+    selection_options,
+)
+from runner.cli.summary import Ending, document, print_summary, selection_counts, write_document
+from runner.errors import UsageError
 
 if TYPE_CHECKING:
-    from runner.app import RunResult
+    from runner.app import RunOptions
     from runner.engine import Progress
 
 
-
-HELD_SHOWN = 5  # jobs left for the next run whose reason the summary prints
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
 
@@ -85,49 +100,73 @@ class ProgressView:
             click.echo(self.line(p), err=True)
 
 
-def _summarize(result: RunResult, *, resume_hint: str) -> int:
-    """Print a run's summary; return its exit code."""
-    code = exit_code(result=result)
-    if result.error is not None:
-        click.echo(f"error: cannot collect {result.manifest}: {result.error}", err=True)
-        return code
-    out = result.outcome
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "nothing to do"
-    click.echo(f"{result.manifest}: {result.selected} jobs: {counts}")
-    if result.counts.get("downloaded"):
-        click.echo(f"videos: {result.output_dir}")
-    if out.fatal is not None:
-        click.echo(f"error: the provider refused the credentials or account: {out.fatal}", err=True)
-        return code
-    if out.interrupted:
-        click.echo(f"interrupted: nothing is lost; run `{resume_hint}` to resume", err=True)
-        return code
-    if out.budget_stop:
-        click.echo(out.budget_stop, err=True)
-    if out.unfinished:
-        click.echo(
-            f"{out.unfinished} jobs not finished in this run; `{resume_hint}` picks them up",
-            err=True,
-        )
-        for key, reason in list(out.held.items())[:HELD_SHOWN]:
-            click.echo(f"  {key}: {reason}", err=True)
-        if len(out.held) > HELD_SHOWN:
-            click.echo(f"  ... and {len(out.held) - HELD_SHOWN} more (`runner show KEY`)", err=True)
-    if result.counts.get("failed"):
-        click.echo(
-            f"{result.counts['failed']} jobs failed: `runner jobs --status failed` lists them, "
-            f"`runner retry MANIFEST` sends them again",
-            err=True,
-        )
-    return code
+def _continue_flags(options: RunOptions) -> list[str]:
+    """The flags of ``run`` that a continuing run must repeat to do the same work."""
+    flags: list[str] = []
+    for name in options.only:
+        flags += ["--only", name]
+    for tag in options.tags:
+        flags += ["--tag", tag]
+    for flag, value in (
+        ("--limit", options.limit),
+        ("--concurrency", options.concurrency),
+        ("--rps", options.rps),
+        ("--max-credits", options.max_credits),
+    ):
+        if value is not None:
+            flags += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if options.submit_only:
+        flags.append("--submit-only")
+    return flags
 
 
-@cli.command("run")
+def _finish(ending: Ending, *, as_json: bool, summary_file: Path | None) -> None:
+    """Print the summary (or the document), write ``--summary``, exit with the run's code."""
+    doc = document(ending)
+    code = ending.code
+    try:
+        if summary_file is not None:
+            try:
+                write_document(summary_file, doc)
+            except OSError as err:
+                click.echo(f"error: cannot write the summary {summary_file}: {err}", err=True)
+                code = code or 2
+        print_summary(ending, stdout=not as_json)
+        if as_json:
+            echo_json(doc)
+    except BrokenPipeError:
+        quiet_pipe()  # the exit code is the run's, whoever stopped reading
+    sys.exit(code)
+
+
+def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
+    """Statuses of the jobs this run selected (its manifest's, through --only and --tag),
+    after it: what is done and what is left, --limit or not."""
+    from runner import app
+
+    rows = [
+        r
+        for r in app.jobs(get_ctx().state_dir, campaigns=options.only)
+        if r.manifest == manifest and r.status.value != "orphaned"
+    ]
+    if options.tags:
+        rows = [r for r in rows if set(options.tags) & set(r.tags)]
+    return selection_counts(rows)
+
+
+@cli.command(
+    "run",
+    short_help="Submit, poll and download a manifest's jobs.",
+    epilog=example(
+        "runner run manifests/nightly.yaml",
+        "runner run nightly.yaml --tag nightly --max-credits 500 --summary last-run.json",
+        "runner run nightly.yaml --limit 20 --dry-run",
+    ),
+)
 @click.argument(
     "manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
 )
-@click.option("--only", multiple=True, metavar="CAMPAIGN", help="Only this campaign (repeatable).")
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Only campaigns with this tag.")
+@selection_options
 @click.option("--limit", type=click.IntRange(min=0), help="Submit at most N new jobs.")
 @click.option("--submit-only", is_flag=True, help="Submit, then stop; `collect` finishes.")
 @click.option("--retry-failed", is_flag=True, help="Send failed jobs again (new key).")
@@ -135,10 +174,21 @@ def _summarize(result: RunResult, *, resume_hint: str) -> int:
 @click.option("--rps", type=click.FloatRange(min=0.01), help="API calls per second.")
 @click.option("--max-credits", type=click.FloatRange(min=0), help="Credit cap for this run.")
 @click.option("--dry-run", is_flag=True, help="Show what would be submitted; write nothing.")
+@click.option(
+    "--summary",
+    "summary_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run document (JSON) here, however the run ends.",
+)
+@json_option
 @common_options
 @handle_errors
-def run_cmd(manifests: tuple[Path, ...], **flags: Any) -> None:
-    """Submit, poll and download manifests' jobs until each is done or failed."""
+def run_cmd(
+    manifests: tuple[Path, ...], summary_file: Path | None, as_json: bool, **flags: Any
+) -> None:
+    """Submit, poll and download manifests' jobs until each is done or failed. Resumable at
+    any moment: Ctrl-C (or a crash) loses nothing, and the next run picks up. Several
+    manifests run in one process (sharing an account's limits)."""
     from runner import app
 
     ctx = get_ctx()
@@ -154,67 +204,185 @@ def run_cmd(manifests: tuple[Path, ...], **flags: Any) -> None:
         dry_run=flags["dry_run"],
     )
     if options.dry_run:
-        for result in app.run_many(manifests, ctx.state_dir, options):
-            credits = sum(j.credits for j in result.would_submit)
-            if len(manifests) > 1:
-                click.echo(f"{result.manifest}:")
-            for job in result.would_submit:
-                click.echo(f"{job.key}  {job.campaign}  {job.request.get('prompt', '')}")
-            click.echo(f"would submit {len(result.would_submit)} jobs, ~{credits:g} credits")
-            if result.outcome.budget_stop:
-                click.echo(f"then stop: {result.outcome.budget_stop}")
+        _dry_run(manifests, options, as_json=as_json)
         return
-    with ProgressView(quiet=ctx.quiet) as view:
-        env = app.Environment(handle_signals=True, on_progress=view)
-        results = app.run_many(manifests, ctx.state_dir, options, env)
-    hint = "runner run " + " ".join(str(m) for m in manifests)
-    sys.exit(max(_summarize(result, resume_hint=hint) for result in results))
+    ending = Ending(
+        [],
+        started=datetime.now().astimezone(),
+        finished=datetime.now().astimezone(),
+        resume=command_line("run", *manifests, *_continue_flags(options)),
+        retry=command_line("retry", manifests[0] if len(manifests) == 1 else "MANIFEST"),
+        collect=command_line("collect", *manifests),
+        limit=options.limit,
+        submit_only=options.submit_only,
+    )
+    try:
+        with ProgressView(quiet=ctx.quiet) as view:
+            env = app.Environment(handle_signals=True, on_progress=view)
+            ending.results = app.run_many(manifests, ctx.state_dir, options, env)
+        for result in ending.results:
+            ending.selection[result.manifest] = _selection(result.manifest, options)
+    except BaseException as err:
+        if not isinstance(err, Exception | KeyboardInterrupt) or not (as_json or summary_file):
+            raise
+        ending.error = err
+    ending.finished = datetime.now().astimezone()
+    if ending.error is not None:
+        # Said on stderr as any error is; the document still goes where it was asked for.
+        if summary_file is not None:
+            write_document(summary_file, document(ending))
+        if as_json:
+            echo_json(document(ending))
+        raise ending.error
+    _finish(ending, as_json=as_json, summary_file=summary_file)
 
 
-@cli.command("collect")
+def _dry_run(manifests: tuple[Path, ...], options: RunOptions, *, as_json: bool) -> None:
+    """What a run would submit, per manifest (with --limit and the budget applied)."""
+    from runner import app
+
+    results = app.run_many(manifests, get_ctx().state_dir, options)
+    if as_json:
+        echo_json(
+            {
+                "manifests": [
+                    {
+                        "manifest": r.manifest,
+                        "would_submit": [
+                            {"key": j.key, "campaign": j.campaign, "credits": j.credits,
+                             "request": j.request}
+                            for j in r.would_submit
+                        ],
+                        "estimated_credits": sum(j.credits for j in r.would_submit),
+                        "budget_stop": r.outcome.budget_stop,
+                    }
+                    for r in results
+                ]
+            }
+        )  # fmt: skip
+        return
+    for result in results:
+        credits = sum(j.credits for j in result.would_submit)
+        if len(manifests) > 1:
+            click.echo(f"{result.manifest}:")
+        for job in result.would_submit:
+            click.echo(f"{job.key}  {job.campaign}  {job.request.get('prompt', '')}")
+        click.echo(f"would submit {plural(len(result.would_submit), 'job')}, ~{credits:g} credits")
+        if result.outcome.budget_stop:
+            click.echo(f"then stop: {result.outcome.budget_stop}")
+
+
+@cli.command(
+    "collect",
+    short_help="Poll and download what is in flight; submit nothing.",
+    epilog=example("runner collect", "runner collect manifests/nightly.yaml --json"),
+)
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 @common_options
 @handle_errors
-def collect_cmd(manifest: Path | None) -> None:
-    """Poll and download what is already in flight; submit nothing."""
+def collect_cmd(manifest: Path | None, as_json: bool) -> None:
+    """Poll and download what is already in flight (of one manifest, or of every manifest
+    in the ledger); submit nothing."""
     from runner import app
 
     ctx = get_ctx()
+    started = datetime.now().astimezone()
     with ProgressView(quiet=ctx.quiet) as view:
         env = app.Environment(handle_signals=True, on_progress=view)
         results = app.collect(manifest, ctx.state_dir, env)
-    if not results:
+    again = command_line("collect", *([manifest] if manifest else []))
+    ending = Ending(
+        results,
+        started=started,
+        finished=datetime.now().astimezone(),
+        resume=again,
+        retry=command_line("retry", manifest or "MANIFEST"),
+    )
+    if not results and not as_json:
         click.echo("nothing in flight")
         return
-    code = max(_summarize(r, resume_hint="runner collect") for r in results)
-    sys.exit(code)
+    _finish(ending, as_json=as_json, summary_file=None)
 
 
-@cli.command("retry")
+def _resolve_keys(given: tuple[str, ...], statuses: dict[str, str], manifest: Path) -> list[str]:
+    """``--job`` values (full keys or unique prefixes, as ``show`` takes) as the manifest's
+    job keys; each must be a failed job, since only those go back."""
+    keys: list[str] = []
+    for prefix in given:
+        matches = [k for k in statuses if k.startswith(prefix)] if prefix else []
+        if not matches:
+            raise UsageError(f"--job {prefix!r} names no job of {manifest}")
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:5])
+            raise UsageError(f"--job {prefix!r} matches several jobs ({shown}); give more of it")
+        keys.append(matches[0])
+    for key in keys:
+        status = statuses[key]
+        if status == "failed":
+            continue
+        if status in ("new", "pending"):
+            why = f"has not been sent yet: `{command_line('run', manifest)}` sends it"
+        else:
+            why = f"is {status}, not failed: only failed jobs go back to pending"
+        raise UsageError(f"job {key} {why} (`{command_line('show', key)}`)")
+    return keys
+
+
+@cli.command(
+    "retry",
+    short_help="Put failed jobs back to pending for the next run.",
+    epilog=example(
+        "runner retry manifests/nightly.yaml",
+        "runner retry nightly.yaml --job 7b8e73 --job 0c1d --campaign teaser",
+    ),
+)
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--job", "keys", multiple=True, metavar="KEY", help="Only this job (repeatable).")
+@click.option(
+    "--job", "keys", multiple=True, metavar="KEY", help="Only this job; a key prefix will do."
+)
 @click.option("--campaign", "campaigns", multiple=True, metavar="NAME", help="Only this campaign.")
+@json_option
 @common_options
 @handle_errors
-def retry_cmd(manifest: Path, keys: tuple[str, ...], campaigns: tuple[str, ...]) -> None:
+def retry_cmd(
+    manifest: Path, keys: tuple[str, ...], campaigns: tuple[str, ...], as_json: bool
+) -> None:
     """Put failed jobs back to pending with a new idempotency key; `run` sends them."""
     from runner import app
 
-    count = app.retry(manifest, get_ctx().state_dir, keys=keys, campaigns=campaigns)
-    click.echo(f"{count} failed jobs back to pending; `runner run {manifest}` sends them")
+    state = get_ctx().state_dir
+    statuses = {j["key"]: j["status"] for j in app.plan(manifest, state).document["jobs"]}
+    full = _resolve_keys(keys, statuses, manifest)
+    count = app.retry(manifest, state, keys=full, campaigns=campaigns)
+    if as_json:
+        echo_json({"manifest": str(manifest), "retried": count, "keys": full or None})
+        return
+    run = command_line("run", manifest)
+    if count == 0:
+        click.echo(f"no failed jobs to retry in {manifest}")
+        return
+    click.echo(f"{plural(count, 'failed job')} back to pending; `{run}` sends them")
 
 
-
-@cli.command("souls")
+@cli.command(
+    "souls",
+    short_help="Train a manifest's soul models ahead of a run.",
+    epilog=example("runner souls manifests/soul-csv.yaml"),
+)
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 @common_options
 @handle_errors
-def souls_cmd(manifest: Path) -> None:
+def souls_cmd(manifest: Path, as_json: bool) -> None:
     """Train the manifest's soul models that are not ready yet, and list them all."""
     from runner import app
 
     result = app.train_souls(manifest, get_ctx().state_dir)
     records, failures = result.souls, result.failures
+    if as_json:
+        echo_json({"souls": [asdict(s) for s in records], "failures": failures})
+        sys.exit(exit_code(failed=bool(failures)))
     for soul in records:
         error = f"  {soul.error}" if soul.error else ""
         click.echo(f"{soul.name}  {soul.status}  {soul.model_id or '-'}{error}")
@@ -225,5 +393,4 @@ def souls_cmd(manifest: Path) -> None:
     if not records and not failures:
         click.echo("this manifest defines no souls")
     sys.exit(exit_code(failed=bool(failures)))
-
 

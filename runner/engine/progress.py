@@ -51,3 +51,4 @@ class Outcome:
     fatal: FatalError | None = None
     credits_this_run: float = 0.0  # estimated credits this run submitted (not refunded)
     credits_total: float = 0.0  # estimated credits the manifest has had charged, in all
+    videos: list[str] = field(default_factory=list)  # locations of the videos this run saved
