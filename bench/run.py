@@ -9,6 +9,8 @@ same run on the same machine (so the numbers compare across machines; no absolut
               Higher is better; 1.0 would mean the runner costs nothing over its HTTP calls.
 - rate:       API calls/s achieved with requests_per_second=20 vs. 20. Close to (and never
               above) 1/1.05 is right: calls are spaced 5% wider than 1/rps on purpose.
+- s3upload:   peak RSS of a process streaming a 512 MiB video into S3 (moto) vs. the fixed
+              150 MB it must stay under (bench/s3_upload.py). Below 1 is a pass.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import anyio
 import httpx
+from s3_upload import LIMIT_MB, measure  # bench/ is on sys.path: `python bench/run.py`
 
 from runner import app
 from runner.jobs import expand
@@ -144,11 +147,13 @@ def main() -> None:
         results["executor"] = bare_calls(jobs) / run_s
         rate_s, calls = run_manifest(tmp, 40, rps=20)
         results["rate"] = (calls / rate_s) / 20
+        results["s3upload"] = measure()["peak_mb"] / LIMIT_MB
     notes = {
         "expand": "expand time / key-hashing floor (lower is better)",
         "memory": "peak traced bytes / jobs JSON bytes (lower is better)",
         "executor": "bare HTTP time / full run time (higher is better, max 1)",
         "rate": "achieved API calls/s / requests_per_second (at most 1)",
+        "s3upload": "peak RSS uploading 512 MiB to S3 / 150 MB (below 1)",
     }
     for name, ratio in results.items():
         print(f"{name:9} {ratio:8.2f}   {notes[name]}")

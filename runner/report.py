@@ -2,8 +2,10 @@
 
 The page has inline CSS, no script and no external resource. Videos are not embedded: each
 downloaded job's ``<video>`` points at its file by a path relative to the report's folder, so
-the page works when opened from disk beside the videos. Every text from a manifest or the
-provider is escaped, and provider URLs (which may carry signed tokens) are never written.
+the page works when opened from disk beside the videos; a video in S3 is linked by a
+presigned URL that expires after ``presign_expiry`` (default 7 days). Every text from a
+manifest or the provider is escaped, and provider URLs (which may carry signed tokens) are
+never written.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from urllib.parse import quote
 from runner.app.common import reading
 from runner.ledger import JobRow, JobStatus, utcnow
 from runner.manifest import Manifest, load_manifest
+from runner.outputs import PRESIGN_EXPIRY, exists, is_remote, presign
 
 SHA256_SHOWN = 12  # hex digits of a file's sha256 shown on its card
 REQUEST_SHOWN = ("duration", "resolution", "aspect_ratio")
@@ -70,6 +73,7 @@ def build_report(
     *,
     out_file: Path,
     now: datetime | None = None,
+    presign_expiry: timedelta = PRESIGN_EXPIRY,
     campaigns: Sequence[str] = (),
     statuses: Sequence[str] = (),
     tags: Sequence[str] = (),
@@ -95,7 +99,7 @@ def build_report(
                 campaign=list(campaigns) or None,
             )
     rows = [r for r in rows if not tags or set(tags) & set(r.tags)]
-    page, videos = _page(rows, out_file.parent, now or utcnow(), manifest)
+    page, videos = _page(rows, out_file.parent, now or utcnow(), manifest, presign_expiry)
     _write_atomically(out_file, page)
     return ReportSummary(out_file, len(rows), _counts(rows), videos)
 
@@ -122,6 +126,7 @@ def _page(
     report_dir: Path,
     now: datetime,
     manifest: Manifest | None,
+    presign_expiry: timedelta,
 ) -> tuple[str, int]:
     """The whole document, and how many players it holds."""
     title = f"runner report: {manifest.path.name}" if manifest else "runner report"
@@ -134,7 +139,7 @@ def _page(
     for (manifest_file, campaign), jobs in groups.items():
         cards: list[str] = []
         for row in jobs:
-            card, has_video = _card(row, report_dir)
+            card, has_video = _card(row, report_dir, presign_expiry)
             cards.append(card)
             videos += has_video
         where = f" <small>{escape(manifest_file)}</small>" if several else ""
@@ -169,14 +174,25 @@ def _video_src(file: Path, report_dir: Path) -> str:
     return quote(Path(relative).as_posix())
 
 
-def _card(row: JobRow, report_dir: Path) -> tuple[str, bool]:
+def _src(row: JobRow, report_dir: Path, presign_expiry: timedelta) -> str | None:
+    """Where a downloaded job's player finds its video (a presigned URL for S3, else the
+    file's relative path), or ``None`` when the video is not where the ledger says."""
+    location = row.location
+    if row.status is not JobStatus.DOWNLOADED or location is None:
+        return None
+    if is_remote(location):
+        return presign(location, presign_expiry) if exists(location, row.bytes) else None
+    file = Path(location)
+    return _video_src(file, report_dir) if file.is_file() else None
+
+
+def _card(row: JobRow, report_dir: Path, presign_expiry: timedelta) -> tuple[str, bool]:
     """One job's card, and whether it has a player (its video is where the ledger says)."""
     status = row.status.value
-    file = Path(row.location) if row.location else None
-    has_video = row.status is JobStatus.DOWNLOADED and file is not None and file.is_file()
-    if has_video and file is not None:
-        src = escape(_video_src(file, report_dir))
-        media = f'<video controls preload="metadata" src="{src}"></video>'
+    src = _src(row, report_dir, presign_expiry)
+    has_video = src is not None
+    if src is not None:
+        media = f'<video controls preload="metadata" src="{escape(src)}"></video>'
     elif row.status is JobStatus.DOWNLOADED:
         missing = escape(row.location or row.path)
         media = f'<div class="novideo">file missing: <code>{missing}</code></div>'

@@ -11,6 +11,9 @@ from runner.mock.server import MockServerThread
 from runner.mock.testing import INSTANT, FakeClock
 from tests.support import InProcessMock, in_process
 
+# Fixture plugins: add an entry per plugin module, keep the others.
+pytest_plugins = ["tests.s3server"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

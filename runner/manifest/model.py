@@ -265,10 +265,13 @@ class Manifest(_Strict):
         """The rows read from the campaign's ``rows:`` CSV file (empty without one)."""
         return self._csv.get(campaign_index, [])
 
-    def output_dir(self, state_dir: Path) -> Path:
-        """``output.dir`` (relative to the current directory), else ``<state>/videos``."""
+    def output_dir(self, state_dir: Path) -> Path | str:
+        """``output.dir`` (relative to the current directory), else ``<state>/videos``; an
+        ``s3://bucket/prefix`` URI is returned as written (it is no local path)."""
         if self.output.dir is None:
             return Path(state_dir).expanduser().absolute() / DEFAULT_OUTPUT_SUBDIR
+        if self.output.dir.startswith("s3://"):
+            return self.output.dir
         return Path(self.output.dir).expanduser().absolute()
 
     def soul_images(self, soul: str) -> list[str]:

@@ -1,23 +1,21 @@
 """Fetching a video over HTTP: the URL policy, redirects, Range, Content-Length checks.
 
 Downloads never carry the provider's key: the engine gives them a client of their own.
-Where the bytes go (and how a file is made final) is the output store's business.
+``fetch`` hands the checked body to whoever stores it (a ``.part`` file, a multipart upload);
+where the bytes go, and how they are made final, is the output store's business.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
-import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
-import anyio
 import httpx
 
 from runner.errors import DownloadError, ExpiredURLError, TransientError, UnsafeURLError
+from runner.outputs.policy import POLICY_EXTENSION, DownloadPolicy, check_url, join_redirect
 
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5
@@ -25,91 +23,107 @@ EXPIRED_STATUSES = frozenset({403, 404, 410})
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The URL policy (what a URL may reach, decided on the address connected to) is
+# runner.outputs.policy; these names are re-exported for the stores and the engine.
+__all__ = ["Body", "DownloadPolicy", "check_url", "fetch"]
 
 
-@dataclass(frozen=True)
-class DownloadPolicy:
-    """Which addresses a video URL may point at.
+@dataclass
+class Body:
+    """A video body on its way: where it starts, how big the whole video is, the bytes.
 
-    Link-local addresses (where cloud metadata lives) are always refused. Private and loopback
-    addresses are refused unless the provider's own base URL is on one (the mock server).
+    ``start`` is the byte the body begins at (the Range offset the server honoured, else 0)
+    and ``total`` the size of the whole video. :meth:`chunks` yields the rest and, after the
+    last chunk, raises ``TransientError`` when the bytes do not add up to ``total``: a sink
+    that stores chunks as they come keeps them out of sight until the iteration ends cleanly.
     """
 
-    allow_private: bool = False
+    start: int
+    total: int
+    _response: httpx.Response
 
-    @classmethod
-    def for_base_url(cls, base_url: str) -> DownloadPolicy:
-        """Allow private addresses only when the provider itself lives on one."""
-        host = urlsplit(base_url).hostname or ""
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body from ``start`` on, checked against ``total`` at its end."""
+        received = self.start
         try:
-            addresses = _resolve_sync(host)
-        except OSError:
-            return cls(allow_private=False)
-        return cls(allow_private=any(_is_private(a) for a in addresses))
+            async for chunk in self._response.aiter_bytes(CHUNK_SIZE):
+                received += len(chunk)
+                yield chunk
+        except httpx.TransportError as err:
+            raise _interrupted(err) from err
+        if received < self.total:
+            raise TransientError(f"video body cut short: {received} of {self.total} bytes")
+        if received > self.total:
+            raise TransientError(f"video body too long: {received} of {self.total} bytes")
 
 
-def _is_private(address: IPAddress) -> bool:
-    return address.is_private or address.is_loopback
-
-
-def _resolve_sync(host: str) -> list[IPAddress]:
-    try:
-        return [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        pass
-    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-
-
-async def check_url(url: str, policy: DownloadPolicy) -> None:
-    """Refuse a URL whose scheme or resolved addresses the policy does not allow."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UnsafeURLError(f"refusing video URL with scheme {parts.scheme or '(none)'!r}")
-    host = parts.hostname
-    if not host:
-        raise UnsafeURLError("refusing video URL without a host")
-    try:
-        addresses = await anyio.to_thread.run_sync(_resolve_sync, host)
-    except OSError as err:
-        raise TransientError(f"cannot resolve video host {host}: {err}") from err
-    for address in addresses:
-        if address.is_link_local or address.is_multicast or address.is_unspecified:
-            raise UnsafeURLError(f"refusing video URL on link-local/reserved address {address}")
-        if _is_private(address) and not policy.allow_private:
-            raise UnsafeURLError(f"refusing video URL on private address {address}")
-
-
+@asynccontextmanager
 async def fetch(
-    client: httpx.AsyncClient, url: str, part: Path, offset: int, policy: DownloadPolicy
-) -> None:
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    policy: DownloadPolicy,
+    offset: int = 0,
+    discard: Callable[[], None] | None = None,
+) -> AsyncIterator[Body]:
+    """GET a video URL, following redirects under the same policy, and hand over its body.
+
+    ``offset`` asks for the body from that byte on (Range). ``discard`` is called when the
+    answer shows that the bytes kept from an earlier attempt are unusable (416, a range we
+    did not ask for): the next attempt starts from zero. The status, Content-Range,
+    Content-Length and encoding are checked before the first byte is handed over.
+
+    Raises ``ExpiredURLError`` for 403/404/410, ``TransientError`` for what is worth retrying
+    (connection errors, 408, 429, 5xx, short bodies), ``UnsafeURLError`` for refused URLs and
+    ``DownloadError`` for the rest (no Content-Length, an encoded body, too many redirects).
+    """
     # Identity encoding: Content-Length must count the bytes we store.
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     for _ in range(MAX_REDIRECTS + 1):
-        await check_url(url, policy)
-        request = client.build_request("GET", url, headers=headers, timeout=DOWNLOAD_TIMEOUT)
-        response = await client.send(request, stream=True, follow_redirects=False)
+        target = await check_url(url, policy)
+        request = client.build_request(
+            "GET",
+            target,
+            headers=headers,
+            timeout=DOWNLOAD_TIMEOUT,
+            extensions={POLICY_EXTENSION: policy},  # a PinnedTransport decides by it
+        )
+        try:
+            response = await client.send(request, stream=True, follow_redirects=False)
+        except httpx.TransportError as err:
+            raise _interrupted(err) from err
+        except (httpx.InvalidURL, ValueError, UnicodeError) as err:
+            # httpx parses a redirect's Location even when not following it.
+            raise UnsafeURLError(f"refusing malformed redirect: {type(err).__name__}") from None
         try:
             if response.is_redirect:
-                url = urljoin(url, response.headers.get("location", ""))
+                url = join_redirect(url, response.headers.get("location"))
                 continue
-            await _write_body(response, part, offset)
+            yield _body(response, offset, discard or _nothing_kept)
             return
         finally:
             await response.aclose()
     raise DownloadError(f"too many redirects downloading the video (more than {MAX_REDIRECTS})")
 
 
-async def _write_body(response: httpx.Response, part: Path, offset: int) -> None:
+def _interrupted(err: httpx.TransportError) -> TransientError:
+    return TransientError(f"download interrupted: {type(err).__name__}")
+
+
+def _nothing_kept() -> None:
+    """No bytes were kept from an earlier attempt: nothing to throw away."""
+
+
+def _body(response: httpx.Response, offset: int, discard: Callable[[], None]) -> Body:
+    """The answer's body once its status and headers say it can be verified."""
     status = response.status_code
     if status in EXPIRED_STATUSES:
         raise ExpiredURLError(f"video URL answered {status}")
     if status == 416 and offset:
-        # Our partial file is longer than the video: start over.
-        part.unlink(missing_ok=True)
+        # What we kept is longer than the video: start over.
+        discard()
         raise TransientError("video range not satisfiable; restarting the download")
     if status in (408, 429) or status >= 500:
         raise TransientError(f"video download answered {status}")
@@ -121,7 +135,7 @@ async def _write_body(response: httpx.Response, part: Path, offset: int) -> None
     if status == 206:
         match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
         if not match or int(match.group(1)) != offset:
-            part.unlink(missing_ok=True)
+            discard()
             raise TransientError("video server answered a range we did not ask for")
         start = offset
         if match.group(3) != "*":
@@ -133,17 +147,6 @@ async def _write_body(response: httpx.Response, part: Path, offset: int) -> None
     encoding = response.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise DownloadError(f"video server sent a {encoding}-encoded body; expected identity")
-
-    written = start
-    with open(part, "r+b" if start else "wb") as fh:
-        fh.seek(start)
-        fh.truncate()
-        async for chunk in response.aiter_bytes(CHUNK_SIZE):
-            fh.write(chunk)
-            written += len(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
     if total is None:
-        raise DownloadError("video server sent no Content-Length; cannot verify the file")
-    if written != total:
-        raise TransientError(f"video body cut short: {written} of {total} bytes")
+        raise DownloadError("video server sent no Content-Length; cannot verify the video")
+    return Body(start=start, total=total, _response=response)

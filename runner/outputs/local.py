@@ -5,6 +5,7 @@ A file is never left under its final name unless every byte the server promised 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from runner.errors import TransientError, UnsafeURLError
+from runner.errors import UnsafeURLError
 from runner.outputs import Saved
 from runner.outputs.fetch import CHUNK_SIZE, DownloadPolicy, fetch
 
@@ -104,10 +105,15 @@ async def download(
             part.unlink()
     if resume_token is not None:
         tag.write_text(resume_token)
-    try:
-        await fetch(client, url, part, offset, policy)
-    except httpx.TransportError as err:
-        raise TransientError(f"download interrupted: {type(err).__name__}") from err
+    discard = functools.partial(part.unlink, missing_ok=True)
+    async with fetch(client, url, policy=policy, offset=offset, discard=discard) as body:
+        with open(part, "r+b" if body.start else "wb") as fh:
+            fh.seek(body.start)
+            fh.truncate()
+            async for chunk in body.chunks():
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
     size, digest = await anyio.to_thread.run_sync(_finish, part, dest)
     tag.unlink(missing_ok=True)
     return Saved(location=str(dest), bytes=size, sha256=digest)
