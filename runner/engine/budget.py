@@ -62,7 +62,7 @@ def charged(row: Charged) -> bool:
 
 def charged_credits(rows: Iterable[Charged]) -> float:
     """The estimated credits of every charged job among ``rows``."""
-    return sum(r.credits for r in rows if charged(r))
+    return sum((r.credits for r in rows if charged(r)), 0.0)  # a float even with none
 
 
 def submission_order(rows: Sequence[P], limit: int | None = None) -> list[P]:

@@ -386,6 +386,7 @@ class Executor:
             location=saved.location,
             error=None,
         )
+        self.outcome.videos.append(saved.location)
 
     async def _refresh_url(self, row: JobRow) -> JobRow:
         try:
