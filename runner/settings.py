@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from runner.engine import Backoff, Budget, EngineSettings, PollSchedule
 from runner.errors import UsageError
@@ -25,6 +26,8 @@ class RunOptions:
     max_credits: float | None = None  # this run's cap; wins over budget.max_credits
     dry_run: bool = False
     collect: bool = False  # poll and download only; submit nothing
+    until: datetime | None = None  # --until: no new submission after this moment
+    max_failures: int | None = None  # --max-failures: no new submission after this many
 
 
 def backoff_from(environ: Mapping[str, str]) -> Backoff:
@@ -54,7 +57,27 @@ def engine_settings(
         submit=not options.collect,
         download=not options.submit_only,
         generation_timeout=limits.generation_timeout,
+        until=options.until,
+        max_failures=options.max_failures,
     )
+
+
+def parse_until(text: str, now: datetime | None = None) -> datetime:
+    """``--until``: ``HH:MM`` (local time: the next such moment) or an ISO timestamp (local
+    time unless it names a zone). A ``UsageError`` says what is accepted."""
+    now = now or datetime.now().astimezone()
+    try:
+        if len(text) <= 5 and ":" in text:
+            hour, minute = (int(part) for part in text.split(":"))
+            moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            return moment if moment > now else moment + timedelta(days=1)
+        moment = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise UsageError(
+            f"--until {text!r}: give HH:MM (local time) or an ISO timestamp "
+            "such as 2026-12-01T06:00"
+        ) from err
+    return moment if moment.tzinfo else moment.astimezone()
 
 
 def budget(manifest: Manifest, options: RunOptions, charged_before: float) -> Budget:

@@ -804,3 +804,39 @@ def test_transient_attempts_persist_across_runs(tmp_path: Path) -> None:
     h.transport_wrapper = lambda t: t
     assert h.run(app.RunOptions(only=("spin",))).counts == {"downloaded": 2}
     assert h.mock.stats()["generations_created"] == 2
+
+
+def test_until_and_max_failures_stop_new_submissions(tmp_path: Path) -> None:
+    """--until in the past submits nothing and says why; --max-failures 2 with every
+    generation failing stops after 2 failures instead of burning the whole batch."""
+    from datetime import UTC, datetime, timedelta
+
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=29))
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    early = h.run(app.RunOptions(until=past))
+    assert early.outcome.submitted == 0
+    assert "--until" in (early.outcome.stopped or "")
+    assert h.mock.stats()["generations_created"] == 0
+
+    (tmp_path / "b").mkdir()
+    h2 = Harness(tmp_path / "b", MockOptions(latency_min=0, latency_max=0, fail_rate=1.0, seed=30))
+    h2.write(MANIFEST.format(limits=FAST_LIMITS.replace("concurrency: 4", "concurrency: 1")))
+    stopped = h2.run(app.RunOptions(max_failures=2))
+    assert stopped.outcome.failed == 2 and stopped.outcome.submitted == 2
+    assert "--max-failures 2 reached" in (stopped.outcome.stopped or "")
+    assert stopped.counts == {"failed": 2, "pending": JOBS - 2}
+
+
+def test_until_parses_clock_times_and_timestamps() -> None:
+    """HH:MM is the next such local moment; ISO timestamps are taken as given; junk is a
+    usage error naming what is accepted."""
+    from datetime import datetime, timedelta
+
+    from runner.settings import parse_until
+
+    now = datetime(2026, 11, 30, 22, 0).astimezone()
+    assert parse_until("06:00", now) == now.replace(hour=6) + timedelta(days=1)
+    assert parse_until("23:30", now) == now.replace(minute=30, hour=23)
+    assert parse_until("2026-12-01T06:00", now).hour == 6
+    with pytest.raises(UsageError, match="HH:MM"):
+        parse_until("tomorrow", now)

@@ -173,6 +173,10 @@ def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
 @click.option("--concurrency", type=click.IntRange(min=1), help="Generations in flight.")
 @click.option("--rps", type=click.FloatRange(min=0.01), help="API calls per second.")
 @click.option("--max-credits", type=click.FloatRange(min=0), help="Credit cap for this run.")
+@click.option("--until", metavar="TIME", help="No new submissions after TIME (HH:MM or ISO).")
+@click.option(
+    "--max-failures", type=click.IntRange(min=1), help="No new submissions after N failures."
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be submitted; write nothing.")
 @click.option(
     "--summary",
@@ -190,6 +194,7 @@ def run_cmd(
     any moment: Ctrl-C (or a crash) loses nothing, and the next run picks up. Several
     manifests run in one process (sharing an account's limits)."""
     from runner import app
+    from runner.settings import parse_until
 
     ctx = get_ctx()
     options = app.RunOptions(
@@ -202,6 +207,8 @@ def run_cmd(
         rps=flags["rps"],
         max_credits=flags["max_credits"],
         dry_run=flags["dry_run"],
+        until=parse_until(flags["until"]) if flags["until"] else None,
+        max_failures=flags["max_failures"],
     )
     if options.dry_run:
         _dry_run(manifests, options, as_json=as_json)

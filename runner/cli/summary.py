@@ -112,6 +112,7 @@ def document(ending: Ending) -> dict[str, Any]:
             "estimated_total": _credits(sum(o.credits_total for o in outcomes)),
         },
         "budget_stop": next((o.budget_stop for o in outcomes if o.budget_stop), None),
+        "stopped": next((o.stopped for o in outcomes if o.stopped), None),
         "interrupted": any(o.interrupted for o in outcomes)
         or isinstance(ending.error, KeyboardInterrupt),
         "fatal": fatal,
@@ -168,8 +169,10 @@ def _print_result(result: RunResult, ending: Ending, *, stdout: bool) -> None:
         return
     if o.budget_stop:
         err(o.budget_stop)
+    if o.stopped:
+        err(o.stopped)
     pending = ending.selection.get(result.manifest, {}).get("pending", 0)
-    if pending and not o.budget_stop:
+    if pending and not (o.budget_stop or o.stopped):
         why = f" (--limit {ending.limit})" if ending.limit is not None else ""
         err(f"{plural(pending, 'job')} not submitted yet{why}: `{ending.resume}` continues")
     if ending.submit_only and o.submitted:

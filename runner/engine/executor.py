@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -152,9 +153,15 @@ class Executor:
         return self.outcome
 
     async def _dispatch(self, waiting: list[JobRow], jobs: anyio.abc.TaskGroup) -> None:
-        """Start submissions in order, as slots free up, until the budget says stop."""
+        """Start submissions in order, as slots free up, until the budget, ``--until`` or
+        ``--max-failures`` says stop."""
         for row in waiting:
             await self.slots.acquire()
+            stop = self._stop_reason()
+            if stop is not None:
+                await self.slots.release(succeeded=False)
+                self.outcome.stopped = stop
+                return
             try:
                 self.budget.reserve(row)
             except BudgetExceededError as err:
@@ -162,6 +169,19 @@ class Executor:
                 self.outcome.budget_stop = str(err)
                 return
             jobs.start_soon(self._drive, row, True)
+
+    def _stop_reason(self) -> str | None:
+        """Why no new submission may start now, if one may not."""
+        until = self.settings.until
+        if until is not None and datetime.now(UTC) >= until:
+            return f"--until {until.astimezone():%Y-%m-%d %H:%M} reached: nothing more submitted"
+        limit = self.settings.max_failures
+        if limit is not None and self.outcome.failed >= limit:
+            return (
+                f"--max-failures {limit} reached ({self.outcome.failed} jobs failed in this run):"
+                " nothing more submitted"
+            )
+        return None
 
     async def _drive(self, row: JobRow, holds_slot: bool) -> None:
         """Walk one job as far as it can go in this run."""

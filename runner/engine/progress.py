@@ -47,6 +47,7 @@ class Outcome:
     unfinished: int = 0  # still in flight or not downloaded when the run stopped
     held: dict[str, str] = field(default_factory=dict)  # key → why it was left for next run
     budget_stop: str | None = None
+    stopped: str | None = None  # why submissions stopped early (--until, --max-failures)
     interrupted: bool = False
     fatal: FatalError | None = None
     credits_this_run: float = 0.0  # estimated credits this run submitted (not refunded)

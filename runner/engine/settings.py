@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from runner.engine.polling import PollSchedule
 from runner.engine.throttle import Backoff
@@ -21,3 +22,5 @@ class EngineSettings:
     submit: bool = True  # False for `collect`
     download: bool = True  # False for `run --submit-only`
     generation_timeout: float | None = None  # stop waiting this long after a submit
+    until: datetime | None = None  # no new submission after this moment (--until)
+    max_failures: int | None = None  # no new submission after this many failures (--max-failures)
