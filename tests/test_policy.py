@@ -110,7 +110,8 @@ ADDRESS_TABLE: list[tuple[str, str]] = [
     ("0x7f.1", PRIVATE),
     ("127.1", PRIVATE),
     ("017700000001", PRIVATE),
-    ("0xa9fe.0xa9fe", ALWAYS),
+    ("0xa9fea9fe", ALWAYS),  # 169.254.169.254
+    ("0xa9.0xfe.0xa9.0xfe", ALWAYS),
     ("2852039166", ALWAYS),  # 169.254.169.254
     ("1.2.3.4.5", ALWAYS),  # not an address at all
     ("4294967296", ALWAYS),

@@ -4,6 +4,7 @@ against the mock API in-process and over loopback; error classes; secrets."""
 from __future__ import annotations
 
 import email.utils
+import gzip
 import json
 import logging
 import time
@@ -12,10 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.errors import (
     FatalError,
     PermanentError,
+    ProviderError,
     ThrottledError,
     TransientError,
     UnknownOutcomeError,
@@ -25,6 +29,7 @@ from runner.mock import MockOptions
 from runner.mock.options import RetryAfterMode
 from runner.mock.server import MockServerThread
 from runner.mock.testing import FakeClock
+from runner.outputs.policy import URLPolicy
 from runner.providers import (
     GenerationProvider,
     GenerationStatus,
@@ -34,11 +39,22 @@ from runner.providers import (
     SoulStatus,
     UploadProvider,
     make_provider,
+    redact,
     uploader,
 )
-from runner.providers.base import HttpProvider, Secret
+from runner.providers.base import MAX_ANSWER_BYTES, HttpProvider, Secret
 from runner.providers.classify import parse_retry_after
+from tests.netfakes import FakeResolver, RecordingBackend, recording_client
 from tests.support import InProcessMock
+from tests.test_policy import (
+    ADDRESS_TABLE,
+    RESOLVABLE,
+    STRICT,
+    case_id,
+    expected,
+    resolved_form,
+)
+from tests.test_policy import MALFORMED as MALFORMED_URLS
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +94,12 @@ def provider_for(
     fake = Fake(answer)
     client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
     env = ENV if environ is None else environ
-    provider = make_provider(ProviderSettings(name=name, **settings), client=client, environ=env)
+    provider = make_provider(
+        ProviderSettings(name=name, **settings),
+        client=client,
+        environ=env,
+        url_policy=URLPolicy(),  # decided here: no DNS lookup of the (public) base URL
+    )
     return provider, fake
 
 
@@ -949,3 +970,253 @@ async def test_dropped_submit_over_loopback(
     finally:
         await provider.aclose()
     assert list(server.state.generations) == [gen]
+
+
+# --- hostile answers: every one is a provider error, never a crash --------------------------
+
+
+def completed_doc(name: str, url: Any) -> dict[str, Any]:
+    """A completed status answer of dialect ``name`` with ``url`` as its video URL."""
+    if name == "higgsfieldapi":
+        return {"status": "completed", "video_url": url}
+    return {"status": "completed", "video": {"url": url}}
+
+
+# Surrounding whitespace is trimmed from a video URL, so those are no cases here.
+BAD_VIDEO_URLS = [u for u in MALFORMED_URLS if u == u.strip()]
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+@pytest.mark.parametrize("url", BAD_VIDEO_URLS, ids=range(len(BAD_VIDEO_URLS)))
+async def test_malformed_video_url_is_a_permanent_error(name: str, url: str) -> None:
+    """A port past 65535, `http://[::1/x`, a 64-character label, a space in the host, ...:
+    the status answer is malformed (the job fails with that reason), nothing escapes."""
+    body = json.dumps(completed_doc(name, url)).encode()  # ASCII: lone surrogates escaped
+    provider, _ = provider_for(name, lambda _r: httpx.Response(200, content=body))
+    with pytest.raises(PermanentError, match=r"malformed response|without a video URL"):
+        await provider.status("g")
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+@pytest.mark.parametrize("url", [42, ["https://x.test/v.mp4"], {"u": 1}, True])
+async def test_video_url_of_the_wrong_type(name: str, url: Any) -> None:
+    provider, _ = provider_for(name, json_answer(completed_doc(name, url)))
+    with pytest.raises(PermanentError):
+        await provider.status("g")
+
+
+KEY_IN_URL = [
+    ("higgsfieldapi", f"https://cdn.video.test/v.mp4?token={SEED_KEY}"),
+    ("higgsfieldapi", f"https://cdn.video.test/{SEED_KEY}/v.mp4"),
+    ("higgsfield", f"https://cdn.video.test/v.mp4?token={KEY_SECRET}"),
+    ("higgsfield", f"https://cdn.video.test/v.mp4?auth={KEY_ID}%3A{KEY_SECRET}"),
+    ("higgsfield", f"https://cdn.video.test/v.mp4?auth={KEY_ID}:{KEY_SECRET}"),
+]
+
+
+@pytest.mark.parametrize(("name", "url"), KEY_IN_URL)
+async def test_key_echoed_into_the_video_url_is_refused(name: str, url: str) -> None:
+    """A key in the video URL would be stored and sent to the video host: the status is
+    refused, and the message does not repeat the key."""
+    provider, _ = provider_for(name, json_answer(completed_doc(name, url)))
+    with pytest.raises(PermanentError, match="carries the API key") as info:
+        await provider.status("g")
+    assert not any(secret in str(info.value) for secret in (SEED_KEY, KEY_SECRET))
+
+
+async def test_a_key_id_alone_in_the_video_url_is_fine() -> None:
+    """The public half of an id:secret key is an account name, not a secret."""
+    url = f"https://cdn.video.test/{KEY_ID}/v.mp4"
+    provider, _ = provider_for("higgsfield", json_answer(completed_doc("higgsfield", url)))
+    assert (await provider.status("g")).video_url == url
+
+
+def test_redaction_covers_url_spellings_and_the_environment() -> None:
+    """Secrets are masked as written and percent-encoded; ``redact`` reads the key variables."""
+    secret = Secret(f"Key {KEY_ID}:{KEY_SECRET}", parts=(f"{KEY_ID}:{KEY_SECRET}", KEY_SECRET))
+    text = f"https://x.test/?a={KEY_ID}%3A{KEY_SECRET}&b={KEY_SECRET}"
+    assert KEY_SECRET not in secret.redact(text)
+    env = {**ENV, "MY_KEY": "custom-key-0003"}
+    text = f"u?t={SEED_KEY}&k={KEY_ID}%3A{KEY_SECRET}&c=custom-key-0003"
+    clean = redact(text, environ=env, names=("MY_KEY",))
+    assert not any(s in clean for s in (*SECRETS, "custom-key-0003"))
+    provider, _ = provider_for("higgsfieldapi", json_answer({}))
+    assert SEED_KEY not in redact(f"x {SEED_KEY}", provider=provider)
+
+
+HOSTILE_BODIES = [
+    httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000),
+    httpx.Response(200, content=b'{"generation_id": ' + b"9" * 5000 + b"}"),
+    httpx.Response(200, content=b'{"status": "\xff\xfe"}'),
+    httpx.Response(200, content=b'{"status": "completed", "video_url": "\\ud800"}'),
+    httpx.Response(200, content=b"\x00" * 1000),
+    httpx.Response(200, json={"generation_id": "x" * 10_000, "request_id": "x" * 10_000}),
+    httpx.Response(200, json={"generation_id": -1, "request_id": -1}),
+    httpx.Response(200, json={"generation_id": 2**200, "request_id": 2**200}),
+    httpx.Response(200, json={"generation_id": "a\nb", "request_id": "a\x00b"}),
+    httpx.Response(200, json={"generation_id": 1.5, "request_id": [1]}),
+]
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+@pytest.mark.parametrize("response", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+async def test_hostile_answer_bodies(name: str, response: httpx.Response) -> None:
+    """Deep nesting, 5,000-digit numbers, bad UTF-8, lone surrogates, unusable ids: each is a
+    PermanentError from submit and status alike."""
+    provider, _ = provider_for(name, lambda _r: response)
+    with pytest.raises(PermanentError):
+        await provider.submit({"prompt": "p"}, idempotency_key="k-1")
+    with pytest.raises(PermanentError):
+        await provider.status("g")
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+@pytest.mark.parametrize("status", [400, 422, 500])
+async def test_hostile_error_bodies(name: str, status: int) -> None:
+    """Error answers with deeply nested or huge details still classify, briefly."""
+    for body in (
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps({"detail": [[[[[[[[[[["deep"]]]]]]]]]]] * 10_000}).encode(),
+        json.dumps({"detail": {"msg": {"x": 1}, "loc": 5}}).encode(),
+        json.dumps({"detail": [{"msg": "m", "loc": "body"}]}).encode(),
+    ):
+        provider, _ = provider_for(name, lambda _r, b=body: httpx.Response(status, content=b))
+        with pytest.raises((PermanentError, TransientError)) as info:
+            await provider.status("g")
+        assert len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+async def test_answers_past_the_size_cap_are_refused(name: str) -> None:
+    """An answer is read up to MAX_ANSWER_BYTES, plain or compressed (a gzip bomb)."""
+    big = b'{"status": "' + b"x" * (MAX_ANSWER_BYTES + 10) + b'"}'
+    provider, _ = provider_for(name, lambda _r: httpx.Response(200, content=big))
+    with pytest.raises(PermanentError, match="larger than"):
+        await provider.status("g")
+    bomb = gzip.compress(big)
+    assert len(bomb) < 100_000
+    provider, _ = provider_for(
+        name,
+        lambda _r: httpx.Response(200, content=bomb, headers={"Content-Encoding": "gzip"}),
+    )
+    with pytest.raises(PermanentError, match="larger than"):
+        await provider.status("g")
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+@pytest.mark.parametrize("location", ["http://xn--zz.test/", "http://[::1/x", "http://h:99999/"])
+async def test_redirect_with_a_malformed_location(name: str, location: str) -> None:
+    """httpx parses Location even when not following: a provider error all the same."""
+    provider, fake = provider_for(
+        name, lambda _r: httpx.Response(302, headers={"Location": location})
+    )
+    with pytest.raises(ProviderError):
+        await provider.status("g")
+    assert len(fake.requests) == 1
+
+
+@given(st.text(max_size=40) | st.from_regex(r"[0-9eE.+-]{1,30}", fullmatch=True))
+@settings(max_examples=300, deadline=None)
+def test_parse_retry_after_never_raises(value: str) -> None:
+    """Any Retry-After text gives a finite non-negative number of seconds, or None."""
+    seconds = parse_retry_after(value, now=0.0)
+    assert seconds is None or (seconds >= 0 and seconds != float("inf"))
+
+
+# --- upload URLs: the same policy table as video URLs ---------------------------------------
+
+
+def upload_answer(upload_url: str, **extra: Any) -> Handler:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/files/generate-upload-url":
+            doc = {"upload_url": upload_url, "public_url": "https://cdn.video.test/a.jpg"}
+            return httpx.Response(200, json={**doc, **extra})
+        return httpx.Response(200)
+
+    return answer
+
+
+@pytest.mark.parametrize("lenient", [False, True], ids=["public-base", "private-base"])
+@pytest.mark.parametrize("case", ADDRESS_TABLE, ids=case_id)
+async def test_upload_url_written_as_an_address(case: tuple[str, str], lenient: bool) -> None:
+    """The PUT of a local image goes only where the URL policy allows (0.0.0.0 included)."""
+    host, kind = case
+    policy = URLPolicy(allow_private=lenient)
+    fake = Fake(upload_answer(f"http://{host}:8080/put/abc?sig=1"))
+    provider = make_provider(
+        ProviderSettings(name="higgsfield"),
+        client=httpx.AsyncClient(transport=httpx.MockTransport(fake)),
+        environ=ENV,
+        url_policy=policy,
+    )
+    if expected(kind, policy):
+        with pytest.raises(PermanentError, match="upload URL"):
+            await can_upload(provider).upload(b"img", "image/png")
+        assert [r.method for r in fake.requests] == ["POST"]
+    else:
+        await can_upload(provider).upload(b"img", "image/png")
+        assert [r.method for r in fake.requests] == ["POST", "PUT"]
+
+
+@pytest.mark.parametrize("case", RESOLVABLE, ids=case_id)
+async def test_upload_url_whose_name_resolves_to_the_address(case: tuple[str, str]) -> None:
+    """A named upload host is resolved once and the PUT connects to the checked address."""
+    host, kind = case
+    address = str(resolved_form(host))
+    resolver = FakeResolver({"uploads.video.test": [[address]]})
+    backend = RecordingBackend()
+    fake = Fake(upload_answer("https://uploads.video.test/put/abc?sig=1"))
+    provider = make_provider(
+        ProviderSettings(name="higgsfield"),
+        client=httpx.AsyncClient(transport=httpx.MockTransport(fake)),
+        environ=ENV,
+        url_policy=STRICT,
+        upload_client=recording_client(resolver, backend),
+    )
+    if expected(kind, STRICT):
+        with pytest.raises(PermanentError, match="refusing to connect"):
+            await can_upload(provider).upload(b"img", "image/png")
+        assert backend.connections == []
+    else:
+        await can_upload(provider).upload(b"img", "image/png")
+        (connection,) = backend.connections
+        assert (connection.address, connection.sni) == (address, "uploads.video.test")
+        assert b"Authorization" not in bytes(connection.sent)
+    assert resolver.calls == ["uploads.video.test"]
+
+
+async def test_upload_dns_rebinding_gains_nothing() -> None:
+    """Public at the first lookup, loopback at the second: the second upload is refused."""
+    resolver = FakeResolver({"uploads.video.test": [["8.8.8.8"], ["127.0.0.1"]]})
+    backend = RecordingBackend()
+    fake = Fake(upload_answer("https://uploads.video.test/put/abc"))
+    provider = make_provider(
+        ProviderSettings(name="higgsfield"),
+        client=httpx.AsyncClient(transport=httpx.MockTransport(fake)),
+        environ=ENV,
+        url_policy=STRICT,
+        upload_client=recording_client(resolver, backend),
+    )
+    await can_upload(provider).upload(b"one", "image/png")
+    with pytest.raises(PermanentError, match="loopback"):
+        await can_upload(provider).upload(b"two", "image/png")
+    assert backend.addresses == ["8.8.8.8"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"upload_headers": {"X-Evil": "a\r\nInjected: 1"}},
+        {"upload_headers": {"X-Name": "naïve"}},
+        {"upload_headers": {"Bad Name": "v"}},
+        {"public_url": "http://[::1/x"},
+        {"public_url": "https://" + "a" * 64 + ".test/x.jpg"},
+    ],
+    ids=["crlf", "non-ascii", "bad-name", "public-ipv6", "public-label"],
+)
+async def test_upload_answers_that_cannot_be_used(extra: dict[str, Any]) -> None:
+    """Headers that cannot be sent, a public URL that is no URL: refused before any PUT."""
+    provider, fake = provider_for("higgsfield", upload_answer("https://s3.video.test/x", **extra))
+    with pytest.raises(PermanentError, match="malformed response"):
+        await can_upload(provider).upload(b"img", "image/png")
+    assert [r.method for r in fake.requests] == ["POST"]

@@ -152,6 +152,8 @@ class URLPolicy:
         """Allow private addresses only when the provider's own base URL is on one."""
         try:
             host = urlsplit(base_url).hostname or ""
+            if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: loopback
+                return cls(allow_private=True)
             literal = literal_address(host)
             addresses = [literal] if literal is not None else _resolve_sync(host)
         except (OSError, ValueError, UnicodeError):
@@ -211,7 +213,7 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
     return found
 
 
-def literal_address(host: str) -> IPAddress | None:
+def literal_address(host: str, *, what: str = "URL") -> IPAddress | None:
     """The address a URL host names without DNS: an IP literal, or a legacy IPv4 number.
 
     A host whose last label is a number (``2130706433``, ``0x7f.1``, ``127.1``) is an IPv4
@@ -221,18 +223,18 @@ def literal_address(host: str) -> IPAddress | None:
     bare = host.strip("[]")
     if ":" in bare:
         if "%" in bare:
-            raise UnsafeURLError(f"refusing scoped IPv6 address {host!r}")
+            raise UnsafeURLError(f"refusing {what}: scoped IPv6 address {host!r}")
         try:
             return ipaddress.IPv6Address(bare)
         except ValueError:
-            raise UnsafeURLError(f"refusing malformed IPv6 address {host!r}") from None
+            raise UnsafeURLError(f"refusing {what}: malformed IPv6 address {host!r}") from None
     last = bare.rstrip(".").rsplit(".", 1)[-1].lower()
     if not last or not (last.isdigit() or (last.startswith("0x") and _is_hex(last[2:]))):
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(bare.rstrip(".")))
     except (OSError, ValueError):
-        raise UnsafeURLError(f"refusing host {host!r}: not a valid IPv4 address") from None
+        raise UnsafeURLError(f"refusing {what}: {host!r} is not a valid IPv4 address") from None
 
 
 def _is_hex(text: str) -> bool:
@@ -286,7 +288,7 @@ def parse_url(url: object, *, what: str = "video URL") -> httpx.URL:
         raise UnsafeURLError(f"refusing {what}: port {port} is out of range")
     if parsed.userinfo:
         raise UnsafeURLError(f"refusing {what} with credentials in it")
-    if literal_address(host) is None:
+    if literal_address(host, what=what) is None:
         _check_hostname(host, what)
     return parsed
 
@@ -311,7 +313,7 @@ async def check_url(
     this never waits on DNS.
     """
     parsed = parse_url(url, what=what)
-    literal = literal_address(parsed.raw_host.decode("ascii"))
+    literal = literal_address(parsed.raw_host.decode("ascii"), what=what)
     if literal is not None:
         why = policy.refusal(literal)
         if why is not None:

@@ -44,10 +44,13 @@ from runner.providers.types import (
 )
 
 if TYPE_CHECKING:
+    from runner.outputs.policy import URLPolicy
     from runner.providers.higgsfieldapi import HiggsfieldApiProvider
     from runner.providers.platform import PlatformProvider
 
 BASE_URL_ENV = "HIGGSFIELD_BASE_URL"
+# Variables that hold credentials by default (SPEC §2); a manifest may name another.
+CREDENTIAL_VARIABLES = ("HIGGSFIELD_API_KEY", "HF_KEY", "HF_API_KEY", "HF_API_SECRET")
 
 
 def make_provider(
@@ -56,6 +59,8 @@ def make_provider(
     client: httpx.AsyncClient | None = None,
     environ: Mapping[str, str] = os.environ,
     timeout: httpx.Timeout | None = None,
+    upload_client: httpx.AsyncClient | None = None,
+    url_policy: URLPolicy | None = None,
 ) -> Provider:
     """Build the provider ``settings`` names, with its base URL and credentials resolved.
 
@@ -66,6 +71,11 @@ def make_provider(
     decides per request whether the URL's origin may receive the key. ``timeout`` (default
     :data:`runner.providers.base.DEFAULT_TIMEOUT`) is applied to every request, an injected
     client's own default notwithstanding.
+
+    URLs the provider hands out to send something to (presigned upload URLs) go through
+    ``upload_client`` (default: a :func:`~runner.outputs.policy.pinned_client`, or the injected
+    ``client``) under ``url_policy`` (default: ``URLPolicy.for_base_url(base_url)``, decided on
+    first use).
     """
     from runner.providers.base import DEFAULT_TIMEOUT
 
@@ -75,6 +85,8 @@ def make_provider(
         credential=credential,
         client=client,
         timeout=timeout or DEFAULT_TIMEOUT,
+        upload_client=upload_client,
+        url_policy=url_policy,
     )
 
 
@@ -105,8 +117,35 @@ def _resolve(
     return dialect, base_url, dialect.credential_from(environ, settings.api_key_env)
 
 
+def redact(
+    text: str,
+    *,
+    provider: object | None = None,
+    environ: Mapping[str, str] | None = None,
+    names: tuple[str, ...] = (),
+) -> str:
+    """``text`` without any credential in it, in any spelling a URL gives it.
+
+    Masks ``provider``'s own credential (when it has one) and the value of every credential
+    variable in ``environ`` (:data:`CREDENTIAL_VARIABLES` plus ``names``, e.g. a manifest's
+    ``api_key_env``), an ``id:secret`` value's halves included. For what is stored or printed:
+    a video URL, an error text, a ledger row.
+    """
+    from runner.providers.base import HttpProvider, Secret
+
+    if isinstance(provider, HttpProvider):
+        text = provider.redact(text)
+    if environ is not None:
+        for name in (*CREDENTIAL_VARIABLES, *names):
+            value = (environ.get(name) or "").strip()
+            if value:
+                text = Secret(value, parts=tuple(value.split(":", 1))).redact(text)
+    return text
+
+
 __all__ = [
     "BASE_URL_ENV",
+    "CREDENTIAL_VARIABLES",
     "DEFAULT_PROVIDER",
     "CancelProvider",
     "EstimateProvider",
@@ -124,6 +163,7 @@ __all__ = [
     "check_credentials",
     "estimator",
     "make_provider",
+    "redact",
     "reference_lister",
     "uploader",
 ]

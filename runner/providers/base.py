@@ -8,12 +8,20 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
+import anyio
 import httpx
 
 from runner import __version__
-from runner.errors import PermanentError, UsageError
+from runner.errors import (
+    PermanentError,
+    TransientError,
+    UnknownOutcomeError,
+    UnsafeURLError,
+    UsageError,
+)
+from runner.outputs.policy import POLICY_EXTENSION, URLPolicy, check_url, parse_url, pinned_client
 from runner.providers.classify import (
     raise_for_status,
     raise_for_transport,
@@ -33,6 +41,12 @@ DEFAULT_TIMEOUT = httpx.Timeout(
 )
 USER_AGENT = f"runner/{__version__}"
 MIN_REDACTED_PART = 4  # redacting shorter fragments would garble messages for no safety gain
+# A provider answer is read whole into memory: past this it is refused, not read on.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# One exchange (connect, send, the whole answer) ends within this, whatever the server does:
+# per-read timeouts alone let a body trickling a byte at a time hold a run forever.
+EXCHANGE_DEADLINE = 300.0
+MAX_ID_CHARS = 512  # ids go into URLs and the ledger
 
 COMPLETED_WORDS = frozenset({"completed", "succeeded", "success"})
 FAILED_WORDS = frozenset({"failed", "error", "nsfw", "canceled", "cancelled"})
@@ -45,24 +59,48 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
 
 
+def _spellings(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """Each part as written and as a URL would carry it (percent-encoded), longest first."""
+    forms = {
+        form
+        for part in parts
+        if len(part) >= MIN_REDACTED_PART
+        for form in (part, quote(part, safe=""), quote(part), quote_plus(part))
+    }
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 class Secret:
-    """A credential that never shows itself in ``repr``/``str``; ``reveal()`` is explicit."""
+    """A credential that never shows itself in ``repr``/``str``; ``reveal()`` is explicit.
 
-    __slots__ = ("_parts", "_value")
+    ``parts`` are secret pieces of the value (the key without its scheme word, the secret
+    half); ``ids`` are pieces that are redacted too but may legitimately appear in a URL (the
+    public key id).
+    """
 
-    def __init__(self, value: str, *, parts: tuple[str, ...] = ()) -> None:
+    __slots__ = ("_parts", "_secret_parts", "_value")
+
+    def __init__(
+        self, value: str, *, parts: tuple[str, ...] = (), ids: tuple[str, ...] = ()
+    ) -> None:
         self._value = value
-        self._parts = tuple(p for p in (value, *parts) if len(p) >= MIN_REDACTED_PART)
+        self._parts = _spellings((value, *parts, *ids))
+        self._secret_parts = _spellings((value, *parts))
 
     def reveal(self) -> str:
         """The raw value, for the one place that builds the Authorization header."""
         return self._value
 
     def redact(self, text: str) -> str:
-        """``text`` with the secret (and its id/secret halves) replaced by ``***``."""
-        for part in sorted(self._parts, key=len, reverse=True):
+        """``text`` with the secret (its halves, and their percent-encoded spellings)
+        replaced by ``***``."""
+        for part in self._parts:
             text = text.replace(part, "***")
         return text
+
+    def leaks(self, text: str) -> bool:
+        """Whether ``text`` carries the secret (a key id alone does not count)."""
+        return any(part in text for part in self._secret_parts)
 
     def fingerprint(self) -> str:
         """An opaque name for the account this credential opens (a salted hash, so equal
@@ -106,14 +144,30 @@ def origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 def normalize_generation(
-    word: str, *, video_url: Any, error: str | None, what: str
+    word: str, *, video_url: Any, error: str | None, what: str, secret: Secret | None = None
 ) -> GenerationStatus:
-    """SPEC §6 status words → GenerationStatus; a completed one must carry a video URL."""
+    """SPEC §6 status words → GenerationStatus; a completed one must carry a video URL.
+
+    The video URL must be a well-formed http(s) URL, and must not carry ``secret`` (a key the
+    provider echoed into it would be stored in the ledger and sent to the video host): either
+    is a PermanentError, so the job fails with the reason instead of the run crashing later.
+    """
     key = word.strip().lower()
     if key in COMPLETED_WORDS:
         if not isinstance(video_url, str) or not video_url.strip():
             raise PermanentError(f"{what}: status {word!r} without a video URL")
-        return GenerationStatus("completed", video_url.strip(), None, word)
+        url = video_url.strip()
+        if secret is not None and secret.leaks(url):
+            raise PermanentError(
+                f"{what}: the video URL carries the API key; refused so that the key is "
+                "neither stored nor sent to the video host"
+            )
+        try:
+            parse_url(url, what="video URL")
+        except UnsafeURLError as err:
+            detail = secret.redact(str(err)) if secret is not None else str(err)
+            raise PermanentError(f"{what}: malformed response: {detail}") from None
+        return GenerationStatus("completed", url, None, word)
     if key in FAILED_WORDS:
         detail = f"{key}: {error}" if error and error.strip().lower() != key else key
         return GenerationStatus("failed", None, shorten(detail), word)
@@ -162,11 +216,17 @@ def require_str(doc: Mapping[str, Any], field: str, *, what: str) -> str:
 
 
 def require_id(doc: Mapping[str, Any], field: str, *, what: str) -> str:
-    """An id field: a non-empty string, or an integer taken as its decimal string."""
+    """An id field: a non-empty string, or an integer taken as its decimal string; at most
+    ``MAX_ID_CHARS`` printable characters (ids go into URLs and the ledger)."""
     value = doc.get(field)
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0 or value.bit_length() > 128:
+            raise PermanentError(f"{what}: malformed response: {field!r} is out of range")
         return str(value)
-    return require_str(doc, field, what=what)
+    text = require_str(doc, field, what=what)
+    if len(text) > MAX_ID_CHARS or not text.isprintable():
+        raise PermanentError(f"{what}: malformed response: {field!r} is not a usable id")
+    return text
 
 
 def check_image_urls(images: list[str], *, what: str) -> None:
@@ -195,6 +255,8 @@ class HttpProvider(abc.ABC):
         credential: Secret,
         client: httpx.AsyncClient | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        upload_client: httpx.AsyncClient | None = None,
+        url_policy: URLPolicy | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._base = httpx.URL(self.base_url)
@@ -203,6 +265,9 @@ class HttpProvider(abc.ABC):
         self._timeout = timeout
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+        self._upload_client = upload_client
+        self._owns_upload_client = False
+        self._url_policy = url_policy
 
     @classmethod
     @abc.abstractmethod
@@ -220,6 +285,37 @@ class HttpProvider(abc.ABC):
         """Only the base URL's own origin ever receives the key."""
         return origin(url) == origin(self._base)
 
+    def redact(self, text: str) -> str:
+        """``text`` without this provider's credential (in any spelling a URL gives it)."""
+        return self._credential.redact(text)
+
+    async def url_policy(self) -> URLPolicy:
+        """The policy for URLs this provider hands out (upload URLs; video URLs are the
+        download code's): private addresses only when the base URL is on one."""
+        if self._url_policy is None:
+            self._url_policy = await anyio.to_thread.run_sync(URLPolicy.for_base_url, self.base_url)
+        return self._url_policy
+
+    def upload_client(self) -> httpx.AsyncClient:
+        """The client for URLs outside the API (presigned uploads): one that connects only
+        to addresses the URL policy allows. An injected API client (tests, the in-process
+        mock) is used as it is, with the policy still applied to literal addresses."""
+        if self._upload_client is None:
+            if self._owns_client:
+                self._upload_client = pinned_client(timeout=self._timeout)
+                self._owns_upload_client = True
+            else:
+                self._upload_client = self._client
+        return self._upload_client
+
+    async def check_outside_url(self, url: str, *, what: str) -> httpx.URL:
+        """A provider-supplied URL we are to send something to, checked by the URL policy;
+        PermanentError (with the reason, redacted) when it is malformed or refused."""
+        try:
+            return await check_url(url, await self.url_policy(), what=what)
+        except UnsafeURLError as err:
+            raise PermanentError(self.redact(str(err))) from None
+
     async def send(
         self,
         method: str,
@@ -230,29 +326,52 @@ class HttpProvider(abc.ABC):
         headers: Mapping[str, str] | None = None,
         auth: bool = True,
         non_idempotent: bool = False,
+        client: httpx.AsyncClient | None = None,
+        policy: URLPolicy | None = None,
     ) -> httpx.Response:
-        """One exchange, mapped to :mod:`runner.errors` on failure; returns a 2xx response."""
+        """One exchange, mapped to :mod:`runner.errors` on failure; returns a 2xx response.
+
+        The answer is read whole (at most ``MAX_ANSWER_BYTES``) within ``EXCHANGE_DEADLINE``.
+        ``client`` (default: the API client) and ``policy`` (a URL policy a
+        :class:`~runner.outputs.policy.PinnedTransport` applies) are for URLs outside the API.
+        """
         target = httpx.URL(url)
         what = f"{method} {target.path}"
         send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
         keyed = auth and self.sends_key_to(target)
         if keyed:
             send_headers["Authorization"] = self._credential.reveal()
+        http = client if client is not None else self._client
         try:
-            response = await self._client.request(
-                method,
-                target,
-                json=json_body,
-                content=content,
-                headers=send_headers,
-                timeout=self._timeout,
-                follow_redirects=False,  # a redirect must not carry the key anywhere
-            )
+            with anyio.fail_after(EXCHANGE_DEADLINE):
+                request = http.build_request(
+                    method,
+                    target,
+                    json=json_body,
+                    content=content,
+                    headers=send_headers,
+                    timeout=self._timeout,
+                    extensions={POLICY_EXTENSION: policy} if policy is not None else None,
+                )
+                # follow_redirects=False: a redirect must not carry the key anywhere
+                response = await _read_capped(
+                    await http.send(request, stream=True, follow_redirects=False), what
+                )
         except httpx.RequestError as exc:
             log.debug("%s failed: %s", what, type(exc).__name__)
             raise_for_transport(
                 exc, what=what, redact=self._credential.redact, non_idempotent=non_idempotent
             )
+        except TimeoutError:
+            kind = UnknownOutcomeError if non_idempotent else TransientError
+            raise kind(f"{what}: no complete answer within {EXCHANGE_DEADLINE:g}s") from None
+        except UnsafeURLError as err:
+            raise PermanentError(f"{what}: {self.redact(str(err))}") from None
+        except (httpx.InvalidURL, ValueError, UnicodeError) as err:
+            # httpx parses a redirect's Location even when not following it
+            raise PermanentError(
+                f"{what}: malformed answer ({type(err).__name__}: {shorten(self.redact(str(err)))})"
+            ) from None
         log.debug("%s -> %s", what, response.status_code)
         raise_for_status(
             response, what=what, redact=self._credential.redact, credentials_apply=keyed
@@ -286,7 +405,7 @@ class HttpProvider(abc.ABC):
         what = f"{response.request.method} {response.request.url.path}"
         try:
             doc = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, 5,000-digit numbers, nesting
             snippet = self._credential.redact(shorten(response.text, 80))
             raise PermanentError(f"{what}: malformed response (not JSON): {snippet!r}") from None
         if not isinstance(doc, dict):
@@ -299,6 +418,31 @@ class HttpProvider(abc.ABC):
         return self._credential.redact(text) if text else None
 
     async def aclose(self) -> None:
-        """Close the client if this provider created it."""
+        """Close the clients this provider created."""
+        if self._owns_upload_client and self._upload_client is not None:
+            await self._upload_client.aclose()
         if self._owns_client:
             await self._client.aclose()
+
+
+async def _read_capped(response: httpx.Response, what: str) -> httpx.Response:
+    """``response`` read whole, refused past ``MAX_ANSWER_BYTES`` (decoded bytes, so a
+    compressed bomb is stopped too); the body is decoded already in what is returned."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise PermanentError(f"{what}: answer larger than {MAX_ANSWER_BYTES} bytes")
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    skip = (b"content-encoding", b"content-length", b"transfer-encoding")
+    return httpx.Response(
+        response.status_code,
+        headers=[(k, v) for k, v in response.headers.raw if k.lower() not in skip],
+        content=b"".join(chunks),
+        request=response.request,
+        extensions=response.extensions,
+    )

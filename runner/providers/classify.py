@@ -37,6 +37,7 @@ from runner.errors import (
 CONCURRENCY_LIMIT_TEXT = "Maximum number of concurrent requests"
 MAX_MESSAGE_CHARS = 300  # provider text is quoted into errors and the ledger; keep it short
 MESSAGE_FIELDS = ("detail", "message", "error", "error_message", "fail_reason")
+MAX_DETAIL_DEPTH = 8  # nested error documents deeper than this are shown as "…"
 
 Redactor = Callable[[str], str]
 
@@ -70,30 +71,49 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
-def render_detail(value: Any) -> str:
-    """A provider's error field as one readable line (FastAPI ``detail`` lists included)."""
+def render_detail(value: Any, _depth: int = 0) -> str:
+    """A provider's error field as one readable line (FastAPI ``detail`` lists included).
+
+    Whatever the shape (deep nesting, huge lists), the result is at most
+    ``MAX_MESSAGE_CHARS`` long and building it never recurses past ``MAX_DETAIL_DEPTH``.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
-        return value.strip()
+        return shorten(value.strip())
+    if _depth >= MAX_DETAIL_DEPTH:
+        return "…"
     if isinstance(value, list):
-        return "; ".join(part for part in (render_detail(item) for item in value) if part)
+        parts: list[str] = []
+        for item in value:
+            part = render_detail(item, _depth + 1)
+            if part:
+                parts.append(part)
+            if sum(len(p) for p in parts) > MAX_MESSAGE_CHARS:
+                break
+        return shorten("; ".join(parts))
     if isinstance(value, dict):
         if "msg" in value:
-            loc = [str(p) for p in value.get("loc") or [] if p != "body"]
+            raw_loc = value.get("loc")
+            loc = raw_loc[:MAX_DETAIL_DEPTH] if isinstance(raw_loc, list) else []
+            loc = [str(p)[:40] for p in loc if p != "body" and isinstance(p, str | int)]
             where = ".".join(loc)
-            return f"{where}: {value['msg']}" if where else str(value["msg"])
+            msg = render_detail(value["msg"], _depth + 1)
+            return shorten(f"{where}: {msg}" if where else msg)
         for field in MESSAGE_FIELDS:
             if value.get(field):
-                return render_detail(value[field])
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+                return render_detail(value[field], _depth + 1)
+    try:
+        return shorten(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str))
+    except (ValueError, TypeError, RecursionError):
+        return "(unreadable)"
 
 
 def provider_message(response: httpx.Response) -> str:
     """The provider's own explanation of an answer: a JSON error field, else the body text."""
     try:
         doc = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     text = ""
     if isinstance(doc, dict):

@@ -68,7 +68,11 @@ class HiggsfieldApiProvider(HttpProvider):
         what = f"GET /status/{generation_id}"
         doc, word = await self.read_status(self.url("status", generation_id), what=what)
         return normalize_generation(
-            word, video_url=doc.get("video_url"), error=self._error(doc), what=what
+            word,
+            video_url=doc.get("video_url"),
+            error=self._error(doc),
+            what=what,
+            secret=self._credential,
         )
 
     async def train_soul(

@@ -38,9 +38,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
-from runner.errors import PermanentError, UsageError
+from runner.errors import PermanentError, UnsafeURLError, UsageError
+from runner.outputs.policy import parse_url
 from runner.providers.base import (
     HttpProvider,
     Secret,
@@ -66,6 +65,8 @@ DEFAULT_MODELS: Mapping[str, str] = {
 }
 SOUL_MODEL_VERSION = "v1"
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_HEADER_TEXT = re.compile(r"[\x20-\x7e\t]*")
 # A model id is a path at the API root; these first segments are the API's own endpoints.
 RESERVED_MODEL_PREFIXES = frozenset({"requests", "files", "v1", "estimate"})
 REFERENCE_PAGE_SIZE = 100
@@ -90,7 +91,8 @@ class PlatformProvider(HttpProvider):
         if (environ.get(KEY_ID_ENV) or "").strip() or (environ.get(KEY_SECRET_ENV) or "").strip():
             key_id = env_value(environ, KEY_ID_ENV)
             secret = env_value(environ, KEY_SECRET_ENV)
-            return Secret(f"Key {key_id}:{secret}", parts=(f"{key_id}:{secret}", key_id, secret))
+            pair = f"{key_id}:{secret}"
+            return Secret(f"Key {pair}", parts=(pair, secret), ids=(key_id,))
         raise UsageError(
             f"missing API key: set {KEY_ENV}=key_id:key_secret "
             f"(or {KEY_ID_ENV} and {KEY_SECRET_ENV})"
@@ -124,7 +126,11 @@ class PlatformProvider(HttpProvider):
         video = doc.get("video")
         video_url = video.get("url") if isinstance(video, dict) else None
         status = normalize_generation(
-            word, video_url=video_url, error=self.error_text(doc.get("error")), what=what
+            word,
+            video_url=video_url,
+            error=self.error_text(doc.get("error")),
+            what=what,
+            secret=self._credential,
         )
         return dataclasses.replace(status, expires_at=expires_at) if expires_at else status
 
@@ -215,16 +221,29 @@ class PlatformProvider(HttpProvider):
             isinstance(k, str) and isinstance(v, str) for k, v in raw_headers.items()
         ):
             raise PermanentError(f"{what}: malformed response: 'upload_headers' is not a mapping")
+        if not all(
+            _HEADER_NAME.fullmatch(k) and _HEADER_TEXT.fullmatch(v) for k, v in raw_headers.items()
+        ):
+            raise PermanentError(f"{what}: malformed response: 'upload_headers' cannot be sent")
         try:
-            scheme = httpx.URL(upload_url).scheme
-        except httpx.InvalidURL:
-            scheme = ""
-        if scheme not in ("http", "https"):
-            raise PermanentError(f"{what}: malformed response: 'upload_url' is not http(s)")
+            parse_url(public_url, what="public_url")
+        except UnsafeURLError as err:
+            raise PermanentError(f"{what}: malformed response: {self.redact(str(err))}") from None
+        # The upload URL is the provider's to choose, the address it reaches is not: the URL
+        # policy decides it (and the upload client connects only where the policy allows).
+        target = await self.check_outside_url(upload_url, what="upload URL")
         headers = dict(raw_headers)
         if not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = content_type
-        await self.send("PUT", upload_url, content=data, headers=headers, auth=False)
+        await self.send(
+            "PUT",
+            str(target),
+            content=data,
+            headers=headers,
+            auth=False,
+            client=self.upload_client(),
+            policy=await self.url_policy(),
+        )
         return public_url
 
 
@@ -282,4 +301,4 @@ def _key_secret(value: str, variable: str) -> Secret:
     key_id, sep, secret = value.partition(":")
     if not sep or not key_id or not secret:
         raise UsageError(f"{variable} must look like key_id:key_secret")
-    return Secret(f"Key {value}", parts=(value, key_id, secret))
+    return Secret(f"Key {value}", parts=(value, secret), ids=(key_id,))
