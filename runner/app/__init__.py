@@ -11,10 +11,11 @@ from runner.app.common import Environment, select
 from runner.app.manifests import Planned, Validated, plan, validate
 from runner.app.queries import Shown, jobs, manifest_column, show, status
 from runner.app.run import RunResult, collect, run, run_many
-from runner.app.souls import SoulsResult, retry, train_souls
+from runner.app.souls import Cancelled, SoulsResult, cancel, retry, train_souls
 from runner.settings import RunOptions
 
 __all__ = [
+    "Cancelled",
     "Environment",
     "Planned",
     "RunOptions",
@@ -22,6 +23,7 @@ __all__ = [
     "Shown",
     "SoulsResult",
     "Validated",
+    "cancel",
     "collect",
     "jobs",
     "manifest_column",

@@ -1,7 +1,9 @@
-"""``retry`` and ``souls``: putting failed jobs back, training identity models ahead of a run."""
+"""``retry``, ``souls`` and ``cancel``: putting failed jobs back, training identity models
+ahead of a run, cancelling generations still queued."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,13 +12,13 @@ from pathlib import Path
 import anyio
 
 from runner.app.common import Environment, executing
-from runner.engine import Calls, Throttle
+from runner.engine import Calls, EngineSettings, Throttle
 from runner.engine.souls import SoulTrainer
 from runner.errors import PermanentError, UsageError
-from runner.jobs import expand
-from runner.ledger import Ledger, SoulRow
+from runner.jobs import Job, expand
+from runner.ledger import JobStatus, Ledger, SoulRow
 from runner.manifest import load_manifest
-from runner.providers import make_provider
+from runner.providers import canceller, make_provider
 from runner.settings import RunOptions, engine_settings, provider_settings
 
 
@@ -38,13 +40,7 @@ def retry(
     """``runner retry``: failed jobs back to ``pending`` with a new idempotency key; returns
     how many."""
     manifest = load_manifest(manifest_path)
-    jobs = expand(manifest)
-    unknown = [c for c in campaigns if c not in {j.campaign for j in jobs}]
-    if unknown:
-        raise UsageError(f"--campaign names no campaign of this manifest: {', '.join(unknown)}")
-    unknown = [k for k in keys if k not in {j.key for j in jobs}]
-    if unknown:
-        raise UsageError(f"--job names no job of this manifest: {', '.join(unknown)}")
+    _refuse_unknown(expand(manifest), keys, campaigns)
     with executing(state_dir) as ledger:
         return ledger.retry_failed(
             str(manifest.path), keys=list(keys) or None, campaigns=list(campaigns) or None
@@ -62,13 +58,7 @@ def train_souls(
     provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
 
     async def train_all(ledger: Ledger) -> dict[str, str]:
-        calls = Calls(
-            throttle=Throttle(settings.requests_per_second, clock=env.clock),
-            clock=env.clock,
-            max_attempts=settings.max_attempts,
-            backoff=settings.backoff,
-            rng=random.Random(),
-        )
+        calls = _calls(settings, env)
         trainer = SoulTrainer(ledger, provider, manifest, calls, settings.poll)
         failures: dict[str, str] = {}
         try:
@@ -87,3 +77,91 @@ def train_souls(
     with executing(state_dir) as ledger:
         failures = anyio.run(train_all, ledger)
         return SoulsResult(ledger.souls(str(manifest.path)), failures)
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What ``cancel`` did: the jobs cancelled while queued (refunded, now failed with the
+    reason ``cancelled``), and by key why the others could not be."""
+
+    cancelled: list[str]
+    not_cancelled: dict[str, str] = field(default_factory=dict)
+
+
+def cancel(
+    manifest_path: str | Path,
+    state_dir: Path,
+    *,
+    keys: Sequence[str] = (),
+    campaigns: Sequence[str] = (),
+    env: Environment | None = None,
+) -> Cancelled:
+    """``runner cancel``: cancel the selected generations still queued at the provider.
+
+    Only dialects that can cancel (the platform) can; others are a ``UsageError``. A job the
+    provider has already started is named in ``not_cancelled`` and left to finish.
+    """
+    env = env or Environment()
+    manifest = load_manifest(manifest_path)
+    jobs = expand(manifest)
+    _refuse_unknown(jobs, keys, campaigns)
+    settings = engine_settings(manifest, RunOptions(), env.environ)
+    api_client = env.api_client() if env.api_client else None
+    provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
+    able = canceller(provider)
+
+    async def cancel_all(ledger: Ledger) -> Cancelled:
+        done = Cancelled([])
+        try:
+            if able is None:
+                raise UsageError(
+                    f"provider {provider.name} cannot cancel generations; only `higgsfield` "
+                    "(the platform API) can"
+                )
+            calls = _calls(settings, env)
+            rows = ledger.jobs(
+                manifest=str(manifest.path),
+                status=(JobStatus.QUEUED, JobStatus.RUNNING),
+                keys=list(keys) or None,
+                campaign=list(campaigns) or None,
+            )
+            for row in rows:
+                gid = row.generation_id or ""
+                if await calls(functools.partial(able.cancel, gid)):
+                    ledger.transition(
+                        row.key,
+                        JobStatus.FAILED,
+                        detail=f"generation {gid} cancelled while queued (refunded)",
+                        error="cancelled",
+                    )
+                    done.cancelled.append(row.key)
+                else:
+                    done.not_cancelled[row.key] = f"generation {gid} already started"
+        finally:
+            await provider.aclose()
+            if api_client is not None:
+                await api_client.aclose()
+        return done
+
+    with executing(state_dir) as ledger:
+        return anyio.run(cancel_all, ledger)
+
+
+def _calls(settings: EngineSettings, env: Environment) -> Calls:
+    """The call policy for a command that talks to the provider outside a run."""
+    return Calls(
+        throttle=Throttle(settings.requests_per_second, clock=env.clock),
+        clock=env.clock,
+        max_attempts=settings.max_attempts,
+        backoff=settings.backoff,
+        rng=random.Random(),
+    )
+
+
+def _refuse_unknown(jobs: Sequence[Job], keys: Sequence[str], campaigns: Sequence[str]) -> None:
+    unknown = [c for c in campaigns if c not in {j.campaign for j in jobs}]
+    if unknown:
+        raise UsageError(f"--campaign names no campaign of this manifest: {', '.join(unknown)}")
+    unknown = [k for k in keys if k not in {j.key for j in jobs}]
+    if unknown:
+        raise UsageError(f"--job names no job of this manifest: {', '.join(unknown)}")

@@ -10,7 +10,14 @@ from __future__ import annotations
 import sys
 
 # Importing a command module registers its commands on the group.
-from runner.cli import ledger_cmds, manifest_cmds, mock_cmds, report_cmds, run_cmds  # noqa: F401
+from runner.cli import (  # noqa: F401
+    cancel_cmds,
+    ledger_cmds,
+    manifest_cmds,
+    mock_cmds,
+    report_cmds,
+    run_cmds,
+)
 from runner.cli.base import cli, quiet_pipe
 from runner.cli.run_cmds import ProgressView
 
