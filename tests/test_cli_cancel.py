@@ -47,7 +47,8 @@ def test_cancel_cancels_queued_generations_and_names_running_ones(
     manifest.write_text(MANIFEST.format(provider="higgsfield"))
     env = env_for(server.platform_base_url)
     runner = CliRunner()
-    sent = runner.invoke(cli, ["run", str(manifest), "--submit-only", "--state", str(state)], env=env)
+    args = ["run", str(manifest), "--submit-only", "--state", str(state)]
+    sent = runner.invoke(cli, args, env=env)
     assert sent.exit_code == 0, sent.output
     clock.advance(30)  # the first is past its own queue time and runs; two wait for the slot
     assert (server.state.stats()["running"], server.state.stats()["queued"]) == (1, 2)
