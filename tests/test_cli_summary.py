@@ -21,7 +21,7 @@ SPEC_KEYS = {
 
 def read(path: Path) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(path.read_text())
-    assert SPEC_KEYS <= set(doc)
+    assert set(doc) >= SPEC_KEYS
     assert set(doc["credits"]) == {"estimated_this_run", "estimated_total"}
     return doc
 

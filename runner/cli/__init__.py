@@ -19,7 +19,7 @@ from runner.cli import (  # noqa: F401
     run_cmds,
 )
 from runner.cli.base import cli, quiet_pipe
-from runner.cli.run_cmds import ProgressView
+from runner.cli.progress import ProgressView
 
 __all__ = ["ProgressView", "cli", "main"]
 

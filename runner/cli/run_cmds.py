@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -25,79 +24,17 @@ from runner.cli.base import (
     quiet_pipe,
     selection_options,
 )
+from runner.cli.progress import PLAIN_EVERY, ProgressView, activity
 from runner.cli.summary import Ending, document, print_summary, selection_counts, write_document
 from runner.errors import UsageError
 
 if TYPE_CHECKING:
     from runner.app import RunOptions
-    from runner.engine import Progress
 
-
-PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
-
-
-class ProgressView:
-    """A live rich progress bar on a terminal; one plain line every few seconds otherwise."""
-
-    def __init__(self, *, quiet: bool, console: Any = None) -> None:
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-        self.quiet = quiet
-        self.bar: Any = None
-        self.task: Any = None
-        self.last: Progress | None = None
-        self._last_line = 0.0
-
-    def __enter__(self) -> ProgressView:
-        if not self.quiet and self.console.is_terminal:
-            from rich import progress as rp
-
-            self.bar = rp.Progress(
-                rp.TextColumn("[bold]videos"),
-                rp.BarColumn(),
-                rp.MofNCompleteColumn(),
-                rp.TextColumn("{task.fields[detail]}"),
-                rp.TimeRemainingColumn(),
-                console=self.console,
-                refresh_per_second=4,
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("videos", total=None, detail="starting")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-        elif self.last is not None and not self.quiet:
-            click.echo(self.line(self.last), err=True)
-
-    @staticmethod
-    def detail(p: Progress) -> str:
-        pause = f", paused {p.paused_for:.1f}s (Retry-After)" if p.paused_for > 0 else ""
-        return (
-            f"submitted {p.submitted}, in flight {p.running}, downloaded {p.downloaded}, "
-            f"failed {p.failed}, retries {p.retries}, throttled {p.throttled}, "
-            f"concurrency {p.concurrency_limit}, {p.rate:.2f} jobs/s{pause}"
-        )
-
-    @classmethod
-    def line(cls, p: Progress) -> str:
-        eta = f", ETA {p.eta:.0f}s" if p.eta is not None else ""
-        return f"{p.downloaded + p.failed}/{p.total} done: {cls.detail(p)}{eta}"
-
-    def __call__(self, p: Progress) -> None:
-        self.last = p
-        if self.quiet:
-            return
-        if self.bar is not None:
-            done = p.downloaded + p.failed
-            self.bar.update(self.task, total=p.total, completed=done, detail=self.detail(p))
-            return
-        now = time.monotonic()
-        if now - self._last_line >= PLAIN_PROGRESS_EVERY:
-            self._last_line = now
-            click.echo(self.line(p), err=True)
+def _view(every: float) -> ProgressView:
+    """The progress display on the console that log records share."""
+    ctx = get_ctx()
+    return ProgressView(console=ctx.console, quiet=ctx.quiet, verbose=ctx.verbose, every=every)
 
 
 def _continue_flags(options: RunOptions) -> list[str]:
@@ -179,6 +116,13 @@ def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be submitted; write nothing.")
 @click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0),
+    default=PLAIN_EVERY,
+    metavar="SECONDS",
+    help="Seconds between progress lines when stderr is not a terminal (default 30).",
+)
+@click.option(
     "--summary",
     "summary_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -188,7 +132,11 @@ def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
 @common_options
 @handle_errors
 def run_cmd(
-    manifests: tuple[Path, ...], summary_file: Path | None, as_json: bool, **flags: Any
+    manifests: tuple[Path, ...],
+    summary_file: Path | None,
+    as_json: bool,
+    progress_every: float,
+    **flags: Any,
 ) -> None:
     """Submit, poll and download manifests' jobs until each is done or failed. Resumable at
     any moment: Ctrl-C (or a crash) loses nothing, and the next run picks up. Several
@@ -224,7 +172,7 @@ def run_cmd(
         submit_only=options.submit_only,
     )
     try:
-        with ProgressView(quiet=ctx.quiet) as view:
+        with _view(progress_every) as view:
             env = app.Environment(handle_signals=True, on_progress=view)
             ending.results = app.run_many(manifests, ctx.state_dir, options, env)
         for result in ending.results:
@@ -285,17 +233,24 @@ def _dry_run(manifests: tuple[Path, ...], options: RunOptions, *, as_json: bool)
     epilog=example("runner collect", "runner collect manifests/nightly.yaml --json"),
 )
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0),
+    default=PLAIN_EVERY,
+    metavar="SECONDS",
+    help="Seconds between progress lines when stderr is not a terminal (default 30).",
+)
 @json_option
 @common_options
 @handle_errors
-def collect_cmd(manifest: Path | None, as_json: bool) -> None:
+def collect_cmd(manifest: Path | None, progress_every: float, as_json: bool) -> None:
     """Poll and download what is already in flight (of one manifest, or of every manifest
     in the ledger); submit nothing."""
     from runner import app
 
     ctx = get_ctx()
     started = datetime.now().astimezone()
-    with ProgressView(quiet=ctx.quiet) as view:
+    with _view(progress_every) as view:
         env = app.Environment(handle_signals=True, on_progress=view)
         results = app.collect(manifest, ctx.state_dir, env)
     again = command_line("collect", *([manifest] if manifest else []))
@@ -385,7 +340,9 @@ def souls_cmd(manifest: Path, as_json: bool) -> None:
     """Train the manifest's soul models that are not ready yet, and list them all."""
     from runner import app
 
-    result = app.train_souls(manifest, get_ctx().state_dir)
+    ctx = get_ctx()
+    with activity(ctx.console, "training the soul models that are not ready yet", quiet=ctx.quiet):
+        result = app.train_souls(manifest, ctx.state_dir)
     records, failures = result.souls, result.failures
     if as_json:
         echo_json({"souls": [asdict(s) for s in records], "failures": failures})

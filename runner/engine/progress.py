@@ -2,38 +2,83 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from runner.errors import FatalError
+from runner.ledger import JobRow, JobStatus
 
 
 @dataclass
 class Progress:
     """Live counters, handed to the progress callback a few times a second. Times are on the
-    engine's clock: ``started`` when the run began, ``now`` at the last report."""
+    engine's clock: ``started`` when the run began, ``now`` at the last report. Counts are of
+    the jobs the run was given (``total``), so done/total reads like a bar; rates and the ETA
+    count only what this run finished (not ``done_before``)."""
 
     total: int = 0
     submitted: int = 0
-    running: int = 0  # generations in flight at the provider
+    running: int = 0  # jobs holding a concurrency slot (waiting for a soul, sent, at work)
     downloaded: int = 0
     failed: int = 0
+    done_before: int = 0  # downloaded or failed before this run began
     throttled: int = 0
     retries: int = 0
     concurrency_limit: int = 0
-    paused_for: float = 0.0
+    paused_for: float = 0.0  # seconds left of a Retry-After pause
+    souls: dict[str, int] = field(default_factory=dict)  # soul → jobs waiting for its model
+    stopped: str | None = None  # why nothing more is submitted (budget, Ctrl-C, a deadline)
     started: float = 0.0
     now: float = 0.0
 
+    def start(self, rows: Iterable[JobRow]) -> None:
+        """Count the jobs a run is given (several executors may share one Progress)."""
+        for row in rows:
+            self.total += 1
+            if row.status is JobStatus.DOWNLOADED:
+                self.downloaded += 1
+            elif row.status is JobStatus.FAILED:
+                self.failed += 1
+            else:
+                continue
+            self.done_before += 1
+
+    @contextmanager
+    def waiting_for(self, soul: str) -> Iterator[None]:
+        """A job waits for its soul's model (trained, or being trained) inside this block."""
+        self.souls[soul] = self.souls.get(soul, 0) + 1
+        try:
+            yield
+        finally:
+            self.souls[soul] -= 1
+            if not self.souls[soul]:
+                del self.souls[soul]
+
+    @property
+    def done(self) -> int:
+        """Jobs finished: downloaded or failed, in this run or before it."""
+        return self.downloaded + self.failed
+
+    @property
+    def elapsed(self) -> float:
+        return max(0.0, self.now - self.started)
+
+    @property
+    def at_provider(self) -> int:
+        """Jobs holding a slot that are not just waiting for a soul's model."""
+        return max(0, self.running - sum(self.souls.values()))
+
     @property
     def rate(self) -> float:
-        """Finished jobs (downloaded or failed) per second since the start."""
-        elapsed = self.now - self.started
-        return (self.downloaded + self.failed) / elapsed if elapsed > 0 else 0.0
+        """Jobs this run finished (downloaded or failed) per second since it began."""
+        elapsed = self.elapsed
+        return (self.done - self.done_before) / elapsed if elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
-        """Seconds until every job is finished at the current rate, if there is a rate."""
-        left = self.total - self.downloaded - self.failed
+        """Seconds until every job is finished at this run's rate, if there is a rate."""
+        left = self.total - self.done
         return left / self.rate if self.rate > 0 and left > 0 else None
 
 
