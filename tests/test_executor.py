@@ -840,3 +840,22 @@ def test_until_parses_clock_times_and_timestamps() -> None:
     assert parse_until("2026-12-01T06:00", now).hour == 6
     with pytest.raises(UsageError, match="HH:MM"):
         parse_until("tomorrow", now)
+
+
+def test_a_result_that_expired_unread_fails_with_the_reason_and_stays_charged(
+    tmp_path: Path,
+) -> None:
+    """Platform results expire (result_ttl); one found expired before its download fails
+    with that reason, and its credits still count as spent: plan says so."""
+    clock = FakeClock()
+    h = Harness(tmp_path, MockOptions(latency_min=1, latency_max=1, result_ttl=60, seed=32), clock)
+    priced = "budget:\n  prices:\n    - {match: {}, credits: 3}\ndefaults:"
+    h.write(PLATFORM_MANIFEST.format(limits=FAST_LIMITS).replace("defaults:", priced))
+    platform = {"HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfield"]}
+    assert h.run(app.RunOptions(submit_only=True), **platform).counts == {"queued": 6}
+    clock.advance(1000)
+    results = app.collect(h.manifest, h.state_dir, h.env(**platform))
+    assert results[0].counts == {"failed": 6}
+    assert all((r.error or "").startswith("generation expired") for r in h.rows())
+    summary = app.plan(h.manifest, h.state_dir).document["summary"]
+    assert summary["charged_credits"] == 6 * 3

@@ -52,12 +52,27 @@ class Charged(Priced, Protocol):
 P = TypeVar("P", bound=Priced)
 
 
+def expired(error: str | None) -> bool:
+    """Whether a failure is a result that expired before it was downloaded: the provider
+    charged for it (it was completed), unlike a failed or NSFW generation."""
+    return (error or "").startswith("expired")
+
+
 def charged(row: Charged) -> bool:
     """Whether a job's estimated credits are spent (see ``CHARGED``); an orphaned job still
-    cost what it cost when it was sent."""
+    cost what it cost when it was sent, and a result that expired unread was paid for."""
     if row.status in CHARGED:
         return True
-    return row.status is JobStatus.ORPHANED and row.generation_id is not None and not row.error
+    if row.status is JobStatus.FAILED:
+        return row.generation_id is not None and expired(_reason(row.error))
+    if row.status is JobStatus.ORPHANED and row.generation_id is not None:
+        return not row.error or expired(_reason(row.error))
+    return False
+
+
+def _reason(error: str | None) -> str:
+    """The provider's words in a failure the executor recorded as ``generation <words>``."""
+    return (error or "").removeprefix("generation ")
 
 
 def charged_credits(rows: Iterable[Charged]) -> float:

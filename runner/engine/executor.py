@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import httpx
 
-from runner.engine.budget import Budget, submission_order
+from runner.engine.budget import Budget, expired, submission_order
 from runner.engine.calls import Calls
 from runner.engine.clock import SYSTEM_CLOCK, Clock
 from runner.engine.polling import deadline
@@ -335,7 +335,9 @@ class Executor:
                     error=None,
                 )
             if status.state == "failed":
-                raise self._fail(row, f"generation {status.error or status.raw}", refund=True)
+                # A result that expired before it was downloaded was paid for all the same.
+                refund = not expired(status.error)
+                raise self._fail(row, f"generation {status.error or status.raw}", refund=refund)
             if status.state == "running" and row.status is not JobStatus.RUNNING:
                 row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
             return None
