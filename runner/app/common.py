@@ -4,6 +4,7 @@ selection, and opening the ledger to execute or to read."""
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from runner.engine import SYSTEM_CLOCK, Clock, Progress
+from runner.engine import SYSTEM_CLOCK, Calls, Clock, EngineSettings, Progress, Throttle
 from runner.errors import UsageError
 from runner.jobs import Job
 from runner.ledger import Ledger, default_ledger_url, open_ledger
@@ -44,6 +45,18 @@ def select(jobs: Sequence[Job], options: RunOptions) -> list[Job]:
     if options.tags:
         picked = [j for j in picked if set(options.tags) & set(j.tags)]
     return picked
+
+
+def provider_calls(settings: EngineSettings, env: Environment) -> Calls:
+    """The call policy for a command that talks to the provider outside a run (souls,
+    cancel, estimates): the manifest's rate, attempts and backoff."""
+    return Calls(
+        throttle=Throttle(settings.requests_per_second, clock=env.clock),
+        clock=env.clock,
+        max_attempts=settings.max_attempts,
+        backoff=settings.backoff,
+        rng=random.Random(),
+    )
 
 
 @contextmanager

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.app.common import reading
+import anyio
+
+from runner.app.common import Environment, provider_calls, reading
 from runner.engine import charged_credits
-from runner.errors import ManifestError
+from runner.errors import ManifestError, UsageError
 from runner.jobs import Job, expand, number, plan_document
-from runner.manifest import load_manifest
+from runner.manifest import Manifest, load_manifest
+from runner.providers import estimator, make_provider
+from runner.settings import RunOptions, engine_settings, provider_settings
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,22 @@ class Planned:
     jobs: list[Job]
 
 
-def plan(manifest_path: str | Path, state_dir: Path) -> Planned:
+def plan(
+    manifest_path: str | Path,
+    state_dir: Path,
+    *,
+    estimate: bool = False,
+    env: Environment | None = None,
+) -> Planned:
     """The ``plan --json`` document: the manifest's jobs against the ledger, with both budget
     figures (this run's new jobs against ``max_credits``; the manifest's total, charged so
     far plus new, against ``max_total_credits``). Reads the ledger without the lock and
-    writes nothing; without a ledger every job is new."""
+    writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
+    the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
     manifest = load_manifest(manifest_path)
     jobs = expand(manifest)
+    if estimate:
+        jobs = estimated(manifest, jobs, env or Environment())
     statuses: dict[str, str] = {}
     orphaned = 0
     charged = 0.0
@@ -63,4 +78,48 @@ def plan(manifest_path: str | Path, state_dir: Path) -> Planned:
     summary["estimated_total_credits"] = number(charged + summary["estimated_credits"])
     summary["max_credits"] = manifest.budget.max_credits
     summary["max_total_credits"] = manifest.budget.max_total_credits
+    if estimate:
+        summary["priced_by"] = "provider"
     return Planned(doc, jobs)
+
+
+#: Request fields that do not change a price: jobs that differ only in these share one
+#: estimate call.
+PRICE_FREE_FIELDS = frozenset({"prompt", "seed", "image_url"})
+
+
+def priced_shape(request: dict[str, Any]) -> str:
+    """What a request's price depends on, as a key: the body without ``PRICE_FREE_FIELDS``."""
+    shape = {k: v for k, v in request.items() if k not in PRICE_FREE_FIELDS}
+    return json.dumps(shape, sort_keys=True, ensure_ascii=False)
+
+
+def estimated(manifest: Manifest, jobs: list[Job], env: Environment) -> list[Job]:
+    """``jobs`` priced by the provider's estimate endpoint, asked once per priced shape. A
+    provider that cannot price is a ``UsageError``."""
+    settings = engine_settings(manifest, RunOptions(), env.environ)
+    api_client = env.api_client() if env.api_client else None
+    provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
+    pricer = estimator(provider)
+
+    async def price_all() -> dict[str, float]:
+        prices: dict[str, float] = {}
+        try:
+            if pricer is None:
+                raise UsageError(
+                    f"provider {provider.name} cannot estimate prices; only `higgsfield` (the "
+                    "platform API) can: without --estimate, budget.prices is used"
+                )
+            calls = provider_calls(settings, env)
+            for job in jobs:
+                shape = priced_shape(job.request)
+                if shape not in prices:
+                    prices[shape] = await calls(functools.partial(pricer.estimate, job.request))
+        finally:
+            await provider.aclose()
+            if api_client is not None:
+                await api_client.aclose()
+        return prices
+
+    prices = anyio.run(price_all)
+    return [replace(job, credits=prices[priced_shape(job.request)]) for job in jobs]

@@ -4,15 +4,13 @@ ahead of a run, cancelling generations still queued."""
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
-from runner.app.common import Environment, executing
-from runner.engine import Calls, EngineSettings, Throttle
+from runner.app.common import Environment, executing, provider_calls
 from runner.engine.souls import SoulTrainer
 from runner.errors import PermanentError, UsageError
 from runner.jobs import Job, expand
@@ -58,7 +56,7 @@ def train_souls(
     provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
 
     async def train_all(ledger: Ledger) -> dict[str, str]:
-        calls = _calls(settings, env)
+        calls = provider_calls(settings, env)
         trainer = SoulTrainer(ledger, provider, manifest, calls, settings.poll)
         failures: dict[str, str] = {}
         try:
@@ -118,7 +116,7 @@ def cancel(
                     f"provider {provider.name} cannot cancel generations; only `higgsfield` "
                     "(the platform API) can"
                 )
-            calls = _calls(settings, env)
+            calls = provider_calls(settings, env)
             rows = ledger.jobs(
                 manifest=str(manifest.path),
                 status=(JobStatus.QUEUED, JobStatus.RUNNING),
@@ -145,17 +143,6 @@ def cancel(
 
     with executing(state_dir) as ledger:
         return anyio.run(cancel_all, ledger)
-
-
-def _calls(settings: EngineSettings, env: Environment) -> Calls:
-    """The call policy for a command that talks to the provider outside a run."""
-    return Calls(
-        throttle=Throttle(settings.requests_per_second, clock=env.clock),
-        clock=env.clock,
-        max_attempts=settings.max_attempts,
-        backoff=settings.backoff,
-        rng=random.Random(),
-    )
 
 
 def _refuse_unknown(jobs: Sequence[Job], keys: Sequence[str], campaigns: Sequence[str]) -> None:

@@ -102,14 +102,19 @@ def _cap(value: float | None) -> str:
 @common_options
 @click.argument("manifest", type=click.Path(path_type=Path))
 @selection_options
+@click.option(
+    "--estimate", is_flag=True, help="Price jobs with the provider's estimate endpoint."
+)
 @json_option
 @handle_errors
-def plan(manifest: Path, only: tuple[str, ...], tags: tuple[str, ...], as_json: bool) -> None:
+def plan(
+    manifest: Path, only: tuple[str, ...], tags: tuple[str, ...], estimate: bool, as_json: bool
+) -> None:
     """Expand a manifest and compare it with the ledger: new, done, in flight, failed,
     orphaned, and the estimated credits. Writes nothing."""
     from runner import app
 
-    planned = app.plan(manifest, get_ctx().state_dir)
+    planned = app.plan(manifest, get_ctx().state_dir, estimate=estimate)
     doc, jobs = planned.document, planned.jobs
     if only or tags:
         doc, jobs = _selected(doc, app.select(jobs, app.RunOptions(only=only, tags=tags)))
