@@ -41,9 +41,8 @@ def test_plan_estimate_asks_once_per_priced_shape(
     manifest.write_text(MANIFEST.replace("RANGE", ", ".join(str(i) for i in range(40))))
     env = {**os.environ, "HIGGSFIELD_BASE_URL": server.platform_base_url,
            "HF_KEY": "test-id:test-secret"}  # fmt: skip
-    done = CliRunner().invoke(
-        cli, ["plan", str(manifest), "--estimate", "--json", "--state", str(tmp_path / "s")], env=env
-    )
+    args = ["plan", str(manifest), "--estimate", "--json", "--state", str(tmp_path / "s")]
+    done = CliRunner().invoke(cli, args, env=env)
     assert done.exit_code == 0, done.output
     summary = json.loads(done.stdout)["summary"]
     assert summary["total"] == 40 * 5 * 3 * 2

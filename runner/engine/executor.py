@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
