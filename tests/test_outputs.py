@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner.errors import DownloadError, ExpiredURLError, TransientError, UnsafeURLError
+from runner.errors import ExpiredURLError, TransientError, UnsafeURLError
 from runner.outputs.fetch import DownloadPolicy, check_url
 from runner.outputs.local import download, safe_destination
 
@@ -119,16 +119,18 @@ async def test_short_body_is_never_saved_under_final_name(tmp_path: Path) -> Non
     assert not dest.exists()
 
 
-async def test_missing_content_length_is_refused(tmp_path: Path) -> None:
-    """Without a Content-Length the file cannot be verified, so it is not kept."""
+async def test_missing_content_length_is_accepted(tmp_path: Path) -> None:
+    """A chunked body (no Content-Length) is complete when its stream ends cleanly; its size
+    and sha256 are recorded all the same."""
 
     async def chunks():  # type: ignore[no-untyped-def]
-        yield BODY
+        yield BODY[:1000]
+        yield BODY[1000:]
 
     async with client_for(lambda r: httpx.Response(200, content=chunks())) as client:
-        with pytest.raises(DownloadError):
-            await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
-    assert not (tmp_path / "k.mp4").exists()
+        got = await download(client, "http://127.0.0.1/v.mp4", tmp_path / "k.mp4", policy=LOCAL)
+    assert (tmp_path / "k.mp4").read_bytes() == BODY
+    assert (got.bytes, got.sha256) == (len(BODY), hashlib.sha256(BODY).hexdigest())
 
 
 @pytest.mark.parametrize("status", [403, 404, 410])

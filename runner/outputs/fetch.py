@@ -33,27 +33,32 @@ class Body:
     """A video body on its way: where it starts, how big the whole video is, the bytes.
 
     ``start`` is the byte the body begins at (the Range offset the server honoured, else 0)
-    and ``total`` the size of the whole video. :meth:`chunks` yields the rest and, after the
-    last chunk, raises ``TransientError`` when the bytes do not add up to ``total``: a sink
-    that stores chunks as they come keeps them out of sight until the iteration ends cleanly.
+    and ``total`` the size of the whole video, or ``None`` when the server did not say (no
+    Content-Length, a chunked body): then the body is complete when the stream ends cleanly
+    (a chunked body cut short is a protocol error, so it is not). :meth:`chunks` yields the
+    rest as it arrives and, after the last chunk, raises ``TransientError`` when the bytes do
+    not add up to ``total``: a sink that stores chunks as they come keeps them out of sight
+    until the iteration ends cleanly, and a cut anywhere leaves every byte received so far
+    for a Range resume.
     """
 
     start: int
-    total: int
+    total: int | None
     _response: httpx.Response
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body from ``start`` on, checked against ``total`` at its end."""
         received = self.start
         try:
-            async for chunk in self._response.aiter_bytes(CHUNK_SIZE):
+            # No chunk size: each piece is handed on as it arrives, none held back in a buffer.
+            async for chunk in self._response.aiter_bytes():
                 received += len(chunk)
                 yield chunk
         except httpx.TransportError as err:
             raise _interrupted(err) from err
-        if received < self.total:
+        if self.total is not None and received < self.total:
             raise TransientError(f"video body cut short: {received} of {self.total} bytes")
-        if received > self.total:
+        if self.total is not None and received > self.total:
             raise TransientError(f"video body too long: {received} of {self.total} bytes")
 
 
@@ -75,7 +80,8 @@ async def fetch(
 
     Raises ``ExpiredURLError`` for 403/404/410, ``TransientError`` for what is worth retrying
     (connection errors, 408, 429, 5xx, short bodies), ``UnsafeURLError`` for refused URLs and
-    ``DownloadError`` for the rest (no Content-Length, an encoded body, too many redirects).
+    ``DownloadError`` for the rest (an encoded body, too many redirects). A body without
+    Content-Length is accepted: complete when its stream ends cleanly.
     """
     # Identity encoding: Content-Length must count the bytes we store.
     headers = {"Accept-Encoding": "identity"}
@@ -142,11 +148,11 @@ def _body(response: httpx.Response, offset: int, discard: Callable[[], None]) ->
             total = int(match.group(3))
     length = response.headers.get("content-length")
     if total is None and length is not None:
+        if not length.strip().isdigit():
+            raise DownloadError("video server sent a malformed Content-Length")
         total = start + int(length)
 
     encoding = response.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise DownloadError(f"video server sent a {encoding}-encoded body; expected identity")
-    if total is None:
-        raise DownloadError("video server sent no Content-Length; cannot verify the video")
     return Body(start=start, total=total, _response=response)
