@@ -29,6 +29,7 @@ from runner.engine.souls import SoulTrainer
 from runner.ledger import JobRow, Ledger
 from runner.manifest import Manifest
 from runner.outputs import OutputStore
+from runner.outputs.policy import pinned_client
 from runner.providers import Provider
 
 DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)
@@ -59,7 +60,7 @@ async def execute(
 ) -> list[Outcome]:
     """Run every manifest's jobs together; one ``Outcome`` per manifest, in order."""
     download_client = (
-        env.download_client() if env.download_client else httpx.AsyncClient(limits=DOWNLOAD_LIMITS)
+        env.download_client() if env.download_client else pinned_client(limits=DOWNLOAD_LIMITS)
     )
     try:
         executors = _executors(ledger, works, env, download_client)
