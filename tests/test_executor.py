@@ -859,3 +859,19 @@ def test_a_result_that_expired_unread_fails_with_the_reason_and_stays_charged(
     assert all((r.error or "").startswith("generation expired") for r in h.rows())
     summary = app.plan(h.manifest, h.state_dir).document["summary"]
     assert summary["charged_credits"] == 6 * 3
+
+
+def test_a_lost_soul_training_answer_trains_once(tmp_path: Path) -> None:
+    """Every new soul training's answer is lost: the runner asks again under the same
+    Idempotency-Key, the mock answers with the model it made, and trains (bills) it once;
+    the jobs use that model."""
+    options = MockOptions(latency_min=0, latency_max=0, drop_soul_answer_rate=1.0, seed=33)
+    h = Harness(tmp_path, options)
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    assert h.run().counts == {"downloaded": 3}
+    trainings = [e for e in h.mock.log_entries() if e["path"].endswith("/soul/train")]
+    assert len(trainings) >= 2  # the first answer was lost
+    assert len({e["idempotency_key"] for e in trainings}) == 1
+    assert h.mock.stats()["souls_created"] == 1
+    [soul] = h.mock.souls.values()
+    assert {g.body.get("model_id") for g in h.mock.generations.values()} == {soul.id}

@@ -38,6 +38,12 @@ def training_hash(provider: Provider, name: str, images: list[str]) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
+def training_key(identity: str, name: str, urls: list[str]) -> str:
+    """The idempotency key of a soul training: one per identity and request body."""
+    body = json.dumps([identity, name, urls], ensure_ascii=False)
+    return "soul-" + hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
 class SoulTrainer:
     """Trains (or finds) the soul models a run needs. Its provider calls follow the run's
     calls policy (``Calls``) and it polls training on the run's poll schedule."""
@@ -116,9 +122,15 @@ class SoulTrainer:
     async def _train(self, name: str, images: list[str], wanted: str) -> SoulRow:
         urls = [await self._public_url(image) for image in images]
         soul_name = self.manifest.souls[name].name
+        # The key follows from the identity and the very body sent, so a training whose
+        # answer was lost (in this run or a crashed one) is asked for again under the same
+        # key: the provider answers with the model it made, and trains (bills) only once.
+        key = training_key(wanted, soul_name, urls)
         # Training is paid for: once sent, its model id is committed even on Ctrl-C.
         with anyio.CancelScope(shield=True):
-            model_id = await self.calls(lambda: self.provider.train_soul(soul_name, urls))
+            model_id = await self.calls(
+                lambda: self.provider.train_soul(soul_name, urls, idempotency_key=key)
+            )
             record = self.ledger.set_soul(
                 name,
                 str(self.manifest.path),
