@@ -875,3 +875,25 @@ def test_a_lost_soul_training_answer_trains_once(tmp_path: Path) -> None:
     assert h.mock.stats()["souls_created"] == 1
     [soul] = h.mock.souls.values()
     assert {g.body.get("model_id") for g in h.mock.generations.values()} == {soul.id}
+
+
+@pytest.mark.parametrize("dialect", ["higgsfieldapi", "higgsfield"])
+def test_status_glitches_never_fail_a_paid_generation(tmp_path: Path, dialect: str) -> None:
+    """Every status glitch the mock knows (an HTML 200, JSON without a status, `status: 3`, a
+    404 from a lagging replica, `completed` without a URL, a 307 elsewhere, a regression to
+    `processing`) hits each generation once: every job still ends downloaded and the mock
+    created exactly one generation per job."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, glitch_rate=1.0, seed=34))
+    text = MANIFEST if dialect == "higgsfieldapi" else PLATFORM_MANIFEST
+    h.write(text.format(limits=FAST_LIMITS.replace("max_attempts: 6", "max_attempts: 12")))
+    env = {"HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)[dialect]}
+    result = h.run(**env)
+    for _ in range(3):  # a job held after its attempts is asked again by the next run
+        if set(result.counts) == {"downloaded"}:
+            break
+        result = h.run(**env)
+    stats = h.mock.stats()
+    assert set(result.counts) == {"downloaded"}, (result.counts, result.outcome.held)
+    assert stats["glitches"] > 0
+    assert stats["generations_created"] == len(h.rows())
+    assert_files_match_mock(h)

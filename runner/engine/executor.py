@@ -309,9 +309,23 @@ class Executor:
 
     async def _status(self, row: JobRow) -> GenerationStatus:
         """The generation's status; after ``max_attempts`` transient errors in a row the job
-        is left as it is for the next run (a paid generation is never failed for that)."""
+        is left as it is for the next run (a paid generation is never failed for that).
+
+        An answer that cannot be used (malformed, a 404 of a generation the provider
+        accepted, a completed one without a video) may be a glitch of the provider's: it is
+        retried like a transient error, never taken as the generation's failure.
+        """
+        generation_id = row.generation_id or ""
+
+        async def ask() -> GenerationStatus:
+            try:
+                return await self.provider.status(generation_id)
+            except PermanentError as err:
+                message = f"unusable status answer: {err.message}"
+                raise TransientError(message, status_code=err.status_code) from err
+
         try:
-            return await self.calls(lambda: self.provider.status(row.generation_id or ""))
+            return await self.calls(ask)
         except ExhaustedError as err:
             raise self._hold(row, f"status unavailable: {err.last}") from err
         except DeadlineError as err:
@@ -322,10 +336,7 @@ class Executor:
 
         async def check() -> JobRow | None:
             nonlocal row
-            try:
-                status = await self._status(row)
-            except PermanentError as err:
-                raise self._fail(row, f"status refused: {err.message}") from err
+            status = await self._status(row)
             if status.state == "completed":
                 return self._move(
                     row,
@@ -411,12 +422,13 @@ class Executor:
         self.outcome.videos.append(saved.location)
 
     async def _refresh_url(self, row: JobRow) -> JobRow:
-        try:
-            status = await self._status(row)
-        except PermanentError as err:
-            raise self._fail(row, f"video URL expired and refresh failed: {err}") from err
-        if status.state != "completed" or not status.video_url:
-            raise self._fail(row, f"video URL expired; provider now says {status.raw}")
+        status = await self._status(row)
+        if status.state == "failed":  # e.g. the result expired: the provider's own words
+            raise self._fail(row, f"video URL expired; provider says {status.error or status.raw}")
+        if not status.video_url:
+            # A completed generation that now reads as unfinished is a regression at the
+            # provider, not a failure: it is paid for, so the next run asks again.
+            raise self._hold(row, f"video URL expired; provider now says {status.raw}")
         return self._move(
             row, JobStatus.COMPLETED, "video URL refreshed", video_url=status.video_url
         )

@@ -38,9 +38,10 @@ def training_hash(provider: Provider, name: str, images: list[str]) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
-def training_key(identity: str, name: str, urls: list[str]) -> str:
-    """The idempotency key of a soul training: one per identity and request body."""
-    body = json.dumps([identity, name, urls], ensure_ascii=False)
+def training_key(identity: str, name: str, urls: list[str], failures: int) -> str:
+    """The idempotency key of a soul training: one per identity, request body and number of
+    models of that identity that failed before (a deliberate retraining gets a new key)."""
+    body = json.dumps([identity, name, urls, failures], ensure_ascii=False)
     return "soul-" + hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
@@ -125,7 +126,10 @@ class SoulTrainer:
         # The key follows from the identity and the very body sent, so a training whose
         # answer was lost (in this run or a crashed one) is asked for again under the same
         # key: the provider answers with the model it made, and trains (bills) only once.
-        key = training_key(wanted, soul_name, urls)
+        # A model of this identity that failed is trained anew under a new key.
+        souls = self.ledger.souls()
+        failed = {s.model_id for s in souls if s.images_hash == wanted and s.status == FAILED}
+        key = training_key(wanted, soul_name, urls, len(failed))
         # Training is paid for: once sent, its model id is committed even on Ctrl-C.
         with anyio.CancelScope(shield=True):
             model_id = await self.calls(
