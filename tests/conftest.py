@@ -12,7 +12,7 @@ from runner.mock.testing import INSTANT, FakeClock
 from tests.support import InProcessMock, in_process
 
 # Fixture plugins: add an entry per plugin module, keep the others.
-pytest_plugins = ["tests.s3server"]
+pytest_plugins = ["tests.pgcluster", "tests.s3server"]
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """The ledger contract: every implementation, through the public interface only.
 
-Each test runs once per entry of ``BACKENDS`` (SQLite today; PostgreSQL is one more entry).
-What only concerns SQLite's file (WAL, migrations, read-only directories) is in
-``tests/test_ledger_sqlite.py``.
+Each test runs once per entry of ``BACKENDS``: SQLite, and PostgreSQL in a throwaway cluster
+(``tests/pgcluster.py``; skipped, saying why, where PostgreSQL is not installed). What only
+concerns SQLite's file (WAL, migrations, read-only directories) is in
+``tests/test_ledger_sqlite.py``; PostgreSQL's own (its schema, locks, URLs) in
+``tests/test_ledger_postgres.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import itertools
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -126,11 +129,14 @@ class Backend:
     makes its writes fail (to check that a failed write leaves nothing behind)."""
 
     name: str
-    fresh_url: Callable[[Path], str]  # a ledger that does not exist yet, under tmp_path
+    # a ledger that does not exist yet: under tmp_path, or from the test's fixtures
+    fresh_url: Callable[[pytest.FixtureRequest, Path], str]
     # ``failing(url, what)``: while held, writes fail with INJECTED; ``what`` is "event"
     # (any event insert) or "orphan" (any job becoming orphaned). Leaving the block must
     # not wait for the ledger: it fails if the ledger still holds a write transaction.
     failing: Callable[[str, str], AbstractContextManager[None]]
+    # whether one process at a time executes (SQLite); PostgreSQL lets many (SPEC §8)
+    one_executor: bool = True
 
 
 _SQLITE_TRIGGERS = {
@@ -154,8 +160,42 @@ def sqlite_failing(url: str, what: str) -> Iterator[None]:
         conn.close()
 
 
+_POSTGRES_TRIGGERS = {  # what: (table, trigger)
+    "event": ("events", "BEFORE INSERT ON events FOR EACH ROW"),
+    "orphan": (
+        "jobs",
+        "BEFORE UPDATE OF status ON jobs FOR EACH ROW WHEN (NEW.status = 'orphaned')",
+    ),
+}
+
+
+@contextmanager
+def postgres_failing(url: str, what: str) -> Iterator[None]:
+    """A trigger added and dropped by an outside psycopg client, as any tool could."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN RAISE EXCEPTION '{INJECTED}'; END $$"
+        )
+        table, trigger = _POSTGRES_TRIGGERS[what]
+        conn.execute(f"CREATE TRIGGER injected {trigger} EXECUTE FUNCTION injected()")
+        yield
+        # DROP TRIGGER waits for every transaction that touched the table: refuse instead
+        conn.execute("SET lock_timeout = '1ms'")
+        conn.execute(f"DROP TRIGGER injected ON {table}")
+        conn.execute("DROP FUNCTION injected()")
+
+
 BACKENDS = [
-    Backend("sqlite", lambda tmp: default_ledger_url(tmp / "state"), sqlite_failing),
+    Backend("sqlite", lambda _, tmp: default_ledger_url(tmp / "state"), sqlite_failing),
+    Backend(
+        "postgresql",
+        lambda request, _: str(request.getfixturevalue("pg_url")),
+        postgres_failing,
+        one_executor=False,
+    ),
 ]
 
 
@@ -166,9 +206,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture
-def url(backend: Backend, tmp_path: Path) -> str:
+def url(backend: Backend, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """Where a fresh ledger of this implementation lives (nothing there yet)."""
-    return backend.fresh_url(tmp_path)
+    return backend.fresh_url(request, tmp_path)
 
 
 @pytest.fixture
@@ -251,9 +291,11 @@ def test_readonly_reads_while_the_executor_writes(url: str) -> None:
             assert reader.counts() == {"c": {"submitting": 1}}
 
 
-def test_one_executor_per_ledger(url: str) -> None:
+def test_one_executor_per_ledger(backend: Backend, url: str) -> None:
     """A second executor lock, from this process or another ledger object, is refused with
     the holder's pid; once released it can be taken again, and the ledger is usable."""
+    if not backend.one_executor:
+        pytest.skip(f"{backend.name} lets several processes execute at once (SPEC §8)")
     with open_ledger(url) as first, open_ledger(url) as second:
         with first.executor_lock():
             for led in (first, second):
@@ -264,6 +306,23 @@ def test_one_executor_per_ledger(url: str) -> None:
             assert len(first.jobs()) == 1
         with first.executor_lock():
             pass
+
+
+def test_several_executors_where_allowed(backend: Backend, url: str) -> None:
+    """Where many processes may execute (PostgreSQL), the executor lock never waits and
+    never refuses: two ledgers hold it at once and both write; it sets the schema up."""
+    if backend.one_executor:
+        pytest.skip(f"{backend.name} has one executor at a time")
+    jobs = [make_job(n=1), make_job(n=2)]
+    with open_ledger(url) as first, open_ledger(url) as second:
+        with first.executor_lock(), second.executor_lock(), first.executor_lock():
+            reader = open_ledger(url, readonly=True)
+            assert reader is not None  # the schema is there: the lock set it up
+            reader.close()
+            first.record_plan(MANIFEST, jobs)
+            second.transition(jobs[0].key, "submitting")
+            first.transition(jobs[1].key, "failed")
+        assert {r.status for r in second.jobs()} == {S.SUBMITTING, S.FAILED}
 
 
 def test_url_names_the_ledger(url: str) -> None:
@@ -297,16 +356,14 @@ def test_open_ledger_url_forms(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://runner:s3cret@db.example/ledger", "PostgreSQL ledger is not available"),
-        ("postgres://db.example/ledger", "PostgreSQL ledger is not available"),
-        ("mysql://db.example/ledger", "mysql://db.example/ledger"),
+        ("mysql://runner:s3cret@db.example/ledger", r"mysql://runner:\*\*\*@db.example/ledger"),
         ("sqlite://relative/ledger.db", "sqlite://relative/ledger.db"),
         ("", "give a path"),
     ],
 )
 def test_open_ledger_refuses_other_urls(tmp_path: Path, url: str, message: str) -> None:
-    """PostgreSQL is not there yet, and says so; any other URL is a LedgerError naming it,
-    never with its password; nothing is created."""
+    """A URL that is neither SQLite nor PostgreSQL is a LedgerError naming it, never with its
+    password; nothing is created."""
     for readonly in (False, True):
         with pytest.raises(LedgerError, match=message) as caught:
             open_ledger(url, readonly=readonly)
@@ -457,6 +514,52 @@ def test_resend_keeps_the_idempotency_key_and_says_so(ledger: Ledger) -> None:
         ledger.transition(job.key, "submitting", idempotency_key=f"{job.key}-2")
     row = ledger.get(job.key)
     assert row is not None and row.idempotency_key == f"{job.key}-1"
+
+
+def test_one_job_changed_by_many_at_once_takes_turns(url: str) -> None:
+    """Eight ledgers change one job at once: they take turns, each change checked against
+    the one committed before it. Of eight ``failed``, one wins and seven are refused
+    (failed → failed); of eight ``submitting``, one submits and seven are resends. Every
+    event starts where the one before it ended."""
+    n = 8
+    failing, sending = make_job(n=1), make_job(n=2)
+    with open_ledger(url) as led:
+        led.record_plan(MANIFEST, [failing, sending])
+    start = threading.Barrier(n)
+    outcomes: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with open_ledger(url) as led:
+                start.wait()
+                for job, to in ((failing, "failed"), (sending, "submitting")):
+                    try:
+                        led.transition(job.key, to)
+                        outcomes.append((job.key, "changed"))
+                    except TransitionError:
+                        outcomes.append((job.key, "refused"))
+        except BaseException as err:  # collected and asserted on below
+            errors.append(err)
+
+    workers = [threading.Thread(target=work) for _ in range(n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert sorted(outcomes) == sorted(
+        [(failing.key, "changed")] + [(failing.key, "refused")] * (n - 1)
+        + [(sending.key, "changed")] * n
+    )  # fmt: skip
+    with open_ledger(url) as led:
+        assert [e.to_status for e in led.events(failing.key)] == [S.PENDING, S.FAILED]
+        history = led.events(sending.key)
+        assert [e.to_status for e in history] == [S.PENDING] + [S.SUBMITTING] * n
+        assert all(e.from_status == before.to_status for before, e in itertools.pairwise(history))
+        assert [e.detail for e in history[2:]] == [
+            f"resent with the same idempotency key {sending.key}-1"
+        ] * (n - 1)
 
 
 def test_transition_refuses_unknown_columns_and_keys(ledger: Ledger) -> None:
@@ -640,6 +743,16 @@ def test_job_row_to_dict_is_json(ledger: Ledger) -> None:
     assert json.loads(json.dumps(doc)) == doc
     assert set(doc) == JOB_COLUMNS
     assert (doc["status"], doc["tags"], doc["vars"]) == ("pending", ["nightly"], {"x": 1})
+
+
+def test_json_columns_keep_their_key_order(ledger: Ledger) -> None:
+    """A matrix row comes back with its keys in the order written (reports list them so)."""
+    job = make_job(zeta=1, alpha=2, mid=3)
+    ledger.record_plan(MANIFEST, [job])
+    row = ledger.get(job.key)
+    assert row is not None
+    assert list(row.vars) == ["zeta", "alpha", "mid"]
+    assert list(row.request) == list(job.request)
 
 
 # --- plan diff ----------------------------------------------------------------------------

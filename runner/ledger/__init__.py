@@ -1,7 +1,8 @@
 """The ledger: the state that makes every run resumable (SPEC §4).
 
 ``Ledger`` is the interface (base.py) and :func:`open_ledger` the way to get one from a URL;
-``SqliteLedger`` (sqlite/) is the first implementation. ``JobStatus`` and ``TRANSITIONS``
+``SqliteLedger`` (sqlite/) and ``PostgresLedger`` (postgres/, imported only when asked for,
+as it needs psycopg) implement it. ``JobStatus`` and ``TRANSITIONS``
 (status.py) are the state machine every implementation enforces; ``JobRow``, ``EventRow``,
 ``SoulRow`` and ``PlanDiff`` (models.py) the records they return.
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, overload
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Literal, overload
+from urllib.parse import unquote
 
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, Ledger, utcnow
@@ -24,6 +25,10 @@ from runner.ledger.sqlite import (
     SqliteLedger,
 )
 from runner.ledger.status import IN_FLIGHT, TRANSITION_COLUMNS, TRANSITIONS, JobStatus
+from runner.ledger.urls import masked_url
+
+if TYPE_CHECKING:
+    from runner.ledger.postgres import PostgresLedger
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -73,11 +78,13 @@ def open_ledger(url: str | Path, *, readonly: bool = False, clock: Clock = utcno
     """Open the ledger at ``url``.
 
     ``url`` is a path to the SQLite file (``state/ledger.db``, see :func:`default_ledger_url`)
-    or ``sqlite:///abs/path.db``. ``postgresql://`` (or ``postgres://``) names the PostgreSQL
-    ledger, not available yet; any other URL is a ``LedgerError``.
+    or ``sqlite:///abs/path.db``; ``postgresql://`` (or ``postgres://``) is a PostgreSQL
+    database, in libpq's URL form (``postgresql://user:password@host:port/db?sslmode=...``,
+    ``postgresql:///db?host=/run/postgresql``), that must exist. Any other URL is a
+    ``LedgerError``, and no message ever shows a password.
 
-    Read-write, the file and its directory are created if needed; the schema is brought up to
-    date by ``executor_lock()`` or on first use (see ``Ledger``). ``readonly=True`` never
+    Read-write, a SQLite file and its directory are created if needed; the schema is brought
+    up to date by ``executor_lock()`` or on first use (see ``Ledger``). ``readonly=True`` never
     creates or writes anything and returns ``None`` when there is no ledger yet. ``clock``
     gives the times the ledger records.
     """
@@ -88,16 +95,16 @@ def open_ledger(url: str | Path, *, readonly: bool = False, clock: Clock = utcno
     else:
         scheme = match.group(1).lower()
         if scheme in ("postgresql", "postgres"):
-            raise LedgerError(
-                f"cannot open the ledger {_safe(target)}: the PostgreSQL ledger is not "
-                "available yet; use a SQLite file such as state/ledger.db"
-            )
+            postgres = _postgres(target)
+            if readonly:
+                return postgres.open_readonly(target)
+            return postgres.open(target, clock=clock)
         path = Path(unquote(target[len("sqlite://") :])) if scheme == "sqlite" else None
         if path is not None and not path.is_absolute():
             path = None
     if path is None:
         raise LedgerError(
-            f"cannot open the ledger {_safe(target)!r}: give a path to a SQLite file "
+            f"cannot open the ledger {masked_url(target)!r}: give a path to a SQLite file "
             "(state/ledger.db) or a URL like sqlite:///abs/path/ledger.db"
         )
     if readonly:
@@ -105,10 +112,15 @@ def open_ledger(url: str | Path, *, readonly: bool = False, clock: Clock = utcno
     return SqliteLedger.open(path, clock=clock)
 
 
-def _safe(url: str) -> str:
-    """``url`` with any password replaced, fit for a message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+def _postgres(url: str) -> type[PostgresLedger]:
+    """The PostgreSQL implementation, or a ``LedgerError`` saying how to install it."""
+    try:
+        import psycopg  # noqa: F401  (the "postgres" extra)
+    except ImportError as err:
+        raise LedgerError(
+            f"cannot open the ledger {masked_url(url)}: the PostgreSQL ledger needs psycopg 3 "
+            f"(pip install 'runner[postgres]'): {err}"
+        ) from None
+    from runner.ledger.postgres import PostgresLedger
+
+    return PostgresLedger

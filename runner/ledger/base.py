@@ -1,7 +1,8 @@
 """The ledger interface: what the rest of the runner may ask of any ledger (SPEC §4).
 
-SQLite (``runner.ledger.sqlite``) is the first implementation; PostgreSQL comes next. Both
-take the same rules from ``runner.ledger.status`` and return the records of
+SQLite (``runner.ledger.sqlite``) and PostgreSQL (``runner.ledger.postgres``) implement it.
+Both take the same rules from ``runner.ledger.status``, build their rows with
+``runner.ledger.rows`` and ``runner.ledger.plan``, and return the records of
 ``runner.ledger.models``; ``tests/test_ledger.py`` is the contract every one must pass.
 """
 

@@ -1,18 +1,20 @@
 """Comparing a manifest's jobs with the ledger: what is new, done, in flight, failed, orphaned.
 
 Pure functions over rows already read, shared by every ledger implementation: their ``diff``
-and ``record_plan`` do the reading and the writing.
+and ``record_plan`` do the reading (:func:`gather_plan`) and the writing, in the order
+:func:`plan_writes` gives.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runner.jobs import Job
 from runner.ledger.models import JobRow, PlanDiff
+from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
 _JSON_COLUMNS = frozenset({"tags", "request", "vars"})
@@ -26,6 +28,31 @@ class Plan:
     produced: dict[str, Job]  # by key, first occurrence, manifest order
     existing: dict[str, JobRow]  # the produced jobs the ledger already has
     to_orphan: list[JobRow]  # the manifest's ledger jobs it no longer produces, not yet orphaned
+
+
+def gather_plan(
+    manifest: str,
+    jobs: Sequence[Job],
+    *,
+    read_rows: Callable[[list[str], str], Iterable[JobRow]],
+    restore: Callable[[str], JobStatus],
+) -> Plan:
+    """The plan for a manifest's ``jobs`` (the first of each key counts).
+
+    ``read_rows(keys, manifest)`` gives the ledger's jobs that have one of these keys or
+    are recorded for this manifest, in ``jobs()`` order; ``restore(key)`` the status an
+    orphaned job goes back to (see ``status.restored_status``).
+    """
+    produced: dict[str, Job] = {}
+    for job in jobs:
+        produced.setdefault(job.key, job)
+    rows: dict[str, JobRow] = {}
+    for row in read_rows(list(produced), manifest):
+        rows.setdefault(row.key, row)
+    existing = {key: rows[key] for key in produced if key in rows}
+    gone = [row for row in rows.values() if row.key not in produced and row.manifest == manifest]
+    back = {key: restore(key) for key, row in existing.items() if row.status is JobStatus.ORPHANED}
+    return compute_plan(produced, existing, gone, back)
 
 
 def compute_plan(
@@ -116,3 +143,45 @@ def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
         for column, (old, new) in wanted.items()
         if old != new
     }
+
+
+@dataclass(frozen=True)
+class PlanWrites:
+    """What ``record_plan`` writes, in this order, in one transaction."""
+
+    new_jobs: list[dict[str, Any]]  # rows of ``jobs`` to insert
+    new_events: list[dict[str, Any]]  # their first events
+    refreshed: list[tuple[str, dict[str, Any]]]  # (key, columns to update) of known jobs
+    # status changes after that: orphaned jobs produced again go back first, then the
+    # manifest's jobs it no longer produces become orphaned
+    moves: list[tuple[JobRow, JobStatus, str]]
+
+
+def plan_writes(plan: Plan, manifest: str, now: str) -> PlanWrites:
+    """The writes that record ``plan`` for ``manifest`` at time ``now``."""
+    new_jobs = [
+        new_row(job, manifest, now)
+        for key, job in plan.produced.items()
+        if key not in plan.existing
+    ]
+    planned = f"planned from {manifest}"
+    refreshed = []
+    for key, row in plan.existing.items():
+        changes = refreshed_columns(row, plan.produced[key], manifest)
+        if changes:
+            refreshed.append((key, {**changes, "updated_at": now}))
+    moves = [
+        (plan.existing[key], JobStatus(plan.diff.statuses[key]), "produced again by the manifest")
+        for key in plan.diff.restored_keys
+    ]
+    moves += [
+        (row, JobStatus.ORPHANED, f"no longer produced by {manifest}") for row in plan.to_orphan
+    ]
+    return PlanWrites(
+        new_jobs=new_jobs,
+        new_events=[
+            event_row(row["key"], None, JobStatus.PENDING, planned, now) for row in new_jobs
+        ],
+        refreshed=refreshed,
+        moves=moves,
+    )

@@ -8,7 +8,7 @@ souls.py, the base class.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -18,17 +18,22 @@ from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import EventRow, JobRow, PlanDiff
-from runner.ledger.plan import Plan, compute_plan, new_row, refreshed_columns
+from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.rows import (
+    MATCH_LIMIT,
+    grouped_counts,
+    matched_key,
+    name_values,
+    note_event,
+    retry_change,
+    status_change,
+    status_values,
+)
 from runner.ledger.sqlite.lock import ExecutorLock
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
 from runner.ledger.sqlite.souls import SoulsAndUploads
 from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
-from runner.ledger.status import (
-    JobStatus,
-    check_transition,
-    restored_status,
-    retry_idempotency_key,
-)
+from runner.ledger.status import JobStatus, restored_status
 
 
 def _json(value: Any) -> str:
@@ -150,16 +155,11 @@ class SqliteLedger(SoulsAndUploads):
             keys = [
                 str(row["key"])
                 for row in db.query(
-                    "SELECT key FROM jobs WHERE substr(key, 1, ?) = ? ORDER BY key LIMIT 6",
-                    [len(prefix), prefix],
+                    "SELECT key FROM jobs WHERE substr(key, 1, ?) = ? ORDER BY key LIMIT ?",
+                    [len(prefix), prefix, MATCH_LIMIT],
                 )
             ]
-        if not prefix or not keys:
-            raise LedgerError(f"no job {prefix!r} in the ledger")
-        if len(keys) > 1:
-            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
-            raise LedgerError(f"{prefix!r} matches several jobs ({shown}); give more of the key")
-        return keys[0]
+        return matched_key(prefix, keys)
 
     def jobs(
         self,
@@ -173,13 +173,11 @@ class SqliteLedger(SoulsAndUploads):
         wheres: list[str] = []
         params: list[Any] = []
         if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
             wheres.append(_in_json("status"))
-            params.append(_json([JobStatus(s).value for s in statuses]))
+            params.append(_json(status_values(status)))
         if campaign is not None:
-            campaigns = [campaign] if isinstance(campaign, str) else list(campaign)
             wheres.append(_in_json("campaign"))
-            params.append(_json(campaigns))
+            params.append(_json(name_values(campaign)))
         if manifest is not None:
             wheres.append("manifest = ?")
             params.append(manifest)
@@ -202,15 +200,9 @@ class SqliteLedger(SoulsAndUploads):
             sql += " WHERE manifest = ?"
             params.append(manifest)
         sql += " GROUP BY campaign, status"
-        order = {status.value: i for i, status in enumerate(JobStatus)}
         with self._store.read() as db:
-            rows = sorted(
-                db.query(sql, params), key=lambda r: (r["campaign"], order.get(r["status"], 99))
-            )
-        result: dict[str, dict[str, int]] = {}
-        for row in rows:
-            result.setdefault(row["campaign"], {})[row["status"]] = row["n"]
-        return result
+            groups = [(r["campaign"], r["status"], r["n"]) for r in db.query(sql, params)]
+        return grouped_counts(groups)
 
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
@@ -227,16 +219,7 @@ class SqliteLedger(SoulsAndUploads):
         """Append an event that records something without changing the job's status
         (``from_status`` and ``to_status`` are both the current one)."""
         with self._store.write() as db:
-            row = self._require(key)
-            db.table("events").insert(
-                {
-                    "job_key": key,
-                    "at": self._store.now(),
-                    "from_status": row.status.value,
-                    "to_status": row.status.value,
-                    "detail": detail,
-                }
-            )
+            db.table("events").insert(note_event(self._require(key), detail, self._store.now()))
 
     def bump_attempts(self, key: str) -> int:
         """Count one more attempt for a job (no status change); return the new count."""
@@ -262,19 +245,7 @@ class SqliteLedger(SoulsAndUploads):
                 status=JobStatus.FAILED, manifest=manifest, keys=keys, campaign=campaigns
             )
             for row in rows:
-                new_key = retry_idempotency_key(row.key, row.idempotency_key)
-                self._apply(
-                    row,
-                    JobStatus.PENDING,
-                    f"retry with idempotency key {new_key}",
-                    {
-                        "idempotency_key": new_key,
-                        "attempts": 0,
-                        "error": None,
-                        "generation_id": None,
-                        "video_url": None,
-                    },
-                )
+                self._apply(row, JobStatus.PENDING, *retry_change(row))
         return len(rows)
 
     def _status_before_orphaning(self, key: str) -> JobStatus:
@@ -286,22 +257,18 @@ class SqliteLedger(SoulsAndUploads):
         return restored_status(row[0] if row is not None else None)
 
     def _apply(
-        self, row: JobRow, to: JobStatus, detail: str | None, columns: Mapping[str, Any]
+        self, row: JobRow, to: JobStatus, detail: str | None, columns: dict[str, Any]
     ) -> JobRow:
         """The one place a status changes; the caller holds the write transaction."""
-        orphaned = row.status is JobStatus.ORPHANED
-        before = self._status_before_orphaning(row.key) if orphaned else None
-        implied = check_transition(
-            row.key,
-            row.status,
+        change = status_change(
+            row,
             to,
-            columns,
-            idempotency_key=row.idempotency_key,
-            before_orphaning=before,
+            detail=detail,
+            columns=columns,
+            restore=self._status_before_orphaning,
+            now=self._store.now(),
         )
-        detail = detail or implied
-        now = self._store.now()
-        updates = {**columns, "status": to.value, "updated_at": now}
+        updates = change.updates
         # Plain SQL (column names come from TRANSITION_COLUMNS only): this runs once per job
         # when a plan orphans thousands, and Table.update re-reads the schema on every call.
         self._store.conn.execute(
@@ -309,9 +276,8 @@ class SqliteLedger(SoulsAndUploads):
             [*updates.values(), row.key],
         )
         self._store.conn.execute(
-            "INSERT INTO events (job_key, at, from_status, to_status, detail) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [row.key, now, row.status.value, to.value, detail],
+            f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
+            list(change.event.values()),
         )
         cursor = self._store.conn.execute("SELECT * FROM jobs WHERE key = ?", [row.key])
         names = [d[0] for d in cursor.description]
@@ -336,43 +302,19 @@ class SqliteLedger(SoulsAndUploads):
         manifest = str(manifest_path)
         with self._store.write() as db:
             plan = self._plan(manifest, jobs)
-            now = self._store.now()
-            new_rows = [
-                new_row(job, manifest, now)
-                for key, job in plan.produced.items()
-                if key not in plan.existing
-            ]
-            db.table("jobs").insert_all(new_rows)
-            db.table("events").insert_all(
-                {
-                    "job_key": row["key"],
-                    "at": now,
-                    "from_status": None,
-                    "to_status": JobStatus.PENDING.value,
-                    "detail": f"planned from {manifest}",
-                }
-                for row in new_rows
-            )
-            for key, row in plan.existing.items():
-                changes = refreshed_columns(row, plan.produced[key], manifest)
-                if changes:
-                    db.table("jobs").update(key, {**changes, "updated_at": now})
-            for key in plan.diff.restored_keys:
-                back = JobStatus(plan.diff.statuses[key])
-                self._apply(plan.existing[key], back, "produced again by the manifest", {})
-            for row in plan.to_orphan:
-                self._apply(row, JobStatus.ORPHANED, f"no longer produced by {manifest}", {})
+            writes = plan_writes(plan, manifest, self._store.now())
+            db.table("jobs").insert_all(writes.new_jobs)
+            db.table("events").insert_all(writes.new_events)
+            for key, changes in writes.refreshed:
+                db.table("jobs").update(key, changes)
+            for row, to, detail in writes.moves:
+                self._apply(row, to, detail, {})
         return plan.diff
 
     def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
-        produced: dict[str, Job] = {}
-        for job in jobs:
-            produced.setdefault(job.key, job)
-        existing = {row.key: row for row in self.jobs(keys=list(produced))}
-        gone = [row for row in self.jobs(manifest=manifest) if row.key not in produced]
-        restore = {
-            key: self._status_before_orphaning(key)
-            for key, row in existing.items()
-            if row.status is JobStatus.ORPHANED
-        }
-        return compute_plan(produced, existing, gone, restore)
+        return gather_plan(
+            manifest,
+            jobs,
+            read_rows=lambda keys, of: self.jobs(keys=keys) + self.jobs(manifest=of),
+            restore=self._status_before_orphaning,
+        )

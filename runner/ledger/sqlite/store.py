@@ -12,13 +12,13 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC
 from pathlib import Path
 
 from sqlite_utils import Database
 
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, utcnow
+from runner.ledger.rows import timestamp
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration, migrate, pending_migrations
 
 LEDGER_FILE = "ledger.db"
@@ -145,7 +145,7 @@ class Store:
 
     def now(self) -> str:
         """The clock's time as stored: UTC, ISO 8601, microseconds."""
-        return self.clock().astimezone(UTC).isoformat(timespec="microseconds")
+        return timestamp(self.clock)
 
     @contextmanager
     def write(self) -> Iterator[Database]:

@@ -1,0 +1,337 @@
+"""The PostgreSQL ledger: jobs, their events, soul models and uploads in one database
+(SPEC §4, §8).
+
+``Store`` (store.py) owns the connection and its transactions; this module is what the
+interface asks of jobs, in SQL. What the rows hold is decided in ``runner.ledger.rows`` and
+``runner.ledger.plan``, shared with the SQLite ledger, so both behave alike.
+
+Locking. A status change, a note or an attempt locks its job's row (``FOR UPDATE``) for its
+transaction, so changes to one job take turns and each is checked against the last; that is
+also why a job's events are numbered in the order they happened. ``record_plan`` and
+``retry_failed`` change many rows: they take turns on an advisory lock (:data:`PLAN_LOCK`)
+before locking theirs, so two of them never deadlock or insert the same new job twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+from typing import Any
+
+from psycopg import sql
+
+from runner.errors import LedgerError
+from runner.jobs import Job
+from runner.ledger.base import Clock, StatusFilter, utcnow
+from runner.ledger.models import EventRow, JobRow, PlanDiff
+from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.postgres.migrations import MIGRATIONS, Migration
+from runner.ledger.postgres.souls import SoulsAndUploads
+from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
+from runner.ledger.rows import (
+    MATCH_LIMIT,
+    grouped_counts,
+    matched_key,
+    name_values,
+    note_event,
+    retry_change,
+    status_change,
+    status_values,
+)
+from runner.ledger.status import JobStatus, restored_status
+
+#: The advisory lock that writers of many rows take in turn: "runner", then 2.
+PLAN_LOCK = 0x72756E6E65720002
+
+_JOB_ORDER = "ORDER BY manifest, job_index, key"
+
+
+def _insert(table: str, columns: Iterable[str]) -> sql.Composed:
+    names = list(columns)
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(sql.Placeholder() * len(names)),
+    )
+
+
+def _update_job(columns: Iterable[str], returning: bool = False) -> sql.Composed:
+    return sql.SQL("UPDATE jobs SET {} WHERE key = %s{}").format(
+        sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns),
+        sql.SQL(" RETURNING *" if returning else ""),
+    )
+
+
+class PostgresLedger(SoulsAndUploads):
+    """The ledger in a PostgreSQL database (``postgresql://user@host/db``); see ``Ledger``.
+
+    Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
+    Any number of processes on any hosts may use one database at once (SPEC §8), so the
+    executor lock holds nobody back: see :meth:`executor_lock`.
+    """
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock = utcnow,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> PostgresLedger:
+        """Connect for reading and writing; the database must exist (it is never created).
+
+        Pending ``migrations`` are applied when the executor lock is taken or on first use.
+        """
+        return cls(
+            Store.open(url, clock=clock, migrations=migrations, connect_timeout=connect_timeout)
+        )
+
+    @classmethod
+    def open_readonly(
+        cls, url: str, *, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> PostgresLedger | None:
+        """Connect without writing anything; ``None`` if the database has no ledger yet.
+
+        ``LedgerError`` if it lacks migrations (an older runner set it up).
+        """
+        store = Store.open_readonly(url, connect_timeout=connect_timeout)
+        return cls(store) if store is not None else None
+
+    @property
+    def url(self) -> str:
+        """The URL as given, its password (if any) replaced by ``***``."""
+        return self._store.url
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the ledger was opened read-only."""
+        return self._store.readonly
+
+    @contextmanager
+    def _executing(self) -> Iterator[None]:
+        if self.readonly:
+            raise LedgerError(f"the ledger {self.url} was opened read-only")
+        self._store.ensure_schema()
+        yield
+
+    def executor_lock(self) -> AbstractContextManager[None]:
+        """Bring the schema up to date, and nothing more: it never waits and never refuses.
+
+        PostgreSQL lifts the one-process rule (SPEC §8): every process may execute at once.
+        Until jobs are claimed with leases, what keeps two of them from sending the same job
+        is the job's idempotency key only; it guarantees nothing beyond the migrations.
+        """
+        return self._executing()
+
+    def close(self) -> None:
+        """Close the connection. The ledger cannot be used afterwards."""
+        self._store.close()
+
+    def __enter__(self) -> PostgresLedger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.readonly else "read-write"
+        return f"<PostgresLedger {self.url} {mode}>"
+
+    def _select_jobs(
+        self, where: str | None = None, params: Sequence[Any] = (), *, lock: bool = False
+    ) -> list[JobRow]:
+        query = "SELECT * FROM jobs" + (f" WHERE {where} " if where else " ") + _JOB_ORDER
+        with self._store.read() as conn:
+            rows = conn.execute(query + (" FOR UPDATE" if lock else ""), params).fetchall()
+        return [JobRow.from_row(row) for row in rows]
+
+    def _require(self, key: str, *, lock: bool = False) -> JobRow:
+        rows = self._select_jobs("key = %s", [key], lock=lock)
+        if not rows:
+            raise LedgerError(f"no job {key!r} in the ledger {self.url}")
+        return rows[0]
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def get(self, key: str) -> JobRow | None:
+        """The job with this exact key, or ``None``."""
+        rows = self._select_jobs("key = %s", [key])
+        return rows[0] if rows else None
+
+    def match_key(self, prefix: str) -> str:
+        """The one key that is ``prefix`` or starts with it; ``LedgerError`` if none or several."""
+        if self.get(prefix) is not None:
+            return prefix
+        with self._store.read() as conn:
+            rows = conn.execute(
+                "SELECT key FROM jobs WHERE left(key, %s) = %s ORDER BY key LIMIT %s",
+                [len(prefix), prefix, MATCH_LIMIT],
+            ).fetchall()
+        return matched_key(prefix, [str(row["key"]) for row in rows])
+
+    def jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> list[JobRow]:
+        """Jobs matching every given filter, ordered by manifest, then manifest order."""
+        wheres: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            wheres.append("status = ANY(%s)")
+            params.append(status_values(status))
+        if campaign is not None:
+            wheres.append("campaign = ANY(%s)")
+            params.append(name_values(campaign))
+        if manifest is not None:
+            wheres.append("manifest = %s")
+            params.append(manifest)
+        if keys is not None:
+            wheres.append("key = ANY(%s)")
+            params.append(list(keys))
+        return self._select_jobs(" AND ".join(wheres) or None, params)
+
+    def events(self, key: str) -> list[EventRow]:
+        """A job's status changes, oldest first."""
+        with self._store.read() as conn:
+            rows = conn.execute("SELECT * FROM events WHERE job_key = %s ORDER BY id", [key])
+            return [EventRow.from_row(row) for row in rows]
+
+    def counts(self, manifest: str | None = None) -> dict[str, dict[str, int]]:
+        """``{campaign: {status: count}}``, campaigns by name, statuses in life-cycle order."""
+        where, params = ("WHERE manifest = %s", [manifest]) if manifest is not None else ("", [])
+        query = f"SELECT campaign, status, count(*) AS n FROM jobs {where} GROUP BY 1, 2"
+        with self._store.read() as conn:
+            groups = [(r["campaign"], r["status"], r["n"]) for r in conn.execute(query, params)]
+        return grouped_counts(groups)
+
+    def transition(
+        self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
+    ) -> JobRow:
+        """Move a job to status ``to``, updating ``columns`` and appending the event, atomically.
+
+        See ``Ledger.transition``; the rules are ``runner.ledger.status.check_transition``.
+        """
+        target = JobStatus(to)
+        with self._store.write():
+            return self._apply(self._require(key, lock=True), target, detail, columns)
+
+    def note(self, key: str, detail: str) -> None:
+        """Append an event that records something without changing the job's status
+        (``from_status`` and ``to_status`` are both the current one)."""
+        with self._store.write() as conn:
+            event = note_event(self._require(key, lock=True), detail, self._store.now())
+            conn.execute(_insert("events", event), list(event.values()))
+
+    def bump_attempts(self, key: str) -> int:
+        """Count one more attempt for a job (no status change); return the new count."""
+        with self._store.write() as conn:
+            row = conn.execute(
+                "UPDATE jobs SET attempts = attempts + 1, updated_at = %s WHERE key = %s"
+                " RETURNING attempts",
+                [self._store.now(), key],
+            ).fetchone()
+        if row is None:
+            raise LedgerError(f"no job {key!r} in the ledger {self.url}")
+        return int(row["attempts"])
+
+    def retry_failed(
+        self,
+        manifest: str,
+        keys: Collection[str] | None = None,
+        campaigns: Collection[str] | None = None,
+    ) -> int:
+        """Put a manifest's failed jobs (all, or those with these keys / in these campaigns)
+        back to ``pending`` with the next idempotency key and no attempts; return how many."""
+        with self._store.write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
+            wheres = ["status = %s", "manifest = %s"]
+            params: list[Any] = [JobStatus.FAILED.value, manifest]
+            if keys is not None:
+                wheres.append("key = ANY(%s)")
+                params.append(list(keys))
+            if campaigns is not None:
+                wheres.append("campaign = ANY(%s)")
+                params.append(name_values(campaigns))
+            rows = self._select_jobs(" AND ".join(wheres), params, lock=True)
+            for row in rows:
+                self._apply(row, JobStatus.PENDING, *retry_change(row))
+        return len(rows)
+
+    def _status_before_orphaning(self, key: str) -> JobStatus:
+        row = self._store.conn.execute(
+            "SELECT from_status FROM events WHERE job_key = %s AND to_status = %s"
+            " ORDER BY id DESC LIMIT 1",
+            [key, JobStatus.ORPHANED.value],
+        ).fetchone()
+        return restored_status(row["from_status"] if row is not None else None)
+
+    def _apply(
+        self, row: JobRow, to: JobStatus, detail: str | None, columns: dict[str, Any]
+    ) -> JobRow:
+        """The one place a status changes; the caller holds the write transaction and the
+        row's lock."""
+        change = status_change(
+            row,
+            to,
+            detail=detail,
+            columns=columns,
+            restore=self._status_before_orphaning,
+            now=self._store.now(),
+        )
+        conn = self._store.conn
+        updated = conn.execute(
+            _update_job(change.updates, returning=True), [*change.updates.values(), row.key]
+        ).fetchone()
+        conn.execute(_insert("events", change.event), list(change.event.values()))
+        assert updated is not None  # the row is locked: it cannot have gone
+        return JobRow.from_row(updated)
+
+    # --- plans ------------------------------------------------------------------------
+
+    def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
+        """What :meth:`record_plan` would do with these jobs, without writing anything."""
+        with self._store.read():
+            return self._plan(str(manifest_path), jobs, lock=False).diff
+
+    def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
+        """Record a manifest's jobs in one transaction and return the resulting diff.
+
+        See ``Ledger.record_plan``; the order of the writes is ``plan.plan_writes``.
+        """
+        manifest = str(manifest_path)
+        with self._store.write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
+            plan = self._plan(manifest, jobs, lock=True)
+            writes = plan_writes(plan, manifest, self._store.now())
+            with conn.cursor() as cursor:
+                for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
+                    if rows:
+                        cursor.executemany(
+                            _insert(table, rows[0]), [list(r.values()) for r in rows]
+                        )
+                for key, changes in writes.refreshed:
+                    cursor.execute(_update_job(changes), [*changes.values(), key])
+            for row, to, detail in writes.moves:
+                self._apply(row, to, detail, {})
+        return plan.diff
+
+    def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan:
+        return gather_plan(
+            manifest,
+            jobs,
+            read_rows=lambda keys, of: self._select_jobs(
+                "key = ANY(%s) OR manifest = %s", [keys, of], lock=lock
+            ),
+            restore=self._status_before_orphaning,
+        )

@@ -1,0 +1,167 @@
+"""The PostgreSQL ledger's schema, as an append-only list of named migrations.
+
+The same tables, columns and migration names as the SQLite ledger (``sqlite/migrations.py``),
+in PostgreSQL's types:
+
+- JSON columns (``request``, ``vars``, ``tags``) are ``json``, not ``jsonb``: ``json`` keeps the
+  text as written, so key order (a matrix row's order) comes back exactly as SQLite gives it,
+  and ``->``/``->>`` still query it. Times are ``timestamptz`` (written and read back as the
+  same UTC ISO 8601 strings SQLite stores; see store.py).
+- Keys, campaigns, manifests and soul names sort with ``COLLATE "C"`` (code point order),
+  whatever the database's locale, so lists come out in the same order as from SQLite.
+
+Never edit or reorder a migration that has shipped: add a new one at the end. Each applied
+migration's name is recorded in ``_migrations``; :func:`migrate` applies what is missing in
+one transaction, under an advisory lock, so processes starting together apply each once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+Connection = psycopg.Connection[dict[str, Any]]
+Migration = Callable[[Connection], None]
+
+MIGRATIONS_TABLE = "_migrations"
+MIGRATIONS: list[Migration] = []
+
+#: The advisory lock (of the ledger's database only) held while migrating: "runner", then 1.
+MIGRATION_LOCK = 0x72756E6E65720001
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration; its ``__name__`` is what gets recorded."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied_migrations(conn: Connection) -> set[str]:
+    """Names of the migrations already applied (empty for a database without a ledger)."""
+    found = conn.execute("SELECT to_regclass(%s) AS t", [MIGRATIONS_TABLE]).fetchone()
+    if found is None or found["t"] is None:
+        return set()
+    return {row["name"] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")}
+
+
+def pending_migrations(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Names of ``migrations`` the database has not had yet, in order."""
+    done = applied_migrations(conn)
+    return [fn.__name__ for fn in migrations if fn.__name__ not in done]
+
+
+def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply the migrations the database lacks, in order; return their names.
+
+    The caller holds a transaction (DDL is transactional in PostgreSQL: all or nothing).
+    The advisory lock makes a second process wait here and then find nothing left to do.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+        " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    done = applied_migrations(conn)
+    applied = []
+    for fn in migrations:
+        if fn.__name__ in done:
+            continue
+        fn(conn)
+        conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (%s)", [fn.__name__])
+        applied.append(fn.__name__)
+    return applied
+
+
+@migration
+def m001_jobs(conn: Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE jobs (
+            key text COLLATE "C" PRIMARY KEY,
+            campaign text COLLATE "C" NOT NULL,
+            manifest text COLLATE "C" NOT NULL,
+            job_index integer NOT NULL,
+            request json NOT NULL,
+            vars json NOT NULL,
+            path text NOT NULL,
+            status text NOT NULL,
+            generation_id text,
+            idempotency_key text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            error text,
+            video_url text,
+            bytes bigint,
+            sha256 text,
+            credits double precision NOT NULL DEFAULT 0,
+            soul text,
+            tags json NOT NULL DEFAULT '[]',
+            variant integer,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        )
+        """
+    )
+
+
+@migration
+def m002_events(conn: Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE events (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_key text COLLATE "C" NOT NULL,
+            at timestamptz NOT NULL,
+            from_status text,
+            to_status text NOT NULL,
+            detail text
+        )
+        """
+    )
+
+
+@migration
+def m003_souls(conn: Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE souls (
+            name text COLLATE "C" NOT NULL,
+            manifest text COLLATE "C" NOT NULL,
+            model_id text,
+            status text NOT NULL,
+            error text,
+            images_hash text,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL,
+            PRIMARY KEY (manifest, name)
+        )
+        """
+    )
+
+
+@migration
+def m004_uploads(conn: Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE uploads (
+            sha256 text PRIMARY KEY,
+            public_url text NOT NULL,
+            created_at timestamptz NOT NULL
+        )
+        """
+    )
+
+
+@migration
+def m005_indexes(conn: Connection) -> None:
+    conn.execute("CREATE INDEX idx_jobs_manifest_job_index ON jobs (manifest, job_index)")
+    conn.execute("CREATE INDEX idx_jobs_status ON jobs (status)")
+    conn.execute("CREATE INDEX idx_jobs_campaign ON jobs (campaign)")
+    conn.execute("CREATE INDEX idx_events_job_key_id ON events (job_key, id)")
+
+
+@migration
+def m006_jobs_location(conn: Connection) -> None:
+    # Where a downloaded video is (an absolute path or an s3:// URI); NULL on older rows.
+    conn.execute("ALTER TABLE jobs ADD COLUMN location text")
