@@ -1,70 +1,98 @@
-"""The HTML report: one self-contained page with every job of the ledger and its video.
+"""The HTML report: one page for the people who review a night's output.
 
-The page has inline CSS, no script and no external resource. Videos are not embedded: each
-downloaded job's ``<video>`` points at its file by a path relative to the report's folder, so
-the page works when opened from disk beside the videos; a video in S3 is linked by a
-presigned URL that expires after ``presign_expiry`` (default 7 days). Every text from a
-manifest or the provider is escaped, and provider URLs (which may carry signed tokens) are
-never written.
+``build_report`` reads the ledger (never writes it) and renders ``templates/report.html.j2``
+with autoescaping on, so every text from a manifest or the provider is text, never markup.
+The page has its CSS inline and one small script (filters by campaign, status and tag; a note
+where a video is missing), allowed by its hash in the page's Content-Security-Policy; without
+the script every card shows. There is no external resource, and provider URLs (which may
+carry signed tokens) are never written: error texts lose their query strings, source images
+show by file name.
+
+Per card: the seed or variant (what tells twins apart), soul, source image, duration, aspect
+ratio and credits; ids and hashes sit in a ``<details>``. Videos are not embedded: a local
+video's ``<video>`` points at its file by a path relative to the page (``preload="metadata"``
+shows its first frame: posters would need a video decoder, a new system dependency), and a
+video in S3 by a presigned URL that expires after ``presign_expiry`` (default 7 days).
+``bundle=True`` copies the local videos into ``videos/`` beside the page, so the folder can be
+zipped and shared; the relative links then stay valid wherever it is unpacked.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from html import escape
-from pathlib import Path
+from importlib import resources
+from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from runner.app.common import reading
+from runner.engine import charged, charged_credits
 from runner.ledger import JobRow, JobStatus, utcnow
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import PRESIGN_EXPIRY, exists, is_remote, presign
 
-SHA256_SHOWN = 12  # hex digits of a file's sha256 shown on its card
-REQUEST_SHOWN = ("duration", "resolution", "aspect_ratio")
+BUNDLE_VIDEOS = "videos"  # the folder beside a bundled page that holds its videos
+REQUEST_SHOWN = (("duration", "duration"), ("aspect_ratio", "aspect ratio"),
+                 ("resolution", "resolution"), ("model", "model"))  # fmt: skip
 # Query strings and fragments of URLs quoted in error texts may hold signed tokens.
 _URL_SECRETS = re.compile(r"(https?://[^\s?#\"'<>]*)[?#][^\s\"'<>]*", re.IGNORECASE)
-# Scripts are never needed; the policy makes sure none runs even if escaping were ever missed.
-_CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
-_CSS = """
-:root { color-scheme: light dark; --line: #8884; --muted: #888; }
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0 auto; padding: 1rem; max-width: 90rem; }
-h1 { margin: 0 0 .25rem; } h2 { margin: 2rem 0 .25rem; }
-h2 small { color: var(--muted); font-weight: normal; }
-.counts { display: flex; flex-wrap: wrap; gap: .4rem; padding: 0; margin: .5rem 0; }
-.counts li { list-style: none; }
-.grid { display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(18rem, 1fr)); }
-.card { border: 1px solid var(--line); border-radius: 8px; overflow: hidden; }
-.card video { display: block; width: 100%; max-height: 24rem; background: #000; }
-.novideo { padding: 1.5rem 1rem; text-align: center; background: var(--line); }
-.meta { padding: .6rem .8rem; }
-.meta p { margin: .3rem 0; white-space: pre-wrap; word-break: break-word; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .1rem .6rem; margin: .4rem 0 0; }
-dt { color: var(--muted); } dd { margin: 0; word-break: break-all; }
-code { font-size: 12px; } .error { color: #c0392b; } .empty { color: var(--muted); }
-.status { display: inline-block; padding: 0 .5rem; border-radius: 1rem; color: #fff; }
-.status { background: #777; } .card.s-failed { border-color: #c0392b; }
-.status.s-submitting, .status.s-queued, .status.s-running { background: #2c7be5; }
-.status.s-completed { background: #6f42c1; } .status.s-downloaded { background: #1e8e3e; }
-.status.s-failed { background: #c0392b; } .status.s-orphaned { background: #555; }
-"""
+_CSP = "script-src '{hash}'; object-src 'none'; base-uri 'none'; form-action 'none'"
 
 
 @dataclass(frozen=True)
 class ReportSummary:
-    """What ``build_report`` wrote: the file, how many jobs, their statuses, how many videos."""
+    """What ``build_report`` wrote: the file, how many jobs, their statuses, how many videos
+    (and, for a bundle, how many video files it copied)."""
 
     path: Path
     jobs: int
     counts: dict[str, int]  # status → number of jobs, in life-cycle order
-    videos: int  # jobs shown with a player (downloaded, file on disk)
+    videos: int  # jobs shown with a player (downloaded, video where the ledger says)
+    copied: int = 0  # video files copied into a bundle by this call
+
+
+@dataclass
+class _Card:
+    row: JobRow
+    src: str | None = None  # the player's URL
+    file: str = ""  # the video's name as the page refers to it, for messages
+    missing: str | None = None  # where a downloaded video was expected but is not
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    ids: list[tuple[str, str]] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:  # the template reads the row's columns too
+        return getattr(self.row, name)
+
+    @property
+    def status(self) -> str:
+        return self.row.status.value
+
+    @property
+    def prompt(self) -> str | None:
+        prompt = self.row.request.get("prompt")
+        return None if prompt is None else _text(prompt)
+
+    @property
+    def error(self) -> str | None:
+        return tidy_error(self.row.error)
+
+    @property
+    def variant_label(self) -> str | None:
+        """What tells this job from its seed or variant twins."""
+        seed = self.row.request.get("seed")
+        if self.row.variant is not None:
+            return f"variant {self.row.variant}" + (f" · seed {seed}" if seed is not None else "")
+        return None if seed is None else f"seed {seed}"
 
 
 def build_report(
@@ -77,15 +105,17 @@ def build_report(
     campaigns: Sequence[str] = (),
     statuses: Sequence[str] = (),
     tags: Sequence[str] = (),
+    bundle: bool = False,
 ) -> ReportSummary:
     """Write the HTML report of the ledger in ``state_dir`` (one manifest's jobs, if given)
     to ``out_file``, atomically, and return a summary.
 
     Reads the ledger without writing to it; without a ledger the report says there are no
     jobs (and no ledger is created). ``campaigns``, ``statuses`` and ``tags`` keep only the
-    jobs that match one of each that is given. Raises ``ManifestError`` if ``manifest_path``
-    does not load, ``LedgerError`` if the ledger cannot be read, ``OSError`` if the file
-    cannot be written.
+    jobs that match one of each that is given. ``bundle`` copies the local videos into
+    ``videos/`` beside ``out_file`` first (a file already there with the same size is kept).
+    Raises ``ManifestError`` if ``manifest_path`` does not load, ``LedgerError`` if the
+    ledger cannot be read, ``OSError`` if a file cannot be written.
     """
     state_dir = Path(state_dir)
     out_file = Path(os.path.abspath(out_file))
@@ -99,9 +129,24 @@ def build_report(
                 campaign=list(campaigns) or None,
             )
     rows = [r for r in rows if not tags or set(tags) & set(r.tags)]
-    page, videos = _page(rows, out_file.parent, now or utcnow(), manifest, presign_expiry)
+    copier = _Bundle(out_file.parent) if bundle else None
+    cards = [_card(row, out_file.parent, presign_expiry, copier) for row in rows]
+    page = _render(cards, now or utcnow(), manifest)
     _write_atomically(out_file, page)
-    return ReportSummary(out_file, len(rows), _counts(rows), videos)
+    videos = sum(card.src is not None for card in cards)
+    return ReportSummary(out_file, len(rows), _counts(rows), videos, copier.copied if copier else 0)
+
+
+def tidy_error(error: str | None) -> str | None:
+    """An error as people should read it: a phrase said twice in a row once
+    (``generation failed: generation failed``), signed URLs without their query."""
+    if not error:
+        return None
+    parts: list[str] = []
+    for part in error.split(": "):
+        if not parts or part.strip().lower() != parts[-1].strip().lower():
+            parts.append(part)
+    return _URL_SECRETS.sub(r"\1?…", ": ".join(parts))
 
 
 def _counts(rows: Iterable[JobRow]) -> dict[str, int]:
@@ -110,62 +155,104 @@ def _counts(rows: Iterable[JobRow]) -> dict[str, int]:
 
 
 def _text(value: Any) -> str:
-    """Escaped text of a value: strings as they are, anything else as JSON."""
-    return escape(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    """Strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _count_list(counts: Mapping[str, int]) -> str:
-    items = "".join(
-        f'<li class="status s-{escape(s)}">{escape(s)} {n}</li>' for s, n in counts.items()
-    )
-    return f'<ul class="counts">{items}</ul>'
+def _credits(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
 
 
-def _page(
-    rows: list[JobRow],
-    report_dir: Path,
-    now: datetime,
-    manifest: Manifest | None,
-    presign_expiry: timedelta,
-) -> tuple[str, int]:
-    """The whole document, and how many players it holds."""
-    title = f"runner report: {manifest.path.name}" if manifest else "runner report"
-    groups: dict[tuple[str, str], list[JobRow]] = {}
-    for row in rows:  # the ledger's order: by manifest, then manifest order
-        groups.setdefault((row.manifest, row.campaign), []).append(row)
-    several = len({m for m, _ in groups}) > 1
-    videos = 0
-    sections: list[str] = []
-    for (manifest_file, campaign), jobs in groups.items():
-        cards: list[str] = []
-        for row in jobs:
-            card, has_video = _card(row, report_dir, presign_expiry)
-            cards.append(card)
-            videos += has_video
-        where = f" <small>{escape(manifest_file)}</small>" if several else ""
-        sections.append(
-            f"<section><h2>{escape(campaign)}{where}</h2>{_count_list(_counts(jobs))}"
-            f'<div class="grid">{"".join(cards)}</div></section>'
-        )
-    if not rows:
-        whose = " for this manifest" if manifest else ""
-        sections.append(f'<p class="empty">No jobs{whose} in the ledger.</p>')
-    generated = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    head = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
-    )
-    header = (
-        f"<header><h1>{escape(title)}</h1><p>Generated {generated} · {len(rows)} jobs"
-        f" · {videos} videos</p>{_count_list(_counts(rows))}</header>\n"
-    )
-    body = "<main>\n" + "\n".join(sections) + "\n</main>"
-    return f"{head}<body>{header}{body}</body></html>\n", videos
+def _image_name(url: str) -> str:
+    """A source image by its file name: no host, no query (they may be signed)."""
+    path = urlsplit(url).path if "://" in url else url
+    return PurePosixPath(path).name or "image"
 
 
-def _video_src(file: Path, report_dir: Path) -> str:
+def _fields(row: JobRow) -> list[tuple[str, str]]:
+    """What a reviewer compares between cards: the matrix row, the request's shape, the
+    soul and source image, the credits."""
+    fields = [(name, _text(value)) for name, value in row.vars.items()]
+    for name, label in REQUEST_SHOWN:
+        value = row.request.get(name)
+        if value is not None and name not in row.vars:  # a matrix value shows once
+            fields.append((label, f"{value} s" if name == "duration" else _text(value)))
+    if row.soul:
+        fields.append(("soul", row.soul))
+    image = row.request.get("image_url")
+    if isinstance(image, str) and image:
+        fields.append(("source image", _image_name(image)))
+    refunded = row.status is JobStatus.FAILED and row.generation_id and not charged(row)
+    credits = _credits(row.credits)
+    fields.append(("credits", f"{credits} (refunded)" if refunded else credits))
+    if row.attempts > 1:
+        fields.append(("attempts", str(row.attempts)))
+    return fields
+
+
+def _ids(row: JobRow) -> list[tuple[str, str]]:
+    ids = [
+        ("generation", row.generation_id),
+        ("sha256", row.sha256),
+        ("bytes", f"{row.bytes:,}" if row.bytes is not None else None),
+        ("file", row.location or row.path),
+        ("manifest", row.manifest),
+        ("updated", row.updated_at),
+    ]
+    return [(name, value) for name, value in ids if value]
+
+
+class _Bundle:
+    """Copies local videos into ``videos/`` beside a page, one file per job."""
+
+    def __init__(self, report_dir: Path) -> None:
+        self.root = report_dir / BUNDLE_VIDEOS
+        self.taken: dict[Path, str] = {}  # target → the key whose video it holds
+        self.copied = 0
+
+    def add(self, row: JobRow, source: Path) -> Path:
+        target = self.root / row.path
+        if self.taken.get(target, row.key) != row.key:  # same name from another manifest
+            target = self.root / row.key / Path(row.path).name
+        self.taken[target] = row.key
+        if target.is_file() and target.stat().st_size == source.stat().st_size:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.copied += 1
+        return target
+
+
+def _card(
+    row: JobRow, report_dir: Path, presign_expiry: timedelta, bundle: _Bundle | None
+) -> _Card:
+    card = _Card(row, fields=_fields(row), ids=_ids(row))
+    location = row.location
+    if row.status is not JobStatus.DOWNLOADED:
+        return card
+    if location is not None and is_remote(location):
+        if exists(location, row.bytes):
+            card.src, card.file = presign(location, presign_expiry), location
+        else:
+            card.missing = location
+        return card
+    file = Path(location) if location else None
+    if file is None or not file.is_file():
+        card.missing = location or row.path
+        return card
+    if bundle is not None:
+        file = bundle.add(row, file)
+    card.src = _relative_url(file, report_dir)
+    card.file = os.path.relpath(file, report_dir) if card.src != file.as_uri() else str(file)
+    return card
+
+
+def _relative_url(file: Path, report_dir: Path) -> str:
     """The file's URL relative to the report's folder, percent-encoded."""
     try:
         relative = os.path.relpath(file, report_dir)
@@ -174,54 +261,87 @@ def _video_src(file: Path, report_dir: Path) -> str:
     return quote(Path(relative).as_posix())
 
 
-def _src(row: JobRow, report_dir: Path, presign_expiry: timedelta) -> str | None:
-    """Where a downloaded job's player finds its video (a presigned URL for S3, else the
-    file's relative path), or ``None`` when the video is not where the ledger says."""
-    location = row.location
-    if row.status is not JobStatus.DOWNLOADED or location is None:
+@functools.cache
+def _templates() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("runner", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _asset(name: str) -> str:
+    return resources.files("runner").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _render(cards: list[_Card], now: datetime, manifest: Manifest | None) -> str:
+    """The whole document."""
+    rows = [card.row for card in cards]
+    groups: dict[tuple[str, str], list[_Card]] = {}
+    for card in cards:  # the ledger's order: by manifest, then manifest order
+        groups.setdefault((card.row.manifest, card.row.campaign), []).append(card)
+    several = len({m for m, _ in groups}) > 1
+    sections = [
+        {
+            "id": f"c{i}-{campaign}",
+            "campaign": campaign,
+            "manifest": manifest_file if several else None,
+            "cards": group,
+            "counts": _counts(c.row for c in group),
+            "credits": _credits(charged_credits(c.row for c in group)),
+        }
+        for i, ((manifest_file, campaign), group) in enumerate(groups.items())
+    ]
+    # Failed after the provider took them, and not charged: the provider gave the money back.
+    refunded = [
+        r for r in rows if r.status is JobStatus.FAILED and r.generation_id and not charged(r)
+    ]
+    script = _asset("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    title = f"runner report: {manifest.path.name}" if manifest else "runner report"
+    return str(
+        _templates()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            csp=_CSP.format(hash=f"sha256-{digest}"),
+            css=_asset("report.css"),
+            script=script,
+            generated=now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            span=_span(rows),
+            jobs=len(rows),
+            videos=sum(card.src is not None for card in cards),
+            totals=_counts(rows),
+            credits={
+                "charged": _credits(charged_credits(rows)),
+                "refunded": _credits(sum(r.credits for r in refunded)),
+                "pending": _credits(sum(r.credits for r in rows if r.status is JobStatus.PENDING))
+                if any(r.status is JobStatus.PENDING for r in rows)
+                else None,
+            },
+            filters={
+                "campaigns": sorted({r.campaign for r in rows}),
+                "statuses": list(_counts(rows)),
+                "tags": sorted({t for r in rows for t in r.tags}),
+            },
+            sections=sections,
+            whose=" for this manifest" if manifest else "",
+        )
+    )
+
+
+def _span(rows: Sequence[JobRow]) -> tuple[str, str] | None:
+    """When the shown jobs were first recorded and last changed (ledger times, UTC)."""
+    if not rows:
         return None
-    if is_remote(location):
-        return presign(location, presign_expiry) if exists(location, row.bytes) else None
-    file = Path(location)
-    return _video_src(file, report_dir) if file.is_file() else None
 
+    def short(at: str) -> str:
+        return at.replace("T", " ")[:16] + " UTC" if "T" in at else at
 
-def _card(row: JobRow, report_dir: Path, presign_expiry: timedelta) -> tuple[str, bool]:
-    """One job's card, and whether it has a player (its video is where the ledger says)."""
-    status = row.status.value
-    src = _src(row, report_dir, presign_expiry)
-    has_video = src is not None
-    if src is not None:
-        media = f'<video controls preload="metadata" src="{escape(src)}"></video>'
-    elif row.status is JobStatus.DOWNLOADED:
-        missing = escape(row.location or row.path)
-        media = f'<div class="novideo">file missing: <code>{missing}</code></div>'
-    else:
-        media = f'<div class="novideo">{escape(status)}</div>'
-    fields: list[tuple[str, str]] = [(escape(k), _text(v)) for k, v in row.vars.items()]
-    fields += [
-        (f, _text(row.request[f]))
-        for f in REQUEST_SHOWN
-        if row.request.get(f) is not None and f not in row.vars  # a matrix value shows once
-    ]
-    if row.bytes is not None:
-        fields.append(("bytes", f"{row.bytes:,}"))
-    if row.sha256:
-        fields.append(("sha256", f"<code>{escape(row.sha256[:SHA256_SHOWN])}</code>"))
-    if row.generation_id:
-        fields.append(("generation", f"<code>{escape(row.generation_id)}</code>"))
-    details = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in fields)
-    prompt = row.request.get("prompt")
-    error = _URL_SECRETS.sub(r"\1?…", row.error) if row.error else None
-    parts = [
-        f'<p><code class="key">{escape(row.key)}</code> <span class="status s-{escape(status)}">'
-        f"{escape(status)}</span></p>",
-        f'<p class="prompt">{_text(prompt)}</p>' if prompt else "",
-        f'<p class="error">{escape(error)}</p>' if error else "",
-        f"<dl>{details}</dl>" if details else "",
-    ]
-    meta = f'<div class="meta">{"".join(parts)}</div>'
-    return f'<article class="card s-{escape(status)}">{media}{meta}</article>', has_video
+    return short(min(r.created_at for r in rows)), short(max(r.updated_at for r in rows))
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -239,3 +359,4 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+

@@ -16,7 +16,7 @@ from runner.errors import ManifestError
 from runner.jobs import expand
 from runner.ledger import JobRow, JobStatus, Ledger, default_ledger_url, open_ledger
 from runner.manifest import load_manifest
-from runner.report import build_report
+from runner.report import build_report, tidy_error
 
 S = JobStatus
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -208,10 +208,14 @@ def test_cards_show_request_file_and_generation(setup: Setup) -> None:
     doc = parse(out.read_text(encoding="utf-8"))
     chef = setup.rows["A chef"]
     text = cards(doc)[chef.key].all_text()
-    for shown in ("downloaded", "A chef", "720p", "9:16", "4", "1,234,567", "abababababab"):
+    for shown in ("downloaded", "A chef", "720p", "9:16", "4 s", "1,234,567", "ab" * 32):
         assert shown in text
-    assert "ab" * 32 not in text  # only a prefix of the hash
     assert chef.generation_id and chef.generation_id in text
+    # Hashes, ids and paths are tucked into a <details>, out of the reviewer's way.
+    (details,) = cards(doc)[chef.key].find("details")
+    for noise in ("ab" * 32, chef.generation_id, "1,234,567"):
+        assert noise in details.all_text()
+        assert noise not in text.replace(details.all_text(), "")
     assert "Generated 2024-05-01 12:00:00 UTC" in doc.all_text()
     sections = {s.find("h2")[0].all_text(): s for s in doc.find("section")}
     assert list(sections) == ["walk", "spin"]  # manifest order
@@ -228,8 +232,9 @@ def test_failed_and_unfinished_jobs_show_status_and_escaped_error(setup: Setup) 
     assert failed.find("video") == []
     assert SCRIPT_ERROR in failed.all_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt; nsfw" in html
-    assert "<script" not in html.lower()
-    assert doc.find("script") == []
+    assert html.lower().count("<script") == 1  # the page's own, see test_the_only_script...
+    (script,) = doc.find("script")
+    assert script.attrs == {}
     queued = cards(doc)[setup.rows["shoe"].key]
     assert queued.find("video") == [] and "queued" in queued.all_text()
 
@@ -248,13 +253,15 @@ def test_prompts_and_vars_are_escaped(setup: Setup) -> None:
 
 
 def test_no_external_resources_and_no_provider_urls(setup: Setup) -> None:
-    """Self-contained: no <link>, no <script>, no http(s) anywhere, no video_url or its token."""
+    """Self-contained: no <link>, no external script, no http(s) anywhere, no video_url or
+    its token."""
     out = setup.tmp / "report.html"
     build_report(setup.state, out_file=out, now=NOW)
     html = out.read_text(encoding="utf-8")
     doc = parse(html)
     tags = {n.tag for n in doc.walk()}
-    assert not tags & {"link", "script", "img", "iframe", "object", "embed"}
+    assert not tags & {"link", "img", "iframe", "object", "embed"}
+    assert all("src" not in s.attrs for s in doc.find("script"))
     assert "style" in tags  # the CSS is inline
     for node in doc.walk():
         for name, value in node.attrs.items():
@@ -397,3 +404,187 @@ def test_report_command_writes_into_the_state_dir_by_default(setup: Setup) -> No
     missing = runner.invoke(cli, ["report", "nope.yaml", "--state", str(setup.state)])
     assert missing.exit_code == 2
     assert "nope.yaml" in missing.output
+
+
+# --- what tells jobs apart, what they cost, where to look ---------------------------------
+
+TWINS_MANIFEST = """\
+version: 1
+budget:
+  prices: [{match: {}, credits_per_second: 3}]
+souls:
+  ava: {name: ava_v1, images: [https://cdn.example.com/ava.jpg]}
+defaults: {type: text-to-video, duration: 2}
+campaigns:
+  - name: twins
+    prompt: a lighthouse
+    seeds: [7, 8]
+  - name: variants
+    tags: [weekly]
+    prompt: a fox
+    variants: 2
+  - name: soulful
+    soul: ava
+    type: image-to-video
+    prompt: ava waves
+    image_url: "https://cdn.example.com/looks/look1.jpg?X-Signature=SECRET"
+"""
+
+
+def twins_report(tmp_path: Path, **options: Any) -> tuple[Node, dict[str, Node], str]:
+    """The twins manifest recorded (twins downloaded without files, one variant failed after
+    submit, one not submitted); its report, its cards by key, and the HTML."""
+    manifest_file = tmp_path / "t.yaml"
+    manifest_file.write_text(TWINS_MANIFEST, encoding="utf-8")
+    state = tmp_path / "state"
+    manifest = load_manifest(manifest_file)
+    with open_ledger(default_ledger_url(state)) as ledger:
+        ledger.record_plan(str(manifest.path), expand(manifest))
+        rows = ledger.jobs()
+        for row in rows[:2]:
+            walk_to(ledger, row.key, S.DOWNLOADED, location=str(tmp_path / f"{row.key}.mp4"))
+        ledger.transition(rows[2].key, S.SUBMITTING)
+        ledger.transition(rows[2].key, S.QUEUED, generation_id="gen-x")
+        ledger.transition(
+            rows[2].key, S.FAILED, error="generation failed: generation failed: failed"
+        )
+    out = tmp_path / "report.html"
+    build_report(state, out_file=out, now=NOW, **options)
+    html = out.read_text(encoding="utf-8")
+    doc = parse(html)
+    return doc, cards(doc), html
+
+
+def badge(card: Node) -> str:
+    (node,) = [n for n in card.walk() if n.attrs.get("class") == "seed"]
+    return node.all_text()
+
+
+def fields(card: Node) -> dict[str, str]:
+    """The card's first definition list (outside the ids' <details>), name → value."""
+    dl = card.find("dl")[0]
+    names = [n.all_text() for n in dl.find("dt")]
+    return dict(zip(names, [n.all_text() for n in dl.find("dd")], strict=True))
+
+
+def test_seed_and_variant_tell_twins_apart(tmp_path: Path) -> None:
+    """Seed twins show their seed, variants their index and derived seed: no two alike."""
+    doc, _, _ = twins_report(tmp_path)
+    sections = {s.attrs["data-campaign"]: s for s in doc.find("section")}
+    twins = [badge(c) for c in sections["twins"].find("article")]
+    assert twins == ["seed 7", "seed 8"]
+    variants = [badge(c) for c in sections["variants"].find("article")]
+    assert [v.split(" · ")[0] for v in variants] == ["variant 0", "variant 1"]
+    assert len(set(variants)) == 2 and all(" · seed " in v for v in variants)
+
+
+def test_cards_show_soul_source_image_duration_aspect_and_credits(tmp_path: Path) -> None:
+    """The soul, the source image by file name only, duration and credits per card."""
+    doc, _, html = twins_report(tmp_path)
+    (card,) = [c for c in doc.find("article") if c.attrs["data-campaign"] == "soulful"]
+    shown = fields(card)
+    assert shown["soul"] == "ava" and shown["source image"] == "look1.jpg"
+    assert shown["duration"] == "2 s" and shown["credits"] == "6"
+    assert "soul ava" in card.all_text()
+    assert "SECRET" not in html and "cdn.example.com" not in html
+
+
+def test_errors_read_once_and_refunds_are_said(tmp_path: Path) -> None:
+    """'generation failed: generation failed' reads once; a failed generation's credits are
+    refunded, on its card and in the header."""
+    import re
+    from html import unescape
+
+    doc, _, html = twins_report(tmp_path)
+    (failed,) = [c for c in doc.find("article") if c.attrs["data-status"] == "failed"]
+    (error,) = [n for n in failed.walk() if n.attrs.get("class") == "error"]
+    assert error.all_text() == "generation failed: failed"
+    assert fields(failed)["credits"] == "6 (refunded)"
+    header = html.split("<header>")[1].split("</header>")[0]
+    text = " ".join(unescape(re.sub(r"<[^>]+>", "", header)).split())
+    assert "Credits (estimated): 12 charged · 6 refunded" in text
+    assert "12 not submitted yet" in text  # the variant and the soul job still pending
+    assert "Generated 2024-05-01 12:00:00 UTC · jobs recorded 20" in text
+
+
+def test_tidy_error() -> None:
+    """Repeated phrases once; signed URLs lose their query; other errors as they were."""
+    assert tidy_error("generation failed: generation failed") == "generation failed"
+    assert tidy_error("submit refused: Bad Request: bad request") == "submit refused: Bad Request"
+    assert tidy_error("nsfw: content flagged") == "nsfw: content flagged"
+    assert tidy_error("see https://x.example/v.mp4?sig=1") == "see https://x.example/v.mp4?…"
+    assert tidy_error(None) is None and tidy_error("") is None
+
+
+def test_contents_status_bars_and_filters(tmp_path: Path) -> None:
+    """A table of contents links every campaign; the header and each campaign have a status
+    bar; the filter form lists campaigns, tags and statuses and is hidden until the script
+    shows it (without JavaScript every card shows)."""
+    doc, _, _ = twins_report(tmp_path)
+    (nav,) = doc.find("nav")
+    links = [a.attrs["href"] for a in nav.find("a")]
+    ids = [f"#{s.attrs['id']}" for s in doc.find("section")]
+    assert links == ids and len(ids) == 3
+    bars = [n for n in doc.walk() if n.attrs.get("class") == "bar"]
+    assert len(bars) == 1 + 3 + 3  # header, table of contents, sections
+    segments = [(s.attrs["class"], s.attrs["style"]) for s in bars[0].find("span")]
+    assert segments == [
+        ("s-pending", "flex-grow: 2"),
+        ("s-downloaded", "flex-grow: 2"),
+        ("s-failed", "flex-grow: 1"),
+    ]
+    (form,) = doc.find("form")
+    assert "hidden" in form.attrs
+    options = {
+        s.attrs["name"]: [o.attrs["value"] for o in s.find("option")] for s in form.find("select")
+    }
+    assert options == {"campaign": ["", "soulful", "twins", "variants"], "tag": ["", "weekly"]}
+    boxes = [i.attrs["value"] for i in form.find("input")]
+    assert boxes == ["pending", "downloaded", "failed"]
+
+
+def test_the_only_script_is_inline_and_allowed_by_its_hash(tmp_path: Path) -> None:
+    """The page's Content-Security-Policy allows exactly its own script, by sha256."""
+    import base64
+    import hashlib
+
+    doc, _, _ = twins_report(tmp_path)
+    (script,) = doc.find("script")
+    digest = base64.b64encode(hashlib.sha256(script.all_text().encode()).digest()).decode()
+    (csp,) = [m for m in doc.find("meta") if m.attrs.get("http-equiv") == "Content-Security-Policy"]
+    assert f"script-src 'sha256-{digest}';" in (csp.attrs["content"] or "")
+    assert "object-src 'none'" in (csp.attrs["content"] or "")
+
+
+def test_bundle_copies_videos_beside_the_page(setup: Setup) -> None:
+    """bundle=True copies each local video into videos/ beside the page and points the
+    players there; a second bundle copies nothing new."""
+    out = setup.tmp / "bundle" / "report.html"
+    summary = build_report(setup.state, out_file=out, now=NOW, bundle=True)
+    assert summary.videos == 2 and summary.copied == 2
+    doc = parse(out.read_text(encoding="utf-8"))
+    for subject in ("A chef", "<i>dancer</i> 100%?"):
+        (video,) = cards(doc)[setup.rows[subject].key].find("video")
+        src = unquote(video.attrs["src"] or "")
+        assert src == f"videos/{setup.rows[subject].path}"
+        assert (out.parent / src).read_bytes() == setup.file(subject).read_bytes()
+    again = build_report(setup.state, out_file=out, now=NOW, bundle=True)
+    assert again.copied == 0
+
+
+def test_bundle_and_output_are_exclusive_on_the_command_line(setup: Setup) -> None:
+    """`report --bundle DIR` writes DIR/report.html; with -o as well it is a usage error."""
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    runner = CliRunner()
+    bundle = str(setup.tmp / "b")
+    done = runner.invoke(cli, ["report", "--bundle", bundle, "--state", str(setup.state)])
+    assert done.exit_code == 0, done.output
+    assert (setup.tmp / "b" / "report.html").is_file()
+    assert "bundle: " in done.stdout and "(2 video files copied)" in done.stdout
+    both = runner.invoke(
+        cli, ["report", "--bundle", "b", "-o", "x.html", "--state", str(setup.state)]
+    )
+    assert both.exit_code == 2 and "not both" in both.stderr

@@ -18,6 +18,7 @@ from runner.cli.base import (
     selection_options,
 )
 from runner.cli.ledger_cmds import STATUS_CHOICE
+from runner.errors import UsageError
 
 REPORT_FILE = "report.html"  # written into the state directory unless -o says otherwise
 
@@ -28,6 +29,7 @@ REPORT_FILE = "report.html"  # written into the state directory unless -o says o
     epilog=example(
         "runner report",
         "runner report manifests/nightly.yaml --status downloaded -o nightly.html",
+        "runner report --bundle night-0501 && zip -r night-0501.zip night-0501",
     ),
 )
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
@@ -37,6 +39,11 @@ REPORT_FILE = "report.html"  # written into the state directory unless -o says o
     type=click.Path(dir_okay=False, path_type=Path),
     help=f"Where to write the HTML (default <state>/{REPORT_FILE}).",
 )
+@click.option(
+    "--bundle",
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"Write DIR/{REPORT_FILE} and copy its videos into DIR/videos (zip it, share it).",
+)
 @click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Repeatable.")
 @selection_options
 @json_option
@@ -45,22 +52,28 @@ REPORT_FILE = "report.html"  # written into the state directory unless -o says o
 def report_cmd(
     manifest: Path | None,
     output: Path | None,
+    bundle: Path | None,
     statuses: tuple[str, ...],
     only: tuple[str, ...],
     tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Write an HTML gallery of the jobs (of one manifest, if given) and their videos."""
+    """Write an HTML gallery of the jobs (of one manifest, if given) and their videos: per
+    campaign a card per job with its player, seed or variant, soul, credits and status;
+    filters by campaign, status and tag."""
     from runner.report import build_report
 
+    if bundle is not None and output is not None:
+        raise UsageError("give -o or --bundle, not both (a bundle's page is DIR/report.html)")
     state_dir = get_ctx().state_dir
     summary = build_report(
         state_dir,
         manifest,
-        out_file=output or state_dir / REPORT_FILE,
+        out_file=bundle / REPORT_FILE if bundle else output or state_dir / REPORT_FILE,
         campaigns=only,
         statuses=statuses,
         tags=tags,
+        bundle=bundle is not None,
     )
     if as_json:
         echo_json(
@@ -69,7 +82,11 @@ def report_cmd(
                 "jobs": summary.jobs,
                 "videos": summary.videos,
                 "counts": summary.counts,
+                "copied": summary.copied,
             }
         )
         return
     click.echo(f"{summary.path}: {plural(summary.jobs, 'job')}, {plural(summary.videos, 'video')}")
+    if bundle is not None:
+        copied = plural(summary.copied, "video file")
+        click.echo(f"bundle: {bundle} ({copied} copied); zip the folder to share it")

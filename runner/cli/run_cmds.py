@@ -38,7 +38,8 @@ def _view(every: float) -> ProgressView:
 
 
 def _continue_flags(options: RunOptions) -> list[str]:
-    """The flags of ``run`` that a continuing run must repeat to do the same work."""
+    """The flags of ``run`` that a continuing run must repeat to do the same work (not
+    --until: its time has come when a run stops for it)."""
     flags: list[str] = []
     for name in options.only:
         flags += ["--only", name]
@@ -49,6 +50,7 @@ def _continue_flags(options: RunOptions) -> list[str]:
         ("--concurrency", options.concurrency),
         ("--rps", options.rps),
         ("--max-credits", options.max_credits),
+        ("--max-failures", options.max_failures),
     ):
         if value is not None:
             flags += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
