@@ -13,14 +13,24 @@ Variant seeds (``variants: N``): variant ``v`` of a row gets the seed
 ``int(sha256(canonical_json(["seed", campaign, row, request, v]))[:8], 16) & 0x7FFFFFFF``,
 where ``request`` is the row's request before the seed is set. So seeds are stable across
 runs and machines, and distinct per row and variant.
+
+What can only fail at run time is refused here, at validate time (SPEC v2 §3): output paths
+that collide (with another job's file, its ``.part``/``.part.id``, a folder another job
+needs, on a case-insensitive disk too), that land on the runner's own state files, or that
+pass the operating system's limits; local ``image_url`` files with a provider that cannot
+upload; ``model`` values that are no model id for the ``higgsfield`` provider.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +43,21 @@ NOT_SUBMITTED_STATUSES = frozenset({"new", "pending"})
 DONE_STATUS = "downloaded"
 FAILED_STATUS = "failed"
 _NO_STATUSES: Mapping[str, str] = MappingProxyType({})
+
+# Files a download writes beside its video while it runs (runner.outputs.local).
+TEMPORARY_SUFFIXES = (".part", ".part.id")
+# The state directory's own files (runner.ledger.sqlite): no video may take these names.
+STATE_FILES = frozenset(
+    {"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "runner.lock"}
+)
+DEFAULT_NAME_MAX = 255  # bytes per path segment, where the filesystem cannot be asked
+DEFAULT_PATH_MAX = 4096  # bytes per absolute path (Linux); macOS allows 1024
+S3_KEY_MAX = 1024  # bytes per object key
+# The platform's model ids: owner/name[/...] (runner.providers.platform.MODEL_ID, two or
+# more segments); these first segments are its own endpoints, never models.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+")
+MODEL_ENDPOINTS = frozenset({"requests", "files", "v1", "estimate"})
+_URL_SCHEMES = re.compile(r"^(?:https?|data):", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -80,8 +105,13 @@ def variant_seed(
     return int(digest[:8], 16) & 0x7FFFFFFF
 
 
-def expand(manifest: Manifest) -> list[Job]:
-    """All jobs of a manifest, in manifest order; ManifestError (with position) if any is bad."""
+def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[Job]:
+    """All jobs of a manifest, in manifest order; ManifestError (with position) if any is bad.
+
+    With ``state_dir`` the output paths are also checked where they will really be: against
+    the state directory's files and the limits of the filesystem they land on (the default
+    ``output.dir`` is inside the state directory).
+    """
     _check_size(manifest)
     jobs: list[Job] = []
     first: dict[str, Where] = {}
@@ -103,7 +133,96 @@ def expand(manifest: Manifest) -> list[Job]:
                 first[job.key] = where
                 paths[job.path] = job
                 jobs.append(job)
+    _check_paths(manifest, jobs, state_dir)
     return jobs
+
+
+def _fold(path: str) -> str:
+    """How a case-insensitive, normalizing disk (macOS, Windows, exFAT, SMB) sees a path."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def _check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
+    """Refuse output paths that would collide or could never be written (linear time)."""
+    at = m.where(("output", "filename"))
+    files: dict[str, tuple[str, Job]] = {}  # folded name → (name, job), .part files included
+    for job in jobs:
+        segments = job.path.split("/")
+        if _fold(segments[-1]) in STATE_FILES:
+            # Wherever output.dir is, it may be the state directory (or be made it by --state).
+            raise at.error(
+                f"job {job.key} would be written to {job.path!r}: {segments[-1]!r} is a name "
+                "of the runner's own state files (the ledger, its lock); rename it"
+            )
+        for name in (job.path, *(job.path + s for s in TEMPORARY_SUFFIXES)):
+            folded = _fold(name)
+            if folded in files and files[folded][1].key != job.key:
+                other_name, other = files[folded]
+                raise at.error(
+                    f"jobs {other.key} and {job.key} would write {other_name!r} and {name!r}, "
+                    "the same file (a download's temporary file, or on a case-insensitive "
+                    "disk); put {key} in the filename"
+                )
+            files[folded] = (name, job)
+    # Every path has as many segments as the template (an empty one renders "_"), so a file
+    # never stands where another job needs a folder.
+    _check_limits(m, jobs, state_dir)
+
+
+def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
+    """Every path within the limits of the filesystem where it lands."""
+    at_dir = m.where(("output", "dir"))
+    at_file = m.where(("output", "filename"))
+    if m.output.dir is None and state_dir is None:
+        root: Path | None = None  # unknown until the state directory is
+    else:
+        where = m.output_dir(Path(state_dir) if state_dir is not None else Path("state"))
+        if isinstance(where, str):  # s3://bucket/prefix
+            prefix = where.removeprefix("s3://").partition("/")[2].strip("/")
+            for job in jobs:
+                key = f"{prefix}/{job.path}" if prefix else job.path
+                if len(key.encode("utf-8")) > S3_KEY_MAX:
+                    raise at_file.error(
+                        f"job {job.key}: the object key {key[:60]!r}... is longer than "
+                        f"{S3_KEY_MAX} bytes"
+                    )
+            return
+        root = where
+    name_max, path_max = _limits(root)
+    if root is not None:
+        for segment in root.parts[1:]:
+            if len(segment.encode("utf-8", "surrogateescape")) > name_max:
+                raise at_dir.error(
+                    f"a folder name in {str(root)!r} is longer than {name_max} bytes"
+                )
+    longest = max(TEMPORARY_SUFFIXES, key=len)
+    base = len(str(root).encode("utf-8", "surrogateescape")) + 1 if root is not None else 0
+    for job in jobs:
+        for segment in job.path.split("/"):
+            if len((segment + longest).encode("utf-8")) > name_max:
+                raise at_file.error(
+                    f"job {job.key}: the name {segment[:40]!r}... with {longest!r} is longer than "
+                    f"{name_max} bytes, the most this filesystem allows"
+                )
+        total = base + len((job.path + longest).encode("utf-8"))
+        if total >= path_max:
+            raise at_file.error(
+                f"job {job.key}: the path of {job.path[:40]!r}... would be {total} bytes, "
+                f"more than this system's {path_max}"
+            )
+
+
+def _limits(root: Path | None) -> tuple[int, int]:
+    """NAME_MAX and PATH_MAX of the filesystem ``root`` is on (its nearest existing folder)."""
+    probe = root
+    while probe is not None and not os.path.isdir(probe):  # False for unusable paths too
+        probe = probe.parent if probe.parent != probe else None
+    if probe is None:
+        return DEFAULT_NAME_MAX, DEFAULT_PATH_MAX
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_NAME_MAX, DEFAULT_PATH_MAX
 
 
 def _short(where: Where) -> str:
@@ -181,6 +300,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
     for name in TEMPLATED_FIELDS & request.keys():
         if isinstance(request[name], str):
             request[name] = render(request[name], context, sources[name])
+    _check_provider_fields(scope, row, request, sources)
     kind = request.get("type")
     if kind == "image-to-video" and not request.get("image_url"):
         raise sources["type"].error(f"image-to-video needs image_url (campaign {c.name!r})")
@@ -217,6 +337,37 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
         )
         out.append((job, origin))
     return out
+
+
+def _check_provider_fields(
+    scope: _Scope, row: Row, request: Mapping[str, Any], sources: Mapping[str, Where]
+) -> None:
+    """What the provider would refuse at run time, refused now (SPEC v2 §3)."""
+    provider = scope.manifest.provider.name
+    image = request.get("image_url")
+    if provider == "higgsfieldapi" and isinstance(image, str) and not _URL_SCHEMES.match(image):
+        raise sources["image_url"].error(
+            f"image_url {image!r} is a local file, and provider higgsfieldapi has no upload "
+            "endpoint: give an http(s) URL, or use provider higgsfield"
+        )
+    model = request.get("model")
+    if provider == "higgsfield" and model is not None:
+        if (
+            isinstance(model, str)
+            and MODEL_ID.fullmatch(model)
+            and model.split("/", 1)[0] not in MODEL_ENDPOINTS
+        ):
+            return
+        message = (
+            f"model {model!r} does not look like a model id (owner/name[/...], e.g. "
+            "higgsfield-ai/dop/standard)"
+        )
+        if "model" in row.values:
+            message += (
+                "; a matrix key named 'model' sets the request's model: to use it as a "
+                "template variable, give it another name (e.g. 'look')"
+            )
+        raise sources["model"].error(message)
 
 
 def _layered_request(scope: _Scope, row: Row) -> tuple[dict[str, Any], dict[str, Where]]:

@@ -326,7 +326,7 @@ def test_output_filename_template_and_sanitizing(tmp_path: Path) -> None:
           - name: c
             prompt: p
             matrix:
-              who: ["../../etc/passwd", "..", "a\\x00b\\nc", "/abs", "ok name"]
+              who: ["../../etc/passwd", "..", "a\\x01b\\nc", "/abs", "ok name"]
             seeds: [1]
         """,
     )
@@ -338,17 +338,36 @@ def test_output_filename_template_and_sanitizing(tmp_path: Path) -> None:
         assert (out / job.path).resolve().is_relative_to(out)
 
 
+def test_null_seed_and_variant_render_empty_in_filenames(tmp_path: Path) -> None:
+    """SPEC v2 §3: one filename serves every campaign; a job without a seed or variant gets
+    an empty string there."""
+    jobs = jobs_of(
+        tmp_path,
+        """
+        version: 1
+        output: {filename: "{campaign}/{key}-s{seed}-v{variant}.mp4"}
+        campaigns:
+          - {name: plain, prompt: p}
+          - {name: seeded, prompt: p, seeds: [7]}
+          - {name: varied, prompt: p, variants: 2}
+        """,
+    )
+    names = [j.path.split("/")[1].removeprefix(j.key) for j in jobs]
+    assert names[:2] == ["-s-v.mp4", "-s7-v.mp4"]
+    assert names[2].endswith("-v0.mp4") and names[3].endswith("-v1.mp4")
+
+
 def test_output_filename_unknown_placeholder_is_an_error(tmp_path: Path) -> None:
-    """A filename placeholder that a job cannot fill is located at output.filename."""
+    """A filename placeholder no job can fill is located at output.filename."""
     with pytest.raises(ManifestError) as info:
         jobs_of(
             tmp_path,
-            "version: 1\noutput: {filename: '{campaign}/{variant}.mp4'}\n"
+            "version: 1\noutput: {filename: '{campaign}/{shot}.mp4'}\n"
             "campaigns: [{name: c, prompt: p}]\n",
         )
     assert info.value.line == 2
     assert info.value.field == "output.filename"
-    assert "{variant} is null" in info.value.message
+    assert "unknown placeholder {shot}" in info.value.message
 
 
 def test_two_jobs_on_one_path_is_an_error(tmp_path: Path) -> None:
@@ -638,3 +657,152 @@ def test_adding_a_matrix_value_keeps_existing_keys(
     before, after = expand_data(data, tmp_path), expand_data(edited, tmp_path)
     assert before.items() <= after.items()
     assert {after[k][0] for k in after.keys() - before.keys()} == {data["campaigns"][index]["name"]}
+
+
+# --- output paths and provider fields checked at validate time (issue 10, SPEC v2 §3) -------
+
+
+def test_filenames_are_portable(tmp_path: Path) -> None:
+    """What Windows, SMB, exFAT and sync folders refuse is replaced (SPEC v2 §3)."""
+    jobs = jobs_of(
+        tmp_path,
+        """
+        version: 1
+        output: {filename: "{campaign}/{look}.mp4"}
+        campaigns:
+          - name: street
+            prompt: p
+            matrix:
+              look: ['Look 01: oversized trench? "final" <v2>', "CON", "aux.old", "end. ", "a|b*c"]
+        """,
+    )
+    assert [j.path for j in jobs] == [
+        "street/Look 01_ oversized trench_ _final_ _v2_.mp4",
+        "street/_CON.mp4",
+        "street/_aux.old.mp4",
+        "street/end. .mp4",  # only a segment's own end is trimmed
+        "street/a_b_c.mp4",
+    ]
+
+
+def test_long_names_keep_their_extension(tmp_path: Path) -> None:
+    jobs = jobs_of(
+        tmp_path,
+        'version: 1\noutput: {filename: "{t}.mp4"}\n'
+        f"campaigns: [{{name: c, prompt: p, matrix: {{t: [{'é' * 300}]}}}}]\n",
+    )
+    (name,) = [j.path for j in jobs]
+    assert name.endswith("é.mp4") and len(name.encode()) == 200
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["x.mp4", "x.mp4.part"], "the same file"),
+        (["x.mp4", "x.mp4.part.id"], "the same file"),
+        (["Look.mp4", "look.mp4"], "case-insensitive"),
+        (["café.mp4", "cafe\u0301.mp4"], "the same file"),
+    ],
+    ids=["part", "part-id", "case", "unicode-form"],
+)
+def test_colliding_output_paths_are_refused(
+    tmp_path: Path, values: list[str], message: str
+) -> None:
+    """Paths that would meet on disk (a temporary file, a case-insensitive disk, a folder)."""
+    quoted = ", ".join(f'"{v}"' for v in values)
+    with pytest.raises(ManifestError, match=message) as info:
+        jobs_of(
+            tmp_path,
+            f"version: 1\noutput: {{filename: '{{name}}'}}\n"
+            f"campaigns: [{{name: c, prompt: p, matrix: {{name: [{quoted}]}}}}]\n",
+        )
+    assert info.value.field == "output.filename"
+
+
+@pytest.mark.parametrize("name", ["ledger.db", "runner.lock", "LEDGER.DB-wal"])
+def test_state_file_names_are_refused(tmp_path: Path, name: str) -> None:
+    """output.dir may be the state directory: a video must never overwrite the ledger."""
+    with pytest.raises(ManifestError, match="runner's own state files"):
+        jobs_of(
+            tmp_path,
+            f"version: 1\noutput: {{dir: state, filename: '{name}'}}\n"
+            "campaigns: [{name: c, prompt: p}]\n",
+        )
+
+
+def test_paths_past_the_os_limit_are_refused(tmp_path: Path) -> None:
+    """A path longer than PATH_MAX fails at validate time, not at every run."""
+    deep = "/".join(["{seg}"] * 25) + "/{key}.mp4"
+    with pytest.raises(ManifestError, match="more than this system's") as info:
+        jobs_of(
+            tmp_path,
+            f"version: 1\noutput: {{dir: {tmp_path}, filename: '{deep}'}}\n"
+            f"campaigns: [{{name: c, prompt: p, matrix: {{seg: [{'s' * 190}]}}}}]\n",
+        )
+    assert info.value.field == "output.filename"
+
+
+def test_an_output_dir_segment_past_name_max_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="longer than 255 bytes") as info:
+        jobs_of(
+            tmp_path,
+            f"version: 1\noutput: {{dir: {tmp_path}/{'d' * 300}}}\n"
+            "campaigns: [{name: c, prompt: p}]\n",
+        )
+    assert info.value.field == "output.dir"
+
+
+def test_the_default_output_dir_is_checked_with_the_state_dir(tmp_path: Path) -> None:
+    """Without output.dir the paths land in <state>/videos: checked when that is known."""
+    manifest = load(tmp_path, "version: 1\ncampaigns: [{name: c, prompt: p}]\n")
+    assert len(expand(manifest, state_dir=tmp_path / "state")) == 1
+    with pytest.raises(ManifestError, match="longer than"):
+        expand(manifest, state_dir=tmp_path / ("s" * 300))
+
+
+@pytest.mark.parametrize(
+    ("field", "hint"),
+    [
+        ("model: Alice", False),
+        ("model: dop", False),
+        ("model: requests/x", False),
+        ("model: 'a b/c'", False),
+        ("matrix: {model: [Alice, Bob]}", True),
+    ],
+)
+def test_model_ids_for_the_platform(tmp_path: Path, field: str, hint: bool) -> None:
+    """SPEC v2 §3: for provider higgsfield a model is owner/name[/...]; a matrix key named
+    model was probably meant as a template variable, and the message says so."""
+    with pytest.raises(ManifestError, match="does not look like a model id") as info:
+        jobs_of(
+            tmp_path,
+            f"version: 1\nprovider: {{name: higgsfield}}\n"
+            f"campaigns: [{{name: c, prompt: p, {field}}}]\n",
+        )
+    assert ("template variable" in info.value.message) is hint
+    assert info.value.line == 3
+
+
+def test_model_ids_that_pass(tmp_path: Path) -> None:
+    jobs = jobs_of(
+        tmp_path,
+        "version: 1\nprovider: {name: higgsfield}\ncampaigns:\n"
+        "  - {name: c, prompt: p, model: higgsfield-ai/dop/standard}\n"
+        "  - {name: d, prompt: p, matrix: {model: [kling/v2.1, owner/name]}}\n",
+    )
+    assert [j.request["model"] for j in jobs] == [
+        "higgsfield-ai/dop/standard",
+        "kling/v2.1",
+        "owner/name",
+    ]
+
+
+def test_local_image_url_needs_a_provider_that_uploads(tmp_path: Path) -> None:
+    text = (
+        "version: 1\nprovider: {name: PROVIDER}\ncampaigns:\n"
+        "  - {name: c, type: image-to-video, prompt: p, image_url: looks/1.jpg}\n"
+    )
+    with pytest.raises(ManifestError, match="has no upload endpoint") as info:
+        jobs_of(tmp_path, text.replace("PROVIDER", "higgsfieldapi"))
+    assert info.value.line == 4
+    assert len(jobs_of(tmp_path, text.replace("PROVIDER", "higgsfield"))) == 1

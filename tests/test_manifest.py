@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from runner.manifest import (
     load_manifest,
     parse_manifest,
 )
+from runner.manifest import matrix as matrix_module
+from runner.manifest.globs import GlobError, bounded_glob
+from runner.manifest.yamlpos import Where
 
 SPEC_EXAMPLE = """\
 version: 1
@@ -106,14 +110,16 @@ def spec_dir(tmp_path: Path) -> Path:
     for name in ("02.jpg", "01.jpg"):
         (tmp_path / "refs" / "ava" / name).write_bytes(b"\xff\xd8")
     (tmp_path / "prompts.csv").write_text("subject,place\nA monk,a temple\n", encoding="utf-8")
-    write(tmp_path, SPEC_EXAMPLE)
+    # v2: local soul images need a provider that uploads them (SPEC v2 §3).
+    write(tmp_path, SPEC_EXAMPLE.replace("name: higgsfieldapi", "name: higgsfield"))
     return tmp_path
 
 
 def test_the_spec_example_loads(spec_dir: Path) -> None:
-    """SPEC §3's example manifest is valid and expands to the expected number of jobs."""
+    """SPEC §3's example manifest, with the provider that can upload its local soul images,
+    is valid and expands to the expected number of jobs."""
     manifest = load_manifest(spec_dir / "m.yaml")
-    assert manifest.provider.name == "higgsfieldapi"
+    assert manifest.provider.name == "higgsfield"
     assert manifest.budget.max_credits == 2000
     assert manifest.vars == {"brand": "Acme"}
     assert manifest.souls["ava"].name == "brand_influencer_v1"
@@ -189,12 +195,21 @@ def test_soul_images_urls_and_sorted_globs(spec_dir: Path) -> None:
     ]
 
 
+def test_the_spec_example_as_written_is_refused_by_v2(spec_dir: Path) -> None:
+    """With higgsfieldapi (no upload endpoint) its local soul glob can only fail at run time,
+    so v2 refuses it at validate time, naming the entry."""
+    err = refused(spec_dir, SPEC_EXAMPLE)
+    assert (err.line, err.field) == (26, "souls.ava.images[1]")
+    assert "higgsfieldapi has no upload endpoint" in err.message
+
+
 def test_soul_glob_matching_nothing_is_refused(tmp_path: Path) -> None:
     """A local glob with no files names the soul's image entry."""
     err = refused(
         tmp_path,
         """
         version: 1
+        provider: {name: higgsfield}
         souls:
           ava:
             name: ava
@@ -204,7 +219,7 @@ def test_soul_glob_matching_nothing_is_refused(tmp_path: Path) -> None:
         campaigns: [{name: a, soul: ava}]
         """,
     )
-    assert (err.line, err.field) == (8, "souls.ava.images[1]")
+    assert (err.line, err.field) == (9, "souls.ava.images[1]")
     assert "'refs/*.jpg' matches no file" in err.message
 
 
@@ -459,3 +474,167 @@ def test_manifest_path_is_canonical(tmp_path: Path) -> None:
         load_manifest(tmp_path / "link.yaml").path,
     }
     assert paths == {(tmp_path / "m.yaml").resolve()}
+
+
+# --- guards that hold before the work (issue 10) --------------------------------------------
+
+
+def test_an_escaped_surrogate_pair_is_the_character(tmp_path: Path) -> None:
+    """json.dumps writes 🎬 as \\ud83c\\udfac: YAML (a JSON superset) reads it as 🎬."""
+    manifest = load(tmp_path, 'version: 1\ncampaigns: [{name: a, prompt: "\\ud83c\\udfac x"}]\n')
+    assert manifest.campaigns[0].prompt == "🎬 x"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('version: 1\ncampaigns:\n  - {name: a, prompt: "\\ud83c"}\n', 3),
+        ('version: 1\nvars: {"k\\udfac": 1}\ncampaigns: [{name: a, prompt: p}]\n', 2),
+        ('version: 1\ncampaigns:\n  - name: a\n    prompt: "x\\udfac\\ud83c"\n', 4),
+    ],
+    ids=["value", "key", "reversed-pair"],
+)
+def test_a_lone_surrogate_is_refused_with_its_line(tmp_path: Path, text: str, line: int) -> None:
+    err = refused(tmp_path, text)
+    assert err.line == line
+    assert "lone surrogate" in err.message
+
+
+def test_a_nul_is_refused(tmp_path: Path) -> None:
+    err = refused(tmp_path, 'version: 1\ncampaigns: [{name: a, prompt: p, rows: "a\\0b"}]\n')
+    assert (err.line, "NUL") == (2, "NUL") and "NUL" in err.message
+
+
+def test_parse_manifest_refuses_surrogates_in_the_text(tmp_path: Path) -> None:
+    """Text handed in directly (not decoded from a file) may hold a raw surrogate."""
+    with pytest.raises(ManifestError, match="lone surrogate U\\+D800") as info:
+        parse_manifest("version: 1\ncampaigns: [{name: a, prompt: \ud800}]\n", path="m.yaml")
+    assert (info.value.line, info.value.column) == (2, 31)
+
+
+def test_manifest_read_stops_at_the_size_cap() -> None:
+    """/dev/zero as a manifest: refused after 8 MiB, not read forever."""
+    with pytest.raises(ManifestError, match="too big for a manifest"):
+        load_manifest("/dev/zero")
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo", "folder"])
+def test_csv_rows_must_be_a_regular_file(tmp_path: Path, source: str) -> None:
+    """rows: /dev/zero, a FIFO with no writer, a folder: refused at once, nothing blocks."""
+    if source == "fifo":
+        os.mkfifo(tmp_path / "rows.csv")
+        source = "rows.csv"
+    elif source == "folder":
+        (tmp_path / "rows.csv").mkdir()
+        source = "rows.csv"
+    err = refused(tmp_path, f"version: 1\ncampaigns: [{{name: a, prompt: p, rows: {source}}}]\n")
+    assert "is not a regular file" in err.message or "Is a directory" in err.message
+
+
+def test_csv_read_stops_at_the_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV size cap holds while reading (a smaller cap keeps the test small)."""
+    monkeypatch.setattr("runner.manifest.load.MAX_FILE_BYTES", 1000)
+    (tmp_path / "rows.csv").write_text("x\n" + "a\n" * 1000)
+    err = refused(tmp_path, "version: 1\ncampaigns: [{name: a, prompt: '{x}', rows: rows.csv}]\n")
+    assert "is bigger than 1000 bytes" in err.message
+
+
+SOUL = """\
+version: 1
+provider: {{name: higgsfield}}
+souls:
+  ava:
+    name: ava
+    images: [{images}]{extra}
+campaigns: [{{name: a, prompt: p, soul: ava}}]
+"""
+
+
+def soul_manifest(tmp_path: Path, images: str, extra: str = "") -> Path:
+    path = tmp_path / "project" / "m.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(SOUL.format(images=images, extra=extra), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        ("/etc/host*", "outside the manifest's folder"),
+        ("'~/.bash*'", "outside the manifest's folder"),
+        ("../secrets/*.jpg", "leaves the manifest's folder"),
+        ("refs/../../x.jpg", "leaves the manifest's folder"),
+    ],
+)
+def test_soul_globs_stay_in_the_manifest_folder(tmp_path: Path, images: str, message: str) -> None:
+    """Local soul images are uploaded: absolute, ~ and .. globs are refused by default."""
+    with pytest.raises(ManifestError, match=message) as info:
+        load_manifest(soul_manifest(tmp_path, images))
+    assert (info.value.line, info.value.field) == (6, "souls.ava.images[0]")
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"\xff\xd8")
+    path = soul_manifest(tmp_path, "refs/*.jpg")
+    (path.parent / "refs").mkdir()
+    (path.parent / "refs" / "a.jpg").symlink_to(outside)
+    with pytest.raises(ManifestError, match="leads outside the manifest's folder"):
+        load_manifest(path)
+
+
+def test_allow_outside_lets_a_soul_name_any_file(tmp_path: Path) -> None:
+    """The documented field: allow_outside: true permits absolute and .. globs."""
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "1.jpg").write_bytes(b"\xff\xd8")
+    images = f"'{tmp_path}/faces/*.jpg', ../faces/1.jpg"
+    manifest = load_manifest(soul_manifest(tmp_path, images, "\n    allow_outside: true"))
+    found = manifest.soul_images("ava")
+    assert [Path(p).resolve() for p in found] == [(tmp_path / "faces" / "1.jpg").resolve()] * 2
+
+
+def test_soul_globs_are_bounded(tmp_path: Path) -> None:
+    """A glob looks at a bounded number of entries and matches a bounded number of files."""
+    for i in range(30):
+        (tmp_path / "d" / str(i)).mkdir(parents=True)
+        (tmp_path / "d" / str(i) / "x.jpg").write_bytes(b"")
+    assert len(bounded_glob("d/*/x.jpg", tmp_path)) == 30
+    assert len(bounded_glob("d/**/*.jpg", tmp_path)) == 30
+    with pytest.raises(GlobError, match="directory entries"):
+        bounded_glob("d/*/*", tmp_path, max_entries=40)
+    with pytest.raises(GlobError, match="more than 10"):
+        bounded_glob("d/*/x.jpg", tmp_path, max_matches=10)
+
+
+def test_a_disk_walking_glob_ends_quickly(tmp_path: Path) -> None:
+    """/*/*/*/*/*/* with allow_outside stops at the entry budget instead of walking the disk."""
+    path = soul_manifest(tmp_path, "'/*/*/*/*/*/*'", "\n    allow_outside: true")
+    with pytest.raises(ManifestError, match=r"directory entries|matches"):
+        load_manifest(path)
+
+
+def test_exclude_and_include_are_linear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values are made canonical a number of times linear in rows plus entries (no rows ×
+    entries comparisons): 10,000 exclude entries over a 100 × 100 matrix."""
+    calls = 0
+    real = matrix_module.canonical
+
+    def counting(value: object) -> str:
+        nonlocal calls
+        calls += 1
+        return real(value)
+
+    monkeypatch.setattr(matrix_module, "canonical", counting)
+    rows = 10_000
+    exclude = [{"a": i, "b": i} for i in range(100)] + [{"a": 1000 + i} for i in range(9_900)]
+    include = [{"a": i, "extra": i} for i in range(100)]
+    got = matrix_module.expand_matrix(
+        {"a": list(range(100)), "b": list(range(100))},
+        include,
+        exclude,
+        where=lambda path: Where("m.yaml"),
+        base=("campaigns", 0, "matrix"),
+    )
+    assert len(got) == rows - 100
+    entries = len(exclude) * 2 + len(include)
+    assert calls <= 2 * 200 + 2 * entries + 10 * rows

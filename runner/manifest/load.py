@@ -6,6 +6,8 @@ import csv
 import difflib
 import io
 import json
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,26 @@ _STRICT = {
 _LAX = {n: TypeAdapter(t) for n, t in REQUEST_FIELD_TYPES.items()}
 
 
+def read_capped(path: Path, limit: int, *, regular_only: bool = False) -> bytes:
+    """At most ``limit`` bytes of ``path``, read as they stream: ``ValueError`` past that.
+
+    The size is checked while reading, so ``/dev/zero`` or a growing file cannot make us read
+    on. ``regular_only`` refuses anything but a plain file (a FIFO would block, a device never
+    ends); it is opened non-blocking so that even the check cannot hang.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    if regular_only:
+        flags |= getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    with open(fd, "rb", closefd=True) as fh:
+        if regular_only and not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError("is not a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"is bigger than {limit} bytes")
+    return data
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Load and check a manifest file; every problem is a ManifestError naming file and line."""
     file = str(path)
@@ -54,12 +76,11 @@ def load_manifest(path: str | Path) -> Manifest:
     try:
         if p.is_dir():
             raise ManifestError("is a directory, not a manifest file", file=file)
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ManifestError(f"too big for a manifest ({size} bytes)", file=file)
-        raw = p.read_bytes()
+        raw = read_capped(p, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise ManifestError("no such file", file=file) from None
+    except ValueError as err:
+        raise ManifestError(f"too big for a manifest: it {err}", file=file) from None
     except OSError as err:
         raise ManifestError(f"cannot read: {err.strerror or err}", file=file) from None
     return parse_manifest(decode(raw, file), path=p, file=file)
@@ -180,7 +201,9 @@ def _check(m: Manifest) -> None:
     for name in m.vars:
         if name in RESERVED_NAMES or name in REQUEST_FIELDS:
             raise m.where(("vars", name), key=True).error(_reserved(name))
-    for soul in m.souls:
+    for soul, spec in m.souls.items():
+        if m.provider.name == "higgsfieldapi":
+            _check_soul_urls(m, soul, spec.images)
         m.soul_images(soul)
     for i, rule in enumerate(m.budget.prices):
         for field in rule.match:
@@ -198,6 +221,16 @@ def _check(m: Manifest) -> None:
             )
         first_seen[campaign.name] = i
         _check_campaign(m, i, campaign)
+
+
+def _check_soul_urls(m: Manifest, soul: str, images: list[str]) -> None:
+    """The seed API cannot upload: every soul image must be a URL already (SPEC v2 §3)."""
+    for i, entry in enumerate(images):
+        if not entry.lower().startswith(("http://", "https://")):
+            raise m.where(("souls", soul, "images", i)).error(
+                f"{entry!r} is a local file, and provider higgsfieldapi has no upload "
+                "endpoint: give an http(s) URL, or use provider higgsfield (it uploads)"
+            )
 
 
 def _reserved(name: str) -> str:
@@ -263,13 +296,13 @@ def _read_csv(m: Manifest, i: int, rel: str, multiplier: str | None) -> list[Row
     file = Path(here.file).parent / rel
     path = m.path.parent / rel
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_FILE_BYTES, regular_only=True)
     except FileNotFoundError:
         raise here.error(f"CSV file not found: {path}") from None
+    except ValueError as err:
+        raise here.error(f"CSV file {path} {err}") from None
     except OSError as err:
         raise here.error(f"cannot read CSV file {path}: {err.strerror or err}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise here.error(f"CSV file too big ({len(raw)} bytes): {path}")
     text = decode(raw, str(file))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:

@@ -7,7 +7,6 @@ which know where each value came from and can name its line.
 
 from __future__ import annotations
 
-import glob
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from runner.manifest.globs import GlobError, bounded_glob
 from runner.manifest.matrix import Row
 from runner.manifest.yamlpos import Document, FieldPath, Where, format_path
 
@@ -47,6 +47,7 @@ SCHEMA_ID = "https://json-schema.org/draft/2020-12/schema"
 CAMPAIGN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]|^[\\/]")  # C:\x, \x: absolute on Windows
 
 VideoType = Literal["text-to-video", "image-to-video"]
 Duration = Annotated[int, Field(gt=0, description="Seconds of video.")]
@@ -164,7 +165,13 @@ class Soul(_Strict):
 
     name: Annotated[str, Field(min_length=1, max_length=100)]
     images: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, description="URLs, or local globs relative to the manifest."
+        min_length=1,
+        description="URLs, or local globs relative to the manifest, inside its folder.",
+    )
+    allow_outside: bool = Field(
+        False,
+        description="Let local image globs be absolute, start with ~ or leave the manifest's "
+        "folder (they are uploaded to the provider: say so deliberately).",
     )
 
 
@@ -275,20 +282,49 @@ class Manifest(_Strict):
         return Path(self.output.dir).expanduser().absolute()
 
     def soul_images(self, soul: str) -> list[str]:
-        """A soul's images: URLs as given, local globs as sorted absolute paths."""
+        """A soul's images: URLs as given, local globs as sorted absolute paths.
+
+        Local globs are bounded (``runner.manifest.globs``) and, unless the soul says
+        ``allow_outside: true``, must be relative and match only files inside the manifest's
+        folder (symlinks resolved): these files are uploaded to the provider.
+        """
+        spec = self.souls[soul]
+        folder = self._path.parent
         images: list[str] = []
-        for i, entry in enumerate(self.souls[soul].images):
+        for i, entry in enumerate(spec.images):
             if _URL.match(entry):
                 images.append(entry)
                 continue
-            pattern = str(Path(entry).expanduser())
-            if not Path(pattern).is_absolute():
-                pattern = str(Path(glob.escape(str(self._path.parent))) / pattern)
-            found = sorted(p for p in glob.glob(pattern) if Path(p).is_file())
+            where = self.where(("souls", soul, "images", i))
+            pattern = entry
+            if spec.allow_outside:
+                pattern = str(Path(entry).expanduser())
+            elif entry.startswith("~") or Path(entry).is_absolute() or _DRIVE.match(entry):
+                raise where.error(
+                    f"{entry!r} is outside the manifest's folder: local images are looked "
+                    "for inside it (set allow_outside: true on the soul to allow this)"
+                )
+            elif ".." in Path(entry).parts:
+                raise where.error(
+                    f"{entry!r} leaves the manifest's folder with '..' "
+                    "(set allow_outside: true on the soul to allow this)"
+                )
+            try:
+                found = bounded_glob(pattern, folder)
+            except GlobError as err:
+                raise where.error(f"{entry!r} {err}") from None
             if not found:
-                where = self.where(("souls", soul, "images", i))
-                raise where.error(f"{entry!r} matches no file (looked for {pattern})")
-            images.extend(str(Path(p).absolute()) for p in found)
+                looked = pattern if Path(pattern).is_absolute() else str(folder / pattern)
+                raise where.error(f"{entry!r} matches no file (looked for {looked})")
+            if not spec.allow_outside:
+                inside = folder.resolve()
+                for file in found:
+                    if not file.resolve().is_relative_to(inside):
+                        raise where.error(
+                            f"{entry!r} matches {file}, which leads outside the manifest's "
+                            "folder (set allow_outside: true on the soul to allow this)"
+                        )
+            images.extend(str(p.absolute()) for p in found)
         return images
 
 

@@ -1,4 +1,12 @@
-"""``{name}`` templates (``{{`` and ``}}`` escape braces) and safe output paths."""
+"""``{name}`` templates (``{{`` and ``}}`` escape braces) and safe, portable output paths.
+
+Output paths follow SPEC v2 §3: every rendered segment is made portable — the characters
+Windows, SMB shares, exFAT disks and sync folders refuse (``<>:"|?*``, control characters,
+separators) become ``_``, trailing dots and spaces are replaced, reserved device names
+(``CON``, ``NUL``, ``COM1``, ... with any extension) get a ``_`` prefix, and a segment is cut
+to ``MAX_SEGMENT_BYTES`` bytes of UTF-8 keeping its extension. A null ``{seed}`` or
+``{variant}`` renders as an empty string, so one ``filename`` serves every campaign.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +20,18 @@ from runner.manifest.yamlpos import Where
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]|[^{}]+")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_UNSAFE_IN_SEGMENT = re.compile(r"[\x00-\x1f\x7f/\\]")
+_UNSAFE_IN_SEGMENT = re.compile(r'[\x00-\x1f\x7f/\\<>:"|?*]')
 _SEPARATOR = re.compile(r"[/\\]")
+_TRAILING = re.compile(r"[. ]+$")
 MAX_SEGMENT_BYTES = 200
+MAX_EXTENSION_BYTES = 16  # a longer "extension" is part of the name, cut like the rest
+# Windows device names: reserved with any extension, in any case (CON.mp4 is the console).
+RESERVED_SEGMENTS = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{dev}{n}" for dev in ("COM", "LPT") for n in (*"123456789", "¹", "²", "³")}
+)
+# Placeholders a job may lack: in a filename they render empty (SPEC v2 §3).
+OPTIONAL_IN_PATHS = frozenset({"seed", "variant"})
 
 
 class TemplateSyntaxError(ValueError):
@@ -52,8 +69,17 @@ def placeholders(template: str) -> list[str]:
     return [value for kind, value in parse(template) if kind == "name"]
 
 
-def render(template: str, context: Mapping[str, Any], where: Where) -> str:
-    """Fill a template; an unknown placeholder is an error located at ``where``."""
+def render(
+    template: str,
+    context: Mapping[str, Any],
+    where: Where,
+    *,
+    empty_when_null: frozenset[str] = frozenset(),
+) -> str:
+    """Fill a template; an unknown placeholder is an error located at ``where``.
+
+    A placeholder named in ``empty_when_null`` whose value is null renders as ``""``.
+    """
     try:
         pieces = parse(template)
     except TemplateSyntaxError as err:
@@ -63,6 +89,8 @@ def render(template: str, context: Mapping[str, Any], where: Where) -> str:
         if kind == "text":
             out.append(value)
         elif value in context:
+            if context[value] is None and value in empty_when_null:
+                continue
             out.append(_text(value, context[value], where))
         else:
             raise where.error(_unknown(value, context))
@@ -100,19 +128,34 @@ def check_path_template(template: str, where: Where) -> None:
             raise where.error(f"the filename has an empty, '.' or '..' segment: {template!r}")
 
 
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
 def sanitize_segment(text: str) -> str:
-    """One path segment that cannot escape its folder: no separators, controls, or dots only."""
+    """One portable path segment that cannot escape its folder (see the module docstring)."""
     cleaned = _UNSAFE_IN_SEGMENT.sub("_", text).strip()
-    encoded = cleaned.encode("utf-8")
-    if len(encoded) > MAX_SEGMENT_BYTES:
-        cleaned = encoded[:MAX_SEGMENT_BYTES].decode("utf-8", errors="ignore")
     if not cleaned.strip("."):
         return "_"
+    cleaned = _TRAILING.sub(lambda m: "_" * len(m.group()), cleaned)
+    if cleaned.split(".", 1)[0].rstrip(" ").upper() in RESERVED_SEGMENTS:
+        cleaned = "_" + cleaned
+    if len(cleaned.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        stem, dot, ext = cleaned.rpartition(".")
+        if dot and stem and len(ext.encode("utf-8")) + 1 <= MAX_EXTENSION_BYTES:
+            keep = MAX_SEGMENT_BYTES - len(ext.encode("utf-8")) - 1
+            cleaned = _TRAILING.sub("_", _cut(stem, keep)) + "." + ext
+        else:
+            cleaned = _TRAILING.sub("_", _cut(cleaned, MAX_SEGMENT_BYTES))
     return cleaned
 
 
 def render_path(template: str, context: Mapping[str, Any], where: Where) -> str:
-    """A relative output path: each segment of the template rendered, then sanitized."""
+    """A relative output path: each segment of the template rendered, then made portable."""
     check_path_template(template, where)
-    segments = [render(s, context, where) for s in _SEPARATOR.split(template)]
+    segments = [
+        render(s, context, where, empty_when_null=OPTIONAL_IN_PATHS)
+        for s in _SEPARATOR.split(template)
+    ]
     return "/".join(sanitize_segment(s) for s in segments)
