@@ -109,6 +109,10 @@ class Harness:
         with open_ledger(default_ledger_url(self.state_dir)) as ledger:
             return ledger.jobs()
 
+    def ledger_id(self) -> str:
+        with open_ledger(default_ledger_url(self.state_dir)) as ledger:
+            return ledger.id
+
     def submits(self) -> list[dict[str, Any]]:
         return [e for e in self.mock.log_entries() if e["method"] == "POST"]
 
@@ -337,11 +341,12 @@ def test_transient_failures_use_up_attempts_across_runs(tmp_path: Path) -> None:
 
 
 def test_retry_sends_failed_jobs_with_new_key(tmp_path: Path) -> None:
-    """`retry` puts failed jobs back with key <key>-2; the next run sends them."""
+    """`retry` puts failed jobs back with key <ledger-id>-<key>-2; the next run sends them."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, fail_rate=1.0, seed=12))
     h.run()
     assert app.retry(h.manifest, h.state_dir) == JOBS
-    assert {r.idempotency_key for r in h.rows()} == {f"{r.key}-2" for r in h.rows()}
+    ledger_id = h.ledger_id()
+    assert {r.idempotency_key for r in h.rows()} == {f"{ledger_id}-{r.key}-2" for r in h.rows()}
     h.mock.options = MockOptions(latency_min=0, latency_max=0, seed=12)  # provider recovers
     result = h.run()
     assert result.counts == {"downloaded": JOBS}
@@ -449,7 +454,8 @@ def test_lost_answers_never_fail_a_job_that_may_be_paid_for(tmp_path: Path) -> N
     stats = h.mock.stats()
     assert stats["generations_created"] == JOBS
     assert stats["duplicate_bodies"] == 0
-    assert {r.idempotency_key for r in h.rows()} == {f"{r.key}-1" for r in h.rows()}
+    ledger_id = h.ledger_id()
+    assert {r.idempotency_key for r in h.rows()} == {f"{ledger_id}-{r.key}-1" for r in h.rows()}
 
 
 @dataclass
@@ -897,3 +903,24 @@ def test_status_glitches_never_fail_a_paid_generation(tmp_path: Path, dialect: s
     assert stats["glitches"] > 0
     assert stats["generations_created"] == len(h.rows())
     assert_files_match_mock(h)
+
+
+def test_two_state_dirs_on_one_account_never_share_generations(tmp_path: Path) -> None:
+    """Three state dirs on one account: two run the same manifest, the third the manifest
+    with an edited soul (same job keys, another model id in the body). The mock created a
+    generation per job per ledger, replayed none across ledgers, refused none with a
+    conflicting body, and no job failed."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=35))
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    results = [h.run(), app.run(h.manifest, tmp_path / "state-b", app.RunOptions(), h.env())]
+    h.write(
+        SOUL_MANIFEST.format(limits=FAST_LIMITS).replace(
+            "https://cdn.example.com/ava/02.jpg", "https://cdn.example.com/ava/03.jpg"
+        )
+    )
+    results.append(app.run(h.manifest, tmp_path / "state-c", app.RunOptions(), h.env()))
+    assert [r.counts for r in results] == [{"downloaded": 3}] * 3
+    stats = h.mock.stats()
+    assert stats["generations_created"] == 3 * 3
+    assert stats["idempotent_replays"] == 0
+    assert stats["idempotency_conflicts"] == 0

@@ -419,9 +419,10 @@ def test_check_transition_is_the_one_rule() -> None:
         )
     with pytest.raises(TypeError, match="campaign"):
         check_transition("k", S.PENDING, S.SUBMITTING, {"campaign": "x"}, idempotency_key="k-1")
-    assert retry_idempotency_key("k", "k-1") == "k-2"
-    assert retry_idempotency_key("k", "k-9") == "k-10"
-    assert retry_idempotency_key("k", "other") == "k-2"
+    assert retry_idempotency_key("k", "L-k-1", "L") == "L-k-2"
+    assert retry_idempotency_key("k", "L-k-9", "L") == "L-k-10"
+    assert retry_idempotency_key("k", "k-3", "L") == "L-k-4"  # a key from before ledger ids
+    assert retry_idempotency_key("k", "other", "L") == "L-k-2"
 
 
 @pytest.mark.parametrize(
@@ -469,7 +470,7 @@ def test_transition_sets_columns_and_writes_the_event(url: str) -> None:
             job.key, S.QUEUED, detail="accepted", generation_id="gen-1", attempts=1
         )
         assert (row.status, row.generation_id, row.attempts) == (S.QUEUED, "gen-1", 1)
-        assert row.idempotency_key == f"{job.key}-1"
+        assert row.idempotency_key == f"{led.id}-{job.key}-1"
         events = led.events(job.key)
         assert [(e.from_status, e.to_status, e.detail) for e in events] == [
             (None, S.PENDING, f"planned from {MANIFEST}"),
@@ -508,12 +509,12 @@ def test_resend_keeps_the_idempotency_key_and_says_so(ledger: Ledger) -> None:
     job = make_job()
     ledger.record_plan(MANIFEST, [job])
     ledger.transition(job.key, "submitting")
-    ledger.transition(job.key, "submitting", idempotency_key=f"{job.key}-1")
+    ledger.transition(job.key, "submitting", idempotency_key=f"{ledger.id}-{job.key}-1")
     assert "same idempotency key" in (ledger.events(job.key)[-1].detail or "")
     with pytest.raises(TransitionError, match="never a new one"):
-        ledger.transition(job.key, "submitting", idempotency_key=f"{job.key}-2")
+        ledger.transition(job.key, "submitting", idempotency_key=f"{ledger.id}-{job.key}-2")
     row = ledger.get(job.key)
-    assert row is not None and row.idempotency_key == f"{job.key}-1"
+    assert row is not None and row.idempotency_key == f"{ledger.id}-{job.key}-1"
 
 
 def test_one_job_changed_by_many_at_once_takes_turns(url: str) -> None:
@@ -558,7 +559,7 @@ def test_one_job_changed_by_many_at_once_takes_turns(url: str) -> None:
         assert [e.to_status for e in history] == [S.PENDING] + [S.SUBMITTING] * n
         assert all(e.from_status == before.to_status for before, e in itertools.pairwise(history))
         assert [e.detail for e in history[2:]] == [
-            f"resent with the same idempotency key {sending.key}-1"
+            f"resent with the same idempotency key {led.id}-{sending.key}-1"
         ] * (n - 1)
 
 
@@ -583,7 +584,8 @@ def test_failed_event_insert_leaves_neither_row_nor_event(
     ledger.record_plan(MANIFEST, [job])
     with backend.failing(url, "event"):
         with pytest.raises(LedgerError, match=INJECTED):
-            ledger.transition(job.key, "submitting", idempotency_key=f"{job.key}-1", attempts=3)
+            key = f"{ledger.id}-{job.key}-1"
+            ledger.transition(job.key, "submitting", idempotency_key=key, attempts=3)
         row = ledger.get(job.key)
         assert row is not None
         assert (row.status, row.attempts) == (S.PENDING, 0)
@@ -661,9 +663,10 @@ def test_retry_failed_bumps_the_idempotency_key(ledger: Ledger) -> None:
     assert ledger.retry_failed(MANIFEST, keys=[jobs[1].key]) == 1
     row = ledger.get(jobs[1].key)
     assert row is not None
-    assert (row.status, row.idempotency_key, row.attempts) == (S.PENDING, f"{jobs[1].key}-2", 0)
+    second = f"{ledger.id}-{jobs[1].key}-2"
+    assert (row.status, row.idempotency_key, row.attempts) == (S.PENDING, second, 0)
     assert (row.error, row.generation_id) == (None, None)
-    assert ledger.events(jobs[1].key)[-1].detail == f"retry with idempotency key {row.key}-2"
+    assert ledger.events(jobs[1].key)[-1].detail == f"retry with idempotency key {second}"
 
     assert ledger.retry_failed("/other.yaml") == 0
     assert ledger.retry_failed(MANIFEST, campaigns=["b"]) == 1
@@ -672,7 +675,8 @@ def test_retry_failed_bumps_the_idempotency_key(ledger: Ledger) -> None:
 
     walk(ledger, jobs[1].key, ["submitting", "failed"])
     assert ledger.retry_failed(MANIFEST) == 1
-    assert ledger.get(jobs[1].key).idempotency_key == f"{jobs[1].key}-3"  # type: ignore[union-attr]
+    third = f"{ledger.id}-{jobs[1].key}-3"
+    assert ledger.get(jobs[1].key).idempotency_key == third  # type: ignore[union-attr]
 
 
 def test_note_and_bump_attempts(ledger: Ledger) -> None:
@@ -781,7 +785,7 @@ def test_first_plan_records_everything_as_new(ledger: Ledger) -> None:
     rows = ledger.jobs()
     assert [r.key for r in rows] == [j.key for j in jobs]
     assert {(r.status, r.attempts) for r in rows} == {(S.PENDING, 0)}
-    assert all(r.idempotency_key == f"{r.key}-1" for r in rows)
+    assert all(r.idempotency_key == f"{ledger.id}-{r.key}-1" for r in rows)
     # recording the same plan again is a no-op: no new events, same diff counts
     events = [ledger.events(j.key) for j in jobs]
     again = ledger.record_plan(MANIFEST, jobs)
@@ -982,3 +986,15 @@ def test_yaml_manifest_edit_diff(tmp_path: Path, url: str) -> None:
         assert (diff.new, diff.done, diff.in_flight, diff.failed, diff.orphaned) == (4, 1, 1, 1, 5)
         assert led.get(dancer_park).status is S.RUNNING  # type: ignore[union-attr]
         assert led.get(hat).status is S.PENDING  # type: ignore[union-attr]
+
+
+def test_a_ledger_hands_out_keys_under_its_own_id(url: str) -> None:
+    """New jobs get `<ledger-id>-<key>-1`; the id stays what it was when the ledger is opened
+    again (two ledgers' ids differ: see test_ledger_sqlite)."""
+    job = make_job()
+    with open_ledger(url) as led:
+        led.record_plan(MANIFEST, [job])
+        first = led.id
+        assert led.get(job.key).idempotency_key == f"{first}-{job.key}-1"  # type: ignore[union-attr]
+    with open_ledger(url) as led:
+        assert led.id == first

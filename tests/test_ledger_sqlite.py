@@ -33,6 +33,7 @@ EXPECTED_COLUMNS = {
     },
     "uploads": {"sha256", "public_url", "created_at"},
     "_migrations": {"name", "applied_at"},
+    "meta": {"name", "value"},
 }  # fmt: skip
 
 
@@ -368,3 +369,39 @@ def test_a_real_read_only_mount(state: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "{'c': {'pending': 1}}"
     assert sorted(p.name for p in state.iterdir()) == ["ledger.db"]
+
+
+def test_ledger_ids_keep_committed_keys_and_key_new_jobs(tmp_path: Path) -> None:
+    """A ledger from before ledger ids gets one when upgraded; a job it had left `submitting`
+    keeps the key it may be paid for under; jobs planned afterwards get `<id>-<key>-1`."""
+
+    from runner.ledger.plan import new_row
+
+    path = tmp_path / "ledger.db"
+    old_job, new_job = make_job(), make_job(campaign="later")
+    with SqliteLedger.open(path, migrations=MIGRATIONS[:6]) as old, old.executor_lock():
+        pass  # the schema as it was before ledger ids
+    row = {**new_row(old_job, MANIFEST, "2026-01-01T00:00:00+00:00", "unused")}
+    row.update(status="submitting", idempotency_key=f"{old_job.key}-1")
+    with sqlite3.connect(path) as db:  # a job an older runner left mid-submit
+        db.execute(
+            f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+    with SqliteLedger.open(path) as led:
+        led.record_plan(MANIFEST, [old_job, new_job])
+        assert len(led.id) == 12
+        assert led.get(old_job.key).idempotency_key == f"{old_job.key}-1"  # type: ignore[union-attr]
+        assert led.get(new_job.key).idempotency_key == f"{led.id}-{new_job.key}-1"  # type: ignore[union-attr]
+
+
+def test_two_ledgers_have_different_ids_and_keys(tmp_path: Path) -> None:
+    """Two state dirs planning the same job hand out different idempotency keys, so they
+    never receive each other's generations on one account."""
+    job = make_job()
+    keys = []
+    for name in ("a", "b"):
+        with SqliteLedger.open(tmp_path / name / "ledger.db") as led:
+            led.record_plan(MANIFEST, [job])
+            keys.append(led.get(job.key).idempotency_key)  # type: ignore[union-attr]
+    assert keys[0] != keys[1]

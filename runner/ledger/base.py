@@ -53,6 +53,12 @@ class Ledger(Protocol):
         """Where the ledger lives, for messages (never holds a password)."""
         ...
 
+    @property
+    def id(self) -> str:
+        """The ledger's own random id, made when it was created: the first part of every
+        idempotency key it hands out (``<id>-<key>-<n>``)."""
+        ...
+
     def executor_lock(self) -> AbstractContextManager[None]:
         """A context manager held by the one process that executes jobs against this ledger.
 

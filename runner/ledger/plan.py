@@ -102,7 +102,7 @@ def compute_plan(
     return Plan(diff, produced, existing, to_orphan)
 
 
-def new_row(job: Job, manifest: str, now: str) -> dict[str, Any]:
+def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]:
     """The ``jobs`` row of a job the ledger has not seen: pending, first idempotency key."""
     return {
         "key": job.key,
@@ -113,7 +113,7 @@ def new_row(job: Job, manifest: str, now: str) -> dict[str, Any]:
         "vars": json.dumps(job.vars, ensure_ascii=False),
         "path": job.path,
         "status": JobStatus.PENDING.value,
-        "idempotency_key": first_idempotency_key(job.key),
+        "idempotency_key": first_idempotency_key(job.key, ledger_id),
         "attempts": 0,
         "credits": job.credits,
         "soul": job.soul,
@@ -157,10 +157,10 @@ class PlanWrites:
     moves: list[tuple[JobRow, JobStatus, str]]
 
 
-def plan_writes(plan: Plan, manifest: str, now: str) -> PlanWrites:
+def plan_writes(plan: Plan, manifest: str, now: str, ledger_id: str) -> PlanWrites:
     """The writes that record ``plan`` for ``manifest`` at time ``now``."""
     new_jobs = [
-        new_row(job, manifest, now)
+        new_row(job, manifest, now, ledger_id)
         for key, job in plan.produced.items()
         if key not in plan.existing
     ]

@@ -8,6 +8,7 @@ plan.py.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,15 @@ from runner.ledger.status import JobStatus, check_transition, retry_idempotency_
 
 #: How many keys ``match_key`` asks for: enough to list five and say there are more.
 MATCH_LIMIT = 6
+
+
+#: The ``meta`` row holding the ledger's own id (see :func:`new_ledger_id`).
+LEDGER_ID = "id"
+
+
+def new_ledger_id() -> str:
+    """A random id for a new ledger (12 hex digits), the first part of its idempotency keys."""
+    return secrets.token_hex(6)
 
 
 def timestamp(clock: Callable[[], datetime]) -> str:
@@ -81,10 +91,10 @@ def note_event(row: JobRow, detail: str, now: str) -> dict[str, Any]:
     return event_row(row.key, row.status, row.status, detail, now)
 
 
-def retry_change(row: JobRow) -> tuple[str, dict[str, Any]]:
+def retry_change(row: JobRow, ledger_id: str) -> tuple[str, dict[str, Any]]:
     """The detail and columns of a deliberate retry of a failed job: back to ``pending``
     with the next idempotency key, no attempts, nothing from the failed generation."""
-    new_key = retry_idempotency_key(row.key, row.idempotency_key)
+    new_key = retry_idempotency_key(row.key, row.idempotency_key, ledger_id)
     columns = {
         "idempotency_key": new_key,
         "attempts": 0,

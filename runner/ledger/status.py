@@ -115,14 +115,16 @@ def restored_status(from_status: JobStatus | str | None) -> JobStatus:
     return JobStatus(from_status)
 
 
-def first_idempotency_key(key: str) -> str:
-    """The idempotency key a job is planned with: ``<key>-1``."""
-    return f"{key}-1"
+def first_idempotency_key(key: str, ledger_id: str) -> str:
+    """The idempotency key a job is planned with: ``<ledger-id>-<key>-1``. The ledger's own
+    id keeps two ledgers (two state dirs, two machines) on one account from ever receiving
+    each other's generations or colliding on a changed body (SPEC v2 §4)."""
+    return f"{ledger_id}-{key}-1"
 
 
-def retry_idempotency_key(key: str, idempotency_key: str) -> str:
-    """The key a deliberate retry of a failed job sends with: ``<key>-<n+1>``."""
-    prefix = f"{key}-"
-    suffix = idempotency_key.removeprefix(prefix)
-    n = int(suffix) if idempotency_key.startswith(prefix) and suffix.isdigit() else 1
-    return f"{key}-{n + 1}"
+def retry_idempotency_key(key: str, idempotency_key: str, ledger_id: str) -> str:
+    """The key a deliberate retry of a failed job sends with: ``<ledger-id>-<key>-<n+1>``
+    (a key from before ledger ids, ``<key>-<n>``, counts on from its ``n``)."""
+    head, _, suffix = idempotency_key.rpartition("-")
+    n = int(suffix) if head.endswith(key) and suffix.isdigit() else 1
+    return f"{ledger_id}-{key}-{n + 1}"

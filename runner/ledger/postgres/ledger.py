@@ -30,6 +30,7 @@ from runner.ledger.postgres.migrations import MIGRATIONS, Migration
 from runner.ledger.postgres.souls import SoulsAndUploads
 from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
 from runner.ledger.rows import (
+    LEDGER_ID,
     MATCH_LIMIT,
     grouped_counts,
     matched_key,
@@ -71,6 +72,10 @@ class PostgresLedger(SoulsAndUploads):
     executor lock holds nobody back: see :meth:`executor_lock`.
     """
 
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._id: str | None = None
+
     @classmethod
     def open(
         cls,
@@ -108,6 +113,16 @@ class PostgresLedger(SoulsAndUploads):
     def readonly(self) -> bool:
         """Whether the ledger was opened read-only."""
         return self._store.readonly
+
+    @property
+    def id(self) -> str:
+        """The ledger's own id (``meta``), read once."""
+        if self._id is None:
+            with self._store.read() as conn:
+                row = conn.execute("SELECT value FROM meta WHERE name = %s", [LEDGER_ID]).fetchone()
+            assert row is not None  # made by the m007 migration
+            self._id = str(row["value"])
+        return self._id
 
     @contextmanager
     def _executing(self) -> Iterator[None]:
@@ -265,7 +280,7 @@ class PostgresLedger(SoulsAndUploads):
                 params.append(name_values(campaigns))
             rows = self._select_jobs(" AND ".join(wheres), params, lock=True)
             for row in rows:
-                self._apply(row, JobStatus.PENDING, *retry_change(row))
+                self._apply(row, JobStatus.PENDING, *retry_change(row, self.id))
         return len(rows)
 
     def _status_before_orphaning(self, key: str) -> JobStatus:
@@ -313,7 +328,7 @@ class PostgresLedger(SoulsAndUploads):
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
             plan = self._plan(manifest, jobs, lock=True)
-            writes = plan_writes(plan, manifest, self._store.now())
+            writes = plan_writes(plan, manifest, self._store.now(), self.id)
             with conn.cursor() as cursor:
                 for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
                     if rows:

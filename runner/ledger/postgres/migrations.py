@@ -22,6 +22,8 @@ from typing import Any
 
 import psycopg
 
+from runner.ledger.rows import LEDGER_ID, new_ledger_id
+
 Connection = psycopg.Connection[dict[str, Any]]
 Migration = Callable[[Connection], None]
 
@@ -165,3 +167,11 @@ def m005_indexes(conn: Connection) -> None:
 def m006_jobs_location(conn: Connection) -> None:
     # Where a downloaded video is (an absolute path or an s3:// URI); NULL on older rows.
     conn.execute("ALTER TABLE jobs ADD COLUMN location text")
+
+
+@migration
+def m007_ledger_id(conn: Connection) -> None:
+    # The ledger's own random id, in every new idempotency key; keys already committed (a
+    # job in `submitting` may be paid for under its key) are left as they are.
+    conn.execute('CREATE TABLE meta (name text COLLATE "C" PRIMARY KEY, value text NOT NULL)')
+    conn.execute("INSERT INTO meta (name, value) VALUES (%s, %s)", [LEDGER_ID, new_ledger_id()])

@@ -20,6 +20,7 @@ from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import EventRow, JobRow, PlanDiff
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.rows import (
+    LEDGER_ID,
     MATCH_LIMIT,
     grouped_counts,
     matched_key,
@@ -51,6 +52,10 @@ class SqliteLedger(SoulsAndUploads):
     Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
     The executor lock is an ``flock`` on ``runner.lock`` in the file's directory.
     """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._id: str | None = None
 
     @classmethod
     def open(
@@ -95,6 +100,15 @@ class SqliteLedger(SoulsAndUploads):
     def readonly(self) -> bool:
         """Whether the ledger was opened read-only."""
         return self._store.readonly
+
+    @property
+    def id(self) -> str:
+        """The ledger's own id (``meta``), read once."""
+        if self._id is None:
+            with self._store.read() as db:
+                rows = list(db.query("SELECT value FROM meta WHERE name = ?", [LEDGER_ID]))
+            self._id = str(rows[0]["value"])
+        return self._id
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -245,7 +259,7 @@ class SqliteLedger(SoulsAndUploads):
                 status=JobStatus.FAILED, manifest=manifest, keys=keys, campaign=campaigns
             )
             for row in rows:
-                self._apply(row, JobStatus.PENDING, *retry_change(row))
+                self._apply(row, JobStatus.PENDING, *retry_change(row, self.id))
         return len(rows)
 
     def _status_before_orphaning(self, key: str) -> JobStatus:
@@ -302,7 +316,7 @@ class SqliteLedger(SoulsAndUploads):
         manifest = str(manifest_path)
         with self._store.write() as db:
             plan = self._plan(manifest, jobs)
-            writes = plan_writes(plan, manifest, self._store.now())
+            writes = plan_writes(plan, manifest, self._store.now(), self.id)
             db.table("jobs").insert_all(writes.new_jobs)
             db.table("events").insert_all(writes.new_events)
             for key, changes in writes.refreshed:

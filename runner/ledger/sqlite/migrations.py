@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 from sqlite_utils import Database
 
+from runner.ledger.rows import LEDGER_ID, new_ledger_id
+
 Migration = Callable[[Database], None]
 
 MIGRATIONS_TABLE = "_migrations"
@@ -157,3 +159,11 @@ def m005_indexes(db: Database) -> None:
 def m006_jobs_location(db: Database) -> None:
     # Where a downloaded video is (an absolute path or an s3:// URI); NULL on older rows.
     db.table("jobs").add_column("location", str)
+
+
+@migration
+def m007_ledger_id(db: Database) -> None:
+    # The ledger's own random id, in every new idempotency key; keys already committed (a
+    # job in `submitting` may be paid for under its key) are left as they are.
+    db.table("meta").create({"name": str, "value": str}, pk="name", not_null={"value"})
+    db.table("meta").insert({"name": LEDGER_ID, "value": new_ledger_id()})
