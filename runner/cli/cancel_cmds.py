@@ -21,6 +21,7 @@ from runner.cli.base import (
 
 @cli.command(
     "cancel",
+    short_help="Cancel generations still queued at the provider.",
     epilog=example(
         "runner cancel manifests/nightly.yaml",
         "runner cancel nightly.yaml --campaign teaser --job 7b8e7364a1c2d3e4",

@@ -112,6 +112,7 @@ class Executor:
     def stop(self) -> None:
         """First Ctrl-C: submit nothing more; calls under way finish and commit."""
         self.outcome.interrupted = True
+        self.progress.stopped = "interrupted"
         if self._scope is not None:
             self._scope.cancel()
 
@@ -125,8 +126,7 @@ class Executor:
 
     async def run(self, rows: Sequence[JobRow]) -> Outcome:
         """Drive ``rows`` (in manifest order) as far as the settings allow."""
-        self.progress.total += len(rows)
-        self.progress.downloaded += sum(r.status is JobStatus.DOWNLOADED for r in rows)
+        self.progress.start(rows)
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
@@ -161,12 +161,14 @@ class Executor:
             if stop is not None:
                 await self.slots.release(succeeded=False)
                 self.outcome.stopped = stop
+                self.progress.stopped = stop.split(": ")[0]
                 return
             try:
                 self.budget.reserve(row)
             except BudgetExceededError as err:
                 await self.slots.release(succeeded=False)
                 self.outcome.budget_stop = str(err)
+                self.progress.stopped = "budget reached"
                 return
             jobs.start_soon(self._drive, row, True)
 
@@ -253,7 +255,8 @@ class Executor:
             if self.souls is None:
                 raise self._fail(row, f"soul {row.soul!r} is not available in this run")
             try:
-                soul_model = await self.souls(row.soul)
+                with self.progress.waiting_for(row.soul):
+                    soul_model = await self.souls(row.soul)
             except PermanentError as err:
                 raise self._fail(row, f"soul {row.soul!r}: {err.message}", refund=True) from err
         key = row.idempotency_key
