@@ -60,9 +60,10 @@ def read_capped(path: Path, limit: int, *, regular_only: bool = False) -> bytes:
     if regular_only:
         flags |= getattr(os, "O_NONBLOCK", 0)
     fd = os.open(path, flags)
+    if regular_only and not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("is not a regular file")
     with open(fd, "rb", closefd=True) as fh:
-        if regular_only and not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise ValueError("is not a regular file")
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"is bigger than {limit} bytes")
@@ -347,6 +348,8 @@ def _csv_row(header: list[str], cells: list[str], at: Where) -> Row:
     sources: dict[str, Where] = {}
     for name, cell in zip(header, cells, strict=True):
         where = Where(at.file, at.line, None, name)
+        if "\x00" in cell:
+            raise where.error("a NUL character is not allowed")
         if name in REQUEST_FIELDS:
             if cell == "":
                 continue  # an empty cell leaves the field to the campaign and defaults
