@@ -106,6 +106,7 @@ def build_report(
     statuses: Sequence[str] = (),
     tags: Sequence[str] = (),
     bundle: bool = False,
+    ledger: str | None = None,
 ) -> ReportSummary:
     """Write the HTML report of the ledger in ``state_dir`` (one manifest's jobs, if given)
     to ``out_file``, atomically, and return a summary.
@@ -121,9 +122,9 @@ def build_report(
     out_file = Path(os.path.abspath(out_file))
     manifest = load_manifest(manifest_path) if manifest_path is not None else None
     rows: list[JobRow] = []
-    with reading(state_dir) as ledger:
-        if ledger is not None:
-            rows = ledger.jobs(
+    with reading(state_dir, ledger) as opened:
+        if opened is not None:
+            rows = opened.jobs(
                 manifest=str(manifest.path) if manifest else None,
                 status=list(statuses) or None,
                 campaign=list(campaigns) or None,

@@ -60,18 +60,20 @@ def provider_calls(settings: EngineSettings, env: Environment) -> Calls:
 
 
 @contextmanager
-def executing(state_dir: Path) -> Iterator[Ledger]:
-    """The ledger, opened to execute jobs: its executor lock held for the whole block."""
-    with open_ledger(default_ledger_url(state_dir)) as ledger, ledger.executor_lock():
-        yield ledger
+def executing(state_dir: Path, ledger: str | None = None) -> Iterator[Ledger]:
+    """The ledger (``ledger``, a URL, else ``<state>/ledger.db``), opened to execute jobs: its
+    executor lock held for the whole block."""
+    with open_ledger(ledger or default_ledger_url(state_dir)) as opened, opened.executor_lock():
+        yield opened
 
 
 @contextmanager
-def reading(state_dir: Path) -> Iterator[Ledger | None]:
-    """The ledger, opened read-only (no lock, nothing written); ``None`` when there is none."""
-    ledger = open_ledger(default_ledger_url(state_dir), readonly=True)
-    if ledger is None:
+def reading(state_dir: Path, ledger: str | None = None) -> Iterator[Ledger | None]:
+    """The ledger (as for :func:`executing`), opened read-only (no lock, nothing written);
+    ``None`` when there is none."""
+    opened = open_ledger(ledger or default_ledger_url(state_dir), readonly=True)
+    if opened is None:
         yield None
         return
-    with ledger:
-        yield ledger
+    with opened:
+        yield opened

@@ -54,6 +54,7 @@ def plan(
     *,
     estimate: bool = False,
     env: Environment | None = None,
+    ledger: str | None = None,
 ) -> Planned:
     """The ``plan --json`` document: the manifest's jobs against the ledger, with both budget
     figures (this run's new jobs against ``max_credits``; the manifest's total, charged so
@@ -67,11 +68,11 @@ def plan(
     statuses: dict[str, str] = {}
     orphaned = 0
     charged = 0.0
-    with reading(state_dir) as ledger:
-        if ledger is not None:
-            diff = ledger.diff(str(manifest.path), jobs)
+    with reading(state_dir, ledger) as opened:
+        if opened is not None:
+            diff = opened.diff(str(manifest.path), jobs)
             statuses, orphaned = diff.statuses, diff.orphaned
-            charged = charged_credits(ledger.jobs(manifest=str(manifest.path)))
+            charged = charged_credits(opened.jobs(manifest=str(manifest.path)))
     doc = plan_document(jobs, statuses, orphaned)
     summary = doc["summary"]
     summary["charged_credits"] = number(charged)

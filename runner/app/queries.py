@@ -25,13 +25,15 @@ class Shown:
         return {"job": self.job.to_dict(), "events": [e.to_dict() for e in self.events]}
 
 
-def status(state_dir: Path, manifest: Path | None = None) -> dict[str, Any]:
+def status(
+    state_dir: Path, manifest: Path | None = None, *, ledger: str | None = None
+) -> dict[str, Any]:
     """The ``status --json`` document: ``{"campaigns": {NAME: {STATUS: N}}, "totals": ...}``
     (of one manifest's jobs, if given)."""
     counts: dict[str, dict[str, int]] = {}
-    with reading(state_dir) as ledger:
-        if ledger is not None:
-            counts = ledger.counts(manifest_column(manifest) if manifest else None)
+    with reading(state_dir, ledger) as opened:
+        if opened is not None:
+            counts = opened.counts(manifest_column(manifest) if manifest else None)
     totals = {
         s.value: n for s in JobStatus if (n := sum(c.get(s.value, 0) for c in counts.values()))
     }
@@ -39,23 +41,28 @@ def status(state_dir: Path, manifest: Path | None = None) -> dict[str, Any]:
 
 
 def jobs(
-    state_dir: Path, *, statuses: Sequence[str] = (), campaigns: Sequence[str] = ()
+    state_dir: Path,
+    *,
+    statuses: Sequence[str] = (),
+    campaigns: Sequence[str] = (),
+    ledger: str | None = None,
 ) -> list[JobRow]:
     """The ledger's jobs, filtered by status and campaign (all of them when none is given)."""
-    with reading(state_dir) as ledger:
-        if ledger is None:
+    with reading(state_dir, ledger) as opened:
+        if opened is None:
             return []
-        return ledger.jobs(status=statuses or None, campaign=campaigns or None)
+        return opened.jobs(status=statuses or None, campaign=campaigns or None)
 
 
-def show(state_dir: Path, key: str) -> Shown:
+def show(state_dir: Path, key: str, *, ledger: str | None = None) -> Shown:
     """One job (``key`` may be a unique prefix) with its event history."""
-    with reading(state_dir) as ledger:
-        if ledger is None:
-            raise LedgerError(f"no job {key!r}: there is no ledger in {state_dir} yet")
-        row = ledger.get(ledger.match_key(key))
+    with reading(state_dir, ledger) as opened:
+        if opened is None:
+            where = ledger or state_dir
+            raise LedgerError(f"no job {key!r}: there is no ledger in {where} yet")
+        row = opened.get(opened.match_key(key))
         assert row is not None
-        return Shown(row, ledger.events(row.key))
+        return Shown(row, opened.events(row.key))
 
 
 def manifest_column(manifest: Path) -> str:

@@ -61,9 +61,11 @@ def run(
     state_dir: Path,
     options: RunOptions | None = None,
     env: Environment | None = None,
+    *,
+    ledger: str | None = None,
 ) -> RunResult:
     """``runner run MANIFEST``: drive one manifest's jobs to the end."""
-    return run_many([manifest_path], state_dir, options, env)[0]
+    return run_many([manifest_path], state_dir, options, env, ledger=ledger)[0]
 
 
 @dataclass
@@ -82,6 +84,8 @@ def run_many(
     state_dir: Path,
     options: RunOptions | None = None,
     env: Environment | None = None,
+    *,
+    ledger: str | None = None,
 ) -> list[RunResult]:
     """``runner run M1 M2 …`` / ``runner collect``: drive several manifests' jobs in one
     process under one lock; manifests on one account share its limits (see ``execute``).
@@ -103,29 +107,29 @@ def run_many(
                 raise
             failed[str(path)] = RunResult(str(path), 0, Outcome(), str(state_dir), error=str(err))
     if options.dry_run:
-        return [_dry_run(x, state_dir, options) for x in loaded]
+        return [_dry_run(x, state_dir, options, ledger) for x in loaded]
     if loaded:
         api_client = env.api_client() if env.api_client else None
     results = {str(p): failed.get(str(p)) for p in manifest_paths}
-    with executing(state_dir) as ledger:
+    with executing(state_dir, ledger) as opened:
         works = [
             Work(
                 x.manifest,
                 make_provider(x.provider_settings, client=api_client, environ=env.environ),
-                _prepare(ledger, x, options),
+                _prepare(opened, x, options),
                 x.store,
                 x.settings,
-                _budget(ledger, x, options),
+                _budget(opened, x, options),
             )
             for x in loaded
         ]
         try:
-            outcomes = anyio.run(execute, ledger, works, env, api_client) if works else []
+            outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
             raise _single_error(group) from None
         for x, work, outcome in zip(loaded, works, outcomes, strict=True):
             counts: dict[str, int] = {}
-            for r in ledger.jobs(keys=[r.key for r in work.rows]):
+            for r in opened.jobs(keys=[r.key for r in work.rows]):
                 counts[r.status.value] = counts.get(r.status.value, 0) + 1
             results[x.path] = RunResult(
                 str(work.manifest.path), len(work.rows), outcome, work.store.root, counts
@@ -177,15 +181,22 @@ def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
 
 
 def collect(
-    manifest_path: str | Path | None, state_dir: Path, env: Environment | None = None
+    manifest_path: str | Path | None,
+    state_dir: Path,
+    env: Environment | None = None,
+    *,
+    ledger: str | None = None,
 ) -> list[RunResult]:
     """``runner collect``: poll and download what is in flight, for one or every manifest."""
+    options = RunOptions(collect=True)
     if manifest_path is not None:
-        return [run(manifest_path, state_dir, RunOptions(collect=True), env)]
-    with reading(state_dir) as ledger:
-        rows = ledger.jobs(status=COLLECTABLE) if ledger is not None else []
+        return [run(manifest_path, state_dir, options, env, ledger=ledger)]
+    with reading(state_dir, ledger) as opened:
+        rows = opened.jobs(status=COLLECTABLE) if opened is not None else []
     manifests = sorted({r.manifest for r in rows})
-    return run_many(manifests, state_dir, RunOptions(collect=True), env) if manifests else []
+    if not manifests:
+        return []
+    return run_many(manifests, state_dir, options, env, ledger=ledger)
 
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -239,16 +250,18 @@ def _apply_limit(rows: list[JobRow], limit: int | None) -> list[JobRow]:
     return [r for r in rows if r.status is not JobStatus.PENDING or r.key in kept]
 
 
-def _dry_run(loaded: _Loaded, state_dir: Path, options: RunOptions) -> RunResult:
+def _dry_run(
+    loaded: _Loaded, state_dir: Path, options: RunOptions, ledger: str | None
+) -> RunResult:
     """What ``run`` would submit (with --limit and the budget applied), reading the ledger
     only: the same order and the same ``Budget`` as the executor."""
     manifest, jobs, selected, store = loaded.manifest, loaded.jobs, loaded.selected, loaded.store
     statuses: dict[str, str] = {}
     spent = 0.0
-    with reading(state_dir) as ledger:
-        if ledger is not None:
-            statuses = ledger.diff(str(manifest.path), jobs).statuses
-            spent = charged_credits(ledger.jobs(manifest=str(manifest.path)))
+    with reading(state_dir, ledger) as opened:
+        if opened is not None:
+            statuses = opened.diff(str(manifest.path), jobs).statuses
+            spent = charged_credits(opened.jobs(manifest=str(manifest.path)))
     candidates = []
     for job in selected:
         status = JobStatus(statuses.get(job.key, JobStatus.PENDING.value))

@@ -34,19 +34,24 @@ def retry(
     *,
     keys: Sequence[str] = (),
     campaigns: Sequence[str] = (),
+    ledger: str | None = None,
 ) -> int:
     """``runner retry``: failed jobs back to ``pending`` with a new idempotency key; returns
     how many."""
     manifest = load_manifest(manifest_path)
     _refuse_unknown(expand(manifest), keys, campaigns)
-    with executing(state_dir) as ledger:
-        return ledger.retry_failed(
+    with executing(state_dir, ledger) as opened:
+        return opened.retry_failed(
             str(manifest.path), keys=list(keys) or None, campaigns=list(campaigns) or None
         )
 
 
 def train_souls(
-    manifest_path: str | Path, state_dir: Path, env: Environment | None = None
+    manifest_path: str | Path,
+    state_dir: Path,
+    env: Environment | None = None,
+    *,
+    ledger: str | None = None,
 ) -> SoulsResult:
     """``runner souls``: train the manifest's soul models that are not ready yet."""
     env = env or Environment()
@@ -72,9 +77,9 @@ def train_souls(
                 await api_client.aclose()
         return failures
 
-    with executing(state_dir) as ledger:
-        failures = anyio.run(train_all, ledger)
-        return SoulsResult(ledger.souls(str(manifest.path)), failures)
+    with executing(state_dir, ledger) as opened:
+        failures = anyio.run(train_all, opened)
+        return SoulsResult(opened.souls(str(manifest.path)), failures)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ def cancel(
     keys: Sequence[str] = (),
     campaigns: Sequence[str] = (),
     env: Environment | None = None,
+    ledger: str | None = None,
 ) -> Cancelled:
     """``runner cancel``: cancel the selected generations still queued at the provider.
 
@@ -141,8 +147,8 @@ def cancel(
                 await api_client.aclose()
         return done
 
-    with executing(state_dir) as ledger:
-        return anyio.run(cancel_all, ledger)
+    with executing(state_dir, ledger) as opened:
+        return anyio.run(cancel_all, opened)
 
 
 def _refuse_unknown(jobs: Sequence[Job], keys: Sequence[str], campaigns: Sequence[str]) -> None:

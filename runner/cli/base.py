@@ -48,6 +48,7 @@ class Context:
     """Options common to every command, accepted before or after the command name."""
 
     state: Path | None = None
+    ledger: str | None = None  # --ledger URL
     verbose: int = 0
     quiet: bool = False
     _console: Console | None = field(default=None, repr=False)
@@ -58,6 +59,11 @@ class Context:
         if self.state is not None:
             return self.state
         return Path(os.environ.get("RUNNER_STATE") or DEFAULT_STATE)
+
+    @property
+    def ledger_url(self) -> str | None:
+        """``--ledger`` wins over ``RUNNER_LEDGER``; ``None``: ``<state>/ledger.db``."""
+        return self.ledger or os.environ.get("RUNNER_LEDGER") or None
 
     @property
     def state_origin(self) -> str:
@@ -109,13 +115,18 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> Non
         configure_logging(obj)
 
 
+def _set_ledger(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).ledger = value
+
+
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         ctx.ensure_object(Context).quiet = True
 
 
 def common_options(f: F) -> F:
-    """``--state``, ``-v`` and ``-q`` on the group and on every command."""
+    """``--state``, ``--ledger``, ``-v`` and ``-q`` on the group and on every command."""
     f = click.option(
         "--state",
         type=click.Path(file_okay=False, path_type=Path),
@@ -123,6 +134,15 @@ def common_options(f: F) -> F:
         expose_value=False,
         is_eager=True,
         help="State directory (default $RUNNER_STATE or ./state).",
+    )(f)
+    f = click.option(
+        "--ledger",
+        metavar="URL",
+        callback=_set_ledger,
+        expose_value=False,
+        is_eager=True,
+        help="Ledger URL: a SQLite file or postgresql://… "
+        "(default $RUNNER_LEDGER, else <state>/ledger.db).",
     )(f)
     f = click.option(
         "-v",

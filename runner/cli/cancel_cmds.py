@@ -40,7 +40,13 @@ def cancel_cmd(
     already running."""
     from runner import app
 
-    done = app.cancel(manifest, get_ctx().state_dir, keys=keys, campaigns=campaigns)
+    done = app.cancel(
+        manifest,
+        get_ctx().state_dir,
+        keys=keys,
+        campaigns=campaigns,
+        ledger=get_ctx().ledger_url,
+    )
     if as_json:
         echo_json({"cancelled": done.cancelled, "not_cancelled": done.not_cancelled})
     else:

@@ -75,7 +75,9 @@ def filtered_rows(
     (any of each; all rows when none is given)."""
     from runner import app
 
-    rows = app.jobs(get_ctx().state_dir, statuses=statuses, campaigns=only)
+    rows = app.jobs(
+        get_ctx().state_dir, statuses=statuses, campaigns=only, ledger=get_ctx().ledger_url
+    )
     if manifest is not None:
         name = app.manifest_column(manifest)
         rows = [r for r in rows if r.manifest == name]
@@ -109,7 +111,7 @@ def status(
         }
         doc: dict[str, Any] = {"campaigns": counts, "totals": totals}
     else:
-        doc = app.status(get_ctx().state_dir, manifest)
+        doc = app.status(get_ctx().state_dir, manifest, ledger=get_ctx().ledger_url)
     counts, totals = doc["campaigns"], doc["totals"]
     if as_json:
         echo_json(doc)
@@ -177,7 +179,7 @@ def show(key: str, as_json: bool) -> None:
     """A job's request, state, file and full event history (KEY may be a unique prefix)."""
     from runner import app
 
-    shown = app.show(get_ctx().state_dir, key)
+    shown = app.show(get_ctx().state_dir, key, ledger=get_ctx().ledger_url)
     row, events = shown.job, shown.events
     if as_json:
         echo_json(shown.to_dict())

@@ -114,7 +114,9 @@ def plan(
     orphaned, and the estimated credits. Writes nothing."""
     from runner import app
 
-    planned = app.plan(manifest, get_ctx().state_dir, estimate=estimate)
+    planned = app.plan(
+        manifest, get_ctx().state_dir, estimate=estimate, ledger=get_ctx().ledger_url
+    )
     doc, jobs = planned.document, planned.jobs
     if only or tags:
         doc, jobs = _selected(doc, app.select(jobs, app.RunOptions(only=only, tags=tags)))

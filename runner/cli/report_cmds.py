@@ -74,6 +74,7 @@ def report_cmd(
         statuses=statuses,
         tags=tags,
         bundle=bundle is not None,
+        ledger=get_ctx().ledger_url,
     )
     if as_json:
         echo_json(

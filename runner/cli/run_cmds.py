@@ -85,7 +85,7 @@ def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
 
     rows = [
         r
-        for r in app.jobs(get_ctx().state_dir, campaigns=options.only)
+        for r in app.jobs(get_ctx().state_dir, campaigns=options.only, ledger=get_ctx().ledger_url)
         if r.manifest == manifest and r.status.value != "orphaned"
     ]
     if options.tags:
@@ -176,7 +176,9 @@ def run_cmd(
     try:
         with _view(progress_every) as view:
             env = app.Environment(handle_signals=True, on_progress=view)
-            ending.results = app.run_many(manifests, ctx.state_dir, options, env)
+            ending.results = app.run_many(
+                manifests, ctx.state_dir, options, env, ledger=ctx.ledger_url
+            )
         for result in ending.results:
             ending.selection[result.manifest] = _selection(result.manifest, options)
     except BaseException as err:
@@ -198,7 +200,7 @@ def _dry_run(manifests: tuple[Path, ...], options: RunOptions, *, as_json: bool)
     """What a run would submit, per manifest (with --limit and the budget applied)."""
     from runner import app
 
-    results = app.run_many(manifests, get_ctx().state_dir, options)
+    results = app.run_many(manifests, get_ctx().state_dir, options, ledger=get_ctx().ledger_url)
     if as_json:
         echo_json(
             {
@@ -254,7 +256,7 @@ def collect_cmd(manifest: Path | None, progress_every: float, as_json: bool) -> 
     started = datetime.now().astimezone()
     with _view(progress_every) as view:
         env = app.Environment(handle_signals=True, on_progress=view)
-        results = app.collect(manifest, ctx.state_dir, env)
+        results = app.collect(manifest, ctx.state_dir, env, ledger=ctx.ledger_url)
     again = command_line("collect", *([manifest] if manifest else []))
     ending = Ending(
         results,
@@ -315,10 +317,11 @@ def retry_cmd(
     """Put failed jobs back to pending with a new idempotency key; `run` sends them."""
     from runner import app
 
-    state = get_ctx().state_dir
-    statuses = {j["key"]: j["status"] for j in app.plan(manifest, state).document["jobs"]}
+    state, ledger = get_ctx().state_dir, get_ctx().ledger_url
+    planned = app.plan(manifest, state, ledger=ledger).document["jobs"]
+    statuses = {j["key"]: j["status"] for j in planned}
     full = _resolve_keys(keys, statuses, manifest)
-    count = app.retry(manifest, state, keys=full, campaigns=campaigns)
+    count = app.retry(manifest, state, keys=full, campaigns=campaigns, ledger=ledger)
     if as_json:
         echo_json({"manifest": str(manifest), "retried": count, "keys": full or None})
         return
@@ -344,7 +347,7 @@ def souls_cmd(manifest: Path, as_json: bool) -> None:
 
     ctx = get_ctx()
     with activity(ctx.console, "training the soul models that are not ready yet", quiet=ctx.quiet):
-        result = app.train_souls(manifest, ctx.state_dir)
+        result = app.train_souls(manifest, ctx.state_dir, ledger=ctx.ledger_url)
     records, failures = result.souls, result.failures
     if as_json:
         echo_json({"souls": [asdict(s) for s in records], "failures": failures})
