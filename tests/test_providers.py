@@ -1220,3 +1220,14 @@ async def test_upload_answers_that_cannot_be_used(extra: dict[str, Any]) -> None
     with pytest.raises(PermanentError, match="malformed response"):
         await can_upload(provider).upload(b"img", "image/png")
     assert [r.method for r in fake.requests] == ["POST"]
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+async def test_an_id_carrying_the_key_is_refused(name: str) -> None:
+    """An id is stored and printed: one that echoes the key is refused, the key unrepeated."""
+    secret = SEED_KEY if name == "higgsfieldapi" else KEY_SECRET
+    doc = {"generation_id": f"g-{secret}", "request_id": f"g-{secret}"}
+    provider, _ = provider_for(name, json_answer(doc))
+    with pytest.raises(PermanentError, match="carries the API key") as info:
+        await provider.submit({"prompt": "p", "model": "a/b"}, idempotency_key="k-1")
+    assert secret not in str(info.value)

@@ -384,7 +384,8 @@ class HttpProvider(abc.ABC):
         """POST something the provider creates (and may charge for); its JSON answer.
 
         With ``idempotency_key`` it is checked and sent as ``Idempotency-Key``. A lost answer is
-        an UnknownOutcomeError: only a retry with the same key is safe.
+        an UnknownOutcomeError: only a retry with the same key is safe. An answer whose values
+        carry our key (an id the ledger would store and print) is refused.
         """
         headers: dict[str, str] = {}
         if idempotency_key is not None:
@@ -393,7 +394,11 @@ class HttpProvider(abc.ABC):
         response = await self.send(
             "POST", url, json_body=body, headers=headers, non_idempotent=True
         )
-        return self.json_object(response)
+        doc = self.json_object(response)
+        if any(isinstance(v, str) and self._credential.leaks(v) for v in doc.values()):
+            what = f"POST {response.request.url.path}"
+            raise PermanentError(f"{what}: the answer carries the API key; refused")
+        return doc
 
     async def read_status(self, url: str, *, what: str) -> tuple[dict[str, Any], str]:
         """GET a status document: the JSON object and its (non-empty) ``status`` word."""
