@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -243,3 +243,22 @@ def test_local_store_checks_and_moves_recorded_videos(tmp_path: Path) -> None:
     assert other.relocate(new, "b/v.mp4") is None  # never over an existing file
     moved = other.relocate(new, "c/v.mp4")
     assert moved is not None and Path(moved).read_bytes() == b"x" * 10
+
+
+async def test_a_trickling_body_is_cut_after_the_grace_period() -> None:
+    """A body arriving under MIN_RATE for longer than RATE_GRACE (on the clock it is given:
+    here 10 s pass per chunk) is cut with a transient error, after handing over what came."""
+    from runner.outputs.fetch import RATE_GRACE, Body
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(1000):
+            yield b"x"
+
+    ticks = iter(range(0, 100_000, 10))
+    response = httpx.Response(200, content=trickle())
+    body = Body(start=0, total=1000, _response=response, clock=lambda: float(next(ticks)))
+    got = b""
+    with pytest.raises(TransientError, match="too slow"):
+        async for chunk in body.chunks():
+            got += chunk
+    assert 0 < len(got) <= RATE_GRACE / 10 + 2

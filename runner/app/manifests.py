@@ -29,12 +29,14 @@ class Validated:
     error: ManifestError | None = None
 
 
-def validate(paths: Sequence[Path]) -> list[Validated]:
-    """Load and expand each manifest; every problem is reported, none raised."""
+def validate(paths: Sequence[Path], state_dir: Path | None = None) -> list[Validated]:
+    """Load and expand each manifest (its output paths checked where they will land, given
+    the state directory); every problem is reported, none raised."""
     results = []
     for path in paths:
         try:
-            results.append(Validated(path, jobs=len(expand(load_manifest(path)))))
+            jobs = expand(load_manifest(path), state_dir=state_dir)
+            results.append(Validated(path, jobs=len(jobs)))
         except ManifestError as err:
             results.append(Validated(path, error=err))
     return results
@@ -62,7 +64,7 @@ def plan(
     writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
     the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
     manifest = load_manifest(manifest_path)
-    jobs = expand(manifest)
+    jobs = expand(manifest, state_dir=state_dir)
     if estimate:
         jobs = estimated(manifest, jobs, env or Environment())
     statuses: dict[str, str] = {}

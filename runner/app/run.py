@@ -143,7 +143,7 @@ def _load(
     """A manifest, its jobs and its settings, checked (credentials included, unless only a
     dry run) before anything is written."""
     manifest = load_manifest(path)
-    jobs = expand(manifest)
+    jobs = expand(manifest, state_dir=state_dir)
     store = open_store(str(manifest.output_dir(state_dir)), environ=env.environ)
     loaded = _Loaded(
         str(path),

@@ -42,7 +42,7 @@ def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests: print `ok: N jobs` for each, or its errors (exit 2)."""
     from runner import app
 
-    results = app.validate(manifests)
+    results = app.validate(manifests, get_ctx().state_dir)
     bad = any(r.error is not None for r in results)
     if as_json:
         echo_json(

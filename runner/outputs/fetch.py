@@ -8,6 +8,7 @@ where the bytes go, and how they are made final, is the output store's business.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ MAX_REDIRECTS = 5
 EXPIRED_STATUSES = frozenset({403, 404, 410})
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# A body that trickles in (a byte every 20 s never trips the read timeout) is cut once it has
+# taken longer than RATE_GRACE at under MIN_RATE on average; the bytes so far are kept for a
+# Range resume, and the cut counts as a transient failure, so a run always ends.
+MIN_RATE = 16 * 1024  # bytes per second
+RATE_GRACE = 60.0  # seconds
 
 # The URL policy (what a URL may reach, decided on the address connected to) is
 # runner.outputs.policy; these names are re-exported for the stores and the engine.
@@ -45,15 +51,23 @@ class Body:
     start: int
     total: int | None
     _response: httpx.Response
+    clock: Callable[[], float] = time.monotonic
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body from ``start`` on, checked against ``total`` at its end."""
         received = self.start
+        began = self.clock()
         try:
             # No chunk size: each piece is handed on as it arrives, none held back in a buffer.
             async for chunk in self._response.aiter_bytes():
                 received += len(chunk)
                 yield chunk
+                elapsed = self.clock() - began
+                if elapsed > RATE_GRACE and (received - self.start) / elapsed < MIN_RATE:
+                    raise TransientError(
+                        f"video body too slow: {received - self.start} bytes in {elapsed:.0f}s "
+                        f"(under {MIN_RATE} bytes/s); resuming later"
+                    )
         except httpx.TransportError as err:
             raise _interrupted(err) from err
         if self.total is not None and received < self.total:
