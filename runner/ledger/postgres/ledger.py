@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from types import TracebackType
 from typing import Any
 
 from psycopg import sql
@@ -72,10 +71,6 @@ class PostgresLedger(SoulsAndUploads):
     executor lock holds nobody back: see :meth:`executor_lock`.
     """
 
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
-        self._id: str | None = None
-
     @classmethod
     def open(
         cls,
@@ -110,11 +105,6 @@ class PostgresLedger(SoulsAndUploads):
         return self._store.url
 
     @property
-    def readonly(self) -> bool:
-        """Whether the ledger was opened read-only."""
-        return self._store.readonly
-
-    @property
     def id(self) -> str:
         """The ledger's own id (``meta``), read once."""
         if self._id is None:
@@ -139,25 +129,6 @@ class PostgresLedger(SoulsAndUploads):
         is the job's idempotency key only; it guarantees nothing beyond the migrations.
         """
         return self._executing()
-
-    def close(self) -> None:
-        """Close the connection. The ledger cannot be used afterwards."""
-        self._store.close()
-
-    def __enter__(self) -> PostgresLedger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        mode = "read-only" if self.readonly else "read-write"
-        return f"<PostgresLedger {self.url} {mode}>"
 
     def _select_jobs(
         self, where: str | None = None, params: Sequence[Any] = (), *, lock: bool = False

@@ -11,7 +11,6 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from runner.errors import LedgerError
@@ -53,10 +52,6 @@ class SqliteLedger(SoulsAndUploads):
     The executor lock is an ``flock`` on ``runner.lock`` in the file's directory.
     """
 
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
-        self._id: str | None = None
-
     @classmethod
     def open(
         cls,
@@ -97,11 +92,6 @@ class SqliteLedger(SoulsAndUploads):
         return str(self._store.path)
 
     @property
-    def readonly(self) -> bool:
-        """Whether the ledger was opened read-only."""
-        return self._store.readonly
-
-    @property
     def id(self) -> str:
         """The ledger's own id (``meta``), read once."""
         if self._id is None:
@@ -121,25 +111,6 @@ class SqliteLedger(SoulsAndUploads):
     def executor_lock(self) -> AbstractContextManager[None]:
         """The flock on ``runner.lock`` beside the file; see ``Ledger.executor_lock``."""
         return self._locked()
-
-    def close(self) -> None:
-        """Close the connection. The ledger cannot be used afterwards."""
-        self._store.close()
-
-    def __enter__(self) -> SqliteLedger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        mode = "read-only" if self.readonly else "read-write"
-        return f"<SqliteLedger {self.url} {mode}>"
 
     def _select_jobs(self, where: str | None = None, params: Sequence[Any] = ()) -> list[JobRow]:
         with self._store.read() as db:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from runner.ledger.models import SoulRow
+from runner.ledger.shell import LedgerShell
 from runner.ledger.sqlite.store import Store
 
 
-class SoulsAndUploads:
+class SoulsAndUploads(LedgerShell[Store]):
     """The ``souls`` and ``uploads`` tables; ``SqliteLedger`` builds on this."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
 
     def get_soul(self, name: str, manifest: str) -> SoulRow | None:
         """The soul model recorded for ``souls.<name>`` of this manifest, or ``None``."""
