@@ -146,7 +146,7 @@ def test_run_logs_and_progress_lines_carry_timestamps(
     done = w.invoke("-v", "run", str(w.manifest))
     assert done.exit_code == 0, done.output
     lines = done.stderr.splitlines()
-    assert any(" INFO runner.engine.executor: " in line for line in lines)
+    assert any(" INFO runner.engine.stages: " in line for line in lines)
     assert all(re.match(STAMP, line) for line in lines), lines
     summary = r"^elapsed \d+s; ~20 credits estimated this run, ~20 for this manifest in all$"
     assert re.search(summary, done.stdout, re.M), done.stdout

@@ -508,7 +508,7 @@ def test_verbose_after_the_command_and_unusable_state(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "INFO runner.engine.executor" in done.stderr
+    assert "INFO runner.engine.stages" in done.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
     bad = finish_run(manifest, blocker / "state", runner_env(server))
