@@ -18,7 +18,8 @@ from typing import Any
 import httpcore
 import httpx
 
-from runner.outputs.policy import IPAddress, PinnedTransport, URLPolicy
+from runner.outputs.pinned import PinnedTransport
+from runner.outputs.policy import IPAddress, URLPolicy
 
 
 class FakeResolver:

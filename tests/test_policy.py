@@ -16,8 +16,8 @@ import pytest
 
 from runner.errors import TransientError, UnsafeURLError
 from runner.outputs.fetch import fetch
+from runner.outputs.pinned import PinnedBackend
 from runner.outputs.policy import (
-    PinnedBackend,
     URLPolicy,
     check_url,
     literal_address,

@@ -29,7 +29,7 @@ from runner.engine.souls import SoulTrainer
 from runner.ledger import JobRow, Ledger
 from runner.manifest import Manifest
 from runner.outputs import OutputStore
-from runner.outputs.policy import pinned_client
+from runner.outputs.pinned import pinned_client
 from runner.providers import Provider
 
 DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)

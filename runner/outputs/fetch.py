@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import httpx
 
 from runner.errors import DownloadError, ExpiredURLError, TransientError, UnsafeURLError
-from runner.outputs.policy import POLICY_EXTENSION, DownloadPolicy, check_url, join_redirect
+from runner.outputs.pinned import POLICY_EXTENSION
+from runner.outputs.policy import DownloadPolicy, check_url, join_redirect
 
 CHUNK_SIZE = 256 * 1024
 MAX_REDIRECTS = 5

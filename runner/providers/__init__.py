@@ -73,7 +73,7 @@ def make_provider(
     client's own default notwithstanding.
 
     URLs the provider hands out to send something to (presigned upload URLs) go through
-    ``upload_client`` (default: a :func:`~runner.outputs.policy.pinned_client`, or the injected
+    ``upload_client`` (default: a :func:`~runner.outputs.pinned.pinned_client`, or the injected
     ``client``) under ``url_policy`` (default: ``URLPolicy.for_base_url(base_url)``, decided on
     first use).
     """

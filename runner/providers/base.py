@@ -21,7 +21,8 @@ from runner.errors import (
     UnsafeURLError,
     UsageError,
 )
-from runner.outputs.policy import POLICY_EXTENSION, URLPolicy, check_url, parse_url, pinned_client
+from runner.outputs.pinned import POLICY_EXTENSION, pinned_client
+from runner.outputs.policy import URLPolicy, check_url, parse_url
 from runner.providers.classify import (
     raise_for_status,
     raise_for_transport,
@@ -333,7 +334,7 @@ class HttpProvider(abc.ABC):
 
         The answer is read whole (at most ``MAX_ANSWER_BYTES``) within ``EXCHANGE_DEADLINE``.
         ``client`` (default: the API client) and ``policy`` (a URL policy a
-        :class:`~runner.outputs.policy.PinnedTransport` applies) are for URLs outside the API.
+        :class:`~runner.outputs.pinned.PinnedTransport` applies) are for URLs outside the API.
         """
         target = httpx.URL(url)
         what = f"{method} {target.path}"
