@@ -18,11 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner.errors import PermanentError
-from runner.providers.base import (
-    HttpProvider,
-    Secret,
+from runner.providers.base import HttpProvider, Secret, env_value
+from runner.providers.messages import (
     check_image_urls,
-    env_value,
     merge_params,
     normalize_generation,
     normalize_soul,

@@ -40,18 +40,16 @@ from typing import Any
 
 from runner.errors import PermanentError, UnsafeURLError, UsageError
 from runner.outputs.policy import parse_url
-from runner.providers.base import (
-    HttpProvider,
-    Secret,
+from runner.providers.base import HttpProvider, Secret, env_value
+from runner.providers.classify import shorten
+from runner.providers.messages import (
     check_image_urls,
-    env_value,
     merge_params,
     normalize_generation,
     normalize_soul,
     require_id,
     require_str,
 )
-from runner.providers.classify import shorten
 from runner.providers.types import GenerationStatus, SoulStatus
 
 DEFAULT_BASE_URL = "https://api.higgsfield.ai"
