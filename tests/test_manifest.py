@@ -29,7 +29,7 @@ from runner.manifest import (
 )
 from runner.manifest import matrix as matrix_module
 from runner.manifest.globs import GlobError, bounded_glob
-from runner.manifest.yamlpos import Where
+from runner.manifest.positions import Where
 
 SPEC_EXAMPLE = """\
 version: 1

@@ -32,7 +32,8 @@ from runner.manifest.model import (
     Soul,
     manifest_json_schema,
 )
-from runner.manifest.yamlpos import MAX_DEPTH, MAX_NODES, FieldPath, Where, format_path
+from runner.manifest.positions import FieldPath, Where, format_path
+from runner.manifest.yamlpos import MAX_DEPTH, MAX_NODES
 
 __all__ = [
     "DEFAULT_CONCURRENCY",

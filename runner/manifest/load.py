@@ -30,15 +30,9 @@ from runner.manifest.model import (
     RequestFields,
     Soul,
 )
+from runner.manifest.positions import Document, FieldPath, Where
 from runner.manifest.template import check_path_template
-from runner.manifest.yamlpos import (
-    MAX_FILE_BYTES,
-    Document,
-    FieldPath,
-    Where,
-    decode,
-    load_document,
-)
+from runner.manifest.yamlpos import MAX_FILE_BYTES, decode, load_document
 
 # Names that mean something else in a template context or a filename.
 RESERVED_NAMES = frozenset({"campaign", "key", "variant"})

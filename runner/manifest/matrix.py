@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.manifest.yamlpos import FieldPath, Where
+from runner.manifest.positions import FieldPath, Where
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pydantic import (
 
 from runner.manifest.globs import GlobError, bounded_glob
 from runner.manifest.matrix import Row
-from runner.manifest.yamlpos import Document, FieldPath, Where, format_path
+from runner.manifest.positions import Document, FieldPath, Where, format_path
 
 MANIFEST_VERSION = 1
 ProviderName = Literal["higgsfieldapi", "higgsfield"]

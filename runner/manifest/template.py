@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from runner.manifest.yamlpos import Where
+from runner.manifest.positions import Where
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]|[^{}]+")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -17,6 +17,10 @@ Events come from libyaml when PyYAML has it (about five times faster: 200,000 ``
 few seconds), else from PyYAML's pure-Python scanner; composing is ours either way.
 
 Duplicate mapping keys are errors. ``<<`` merge keys work; explicit keys win over merged ones.
+
+The positions themselves (:class:`~runner.manifest.positions.Document`,
+:class:`~runner.manifest.positions.Where`, :data:`~runner.manifest.positions.FieldPath`) are
+:mod:`runner.manifest.positions`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -36,85 +39,17 @@ from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
 from runner.errors import ManifestError
+from runner.manifest.positions import Document, FieldPath, format_path
 
 MAX_DEPTH = 64  # nesting of collections; real manifests use fewer than ten levels
 MAX_NODES = 1_000_000  # nodes with aliases expanded
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_NUMBER_DIGITS = 100  # Python refuses to parse ints past 4,300 digits; no field needs 100
 
-FieldPath = tuple[str | int, ...]
-
 _TAG = "tag:yaml.org,2002:"
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # What YAML allows in a file (PyYAML's Reader.NON_PRINTABLE, negated), and lone surrogates.
 _NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def format_path(path: FieldPath) -> str:
-    """``("campaigns", 1, "matrix")`` → ``campaigns[1].matrix``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _NAME.match(part):
-            out += f".{part}" if out else part
-        else:
-            out += f'["{part}"]'
-    return out
-
-
-@dataclass(frozen=True)
-class Where:
-    """A place in a manifest (or a CSV file it reads) that an error can name."""
-
-    file: str
-    line: int | None = None
-    column: int | None = None
-    field: str | None = None
-
-    def error(self, message: str) -> ManifestError:
-        """A ManifestError located here."""
-        return ManifestError(
-            message, file=self.file, line=self.line, column=self.column, field=self.field
-        )
-
-
-@dataclass
-class Document:
-    """Plain data from a YAML file and where each value and mapping key starts (1-based)."""
-
-    file: str
-    data: Any
-    values: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
-    collections: set[FieldPath] = field(default_factory=set)
-    _memo: dict[tuple[FieldPath, bool], Where] = field(default_factory=dict, repr=False)
-
-    def where(self, path: FieldPath, *, key: bool = False) -> Where:
-        """The position of ``path``, or of its nearest ancestor that has one.
-
-        ``key=True`` prefers the mapping key's position (for unknown or duplicate keys); so
-        does a mapping or list value, which in block style starts on the line after its key.
-        """
-        found = self._memo.get((path, key))
-        if found is None:
-            found = self._memo[(path, key)] = self._where(path, key)
-        return found
-
-    def _where(self, path: FieldPath, key: bool) -> Where:
-        shown = format_path(path) or None
-        if path in self.keys and (key or path in self.collections):
-            line, col = self.keys[path]
-            return Where(self.file, line, col, shown)
-        probe = path
-        while True:
-            if probe in self.values:
-                line, col = self.values[probe]
-                return Where(self.file, line, col, shown)
-            if not probe:
-                return Where(self.file, None, None, shown)
-            probe = probe[:-1]
 
 
 class _CoreResolver(BaseResolver):
