@@ -1,0 +1,233 @@
+"""Expansion (SPEC §3): a manifest into its jobs, matrix × seeds/variants, checked as it goes.
+
+For each campaign, in manifest order: the matrix rows (``runner.manifest.matrix``), then the
+rows of its CSV file, or one empty row when it has neither. Each row's request is
+``defaults`` < campaign fields < row values (a null unsets a field); string fields are
+templates over ``vars`` + the row + ``campaign``. What the provider would refuse at run time
+is refused here (local ``image_url`` files with a provider that cannot upload; ``model``
+values that are no model id for the ``higgsfield`` provider), and each job's credits are
+priced from ``budget.prices``; output paths are checked by :mod:`runner.jobs.paths`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.jobs.keys import Job, canonical_json, job_key, variant_seed
+from runner.jobs.paths import check_paths
+from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, FieldPath, Manifest, Row, Where
+from runner.manifest.matrix import expand_matrix, row_bound, same
+from runner.manifest.template import render, render_path
+
+# The platform's model ids: owner/name[/...] (runner.providers.platform.MODEL_ID, two or
+# more segments); these first segments are its own endpoints, never models.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+")
+MODEL_ENDPOINTS = frozenset({"requests", "files", "v1", "estimate"})
+_URL_SCHEMES = re.compile(r"^(?:https?|data):", re.IGNORECASE)
+
+
+def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[Job]:
+    """All jobs of a manifest, in manifest order; ManifestError (with position) if any is bad.
+
+    With ``state_dir`` the output paths are also checked where they will really be: against
+    the state directory's files and the limits of the filesystem they land on (the default
+    ``output.dir`` is inside the state directory).
+    """
+    _check_size(manifest)
+    jobs: list[Job] = []
+    first: dict[str, Where] = {}
+    paths: dict[str, Job] = {}
+    for ci in range(len(manifest.campaigns)):
+        scope = _Scope(manifest, ci)
+        for row in _campaign_rows(scope):
+            for job, where in _row_jobs(scope, row, len(jobs)):
+                if job.key in first:
+                    raise where.error(
+                        f"campaign {job.campaign!r} makes the same job twice "
+                        f"(row {canonical_json(job.vars)}; first from {_short(first[job.key])})"
+                    )
+                if job.path in paths:
+                    raise scope.filename_where.error(
+                        f"jobs {paths[job.path].key} and {job.key} would both be written to "
+                        f"{job.path!r}; put {{key}} in the filename"
+                    )
+                first[job.key] = where
+                paths[job.path] = job
+                jobs.append(job)
+    check_paths(manifest, jobs, state_dir)
+    return jobs
+
+
+def _short(where: Where) -> str:
+    return f"{where.file}:{where.line}" if where.line else where.file
+
+
+def _check_size(m: Manifest) -> None:
+    """Refuse before building anything when the rows could pass ``limits.max_jobs``."""
+    total = 0
+    for ci, c in enumerate(m.campaigns):
+        rows = len(m.csv_rows(ci))
+        if c.matrix is not None:
+            rows += row_bound(c.matrix.axes, c.matrix.include)
+        elif c.rows is None:
+            rows = 1
+        count = rows * (len(c.seeds) if c.seeds is not None else c.variants or 1)
+        total += count
+        if total > m.limits.max_jobs:
+            part = "matrix" if c.matrix is not None else "rows" if c.rows else "name"
+            raise m.where(("campaigns", ci, part)).error(
+                f"campaign {c.name!r} can expand to {count} jobs, {total} with the campaigns "
+                f"before it: more than limits.max_jobs={m.limits.max_jobs} "
+                "(raise it deliberately if you mean it)"
+            )
+
+
+class _Scope:
+    """What every row of one campaign shares, worked out once per campaign."""
+
+    def __init__(self, m: Manifest, ci: int) -> None:
+        self.manifest = m
+        self.index = ci
+        self.campaign = c = m.campaigns[ci]
+        self.where = m.locator()
+        self.base: FieldPath = ("campaigns", ci)
+        self.whole = self.where(self.base)
+        self.filename_where = self.where(("output", "filename"))
+        self.manifest_path = str(m.path)
+        # defaults < campaign; a row's values go on top of these
+        self.request: dict[str, Any] = {}
+        self.sources: dict[str, Where] = {}
+        for items, base in (
+            (m.defaults.request_items(), ("defaults",)),
+            (c.request_items(), self.base),
+        ):
+            for name, value in items.items():
+                self.request[name] = value
+                self.sources[name] = self.where((*base, name))
+
+
+def _campaign_rows(scope: _Scope) -> list[Row]:
+    c, base = scope.campaign, scope.base
+    rows: list[Row] = []
+    if c.matrix is not None:
+        rows = expand_matrix(
+            c.matrix.axes,
+            c.matrix.include,
+            c.matrix.exclude,
+            where=scope.where,
+            base=(*base, "matrix"),
+        )
+        if not rows:
+            raise scope.where((*base, "matrix")).error("exclude removes every row of the matrix")
+    rows += scope.manifest.csv_rows(scope.index)
+    if c.matrix is None and c.rows is None:
+        rows = [Row({}, {}, scope.whole)]
+    return rows
+
+
+def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
+    m, c = scope.manifest, scope.campaign
+    origin = row.origin or scope.whole
+    request, sources = _layered_request(scope, row)
+    context = {**m.vars, **row.values, "campaign": c.name}
+    for name in TEMPLATED_FIELDS & request.keys():
+        if isinstance(request[name], str):
+            request[name] = render(request[name], context, sources[name])
+    _check_provider_fields(scope, row, request, sources)
+    kind = request.get("type")
+    if kind == "image-to-video" and not request.get("image_url"):
+        raise sources["type"].error(f"image-to-video needs image_url (campaign {c.name!r})")
+    if kind == "text-to-video" and not request.get("prompt"):
+        raise sources["type"].error(f"text-to-video needs a prompt (campaign {c.name!r})")
+    if c.seeds is not None:
+        plan: list[tuple[int | None, int | None]] = [(s, None) for s in c.seeds]
+    elif c.variants:
+        bare = {k: v for k, v in request.items() if k != "seed"}
+        plan = [(variant_seed(c.name, row.values, bare, v), v) for v in range(c.variants)]
+    else:
+        plan = [(None, None)]
+    out: list[tuple[Job, Where]] = []
+    for seed, variant in plan:
+        body = dict(request)
+        if seed is not None:
+            body["seed"] = seed
+        body = {k: body[k] for k in (*REQUEST_FIELDS, *body) if k in body}  # request order
+        key = job_key(c.name, row.values, body, variant, c.soul)
+        names = {**m.vars, **row.values, "campaign": c.name, "key": key}
+        names |= {"seed": body.get("seed"), "variant": variant}
+        job = Job(
+            key=key,
+            campaign=c.name,
+            manifest=scope.manifest_path,
+            index=index + len(out),
+            vars=dict(row.values),
+            request=body,
+            path=render_path(m.output.filename, names, scope.filename_where),
+            credits=_credits(scope, body, origin),
+            variant=variant,
+            soul=c.soul,
+            tags=tuple(c.tags),
+        )
+        out.append((job, origin))
+    return out
+
+
+def _check_provider_fields(
+    scope: _Scope, row: Row, request: Mapping[str, Any], sources: Mapping[str, Where]
+) -> None:
+    """What the provider would refuse at run time, refused now (SPEC v2 §3)."""
+    provider = scope.manifest.provider.name
+    image = request.get("image_url")
+    if provider == "higgsfieldapi" and isinstance(image, str) and not _URL_SCHEMES.match(image):
+        raise sources["image_url"].error(
+            f"image_url {image!r} is a local file, and provider higgsfieldapi has no upload "
+            "endpoint: give an http(s) URL, or use provider higgsfield"
+        )
+    model = request.get("model")
+    if provider == "higgsfield" and model is not None:
+        if (
+            isinstance(model, str)
+            and MODEL_ID.fullmatch(model)
+            and model.split("/", 1)[0] not in MODEL_ENDPOINTS
+        ):
+            return
+        message = (
+            f"model {model!r} does not look like a model id (owner/name[/...], e.g. "
+            "higgsfield-ai/dop/standard)"
+        )
+        if "model" in row.values:
+            message += (
+                "; a matrix key named 'model' sets the request's model: to use it as a "
+                "template variable, give it another name (e.g. 'look')"
+            )
+        raise sources["model"].error(message)
+
+
+def _layered_request(scope: _Scope, row: Row) -> tuple[dict[str, Any], dict[str, Where]]:
+    """defaults < campaign < row, with where each winning value was written."""
+    values = dict(scope.request)
+    sources = dict(scope.sources)
+    for name in REQUEST_FIELDS:
+        if name in row.values:
+            values[name] = row.values[name]
+            sources[name] = row.sources.get(name) or row.origin or scope.whole
+    request = {k: v for k, v in values.items() if v is not None}
+    return request, sources
+
+
+def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> float:
+    """First price rule whose ``match`` items all equal the request's fields; none → 0."""
+    for i, rule in enumerate(scope.manifest.budget.prices):
+        if all(k in request and same(request[k], v) for k, v in rule.match.items()):
+            if rule.credits is not None:
+                return float(rule.credits)
+            duration = request.get("duration")
+            if duration is None:
+                raise scope.where(("budget", "prices", i)).error(
+                    f"this rule prices by the second, but a job has no duration ({_short(origin)})"
+                )
+            return float(rule.credits_per_second or 0) * float(duration)
+    return 0.0

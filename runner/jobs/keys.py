@@ -1,0 +1,64 @@
+"""The job record and its identity: :class:`Job`, its key, and the seeds of its variants.
+
+Keys: the first 16 hex digits of sha256 over the canonical JSON (sorted keys, compact) of
+``[campaign, row, request, variant]``, and ``soul`` appended when the campaign uses one, since
+the soul is sent beside the body and changes the video.
+
+Variant seeds (``variants: N``): variant ``v`` of a row gets the seed
+``int(sha256(canonical_json(["seed", campaign, row, request, v]))[:8], 16) & 0x7FFFFFFF``,
+where ``request`` is the row's request before the seed is set. So seeds are stable across
+runs and machines, and distinct per row and variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation to make: a campaign's matrix row turned into a request body."""
+
+    key: str  # 16 hex of sha256 over canonical JSON (campaign, row, request, variant)
+    campaign: str
+    manifest: str  # the manifest's path, as resolved (absolute)
+    index: int  # position in manifest order
+    vars: dict[str, Any]  # the matrix row
+    request: dict[str, Any]  # the body that will be sent (soul model id added at submit)
+    path: str  # output filename relative to output.dir, already sanitized
+    credits: float  # estimated credits from budget.prices
+    variant: int | None = None
+    soul: str | None = None  # name of a soul in the manifest's ``souls:``
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def canonical_json(value: Any) -> str:
+    """JSON that is the same for equal data, whatever the order of mapping keys."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_key(
+    campaign: str,
+    row: Mapping[str, Any],
+    request: Mapping[str, Any],
+    variant: int | None = None,
+    soul: str | None = None,
+) -> str:
+    """The job's identity in the ledger (see the module docstring)."""
+    material: list[Any] = [campaign, dict(row), dict(request), variant]
+    if soul is not None:
+        material.append(soul)
+    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()[:16]
+
+
+def variant_seed(
+    campaign: str, row: Mapping[str, Any], request: Mapping[str, Any], variant: int
+) -> int:
+    """The derived seed of a variant: deterministic, 31 bits (see the module docstring)."""
+    material = ["seed", campaign, dict(row), dict(request), variant]
+    digest = hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF

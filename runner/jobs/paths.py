@@ -1,0 +1,116 @@
+"""Output paths checked where they land: collisions, the state directory's files, OS limits.
+
+What can only fail at run time is refused at validate time (SPEC v2 §3): output paths that
+collide (with another job's file, its ``.part``/``.part.id``, a folder another job needs, on
+a case-insensitive disk too), that land on the runner's own state files, or that pass the
+operating system's limits (NAME_MAX and PATH_MAX of the filesystem the output folder is on,
+or the length of an S3 object key).
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner.jobs.keys import Job
+from runner.manifest import Manifest
+
+# Files a download writes beside its video while it runs (runner.outputs.local).
+TEMPORARY_SUFFIXES = (".part", ".part.id")
+# The state directory's own files (runner.ledger.sqlite): no video may take these names.
+STATE_FILES = frozenset(
+    {"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "runner.lock"}
+)
+DEFAULT_NAME_MAX = 255  # bytes per path segment, where the filesystem cannot be asked
+DEFAULT_PATH_MAX = 4096  # bytes per absolute path (Linux); macOS allows 1024
+S3_KEY_MAX = 1024  # bytes per object key
+
+
+def _fold(path: str) -> str:
+    """How a case-insensitive, normalizing disk (macOS, Windows, exFAT, SMB) sees a path."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
+    """Refuse output paths that would collide or could never be written (linear time)."""
+    at = m.where(("output", "filename"))
+    files: dict[str, tuple[str, Job]] = {}  # folded name → (name, job), .part files included
+    for job in jobs:
+        segments = job.path.split("/")
+        if _fold(segments[-1]) in STATE_FILES:
+            # Wherever output.dir is, it may be the state directory (or be made it by --state).
+            raise at.error(
+                f"job {job.key} would be written to {job.path!r}: {segments[-1]!r} is a name "
+                "of the runner's own state files (the ledger, its lock); rename it"
+            )
+        for name in (job.path, *(job.path + s for s in TEMPORARY_SUFFIXES)):
+            folded = _fold(name)
+            if folded in files and files[folded][1].key != job.key:
+                other_name, other = files[folded]
+                raise at.error(
+                    f"jobs {other.key} and {job.key} would write {other_name!r} and {name!r}, "
+                    "the same file (a download's temporary file, or on a case-insensitive "
+                    "disk); put {key} in the filename"
+                )
+            files[folded] = (name, job)
+    # Every path has as many segments as the template (an empty one renders "_"), so a file
+    # never stands where another job needs a folder.
+    _check_limits(m, jobs, state_dir)
+
+
+def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
+    """Every path within the limits of the filesystem where it lands."""
+    at_dir = m.where(("output", "dir"))
+    at_file = m.where(("output", "filename"))
+    if m.output.dir is None and state_dir is None:
+        root: Path | None = None  # unknown until the state directory is
+    else:
+        where = m.output_dir(Path(state_dir) if state_dir is not None else Path("state"))
+        if isinstance(where, str):  # s3://bucket/prefix
+            prefix = where.removeprefix("s3://").partition("/")[2].strip("/")
+            for job in jobs:
+                key = f"{prefix}/{job.path}" if prefix else job.path
+                if len(key.encode("utf-8")) > S3_KEY_MAX:
+                    raise at_file.error(
+                        f"job {job.key}: the object key {key[:60]!r}... is longer than "
+                        f"{S3_KEY_MAX} bytes"
+                    )
+            return
+        root = where
+    name_max, path_max = _limits(root)
+    if root is not None:
+        for segment in root.parts[1:]:
+            if len(segment.encode("utf-8", "surrogateescape")) > name_max:
+                raise at_dir.error(
+                    f"a folder name in {str(root)!r} is longer than {name_max} bytes"
+                )
+    longest = max(TEMPORARY_SUFFIXES, key=len)
+    base = len(str(root).encode("utf-8", "surrogateescape")) + 1 if root is not None else 0
+    for job in jobs:
+        for segment in job.path.split("/"):
+            if len((segment + longest).encode("utf-8")) > name_max:
+                raise at_file.error(
+                    f"job {job.key}: the name {segment[:40]!r}... with {longest!r} is longer than "
+                    f"{name_max} bytes, the most this filesystem allows"
+                )
+        total = base + len((job.path + longest).encode("utf-8"))
+        if total >= path_max:
+            raise at_file.error(
+                f"job {job.key}: the path of {job.path[:40]!r}... would be {total} bytes, "
+                f"more than this system's {path_max}"
+            )
+
+
+def _limits(root: Path | None) -> tuple[int, int]:
+    """NAME_MAX and PATH_MAX of the filesystem ``root`` is on (its nearest existing folder)."""
+    probe = root
+    while probe is not None and not os.path.isdir(probe):  # False for unusable paths too
+        probe = probe.parent if probe.parent != probe else None
+    if probe is None:
+        return DEFAULT_NAME_MAX, DEFAULT_PATH_MAX
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_NAME_MAX, DEFAULT_PATH_MAX

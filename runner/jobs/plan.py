@@ -1,0 +1,65 @@
+"""The ``plan --json`` document (SPEC §5): each job with its ledger status, and a summary.
+
+Which ledger statuses count as new, done, in flight or failed, and how credit figures are
+shown (:func:`number`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from runner.jobs.keys import Job
+
+IN_FLIGHT_STATUSES = frozenset({"submitting", "queued", "running", "completed"})
+NOT_SUBMITTED_STATUSES = frozenset({"new", "pending"})
+DONE_STATUS = "downloaded"
+FAILED_STATUS = "failed"
+_NO_STATUSES: Mapping[str, str] = MappingProxyType({})
+
+
+def number(value: float) -> int | float:
+    """A credit figure as JSON shows it: whole numbers without ``.0``, no float noise."""
+    value = round(value, 6)
+    return int(value) if value.is_integer() else value
+
+
+def plan_document(
+    jobs: Sequence[Job], statuses: Mapping[str, str] = _NO_STATUSES, orphaned: int = 0
+) -> dict[str, Any]:
+    """The ``plan --json`` document of SPEC §5.
+
+    ``statuses`` maps job keys to ledger statuses; a key missing from it is ``new``. ``new``
+    in the summary also counts ``pending`` jobs (recorded, not yet submitted), and
+    ``estimated_credits`` is what those would cost.
+    """
+    summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": 0, "failed": 0}
+    credits = 0.0
+    entries: list[dict[str, Any]] = []
+    for job in jobs:
+        raw = statuses.get(job.key, "new")
+        status = str(getattr(raw, "value", raw))  # a str Enum member works too
+        if status in NOT_SUBMITTED_STATUSES:
+            summary["new"] += 1
+            credits += job.credits
+        elif status == DONE_STATUS:
+            summary["done"] += 1
+        elif status in IN_FLIGHT_STATUSES:
+            summary["in_flight"] += 1
+        elif status == FAILED_STATUS:
+            summary["failed"] += 1
+        entries.append(
+            {
+                "key": job.key,
+                "campaign": job.campaign,
+                "status": status,
+                "vars": job.vars,
+                "request": job.request,
+                "path": job.path,
+            }
+        )
+    return {
+        "summary": {**summary, "orphaned": orphaned, "estimated_credits": number(credits)},
+        "jobs": entries,
+    }
