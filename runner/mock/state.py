@@ -2,9 +2,10 @@
 
 Every state is derived lazily from the clock (no background tasks): a generation is queued,
 then running (when :mod:`runner.mock.scheduling` starts it), then finished once its drawn
-latency has elapsed. Methods take a lock because a test thread reads what the server thread
-writes. Times are seconds on the app's clock; :meth:`MockState.iso` turns one into the ISO
-wall-clock time the platform writes (``expires_at``).
+latency has elapsed. Video URLs, video bytes and upload slots are :mod:`runner.mock.media`
+(a base class of :class:`MockState`). Methods take a lock because a test thread reads what
+the server thread writes. Times are seconds on the app's clock; :meth:`MockState.iso` turns
+one into the ISO wall-clock time the platform writes (``expires_at``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from random import Random
 from typing import Any, Literal
 
+from runner.mock.media import VideoUploads
 from runner.mock.options import GLITCH_KINDS, GlitchKind, MockOptions
 from runner.mock.records import (
     Generation,
@@ -33,7 +35,6 @@ from runner.mock.records import (
     Upload,
 )
 from runner.mock.scheduling import AccountQueue
-from runner.mock.video import video_for
 
 Clock = Callable[[], float]
 
@@ -71,7 +72,7 @@ queued, which the platform refunds; ``glitch_<kind>``: status glitches injected 
 
 
 @dataclass
-class MockState:
+class MockState(VideoUploads):
     """All of the mock's state, shared by the routes and exposed as ``app.state.mock``."""
 
     options: MockOptions
@@ -335,46 +336,6 @@ class MockState:
             self.counters["glitches"] += 1
             self.counters[f"glitch_{kind}"] += 1
             return kind
-
-    def video_path(self, generation: Generation) -> str:
-        """``/_mock/videos/{id}.mp4?token=…``: reused until it expires, then a fresh one."""
-        with self._lock:
-            generation.answered_completed = True
-            now = self.now()
-            token = self._current_token.get(generation.id)
-            if token is not None:
-                expires = self._video_tokens[token][1]
-                if expires is None or now < expires:
-                    return f"/_mock/videos/{generation.id}.mp4?token={token}"
-            token = secrets.token_hex(8)
-            ttl = self.options.url_ttl
-            self._video_tokens[token] = (generation.id, None if ttl is None else now + ttl)
-            self._current_token[generation.id] = token
-            return f"/_mock/videos/{generation.id}.mp4?token={token}"
-
-    def check_video_token(self, generation_id: str, token: str) -> Literal["ok", "expired", "bad"]:
-        """Whether a video URL's token is valid for this generation now."""
-        with self._lock:
-            entry = self._video_tokens.get(token)
-            if entry is None or entry[0] != generation_id:
-                return "bad"
-            expires = entry[1]
-            return "expired" if expires is not None and self.now() >= expires else "ok"
-
-    def video_bytes(self, generation_id: str) -> bytes:
-        """The exact bytes served for a generation's video."""
-        return video_for(generation_id, min_size=self.options.video_size)
-
-    def video_sha256(self, generation_id: str) -> str:
-        """sha256 hex of :meth:`video_bytes`, for tests comparing downloads."""
-        return hashlib.sha256(self.video_bytes(generation_id)).hexdigest()
-
-    def new_upload(self, content_type: str, headers: dict[str, str]) -> str:
-        """A presigned upload slot whose PUT must carry ``headers``; returns its token."""
-        with self._lock:
-            token = secrets.token_hex(12)
-            self.uploads[token] = Upload(content_type, dict(headers))
-            return token
 
     def record(self, entry: dict[str, Any]) -> None:
         """Append one request to the log (never headers: no credentials in here)."""
