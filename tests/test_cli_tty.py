@@ -143,7 +143,7 @@ def test_verbose_log_lines_print_above_the_live_display(
     pane.start(run_command(world, "-v"), runner_env(world.server))
     assert "[exit 0]" in pane.wait_for(exited, "end of the run")
     lines = pane.history().splitlines()
-    logged = [line for line in lines if re.search(r"\bINFO\s+runner\.engine\.executor: ", line)]
+    logged = [line for line in lines if re.search(r"\bINFO\s+runner\.engine\.stages: ", line)]
     with open_ledger(default_ledger_url(world.state), readonly=True) as ledger:
         changes = sum(
             e.from_status is not None for row in ledger.jobs() for e in ledger.events(row.key)

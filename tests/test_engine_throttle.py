@@ -129,3 +129,28 @@ async def test_pause_holds_every_caller() -> None:
     assert sent[:2] == pytest.approx([0.0, 0.105])
     assert all(t >= 5.2 for t in sent[2:])
     assert [b - a for a, b in itertools.pairwise(sent[2:])] == pytest.approx([0.105] * 2)
+
+
+async def test_priority_gate_lets_the_lowest_priority_in_first() -> None:
+    """With the one slot held, waiters get in by priority (soonest expiry first), ties in
+    arrival order; a cancelled waiter gives up its place."""
+    from runner.engine.throttle import PriorityGate
+
+    gate = PriorityGate(1)
+    order: list[str] = []
+
+    async def wait(name: str, priority: float) -> None:
+        async with gate.slot(priority):
+            order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        async with gate.slot(0):
+            for name, priority in [("c", 3.0), ("a", 1.0), ("b", 2.0), ("a2", 1.0)]:
+                tg.start_soon(wait, name, priority)
+            with anyio.CancelScope() as doomed:
+                doomed.cancel()
+                async with gate.slot(0.5):  # cancelled before it gets in
+                    order.append("never")
+            await anyio.wait_all_tasks_blocked()
+    assert order == ["a", "a2", "b", "c"]
+    assert gate.held == 0

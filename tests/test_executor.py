@@ -924,3 +924,28 @@ def test_two_state_dirs_on_one_account_never_share_generations(tmp_path: Path) -
     assert stats["generations_created"] == 3 * 3
     assert stats["idempotent_replays"] == 0
     assert stats["idempotency_conflicts"] == 0
+
+
+def test_expiry_is_recorded_and_the_soonest_expiring_is_downloaded_first(
+    tmp_path: Path,
+) -> None:
+    """The platform's `expires_at` is recorded with `completed`; with one download at a
+    time, the videos waiting for the slot are fetched soonest-expiring first."""
+    clock = FakeClock()
+    options = MockOptions(latency_min=1, latency_max=50, result_ttl=3600, seed=36)
+    h = Harness(tmp_path, options, clock)
+    limits = FAST_LIMITS.replace("download_concurrency: 3", "download_concurrency: 1")
+    h.write(PLATFORM_MANIFEST.format(limits=limits))
+    platform = {"HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfield"]}
+    assert h.run(app.RunOptions(submit_only=True), **platform).counts == {"queued": 6}
+    clock.advance(100)  # every generation is done, each with its own expiry
+    assert app.collect(h.manifest, h.state_dir, h.env(**platform))[0].counts == {
+        "downloaded": 6
+    }
+    expiry = {r.generation_id: r.expires_at for r in h.rows()}
+    assert all(expiry.values())
+    fetched = [
+        e["generation_id"] for e in h.mock.log_entries() if e["path"].startswith("/_mock/videos/")
+    ]
+    waited = [expiry[g] for g in fetched[1:]]  # the first took the free slot at once
+    assert waited == sorted(waited)

@@ -54,7 +54,7 @@ ALLOWED: dict[str, set[str]] = {
 JOB_COLUMNS = {
     "key", "campaign", "manifest", "job_index", "request", "vars", "path", "status",
     "generation_id", "idempotency_key", "attempts", "error", "video_url", "bytes", "sha256",
-    "credits", "soul", "tags", "variant", "created_at", "updated_at", "location",
+    "credits", "soul", "tags", "variant", "created_at", "updated_at", "location", "expires_at",
 }  # fmt: skip
 
 # How to walk a pending job into each status through allowed transitions.

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
-import anyio
 import httpx
 
 from runner.engine.budget import Budget, expired
@@ -27,7 +28,7 @@ from runner.engine.clock import SYSTEM_CLOCK, Clock
 from runner.engine.polling import deadline
 from runner.engine.progress import Outcome, Progress
 from runner.engine.settings import EngineSettings
-from runner.engine.throttle import AdaptiveSlots, Throttle
+from runner.engine.throttle import AdaptiveSlots, PriorityGate, Throttle
 from runner.errors import (
     DeadlineError,
     DownloadError,
@@ -46,6 +47,16 @@ from runner.providers import GenerationStatus, Provider
 log = logging.getLogger(__name__)
 
 AT_PROVIDER = (JobStatus.QUEUED, JobStatus.RUNNING)  # generations the provider is working on
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A provider's expiry as the ledger stores it."""
+    return moment.isoformat() if moment is not None else None
+
+
+def expiry(stored: str | None) -> float:
+    """A stored expiry as a download priority: its POSIX time, or last when there is none."""
+    return datetime.fromisoformat(stored).timestamp() if stored else math.inf
 
 
 class Gone(Exception):
@@ -98,7 +109,7 @@ class JobStages:
             on_throttled=self._throttled,
             on_retry=self._retried,
         )
-        self.downloads = anyio.Semaphore(max(1, settings.download_concurrency))
+        self.downloads = PriorityGate(settings.download_concurrency)
         self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
 
     # --- ledger moves ---------------------------------------------------------------------
@@ -237,6 +248,7 @@ class JobStages:
                     JobStatus.COMPLETED,
                     "generation completed",
                     video_url=status.video_url,
+                    expires_at=iso(status.expires_at),
                     error=None,
                 )
             if status.state == "failed":
@@ -266,7 +278,8 @@ class JobStages:
         return deadline(self.settings.generation_timeout, since, self.clock)
 
     async def _download(self, row: JobRow) -> None:
-        async with self.downloads:
+        # The result that the provider drops soonest is downloaded first.
+        async with self.downloads.slot(expiry(row.expires_at)):
             try:
                 self.store.location(row.path)
             except UnsafeURLError as err:
@@ -324,6 +337,10 @@ class JobStages:
             # provider, not a failure: it is paid for, so the next run asks again.
             raise self._hold(row, f"video URL expired; provider now says {status.raw}")
         return self._move(
-            row, JobStatus.COMPLETED, "video URL refreshed", video_url=status.video_url
+            row,
+            JobStatus.COMPLETED,
+            "video URL refreshed",
+            video_url=status.video_url,
+            expires_at=iso(status.expires_at) or row.expires_at,
         )
 

@@ -4,8 +4,12 @@ backoff. One ``Throttle`` per run; every API call takes a turn from it (see ``ca
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -123,3 +127,43 @@ def retry_wait(retry_after: float | None, attempt: int, backoff: Backoff) -> flo
     if retry_after is not None and not math.isnan(retry_after):
         return min(MAX_PAUSE, max(0.0, retry_after))
     return max(backoff.delay(attempt), min(DEFAULT_THROTTLE_WAIT, backoff.cap))
+
+
+class PriorityGate:
+    """At most ``size`` holders at once; waiters get in lowest ``priority`` first (ties in
+    arrival order). Downloads use it so that the result that expires soonest goes first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.held = 0
+        # min-heap of (priority, arrival, event): a freed slot is handed straight to its head
+        self._waiting: list[tuple[float, int, anyio.Event]] = []
+        self._arrivals = itertools.count()
+
+    @asynccontextmanager
+    async def slot(self, priority: float = math.inf) -> AsyncIterator[None]:
+        """Hold one of the slots for the block."""
+        if self.held < self.size and not self._waiting:
+            self.held += 1
+        else:
+            entry = (priority, next(self._arrivals), anyio.Event())
+            heapq.heappush(self._waiting, entry)
+            try:
+                await entry[2].wait()
+            except BaseException:
+                if entry[2].is_set():  # handed a slot just as we were cancelled: pass it on
+                    self._release()
+                else:
+                    self._waiting.remove(entry)
+                    heapq.heapify(self._waiting)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._waiting:
+            heapq.heappop(self._waiting)[2].set()  # the slot changes hands; held stays
+        else:
+            self.held -= 1

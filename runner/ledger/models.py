@@ -41,6 +41,7 @@ class JobRow:
     bytes: int | None
     sha256: str | None
     location: str | None  # where the video is: an absolute path or an s3:// URI
+    expires_at: str | None  # when the provider drops the finished result (ISO), if it says
     created_at: str
     updated_at: str
 
@@ -67,6 +68,7 @@ class JobRow:
             bytes=row["bytes"],
             sha256=row["sha256"],
             location=row["location"],
+            expires_at=row["expires_at"],
             soul=row["soul"],
             variant=row["variant"],
             tags=tuple(_loads(row["tags"], [])),

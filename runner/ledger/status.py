@@ -66,6 +66,7 @@ TRANSITION_COLUMNS: frozenset[str] = frozenset(
         "bytes",
         "sha256",
         "location",
+        "expires_at",
     }
 )
 

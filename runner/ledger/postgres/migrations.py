@@ -175,3 +175,9 @@ def m007_ledger_id(conn: Connection) -> None:
     # job in `submitting` may be paid for under its key) are left as they are.
     conn.execute('CREATE TABLE meta (name text COLLATE "C" PRIMARY KEY, value text NOT NULL)')
     conn.execute("INSERT INTO meta (name, value) VALUES (%s, %s)", [LEDGER_ID, new_ledger_id()])
+
+
+@migration
+def m008_jobs_expires_at(conn: Connection) -> None:
+    # When the provider drops a finished result (ISO 8601), where it says; NULL otherwise.
+    conn.execute("ALTER TABLE jobs ADD COLUMN expires_at text")

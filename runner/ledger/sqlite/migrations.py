@@ -167,3 +167,9 @@ def m007_ledger_id(db: Database) -> None:
     # job in `submitting` may be paid for under its key) are left as they are.
     db.table("meta").create({"name": str, "value": str}, pk="name", not_null={"value"})
     db.table("meta").insert({"name": LEDGER_ID, "value": new_ledger_id()})
+
+
+@migration
+def m008_jobs_expires_at(db: Database) -> None:
+    # When the provider drops a finished result (ISO 8601), where it says; NULL otherwise.
+    db.table("jobs").add_column("expires_at", str)
