@@ -143,14 +143,13 @@ async def test_priority_gate_lets_the_lowest_priority_in_first() -> None:
         async with gate.slot(priority):
             order.append(name)
 
-    async with anyio.create_task_group() as tg:
-        async with gate.slot(0):
-            for name, priority in [("c", 3.0), ("a", 1.0), ("b", 2.0), ("a2", 1.0)]:
-                tg.start_soon(wait, name, priority)
-            with anyio.CancelScope() as doomed:
-                doomed.cancel()
-                async with gate.slot(0.5):  # cancelled before it gets in
-                    order.append("never")
-            await anyio.wait_all_tasks_blocked()
+    async with anyio.create_task_group() as tg, gate.slot(0):
+        for name, priority in [("c", 3.0), ("a", 1.0), ("b", 2.0), ("a2", 1.0)]:
+            tg.start_soon(wait, name, priority)
+        with anyio.CancelScope() as doomed:
+            doomed.cancel()
+            async with gate.slot(0.5):  # cancelled before it gets in
+                order.append("never")
+        await anyio.wait_all_tasks_blocked()
     assert order == ["a", "a2", "b", "c"]
     assert gate.held == 0
