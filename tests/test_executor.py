@@ -926,11 +926,23 @@ def test_two_state_dirs_on_one_account_never_share_generations(tmp_path: Path) -
     assert stats["idempotency_conflicts"] == 0
 
 
+class RefuseVideos(httpx.AsyncBaseTransport):
+    """Answers every video download with a dropped connection; API calls go through."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/_mock/videos/"):
+            raise httpx.ConnectError("refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
 def test_expiry_is_recorded_and_the_soonest_expiring_is_downloaded_first(
     tmp_path: Path,
 ) -> None:
-    """The platform's `expires_at` is recorded with `completed`; with one download at a
-    time, the videos waiting for the slot are fetched soonest-expiring first."""
+    """The platform's `expires_at` is recorded with `completed`; when several finished
+    videos wait for the one download slot, they are fetched soonest-expiring first."""
     clock = FakeClock()
     options = MockOptions(latency_min=1, latency_max=50, result_ttl=3600, seed=36)
     h = Harness(tmp_path, options, clock)
@@ -939,11 +951,12 @@ def test_expiry_is_recorded_and_the_soonest_expiring_is_downloaded_first(
     platform = {"HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)["higgsfield"]}
     assert h.run(app.RunOptions(submit_only=True), **platform).counts == {"queued": 6}
     clock.advance(100)  # every generation is done, each with its own expiry
-    assert app.collect(h.manifest, h.state_dir, h.env(**platform))[0].counts == {
-        "downloaded": 6
-    }
+    h.transport_wrapper = RefuseVideos  # polled to completed, downloads held for later
+    assert h.run(**platform).counts == {"completed": 6}
     expiry = {r.generation_id: r.expires_at for r in h.rows()}
-    assert all(expiry.values())
+    assert all(expiry.values()) and len(set(expiry.values())) == 6
+    h.transport_wrapper = lambda t: t
+    assert h.run(**platform).counts == {"downloaded": 6}
     fetched = [
         e["generation_id"] for e in h.mock.log_entries() if e["path"].startswith("/_mock/videos/")
     ]
