@@ -805,18 +805,20 @@ def test_edited_manifest_diff_is_exact(ledger: Ledger) -> None:
     v2 = campaign_a("{subject} at {place}") + campaign_b([1, 2, 4])
     a2, b2 = v2[:4], v2[4:]
     assert {j.key for j in a2}.isdisjoint(j.key for j in a1)
-    expected_orphans = [j.key for j in a1] + [b1[2].key]
+    # a/s1-p1 was already sent: it is finishing (in flight), not orphaned (SPEC v2 §4)
+    expected_orphans = [j.key for j in a1[1:]] + [b1[2].key]
 
     preview = ledger.diff(MANIFEST, v2)
     diff = ledger.record_plan(MANIFEST, v2)
     assert preview == diff
     assert (diff.total, diff.new, diff.done, diff.in_flight, diff.failed, diff.orphaned) == (
-        7, 5, 1, 0, 1, 5,
+        7, 5, 1, 1, 1, 4,
     )  # fmt: skip
     assert diff.new_credits == 5 * 8.0
     assert diff.added == (*[j.key for j in a2], b2[2].key)
     assert diff.statuses == {b1[0].key: "downloaded", b1[1].key: "failed"}
     assert sorted(diff.orphaned_keys) == sorted(expected_orphans)
+    assert diff.finishing_keys == (a1[0].key,)
     assert diff.restored_keys == ()
 
     status = {r.key: r.status for r in ledger.jobs()}
@@ -824,16 +826,24 @@ def test_edited_manifest_diff_is_exact(ledger: Ledger) -> None:
     assert {k for k, s in status.items() if s is S.ORPHANED} == set(expected_orphans)
     assert status[b1[0].key] is S.DOWNLOADED  # downloaded stays downloaded
     assert status[b1[1].key] is S.FAILED
-    last = ledger.events(a1[0].key)[-1]
-    assert (last.from_status, last.to_status) == (S.QUEUED, S.ORPHANED)
+    assert status[a1[0].key] is S.QUEUED  # still in flight: a run finishes it
+    last = ledger.events(a1[2].key)[-1]
+    assert (last.from_status, last.to_status) == (S.PENDING, S.ORPHANED)
     assert last.detail == f"no longer produced by {MANIFEST}"
 
     # Recording v2 again orphans nothing twice (already-orphaned rows get no new event).
-    events = ledger.events(a1[0].key)
+    events = ledger.events(a1[2].key)
     again = ledger.record_plan(MANIFEST, v2)
-    assert (again.new, again.orphaned, again.added) == (5, 5, ())
+    assert (again.new, again.orphaned, again.added) == (5, 4, ())
     assert sorted(again.orphaned_keys) == sorted(expected_orphans)
-    assert ledger.events(a1[0].key) == events
+    assert again.finishing_keys == (a1[0].key,)
+    assert ledger.events(a1[2].key) == events
+
+    # Once the finishing job reached its end (here: downloaded), a plan orphans it too.
+    walk(ledger, a1[0].key, ["completed", "downloaded"])
+    last_time = ledger.record_plan(MANIFEST, v2)
+    assert (last_time.in_flight, last_time.orphaned, last_time.finishing_keys) == (0, 5, ())
+    assert ledger.get(a1[0].key).status is S.ORPHANED
 
 
 def test_orphaned_jobs_come_back_with_their_status(ledger: Ledger) -> None:
@@ -842,6 +852,8 @@ def test_orphaned_jobs_come_back_with_their_status(ledger: Ledger) -> None:
     ledger.record_plan(MANIFEST, v1)
     walk(ledger, v1[0].key, PATHS["queued"])
     walk(ledger, v1[1].key, PATHS["downloaded"])
+    # a ledger written before SPEC v2 orphaned jobs in flight at once: they come back too
+    ledger.transition(v1[0].key, S.ORPHANED, detail="orphaned by an older runner")
     v2 = campaign_a("{subject} at {place}") + campaign_b([1, 2, 4])
     ledger.record_plan(MANIFEST, v2)
 
@@ -970,15 +982,16 @@ def test_yaml_manifest_edit_diff(tmp_path: Path, url: str) -> None:
         assert len(v2_keys - {j.key for j in v1}) == 5
         diff = led.record_plan(path, v2)
         assert (diff.total, diff.new, diff.done, diff.in_flight, diff.failed, diff.orphaned) == (
-            7, 5, 1, 0, 1, 5,
+            7, 5, 1, 1, 1, 4,
         )  # fmt: skip
         assert diff.new_credits == 40.0
         walk_v1 = {j.key for j in v1 if j.campaign == "walk"}
-        assert set(diff.orphaned_keys) == walk_v1 | {hat}
+        assert set(diff.orphaned_keys) == walk_v1 - {dancer_park} | {hat}
+        assert diff.finishing_keys == (dancer_park,)  # running: finished before it is orphaned
         assert led.get(shoe).status is S.DOWNLOADED  # type: ignore[union-attr]
         assert led.counts(path) == {
             "spin": {"pending": 1, "downloaded": 1, "failed": 1, "orphaned": 1},
-            "walk": {"pending": 4, "orphaned": 4},
+            "walk": {"pending": 4, "running": 1, "orphaned": 3},
         }
 
         _, back = load_jobs(tmp_path / "m.yaml", MANIFEST_V1)

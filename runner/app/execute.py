@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import httpx
@@ -45,6 +45,7 @@ class Work:
     store: OutputStore
     settings: EngineSettings
     budget: Budget
+    finishing: set[str] = field(default_factory=set)  # no longer produced: finish, then orphan
 
 
 def account_of(provider: Provider) -> tuple[str, str, str]:
@@ -70,7 +71,7 @@ async def execute(
             outcomes: list[Outcome] = [Outcome() for _ in executors]
 
             async def drive(i: int) -> None:
-                outcomes[i] = await executors[i].run(works[i].rows)
+                outcomes[i] = await executors[i].run(works[i].rows, works[i].finishing)
 
             async with anyio.create_task_group() as runs:
                 for i in range(len(executors)):

@@ -112,17 +112,12 @@ def run_many(
         api_client = env.api_client() if env.api_client else None
     results = {str(p): failed.get(str(p)) for p in manifest_paths}
     with executing(state_dir, ledger) as opened:
-        works = [
-            Work(
-                x.manifest,
-                make_provider(x.provider_settings, client=api_client, environ=env.environ),
-                _prepare(opened, x, options),
-                x.store,
-                x.settings,
-                _budget(opened, x, options),
-            )
-            for x in loaded
-        ]
+        works = []
+        for x in loaded:
+            rows, finishing = _prepare(opened, x, options)
+            provider = make_provider(x.provider_settings, client=api_client, environ=env.environ)
+            money = _budget(opened, x, options)
+            works.append(Work(x.manifest, provider, rows, x.store, x.settings, money, finishing))
         try:
             outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
@@ -159,12 +154,16 @@ def _load(
     return loaded
 
 
-def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> list[JobRow]:
-    """Record the plan, bring the outputs up to date with it, and pick the rows to drive."""
+def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list[JobRow], set[str]]:
+    """Record the plan, bring the outputs up to date with it, and pick the rows to drive:
+    the selected jobs, and the jobs the manifest no longer produces that were already sent
+    (``finishing``: whatever the selection, they are finished, then orphaned)."""
     manifest = str(loaded.manifest.path)
-    if not options.collect:
+    if options.collect:
+        finishing = ledger.diff(manifest, loaded.jobs).finishing_keys
+    else:
         _relocate(ledger, loaded.store, loaded.jobs)
-        ledger.record_plan(manifest, loaded.jobs)
+        finishing = ledger.record_plan(manifest, loaded.jobs).finishing_keys
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)
@@ -172,7 +171,9 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> list[JobRo
     rows = ledger.jobs(keys=keys)
     if options.collect:
         rows = [r for r in rows if r.status in COLLECTABLE]
-    return _apply_limit(rows, options.limit)
+    chosen = {r.key for r in rows}
+    rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
+    return _apply_limit(rows, options.limit), set(finishing)
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:

@@ -8,7 +8,7 @@ under way finish and commit; a second one drops their shields and stops at once)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -47,8 +47,11 @@ class Executor(JobStages):
 
     # --- the run --------------------------------------------------------------------------
 
-    async def run(self, rows: Sequence[JobRow]) -> Outcome:
-        """Drive ``rows`` (in manifest order) as far as the settings allow."""
+    async def run(self, rows: Sequence[JobRow], finishing: Collection[str] = ()) -> Outcome:
+        """Drive ``rows`` (in manifest order) as far as the settings allow; the ``finishing``
+        ones, which the manifest no longer produces, are cancelled while queued where the
+        provider can, else polled and downloaded, then orphaned."""
+        self.finishing = set(finishing)
         self.progress.start(rows)
         try:
             async with anyio.create_task_group() as tg:
@@ -116,6 +119,8 @@ class Executor(JobStages):
                     row = await self._submit(row)
                     if not self.settings.download:
                         return
+                if row.key in self.finishing and row.status is JobStatus.QUEUED:
+                    row = await self._cancel_queued(row)
                 if row.status in AT_PROVIDER:
                     row = await self._poll(row)
             finally:
@@ -132,6 +137,9 @@ class Executor(JobStages):
                 self.outcome.fatal = err
             if self._scope is not None:
                 self._scope.cancel()
+        finally:
+            if row.key in self.finishing:
+                self._orphan_when_done(row.key)
 
     # --- reporting ------------------------------------------------------------------------
 
@@ -151,7 +159,7 @@ class Executor(JobStages):
 
     def _count_unfinished(self, rows: Sequence[JobRow]) -> None:
         keys = [r.key for r in rows]
-        done: set[JobStatus] = {JobStatus.DOWNLOADED, JobStatus.FAILED}
+        done: set[JobStatus] = {JobStatus.DOWNLOADED, JobStatus.FAILED, JobStatus.ORPHANED}
         if not self.settings.download:
             done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
         self.outcome.unfinished = sum(r.status not in done for r in self.ledger.jobs(keys=keys))

@@ -145,10 +145,14 @@ class PlanDiff:
     total: int  # jobs the manifest produces
     new: int  # nothing sent yet: unknown to the ledger, or pending in it
     done: int  # downloaded
-    in_flight: int  # submitting, queued, running, or completed but not downloaded
+    # submitting, queued, running, or completed but not downloaded; ``finishing`` jobs included
+    in_flight: int
     failed: int
-    orphaned: int  # ledger jobs of this manifest that it no longer produces
+    orphaned: int  # ledger jobs of this manifest that it no longer produces (not finishing)
     new_credits: float  # estimated credits of the ``new`` jobs
     added: tuple[str, ...] = ()  # keys the ledger had not seen
     orphaned_keys: tuple[str, ...] = ()  # keys that are (or become) orphaned
     restored_keys: tuple[str, ...] = ()  # orphaned keys the manifest produces again
+    # jobs the manifest no longer produces that were already sent (SPEC v2 §4): they stay in
+    # flight until a run cancels them while queued or downloads them, then become orphaned
+    finishing_keys: tuple[str, ...] = ()

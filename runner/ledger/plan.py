@@ -27,7 +27,8 @@ class Plan:
     diff: PlanDiff
     produced: dict[str, Job]  # by key, first occurrence, manifest order
     existing: dict[str, JobRow]  # the produced jobs the ledger already has
-    to_orphan: list[JobRow]  # the manifest's ledger jobs it no longer produces, not yet orphaned
+    # the manifest's ledger jobs it no longer produces, not yet orphaned and not in flight
+    to_orphan: list[JobRow]
 
 
 def gather_plan(
@@ -63,7 +64,13 @@ def compute_plan(
 ) -> Plan:
     """The plan for ``produced`` jobs, given the ones the ledger has (``existing``), the
     manifest's ledger jobs it no longer produces (``gone``), and for each orphaned job it
-    produces again the status it goes back to (``restore``)."""
+    produces again the status it goes back to (``restore``).
+
+    A job no longer produced that is already in flight is paid for (or may be): it is not
+    orphaned here but left ``finishing`` — counted in flight — for a run to cancel while
+    queued or to download, and only then orphan (SPEC v2 §4)."""
+    finishing = [row for row in gone if row.status in IN_FLIGHT]
+    gone = [row for row in gone if row.status not in IN_FLIGHT]
     statuses = {
         key: restore[key].value if row.status is JobStatus.ORPHANED else row.status.value
         for key, row in existing.items()
@@ -81,6 +88,7 @@ def compute_plan(
             in_flight += 1
         elif status is JobStatus.FAILED:
             failed += 1
+    in_flight += len(finishing)
     diff = PlanDiff(
         statuses={key: statuses[key] for key in produced if key in statuses},
         total=len(produced),
@@ -97,6 +105,7 @@ def compute_plan(
             for key in produced
             if key in existing and existing[key].status is JobStatus.ORPHANED
         ),
+        finishing_keys=tuple(row.key for row in finishing),
     )
     to_orphan = [row for row in gone if row.status is not JobStatus.ORPHANED]
     return Plan(diff, produced, existing, to_orphan)
