@@ -68,14 +68,15 @@ def plan(
     if estimate:
         jobs = estimated(manifest, jobs, env or Environment())
     statuses: dict[str, str] = {}
-    orphaned = 0
+    orphaned = finishing = 0
     charged = 0.0
     with reading(state_dir, ledger) as opened:
         if opened is not None:
             diff = opened.diff(str(manifest.path), jobs)
             statuses, orphaned = diff.statuses, diff.orphaned
+            finishing = len(diff.finishing_keys)
             charged = charged_credits(opened.jobs(manifest=str(manifest.path)))
-    doc = plan_document(jobs, statuses, orphaned)
+    doc = plan_document(jobs, statuses, orphaned, finishing)
     summary = doc["summary"]
     summary["charged_credits"] = number(charged)
     summary["estimated_total_credits"] = number(charged + summary["estimated_credits"])

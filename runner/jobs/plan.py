@@ -26,15 +26,19 @@ def number(value: float) -> int | float:
 
 
 def plan_document(
-    jobs: Sequence[Job], statuses: Mapping[str, str] = _NO_STATUSES, orphaned: int = 0
+    jobs: Sequence[Job],
+    statuses: Mapping[str, str] = _NO_STATUSES,
+    orphaned: int = 0,
+    finishing: int = 0,
 ) -> dict[str, Any]:
     """The ``plan --json`` document of SPEC §5.
 
     ``statuses`` maps job keys to ledger statuses; a key missing from it is ``new``. ``new``
     in the summary also counts ``pending`` jobs (recorded, not yet submitted), and
-    ``estimated_credits`` is what those would cost.
+    ``estimated_credits`` is what those would cost. ``finishing`` jobs (no longer produced,
+    already sent) count in flight (SPEC v2 §4).
     """
-    summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": 0, "failed": 0}
+    summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": finishing, "failed": 0}
     credits = 0.0
     entries: list[dict[str, Any]] = []
     for job in jobs:
