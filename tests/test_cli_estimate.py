@@ -64,3 +64,46 @@ def test_plan_estimate_on_the_seed_dialect_is_a_usage_error(tmp_path: Path) -> N
         env={**os.environ, "HIGGSFIELD_API_KEY": "k"},
     )
     assert done.exit_code == 2 and "cannot estimate" in done.output
+
+
+PRICED = """
+version: 1
+provider: {name: higgsfield}
+budget:
+  prices:
+    - {match: {resolution: 1080p}, credits: 10}
+    - {match: {resolution: 720p}, credits_per_second: 1}
+defaults: {type: text-to-video, duration: 5}
+campaigns:
+  - name: teaser
+    prompt: "shot"
+    matrix:
+      resolution: [480p, 720p, 1080p]
+"""
+
+
+def test_the_ledger_keeps_which_source_priced_each_job(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """Each job records the price rule that gave its credits (or that none did), and `plan
+    --estimate` says per job that the provider priced it."""
+    server = mock_server_factory(MockOptions(seed=52))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "s"
+    manifest.write_text(PRICED)
+    env = {**os.environ, "HIGGSFIELD_BASE_URL": server.platform_base_url,
+           "HF_KEY": "test-id:test-secret"}  # fmt: skip
+    runner = CliRunner()
+    done = runner.invoke(
+        cli, ["run", str(manifest), "--submit-only", "--state", str(state)], env=env
+    )
+    assert done.exit_code == 0, done.output
+    jobs = json.loads(runner.invoke(cli, ["jobs", "--json", "--state", str(state)], env=env).stdout)
+    by_resolution = {j["request"]["resolution"]: (j["credits"], j["priced_by"]) for j in jobs}
+    assert by_resolution == {
+        "480p": (0, "unpriced"),
+        "720p": (5, "budget.prices[1]"),
+        "1080p": (10, "budget.prices[0]"),
+    }
+    args = ["plan", str(manifest), "--estimate", "--json", "--state", str(state)]
+    planned = json.loads(runner.invoke(cli, args, env=env).stdout)
+    assert {j["priced_by"] for j in planned["jobs"]} == {"provider"}

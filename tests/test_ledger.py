@@ -55,6 +55,7 @@ JOB_COLUMNS = {
     "key", "campaign", "manifest", "job_index", "request", "vars", "path", "status",
     "generation_id", "idempotency_key", "attempts", "error", "video_url", "bytes", "sha256",
     "credits", "soul", "tags", "variant", "created_at", "updated_at", "location", "expires_at",
+    "prior_generation_id", "priced_by",
 }  # fmt: skip
 
 # How to walk a pending job into each status through allowed transitions.

@@ -126,4 +126,7 @@ def estimated(manifest: Manifest, jobs: list[Job], env: Environment) -> list[Job
         return prices
 
     prices = anyio.run(price_all)
-    return [replace(job, credits=prices[priced_shape(job.request)]) for job in jobs]
+    return [
+        replace(job, credits=prices[priced_shape(job.request)], priced_by="provider")
+        for job in jobs
+    ]

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 import anyio
 
 from runner.engine.budget import submission_order
+from runner.engine.earlier import EarlierWork
 from runner.engine.progress import Outcome
-from runner.engine.stages import AT_PROVIDER, Gone, JobStages
+from runner.engine.stages import AT_PROVIDER, Gone
 from runner.errors import (
     BudgetExceededError,
     FatalError,
@@ -25,7 +26,7 @@ from runner.ledger import JobRow, JobStatus
 PROGRESS_INTERVAL = 0.5
 
 
-class Executor(JobStages):
+class Executor(EarlierWork):
     """Runs jobs from the ledger against one provider (see ``JobStages`` for what it takes)."""
 
     _scope: anyio.CancelScope | None = None  # the run's task group, while it runs
@@ -115,6 +116,8 @@ class Executor(JobStages):
         """Walk one job as far as it can go in this run."""
         try:
             try:
+                if row.status is JobStatus.PENDING and row.prior_generation_id:
+                    row = await self._take_up_earlier(row)
                 if row.status in (JobStatus.PENDING, JobStatus.SUBMITTING):
                     row = await self._submit(row)
                     if not self.settings.download:

@@ -114,7 +114,9 @@ class SoulTrainer:
         alike = [
             s
             for s in souls
-            if s.images_hash == wanted and s.model_id and s.model_id not in failed
+            if s.images_hash == wanted
+            and s.model_id
+            and s.model_id not in failed
             and s.status in (READY, TRAINING)
         ]
         alike.sort(key=lambda s: s.status != READY)

@@ -42,7 +42,7 @@ from runner.errors import (
 )
 from runner.ledger import JobRow, JobStatus, Ledger
 from runner.outputs import DownloadPolicy, OutputStore
-from runner.providers import GenerationStatus, Provider, canceller
+from runner.providers import GenerationStatus, Provider
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,6 @@ class JobStages:
         )
         self.downloads = PriorityGate(settings.download_concurrency)
         self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
-        self.finishing: set[str] = set()  # keys the manifest no longer produces (SPEC v2 §4)
 
     # --- ledger moves ---------------------------------------------------------------------
 
@@ -212,34 +211,6 @@ class JobStages:
             raise self._fail(row, err.message, refund=True, attempts=err.attempts) from err
         except PermanentError as err:
             raise self._fail(row, f"submit refused: {err.message}", refund=True) from err
-
-    async def _cancel_queued(self, row: JobRow) -> JobRow:
-        """A job the manifest no longer produces, still queued: cancelled (refunded) where the
-        provider can cancel; else, or once it has started, it goes on to be downloaded."""
-        able = canceller(self.provider)
-        if able is None:
-            return row
-        generation_id = row.generation_id or ""
-        try:
-            cancelled = await self.calls(functools.partial(able.cancel, generation_id))
-        except (ExhaustedError, DeadlineError, PermanentError) as err:
-            self.ledger.note(row.key, f"could not cancel generation {generation_id}: {err}")
-            return row
-        if not cancelled:
-            return row
-        self.budget.refund(row)  # not counted as this run's failure: nobody wants it any more
-        detail = f"generation {generation_id} cancelled while queued (refunded)"
-        self.ledger.transition(row.key, JobStatus.FAILED, detail=detail, error="cancelled")
-        log.info("%s %s: %s", row.campaign, row.key, detail)
-        raise Gone()
-
-    def _orphan_when_done(self, key: str) -> None:
-        """A finishing job that reached the end of its way (downloaded, failed or cancelled)
-        becomes orphaned, its file kept; one still under way stays for the next run."""
-        row = self.ledger.get(key)
-        if row is not None and row.status in (JobStatus.DOWNLOADED, JobStatus.FAILED):
-            kept = f"; its video is kept at {row.location}" if row.location else ""
-            self._move(row, JobStatus.ORPHANED, f"no longer produced by its manifest{kept}")
 
     async def _status(self, row: JobRow) -> GenerationStatus:
         """The generation's status; after ``max_attempts`` transient errors in a row the job

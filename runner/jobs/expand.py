@@ -166,7 +166,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
             vars=dict(row.values),
             request=body,
             path=render_path(m.output.filename, names, scope.filename_where),
-            credits=_credits(scope, body, origin),
+            **_credits(scope, body, origin),
             variant=variant,
             soul=c.soul,
             tags=tuple(c.tags),
@@ -218,16 +218,19 @@ def _layered_request(scope: _Scope, row: Row) -> tuple[dict[str, Any], dict[str,
     return request, sources
 
 
-def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> float:
-    """First price rule whose ``match`` items all equal the request's fields; none → 0."""
+def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> dict[str, Any]:
+    """``credits`` from the first price rule whose ``match`` items all equal the request's
+    fields (none → 0), and ``priced_by`` naming that rule."""
     for i, rule in enumerate(scope.manifest.budget.prices):
         if all(k in request and same(request[k], v) for k, v in rule.match.items()):
+            source = f"budget.prices[{i}]"
             if rule.credits is not None:
-                return float(rule.credits)
+                return {"credits": float(rule.credits), "priced_by": source}
             duration = request.get("duration")
             if duration is None:
                 raise scope.where(("budget", "prices", i)).error(
                     f"this rule prices by the second, but a job has no duration ({_short(origin)})"
                 )
-            return float(rule.credits_per_second or 0) * float(duration)
-    return 0.0
+            credits = float(rule.credits_per_second or 0) * float(duration)
+            return {"credits": credits, "priced_by": source}
+    return {"credits": 0.0, "priced_by": "unpriced"}

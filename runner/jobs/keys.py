@@ -30,7 +30,8 @@ class Job:
     vars: dict[str, Any]  # the matrix row
     request: dict[str, Any]  # the body that will be sent (soul model id added at submit)
     path: str  # output filename relative to output.dir, already sanitized
-    credits: float  # estimated credits from budget.prices
+    credits: float  # estimated credits
+    priced_by: str = "unpriced"  # "budget.prices[i]" (the rule), "provider" (its estimate)
     variant: int | None = None
     soul: str | None = None  # name of a soul in the manifest's ``souls:``
     tags: tuple[str, ...] = field(default_factory=tuple)

@@ -61,6 +61,7 @@ def plan_document(
                 "vars": job.vars,
                 "request": job.request,
                 "path": job.path,
+                "priced_by": job.priced_by,
             }
         )
     return {

@@ -42,6 +42,9 @@ class JobRow:
     sha256: str | None
     location: str | None  # where the video is: an absolute path or an s3:// URI
     expires_at: str | None  # when the provider drops the finished result (ISO), if it says
+    # a retried job's earlier generation, asked for before a new one is paid for
+    prior_generation_id: str | None
+    priced_by: str | None  # which source priced ``credits`` (a budget.prices rule, provider)
     created_at: str
     updated_at: str
 
@@ -69,6 +72,8 @@ class JobRow:
             sha256=row["sha256"],
             location=row["location"],
             expires_at=row["expires_at"],
+            prior_generation_id=row["prior_generation_id"],
+            priced_by=row["priced_by"],
             soul=row["soul"],
             variant=row["variant"],
             tags=tuple(_loads(row["tags"], [])),

@@ -101,6 +101,8 @@ def retry_change(row: JobRow, ledger_id: str) -> tuple[str, dict[str, Any]]:
         "error": None,
         "generation_id": None,
         "video_url": None,
+        # asked for before the retry pays again: it may have completed after all
+        "prior_generation_id": row.generation_id or row.prior_generation_id,
     }
     return f"retry with idempotency key {new_key}", columns
 

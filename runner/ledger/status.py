@@ -34,7 +34,9 @@ S = JobStatus
 #: Every status change a ledger accepts. ``orphaned`` is special: it may only go back to
 #: the status the job had before it was orphaned (see :func:`check_transition`).
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    S.PENDING: frozenset({S.SUBMITTING, S.FAILED, S.ORPHANED}),
+    # pending → queued / completed: a retried job whose earlier generation turned out to be
+    # still under way or completed after all is taken up instead of being paid for again
+    S.PENDING: frozenset({S.SUBMITTING, S.QUEUED, S.COMPLETED, S.FAILED, S.ORPHANED}),
     S.SUBMITTING: frozenset(
         # submitting → submitting is a resend with the same idempotency key;
         # → pending when the submit was refused before it could have reached the provider
@@ -67,6 +69,7 @@ TRANSITION_COLUMNS: frozenset[str] = frozenset(
         "sha256",
         "location",
         "expires_at",
+        "prior_generation_id",
     }
 )
 

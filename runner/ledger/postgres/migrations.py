@@ -181,3 +181,11 @@ def m007_ledger_id(conn: Connection) -> None:
 def m008_jobs_expires_at(conn: Connection) -> None:
     # When the provider drops a finished result (ISO 8601), where it says; NULL otherwise.
     conn.execute("ALTER TABLE jobs ADD COLUMN expires_at text")
+
+
+@migration
+def m009_jobs_prior_generation_and_pricing(conn: Connection) -> None:
+    # A retried job remembers its failed attempt's generation (asked for before paying again);
+    # every job says which source priced its credits (SPEC v2 §6).
+    conn.execute("ALTER TABLE jobs ADD COLUMN prior_generation_id text")
+    conn.execute("ALTER TABLE jobs ADD COLUMN priced_by text")

@@ -173,3 +173,11 @@ def m007_ledger_id(db: Database) -> None:
 def m008_jobs_expires_at(db: Database) -> None:
     # When the provider drops a finished result (ISO 8601), where it says; NULL otherwise.
     db.table("jobs").add_column("expires_at", str)
+
+
+@migration
+def m009_jobs_prior_generation_and_pricing(db: Database) -> None:
+    # A retried job remembers its failed attempt's generation (asked for before paying again);
+    # every job says which source priced its credits (SPEC v2 §6).
+    db.table("jobs").add_column("prior_generation_id", str)
+    db.table("jobs").add_column("priced_by", str)

@@ -138,3 +138,73 @@ def test_editing_a_manifest_while_its_jobs_are_in_flight_loses_no_paid_generatio
     again = runner.invoke(cli, ["run", str(manifest), "--state", str(state)], env=env)
     assert again.exit_code == 0, again.output
     assert server.state.stats()["generations_created"] == 6
+
+
+RETRY_MANIFEST = MANIFEST.format(provider="higgsfield", prompt="shot", values="[1, 2, 3]")
+
+
+def test_retry_of_a_failed_job_whose_generation_completed_downloads_it_without_paying_again(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """A completed, paid generation that an older runner failed on a glitchy answer: `retry`
+    then `run` ask the provider for it first and download it; the mock creates nothing new."""
+    server = mock_server_factory()  # generations finish at once
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    manifest.write_text(RETRY_MANIFEST)
+    env = env_for(server.platform_base_url)
+    runner = CliRunner()
+    sent = runner.invoke(
+        cli, ["run", str(manifest), "--submit-only", "--state", str(state)], env=env
+    )
+    assert sent.exit_code == 0, sent.output
+    with open_ledger(default_ledger_url(state)) as ledger, ledger.executor_lock():
+        victim = ledger.jobs()[0]
+        ledger.transition(
+            victim.key, JobStatus.FAILED, detail="status 3", error="generation status 3"
+        )
+    retried = runner.invoke(
+        cli, ["retry", str(manifest), "--job", victim.key, "--state", str(state)], env=env
+    )
+    assert retried.exit_code == 0, retried.output
+    with open_ledger(default_ledger_url(state)) as ledger:
+        row = ledger.get(victim.key)
+        assert row is not None and row.status is JobStatus.PENDING
+        assert row.prior_generation_id == victim.generation_id
+
+    done = runner.invoke(cli, ["run", str(manifest), "--state", str(state)], env=env)
+    assert done.exit_code == 0, done.output
+    stats = server.state.stats()
+    assert (stats["generations_created"], stats["idempotent_replays"]) == (3, 0)
+    with open_ledger(default_ledger_url(state)) as ledger:
+        rows = ledger.jobs()
+        row = ledger.get(victim.key)
+        details = [e.detail or "" for e in ledger.events(victim.key)]
+    assert all(r.status is JobStatus.DOWNLOADED for r in rows)
+    assert row is not None and row.generation_id == victim.generation_id
+    assert row.location is not None and Path(row.location).stat().st_size == row.bytes
+    assert any("taken up, not paid again" in d for d in details)
+
+
+def test_retry_of_a_job_whose_generation_really_failed_pays_once_more(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """When the earlier generation did fail at the provider, the retry asks, hears so, and
+    submits once anew: one new generation per retried job, no more."""
+    server = mock_server_factory(MockOptions(latency_min=0, latency_max=0, fail_rate=1.0, seed=3))
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    manifest.write_text(RETRY_MANIFEST)
+    env = env_for(server.platform_base_url)
+    runner = CliRunner()
+    first = runner.invoke(cli, ["run", str(manifest), "--state", str(state)], env=env)
+    assert first.exit_code == 1, first.output  # every generation failed
+    assert server.state.stats()["generations_created"] == 3
+    again = runner.invoke(
+        cli, ["run", str(manifest), "--retry-failed", "--state", str(state)], env=env
+    )
+    assert again.exit_code == 1, again.output
+    assert server.state.stats()["generations_created"] == 6
+    with open_ledger(default_ledger_url(state)) as ledger:
+        for row in ledger.jobs():
+            details = [e.detail or "" for e in ledger.events(row.key)]
+            assert any(f"earlier generation {row.prior_generation_id} is" in d for d in details)
+            assert row.generation_id != row.prior_generation_id
