@@ -5,19 +5,25 @@ polled and downloaded, then shown orphaned with their files; none is paid for an
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from runner.cli import cli
 from runner.ledger import JobStatus, default_ledger_url, open_ledger
-from runner.mock import MockOptions
-from runner.mock.testing import FakeClock
+from runner.mock import MockOptions, base_urls
+from runner.mock.testing import IN_PROCESS_ORIGIN, FakeClock
 from tests.test_cli_cancel import env_for
-from tests.test_cli_run import Factory
+from tests.test_cli_run import Factory, finish_run, start_run, wait_until
+from tests.test_executor import FAST_LIMITS, SOUL_MANIFEST, Harness
 
 MANIFEST = """
 version: 1
@@ -208,3 +214,127 @@ def test_retry_of_a_job_whose_generation_really_failed_pays_once_more(
             details = [e.detail or "" for e in ledger.events(row.key)]
             assert any(f"earlier generation {row.prior_generation_id} is" in d for d in details)
             assert row.generation_id != row.prior_generation_id
+
+
+@pytest.mark.parametrize("dialect", ["higgsfieldapi", "higgsfield"])
+def test_soul_answers_lost_for_a_whole_run_train_once_and_the_next_run_finds_it(
+    tmp_path: Path, dialect: str
+) -> None:
+    """Every answer to the soul training is lost for one run: the mock trained once (every
+    try carried the one key committed with `submitting`), the jobs wait as pending (nothing
+    of them was sent); the next run finds the training — by name in the account's references
+    on the platform, by re-sending the same key on the seed API — and its jobs use it."""
+    options = MockOptions(
+        latency_min=0, latency_max=0, soul_training_seconds=0, drop_soul_answer_rate=1.0,
+        drop_soul_replays=True, seed=36,
+    )  # fmt: skip
+    h = Harness(tmp_path, options)
+    provider = f"provider: {{name: {dialect}}}\n"
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS).replace("souls:", provider + "souls:"))
+    env = {"HIGGSFIELD_BASE_URL": base_urls(IN_PROCESS_ORIGIN)[dialect]}
+    first = h.run(**env)
+    assert first.counts == {"pending": 3}, first.outcome.held
+    trainings = [e for e in h.mock.log_entries() if (e["method"] == "POST" and "soul" in e["path"])
+                 or e["path"].endswith("/custom-references")]  # fmt: skip
+    assert len(trainings) == 6  # max_attempts, all answers lost
+    assert len({e["idempotency_key"] for e in trainings}) == 1
+    assert h.mock.stats()["souls_created"] == 1
+    with open_ledger(default_ledger_url(h.state_dir)) as ledger:
+        (soul,) = ledger.souls()
+    assert (soul.status, soul.model_id) == ("submitting", None)
+    assert soul.idempotency_key == trainings[0]["idempotency_key"]
+
+    h.mock.options = replace(h.mock.options, drop_soul_answer_rate=0.0)
+    second = h.run(**env)
+    assert second.counts == {"downloaded": 3}
+    stats = h.mock.stats()
+    assert (stats["souls_created"], stats["generations_created"]) == (1, 3)
+    (trained,) = h.mock.souls.values()
+    assert {g.body.get("model_id") or g.body.get("custom_reference_id")
+            for g in h.mock.generations.values()} == {trained.id}  # fmt: skip
+    listed = [e for e in h.mock.log_entries() if e["path"].endswith("/custom-references/list")]
+    assert bool(listed) is (dialect == "higgsfield")  # the platform looked it up by name
+
+
+SOUL_RUN = """
+version: 1
+provider: {name: higgsfield}
+limits: {concurrency: 4, requests_per_second: 50, poll_initial: 0.05, poll_max: 0.2}
+souls:
+  ava:
+    name: brand_influencer_v1
+    images: [https://cdn.example.com/ava/01.jpg, https://cdn.example.com/ava/02.jpg]
+defaults: {type: text-to-video, duration: 4}
+campaigns:
+  - name: ava
+    soul: ava
+    prompt: "Ava in {place}"
+    matrix:
+      place: [a park, a street, a kitchen, a garden, a beach, a library]
+"""
+
+
+def soul_status(state: Path) -> str | None:
+    if not (state / "ledger.db").exists():
+        return None
+    with open_ledger(default_ledger_url(state), readonly=True) as ledger:
+        souls = ledger.souls() if ledger is not None else []
+    return souls[0].status if souls else None
+
+
+def test_sigkill_during_soul_training_trains_it_once(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """`runner run` killed with SIGKILL 10 times — right after the training POST, while the
+    soul is polled, as generations are made — then resumed: the mock trained the soul once,
+    created one generation per job, and every job carries that soul's id."""
+    training = 4.0  # the mock's own (real) clock; every kill lands at most 0.3 s after its cue
+    server = mock_server_factory(
+        MockOptions(latency_min=0.3, latency_max=0.8, soul_training_seconds=training, seed=44)
+    )
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    manifest.write_text(SOUL_RUN)
+    env = {**env_for(server.platform_base_url), "RUNNER_BACKOFF": "0.01,0.2"}
+    rng = random.Random(44)
+
+    def count(method: str, tail: str) -> int:
+        entries = server.state.log_entries()
+        return sum(1 for e in entries if e["method"] == method and tail in e["path"])
+
+    landed: list[str | None] = []  # the soul's status in the ledger after each kill
+    for _ in range(10):
+        sent, polled = count("POST", "/custom-references"), count("GET", "/custom-references/")
+        made = server.state.stats()["generations_created"]
+        cues: list[Callable[[], bool]] = [
+            lambda sent=sent: count("POST", "/custom-references") > sent  # type: ignore[misc]
+        ]
+        if sent:  # after the first training POST, any moment of the soul's or the jobs' way
+            cues += [
+                lambda polled=polled: count("GET", "/custom-references/") > polled,  # type: ignore[misc]
+                lambda made=made: server.state.stats()["generations_created"] > made,  # type: ignore[misc]
+            ]
+        proc = start_run(manifest, state, env)
+        if wait_until(proc, rng.choice(cues)):
+            try:
+                proc.wait(timeout=rng.uniform(0, 0.3))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        _, err = proc.communicate()
+        assert proc.returncode in (0, -signal.SIGKILL), err
+        assert "Traceback" not in err
+        if proc.returncode == -signal.SIGKILL:
+            landed.append(soul_status(state))
+    # The first kill came right after the training POST, long before the training ends.
+    assert landed and landed[0] in ("submitting", "training"), landed
+    final = finish_run(manifest, state, env)
+    assert final.returncode == 0, final.stderr
+    stats = server.state.stats()
+    assert (stats["souls_created"], stats["duplicate_souls"]) == (1, 0)
+    assert stats["generations_created"] == 6 and stats["duplicate_bodies"] == 0
+    (soul,) = server.state.souls.values()
+    assert {g.body.get("custom_reference_id") for g in server.state.generations.values()} == {
+        soul.id
+    }
+    with open_ledger(default_ledger_url(state)) as ledger:
+        assert {r.status for r in ledger.jobs()} == {JobStatus.DOWNLOADED}
+        assert [(s.status, s.model_id) for s in ledger.souls()] == [("ready", soul.id)]

@@ -12,7 +12,7 @@ import anyio
 
 from runner.app.common import Environment, executing, provider_calls
 from runner.engine.souls import SoulTrainer
-from runner.errors import PermanentError, UsageError
+from runner.errors import DeadlineError, PermanentError, UsageError
 from runner.jobs import Job, expand
 from runner.ledger import JobStatus, Ledger, SoulRow
 from runner.manifest import load_manifest
@@ -69,7 +69,7 @@ def train_souls(
                 for name in manifest.souls:
                     try:
                         await trainer.model_id(name)
-                    except PermanentError as err:
+                    except (PermanentError, DeadlineError) as err:
                         failures[name] = err.message
         finally:
             await provider.aclose()

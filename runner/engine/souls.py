@@ -4,9 +4,12 @@ A model is identified by what trained it: the provider (dialect and base URL), t
 ``name`` and its reference images (``training_hash``). Any manifest in the ledger whose soul has
 the same identity reuses the model; changing the images or the name trains a new one.
 
-Jobs that name a soul wait in ``SoulTrainer.model_id`` until its model is ready. The model id
-is committed to the ledger right after the training request is accepted, so a later run polls
-the same model instead of training (and paying for) a new one.
+Jobs that name a soul wait in ``SoulTrainer.model_id`` until its model is ready. Training is
+crash-safe like a submit (SPEC v2 §4): the soul is committed as ``submitting`` with the
+training's idempotency key before the POST, and its model id right after, so a later run polls
+the same model instead of training (and paying for) a new one. A soul found ``submitting`` is
+recovered: looked up by name in the account's custom references where the dialect can list
+them, else re-sent with the same key (the provider replays the training it made).
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import anyio
 
 from runner.engine.calls import Calls
 from runner.engine.polling import PollSchedule
-from runner.errors import PermanentError
+from runner.errors import DeadlineError, ExhaustedError, PermanentError
 from runner.ledger import Ledger, SoulRow
 from runner.manifest import Manifest
-from runner.providers import Provider, uploader
+from runner.providers import Provider, reference_lister, uploader
 
 READY = "ready"
 TRAINING = "training"
 FAILED = "failed"
+SUBMITTING = "submitting"  # committed with its key before the POST; may have been trained
 
 
 def training_hash(provider: Provider, name: str, images: list[str]) -> str:
@@ -92,7 +96,9 @@ class SoulTrainer:
         images = self.manifest.soul_images(name)
         wanted = training_hash(self.provider, self.manifest.souls[name].name, images)
         record = self.ledger.get_soul(name, manifest)
-        if record is None or record.status == FAILED or record.images_hash != wanted:
+        if record is not None and record.status == SUBMITTING and record.images_hash == wanted:
+            record = await self._recover(name, images, record)
+        elif record is None or record.status == FAILED or record.images_hash != wanted:
             twin = self._twin(wanted)
             if twin is not None:
                 record = self.ledger.set_soul(
@@ -122,27 +128,55 @@ class SoulTrainer:
         alike.sort(key=lambda s: s.status != READY)
         return alike[0] if alike else None
 
-    async def _train(self, name: str, images: list[str], wanted: str) -> SoulRow:
+    async def _recover(self, name: str, images: list[str], record: SoulRow) -> SoulRow:
+        """A soul left ``submitting`` (a crash, or answers lost): the training may exist.
+        Found by name among the account's references where the dialect lists them; else
+        re-sent with the key it was committed with, which the provider replays."""
+        soul_name = self.manifest.souls[name].name
+        lister = reference_lister(self.provider)
+        found = None
+        if lister is not None:
+            found = await self.calls(lambda: lister.find_reference(soul_name))
+        if found is None:
+            return await self._train(name, images, record.images_hash or "", record.idempotency_key)
+        return self.ledger.set_soul(
+            name,
+            record.manifest,
+            status=TRAINING,
+            model_id=found,
+            images_hash=record.images_hash,
+            idempotency_key=record.idempotency_key,
+        )
+
+    async def _train(
+        self, name: str, images: list[str], wanted: str, key: str | None = None
+    ) -> SoulRow:
         urls = [await self._public_url(image) for image in images]
         soul_name = self.manifest.souls[name].name
-        # The key follows from the identity and the very body sent, so a training whose
-        # answer was lost (in this run or a crashed one) is asked for again under the same
-        # key: the provider answers with the model it made, and trains (bills) only once.
-        # A model of this identity that failed is trained anew under a new key.
-        souls = self.ledger.souls()
-        failed = {s.model_id for s in souls if s.images_hash == wanted and s.status == FAILED}
-        key = training_key(wanted, soul_name, urls, len(failed))
+        manifest = str(self.manifest.path)
+        if key is None:
+            # The key follows from the identity and the very body sent, so a training whose
+            # answer was lost is asked for again under the same key: the provider answers
+            # with the model it made, and trains (bills) only once. A model of this identity
+            # that failed is trained anew under a new key.
+            souls = self.ledger.souls()
+            failed = {s.model_id for s in souls if s.images_hash == wanted and s.status == FAILED}
+            key = training_key(wanted, soul_name, urls, len(failed))
+        submitting = {"images_hash": wanted, "idempotency_key": key}
+        self.ledger.set_soul(name, manifest, status=SUBMITTING, **submitting)
         # Training is paid for: once sent, its model id is committed even on Ctrl-C.
         with anyio.CancelScope(shield=True):
-            model_id = await self.calls(
-                lambda: self.provider.train_soul(soul_name, urls, idempotency_key=key)
-            )
+            try:
+                model_id = await self.calls(
+                    lambda: self.provider.train_soul(soul_name, urls, idempotency_key=key)
+                )
+            except (ExhaustedError, DeadlineError):
+                raise  # the answer may be lost: stays `submitting`, recovered next time
+            except PermanentError as err:  # refused: nothing was trained
+                self.ledger.set_soul(name, manifest, status=FAILED, error=err.message, **submitting)
+                raise
             record = self.ledger.set_soul(
-                name,
-                str(self.manifest.path),
-                status=TRAINING,
-                model_id=model_id,
-                images_hash=wanted,
+                name, manifest, status=TRAINING, model_id=model_id, **submitting
             )
         return record
 

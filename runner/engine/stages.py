@@ -159,6 +159,10 @@ class JobStages:
             try:
                 with self.progress.waiting_for(row.soul):
                     soul_model = await self.souls(row.soul)
+            except (ExhaustedError, DeadlineError) as err:
+                # The soul's answers were lost or kept failing: nothing of this job was sent;
+                # the next run recovers the soul (SPEC v2 §4) and sends the job then.
+                raise self._hold(row, f"soul {row.soul!r}: {err.message}") from err
             except PermanentError as err:
                 raise self._fail(row, f"soul {row.soul!r}: {err.message}", refund=True) from err
         key = row.idempotency_key

@@ -182,6 +182,7 @@ class Ledger(Protocol):
         model_id: str | None = None,
         error: str | None = None,
         images_hash: str | None = None,
+        idempotency_key: str | None = None,
     ) -> SoulRow:
         """Record a soul model's state, replacing every field but ``created_at``."""
         ...

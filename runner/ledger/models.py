@@ -130,6 +130,7 @@ class SoulRow:
     model_id: str | None = None
     error: str | None = None
     images_hash: str | None = None  # identity of what trained it: provider, name, images
+    idempotency_key: str | None = None  # of its training request, committed before the POST
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> SoulRow:

@@ -245,7 +245,10 @@ def create_soul(
     assert soul is not None
     note(request, note=result.kind)
     doc = answer(soul)
-    if result.kind == "created" and state.roll(state.options.drop_soul_answer_rate):
+    droppable = result.kind == "created" or (
+        result.kind == "replay" and state.options.drop_soul_replays
+    )
+    if droppable and state.roll(state.options.drop_soul_answer_rate):
         state.count("dropped_soul_answers")
         note(request, note="dropped after accept")
         return BrokenResponse(json.dumps(doc).encode(), media_type="application/json")

@@ -85,6 +85,9 @@ class MockOptions:
     soul_fail_rate: float = 0.0
     drop_soul_answer_rate: float = 0.0
     """Share of new soul trainings accepted, then answered by a dropped connection."""
+    drop_soul_replays: bool = False
+    """Drop the answers to replayed soul trainings too (at ``drop_soul_answer_rate``): a
+    training whose every answer is lost, however often it is asked again."""
     seed: int | None = None
     video_size: int = 0
     """Pad each video to at least this many bytes (0: the fixture's own ~2 KB)."""

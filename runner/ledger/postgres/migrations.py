@@ -184,8 +184,10 @@ def m008_jobs_expires_at(conn: Connection) -> None:
 
 
 @migration
-def m009_jobs_prior_generation_and_pricing(conn: Connection) -> None:
+def m009_prior_generations_pricing_soul_keys(conn: Connection) -> None:
     # A retried job remembers its failed attempt's generation (asked for before paying again);
-    # every job says which source priced its credits (SPEC v2 §6).
+    # every job says which source priced its credits (SPEC v2 §6); a soul is committed with
+    # its training's idempotency key before the POST (SPEC v2 §4).
     conn.execute("ALTER TABLE jobs ADD COLUMN prior_generation_id text")
     conn.execute("ALTER TABLE jobs ADD COLUMN priced_by text")
+    conn.execute("ALTER TABLE souls ADD COLUMN idempotency_key text")

@@ -34,18 +34,20 @@ class SoulsAndUploads(LedgerShell[Store]):
         model_id: str | None = None,
         error: str | None = None,
         images_hash: str | None = None,
+        idempotency_key: str | None = None,
     ) -> SoulRow:
         """Record a soul model's state, replacing every field but ``created_at``."""
         now = self._store.now()
         with self._store.write() as conn:
             row = conn.execute(
                 "INSERT INTO souls (name, manifest, model_id, status, error, images_hash,"
-                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " idempotency_key, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (manifest, name) DO UPDATE SET model_id = EXCLUDED.model_id,"
                 " status = EXCLUDED.status, error = EXCLUDED.error,"
-                " images_hash = EXCLUDED.images_hash, updated_at = EXCLUDED.updated_at"
-                " RETURNING *",
-                [name, manifest, model_id, status, error, images_hash, now, now],
+                " images_hash = EXCLUDED.images_hash, idempotency_key = EXCLUDED.idempotency_key,"
+                " updated_at = EXCLUDED.updated_at RETURNING *",
+                [name, manifest, model_id, status, error, images_hash, idempotency_key, now, now],
             ).fetchone()
         assert row is not None
         return SoulRow.from_row(row)

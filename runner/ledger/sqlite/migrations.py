@@ -176,8 +176,10 @@ def m008_jobs_expires_at(db: Database) -> None:
 
 
 @migration
-def m009_jobs_prior_generation_and_pricing(db: Database) -> None:
+def m009_prior_generations_pricing_soul_keys(db: Database) -> None:
     # A retried job remembers its failed attempt's generation (asked for before paying again);
-    # every job says which source priced its credits (SPEC v2 §6).
+    # every job says which source priced its credits (SPEC v2 §6); a soul is committed with
+    # its training's idempotency key before the POST (SPEC v2 §4).
     db.table("jobs").add_column("prior_generation_id", str)
     db.table("jobs").add_column("priced_by", str)
+    db.table("souls").add_column("idempotency_key", str)

@@ -32,6 +32,7 @@ class SoulsAndUploads(LedgerShell[Store]):
         model_id: str | None = None,
         error: str | None = None,
         images_hash: str | None = None,
+        idempotency_key: str | None = None,
     ) -> SoulRow:
         """Record a soul model's state, replacing every field but ``created_at``."""
         with self._store.write() as db:
@@ -45,6 +46,7 @@ class SoulsAndUploads(LedgerShell[Store]):
                     "status": status,
                     "error": error,
                     "images_hash": images_hash,
+                    "idempotency_key": idempotency_key,
                     "created_at": old.created_at if old else now,
                     "updated_at": now,
                 },
