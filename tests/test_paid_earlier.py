@@ -306,12 +306,12 @@ def test_sigkill_during_soul_training_trains_it_once(
         sent, polled = count("POST", "/custom-references"), count("GET", "/custom-references/")
         made = server.state.stats()["generations_created"]
         cues: list[Callable[[], bool]] = [
-            lambda sent=sent: count("POST", "/custom-references") > sent  # type: ignore[misc]
+            lambda sent=sent: count("POST", "/custom-references") > sent
         ]
         if sent:  # after the first training POST, any moment of the soul's or the jobs' way
             cues += [
-                lambda polled=polled: count("GET", "/custom-references/") > polled,  # type: ignore[misc]
-                lambda made=made: server.state.stats()["generations_created"] > made,  # type: ignore[misc]
+                lambda polled=polled: count("GET", "/custom-references/") > polled,
+                lambda made=made: server.state.stats()["generations_created"] > made,
             ]
         proc = start_run(manifest, state, env)
         if wait_until(proc, rng.choice(cues)):
