@@ -446,10 +446,17 @@ def test_a_retry_after_pause_holds_every_caller(
     jobs = write_manifest(manifest, subjects=2, concurrency=8, rps=40)
     done = finish_run(manifest, state, runner_env(server))
     assert done.returncode == 0, done.stderr
+    assert_no_call_inside_a_pause(server, pause=1.0)
+    assert_everything_downloaded_once(server, state, jobs)
+
+
+def assert_no_call_inside_a_pause(server: MockServerThread, pause: float) -> None:
+    """After each 429 with a Retry-After of ``pause``, the call that drew it was not sent again
+    before the pause was over, and no other call was sent during it (calls already on their
+    way when the runner paused may still arrive)."""
     calls = api_calls(server)
     throttled = [e for e in calls if e["status"] == 429]
     assert throttled, "the mock drew no 429; the test proved nothing"
-    pause = 1.0
     # When the runner began each pause, at the latest: it read the 429 and paused, then sent
     # its first call after the pause, which reached the mock no sooner than `pause` later.
     pauses = [
@@ -466,7 +473,39 @@ def test_a_retry_after_pause_holds_every_caller(
         assert late == [], f"sent during the pause after the 429 at {t['time']}: {late}"
     # The test proves something only where the windows it checked were not empty.
     assert any(began + lag < t["time"] + pause for t, began in pauses), lag
+
+
+def test_a_queue_full_storm_is_waited_out(tmp_path: Path, mock_server_factory: Factory) -> None:
+    """The platform's account queue holds one generation beside the one running: eight jobs
+    at once draw a storm of 429 `account_queue_full` with Retry-After. Every job ends
+    downloaded, each sent once (resends carry the same key and create nothing), and no call
+    is sent inside a pause."""
+    server = mock_server_factory(
+        MockOptions(
+            latency_min=0.1,
+            latency_max=0.2,
+            concurrency_limit=1,
+            queue_limit=1,
+            retry_after=1.0,
+            seed=8,
+        )
+    )
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    jobs = write_manifest(manifest, subjects=2, concurrency=8, rps=40)
+    manifest.write_text(manifest.read_text().replace("version: 1", PLATFORM))
+    env = runner_env(
+        server, HIGGSFIELD_BASE_URL=server.platform_base_url, HF_KEY="test-id:test-secret"
+    )
+    done = finish_run(manifest, state, env)
+    assert done.returncode == 0, done.stderr
+    stats = server.state.stats()
+    assert stats["queue_full_rejections"] > 0 and stats["max_in_flight"] <= 2
+    assert stats["idempotency_conflicts"] == 0
+    assert_no_call_inside_a_pause(server, pause=1.0)
     assert_everything_downloaded_once(server, state, jobs)
+
+
+PLATFORM = "version: 1\nprovider: {name: higgsfield}"
 
 
 def test_souls_command_trains_and_lists(tmp_path: Path, mock_server_factory: Factory) -> None:

@@ -338,3 +338,28 @@ def test_sigkill_during_soul_training_trains_it_once(
     with open_ledger(default_ledger_url(state)) as ledger:
         assert {r.status for r in ledger.jobs()} == {JobStatus.DOWNLOADED}
         assert [(s.status, s.model_id) for s in ledger.souls()] == [("ready", soul.id)]
+
+
+def test_on_a_dialect_that_cannot_cancel_finishing_jobs_are_downloaded_then_orphaned(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """The seed API cannot cancel: every job sent before the edit is polled and downloaded,
+    then orphaned with its file; nothing is sent again."""
+    server = mock_server_factory()  # generations finish at once
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    manifest.write_text(MANIFEST.format(provider="higgsfieldapi", prompt="shot", values="[1, 2]"))
+    env = env_for(server.seed_base_url)
+    runner = CliRunner()
+    args = ["run", str(manifest), "--submit-only", "--state", str(state)]
+    assert runner.invoke(cli, args, env=env).exit_code == 0
+    manifest.write_text(MANIFEST.format(provider="higgsfieldapi", prompt="take", values="[1]"))
+    done = runner.invoke(cli, ["run", str(manifest), "--state", str(state)], env=env)
+    assert done.exit_code == 0, done.output
+    assert server.state.stats()["generations_created"] == 3
+    with open_ledger(default_ledger_url(state)) as ledger:
+        rows = ledger.jobs()
+    orphans = [r for r in rows if r.status is JobStatus.ORPHANED]
+    assert len(orphans) == 2 and len(rows) == 3
+    for row in orphans:
+        assert row.location is not None and Path(row.location).stat().st_size == row.bytes
+        assert row.sha256 == server.state.video_sha256(row.generation_id or "")
