@@ -61,7 +61,6 @@ def plan_document(
                 "vars": job.vars,
                 "request": job.request,
                 "path": job.path,
-                "priced_by": job.priced_by,
             }
         )
     return {
