@@ -41,7 +41,8 @@ MANIFEST = "/work/m.yaml"
 
 # The contract the executor relies on, written out independently of runner.ledger.TRANSITIONS.
 ALLOWED: dict[str, set[str]] = {
-    "pending": {"submitting", "failed", "orphaned"},
+    # → queued / completed: a retried job whose earlier generation is found under way / done
+    "pending": {"submitting", "queued", "completed", "failed", "orphaned"},
     "submitting": {"submitting", "queued", "running", "completed", "failed", "pending", "orphaned"},
     "queued": {"queued", "running", "completed", "failed", "orphaned"},
     "running": {"running", "completed", "failed", "orphaned"},

@@ -29,7 +29,7 @@ EXPECTED_COLUMNS = {
     "events": {"id", "job_key", "at", "from_status", "to_status", "detail"},
     "souls": {
         "name", "manifest", "model_id", "status", "error", "images_hash", "created_at",
-        "updated_at",
+        "updated_at", "idempotency_key",
     },
     "uploads": {"sha256", "public_url", "created_at"},
     "_migrations": {"name", "applied_at"},

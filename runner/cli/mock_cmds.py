@@ -183,14 +183,17 @@ def mock_server_cmd(host: str, port: int, latency: float | None, **knobs: Any) -
 
     # uvicorn catches SIGTERM while serving, then re-raises it once stopped: end quietly then.
     signal.signal(signal.SIGTERM, _stop)
-    try:
+
+    def announce() -> None:  # once serving: whoever reads this may stop it at once
         origin = origin_of(sock)
         urls = base_urls(origin)
         click.echo(f"mock Higgsfield API listening on {origin}")
         click.echo(f"  higgsfieldapi base URL: {urls['higgsfieldapi']}")
         click.echo(f"  higgsfield base URL:    {urls['higgsfield']}")
         sys.stdout.flush()
-        serve(create_app(options), sock, access_log=get_ctx().verbose > 0)
+
+    try:
+        serve(create_app(options), sock, access_log=get_ctx().verbose > 0, announce=announce)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a server is stopped, not a failure
     finally:

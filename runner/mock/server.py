@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -85,9 +86,30 @@ def make_server(
     return uvicorn.Server(config)
 
 
-def serve(app: Starlette, sock: socket.socket, *, access_log: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM (blocking; call from the main thread)."""
-    make_server(app, access_log=access_log).run(sockets=[sock])
+class _Announcing(uvicorn.Server):
+    """A server that says when it is ready: after its start-up, so after it has taken over
+    SIGINT and SIGTERM (whoever reads the announcement may stop it with either at once)."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._announce()
+
+
+def serve(
+    app: Starlette,
+    sock: socket.socket,
+    *,
+    access_log: bool = False,
+    announce: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (blocking; call from the main thread); ``announce()`` once
+    connections are accepted and the signals are the server's."""
+    _Announcing(make_server(app, access_log=access_log).config, announce).run(sockets=[sock])
 
 
 class MockServerThread:
