@@ -1,9 +1,16 @@
 """The read-only use cases: ``status``, ``jobs``, ``show``, ``export``. They never take the
-executor lock, never write, and work during a run or on a ledger in a read-only folder."""
+executor lock, never write, and work during a run or on a ledger in a read-only folder.
+
+What they return is redacted: a ledger written before redaction existed may hold a key the
+provider echoed into a video URL or an error text; the credentials in ``environ`` are masked
+in those columns and in event details before anything is shown.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +18,7 @@ from typing import Any
 from runner.app.common import reading
 from runner.errors import LedgerError
 from runner.ledger import EventRow, JobRow, JobStatus
+from runner.providers import redact
 
 
 @dataclass(frozen=True)
@@ -46,23 +54,50 @@ def jobs(
     statuses: Sequence[str] = (),
     campaigns: Sequence[str] = (),
     ledger: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> list[JobRow]:
-    """The ledger's jobs, filtered by status and campaign (all of them when none is given)."""
+    """The ledger's jobs, filtered by status and campaign (all of them when none is given),
+    with the credentials of ``environ`` (default: the process's) masked."""
     with reading(state_dir, ledger) as opened:
         if opened is None:
             return []
-        return opened.jobs(status=statuses or None, campaign=campaigns or None)
+        rows = opened.jobs(status=statuses or None, campaign=campaigns or None)
+    env = os.environ if environ is None else environ
+    return [_redacted_job(row, env) for row in rows]
 
 
-def show(state_dir: Path, key: str, *, ledger: str | None = None) -> Shown:
-    """One job (``key`` may be a unique prefix) with its event history."""
+def show(
+    state_dir: Path,
+    key: str,
+    *,
+    ledger: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Shown:
+    """One job (``key`` may be a unique prefix) with its event history, with the credentials
+    of ``environ`` (default: the process's) masked."""
     with reading(state_dir, ledger) as opened:
         if opened is None:
             where = ledger or state_dir
             raise LedgerError(f"no job {key!r}: there is no ledger in {where} yet")
         row = opened.get(opened.match_key(key))
         assert row is not None
-        return Shown(row, opened.events(row.key))
+        events = opened.events(row.key)
+    env = os.environ if environ is None else environ
+    return Shown(
+        _redacted_job(row, env),
+        [dataclasses.replace(e, detail=_masked(e.detail, env)) for e in events],
+    )
+
+
+def _masked(text: str | None, environ: Mapping[str, str]) -> str | None:
+    return None if text is None else redact(text, environ=environ)
+
+
+def _redacted_job(row: JobRow, environ: Mapping[str, str]) -> JobRow:
+    """``row`` with credentials masked where a provider's answer may have put them."""
+    return dataclasses.replace(
+        row, video_url=_masked(row.video_url, environ), error=_masked(row.error, environ)
+    )
 
 
 def manifest_column(manifest: Path) -> str:
