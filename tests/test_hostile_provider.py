@@ -209,10 +209,10 @@ def reason_of(state: Path, row: JobRow) -> str:
 
 
 def assert_ended_well(
-    state: Path, provider: Provider, *, reason: str, held: tuple[JobStatus, ...]
+    state: Path, provider: Provider, *, reason: str, bad_status: tuple[JobStatus, ...]
 ) -> JobRow:
     """The healthy jobs downloaded (the mock's bytes on disk), the bad one left in one of
-    ``held`` with ``reason`` in the ledger, one generation per job, the lock free. Returns the
+    ``bad_status`` with ``reason`` in the ledger, one generation per job, the lock free. Returns the
     bad job's row."""
     by_prompt = rows(state)
     assert len(by_prompt) == HEALTHY + 1
@@ -223,7 +223,7 @@ def assert_ended_well(
         assert data == provider.state.video_bytes(row.generation_id or "")
         assert row.bytes == len(data) == OPTIONS.video_size
         assert row.sha256 == hashlib.sha256(data).hexdigest()
-    assert bad.status in held, (bad.status, bad.error)
+    assert bad.status in bad_status, (bad.status, bad.error)
     assert reason in reason_of(state, bad)
     assert provider.state.stats()["generations_created"] == HEALTHY + 1
     with open_ledger(default_ledger_url(state)) as ledger, ledger.executor_lock():
@@ -280,7 +280,7 @@ def test_a_generation_that_never_finishes_is_held_at_generation_timeout(
     result = world.run()
     bad = assert_ended_well(
         world.state, world.provider, reason="not finished 3600s after its submit",
-        held=(JobStatus.QUEUED, JobStatus.RUNNING),
+        bad_status=(JobStatus.QUEUED, JobStatus.RUNNING),
     )  # fmt: skip
     assert list(result.outcome.held) == [bad.key]
     assert result.outcome.unfinished == 1
@@ -310,7 +310,7 @@ def test_a_retry_after_of_decades_is_cut_to_ten_minutes(
     world = VirtualRun(tmp_path, throttled(retry_after))
     result = world.run()
     bad = assert_ended_well(
-        world.state, world.provider, reason="status throttled for", held=(JobStatus.QUEUED,)
+        world.state, world.provider, reason="status throttled for", bad_status=(JobStatus.QUEUED,)
     )
     assert re.search(r"throttled for (3600|4200)s", result.outcome.held[bad.key])
     warnings = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
@@ -337,7 +337,7 @@ def test_an_endless_429_storm_holds_the_job_after_the_throttle_ceiling(
     world = VirtualRun(tmp_path, throttled(None), backoff="30,120")  # ~60 throttles, not ~900
     result = world.run()
     bad = assert_ended_well(
-        world.state, world.provider, reason="status throttled for 3", held=(JobStatus.QUEUED,)
+        world.state, world.provider, reason="status throttled for 3", bad_status=(JobStatus.QUEUED,)
     )
     assert re.search(r"throttled for 3[67]\d\ds", result.outcome.held[bad.key])
     assert list(result.outcome.held) == [bad.key]
@@ -416,11 +416,13 @@ def test_a_malformed_video_url_holds_one_job_and_the_run_goes_on(
     first = world.run()
     assert first.exit_code == 1, first.output
     reason = "unusable status answer"
-    bad = assert_ended_well(world.state, world.provider, reason=reason, held=(JobStatus.QUEUED,))
+    bad = assert_ended_well(
+        world.state, world.provider, reason=reason, bad_status=(JobStatus.QUEUED,)
+    )
     assert "malformed" in reason_of(world.state, bad)
     again = world.run()
     assert again.exit_code == 1, again.output
-    assert_ended_well(world.state, world.provider, reason=reason, held=(JobStatus.QUEUED,))
+    assert_ended_well(world.state, world.provider, reason=reason, bad_status=(JobStatus.QUEUED,))
     assert not [e for e in world.provider.state.log_entries() if "/_mock/videos/" in e["path"]
                 and e["generation_id"] == bad.generation_id]  # fmt: skip
 
@@ -436,7 +438,7 @@ def test_a_key_echoed_in_the_video_url_is_neither_stored_nor_sent_nor_printed(
     result = world.run()
     assert result.exit_code == 1, result.output
     bad = assert_ended_well(
-        world.state, world.provider, reason="carries the API key", held=(JobStatus.QUEUED,)
+        world.state, world.provider, reason="carries the API key", bad_status=(JobStatus.QUEUED,)
     )
     assert bad.video_url is None
     with open_ledger(default_ledger_url(world.state)) as ledger:
@@ -463,15 +465,18 @@ def test_a_chunked_video_body_is_downloaded_and_verified(
     world = loopback(video=chunked)
     result = world.run()
     assert result.exit_code == 0, result.output
-    by_prompt = rows(world.state)
-    assert {r.status for r in by_prompt.values()} == {JobStatus.DOWNLOADED}
-    chunked_row = by_prompt[BAD_PROMPT]
-    data = Path(chunked_row.location or "").read_bytes()
-    assert data == world.provider.state.video_bytes(chunked_row.generation_id or "")
-    assert chunked_row.sha256 == hashlib.sha256(data).hexdigest()
+    row = assert_ended_well(
+        world.state, world.provider, reason=f"saved {OPTIONS.video_size} bytes",
+        bad_status=(JobStatus.DOWNLOADED,),
+    )  # fmt: skip
+    data = Path(row.location or "").read_bytes()
+    assert data == world.provider.state.video_bytes(row.generation_id or "")
+    assert row.bytes == len(data) and row.sha256 == hashlib.sha256(data).hexdigest()
     assert world.provider.answered == ["video"]
-    with open_ledger(default_ledger_url(world.state)) as ledger, ledger.executor_lock():
-        pass
+    # What the runner was sent: a chunked body, no Content-Length.
+    url = f"{world.server.origin}/_mock/videos/{row.generation_id}.mp4"
+    headers = httpx.get(url, headers={"Accept-Encoding": "identity"}, trust_env=False).headers
+    assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
 
 
 def test_a_trickling_video_body_is_cut_and_the_job_held(
@@ -484,5 +489,7 @@ def test_a_trickling_video_body_is_cut_and_the_job_held(
     world = loopback(video=lambda state: trickling)
     result = world.run(attempts=2)
     assert result.exit_code == 1, result.output
-    assert_ended_well(world.state, world.provider, reason="too slow", held=(JobStatus.COMPLETED,))
+    assert_ended_well(
+        world.state, world.provider, reason="too slow", bad_status=(JobStatus.COMPLETED,)
+    )
     assert world.provider.answered.count("video") == 2
