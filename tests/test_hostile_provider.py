@@ -39,7 +39,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from runner import app
 from runner.cli import cli
 from runner.engine import VirtualClock
+from runner.jobs import expand
 from runner.ledger import JobRow, JobStatus, default_ledger_url, open_ledger
+from runner.manifest import load_manifest
 from runner.mock import MockOptions, MockState, base_urls, create_app
 from runner.mock.records import Generation
 from runner.mock.server import MockServerThread
@@ -209,10 +211,16 @@ def reason_of(state: Path, row: JobRow) -> str:
 
 
 def assert_ended_well(
-    state: Path, provider: Provider, *, reason: str, bad_status: tuple[JobStatus, ...]
+    state: Path,
+    provider: Provider,
+    *,
+    reason: str,
+    bad_status: tuple[JobStatus, ...],
+    created: int = HEALTHY + 1,
 ) -> JobRow:
     """The healthy jobs downloaded (the mock's bytes on disk), the bad one left in one of
-    ``bad_status`` with ``reason`` in the ledger, one generation per job, the lock free. Returns the
+    ``bad_status`` with ``reason`` in the ledger, ``created`` generations at the mock (one per
+    job sent), the lock free. Returns the
     bad job's row."""
     by_prompt = rows(state)
     assert len(by_prompt) == HEALTHY + 1
@@ -225,7 +233,7 @@ def assert_ended_well(
         assert row.sha256 == hashlib.sha256(data).hexdigest()
     assert bad.status in bad_status, (bad.status, bad.error)
     assert reason in reason_of(state, bad)
-    assert provider.state.stats()["generations_created"] == HEALTHY + 1
+    assert provider.state.stats()["generations_created"] == created
     with open_ledger(default_ledger_url(state)) as ledger, ledger.executor_lock():
         pass  # the run let go of it
     return bad
@@ -371,11 +379,14 @@ class LoopbackRun:
         }
         return CliRunner().invoke(cli, [*args, "--state", str(self.state)], env=env)
 
-    def run(self, attempts: int = 3) -> Result:
+    def write_manifest(self, attempts: int = 3) -> Path:
         manifest = self.tmp_path / "m.yaml"
         values = {"poll_initial": 0.02, "poll_max": 0.1, "attempts": attempts, "timeout": 600}
         manifest.write_text(MANIFEST.format(**values))
-        result = self.cli("run", str(manifest))
+        return manifest
+
+    def run(self, attempts: int = 3) -> Result:
+        result = self.cli("run", str(self.write_manifest(attempts)))
         assert "Traceback" not in result.output, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit), result.output
         return result
@@ -425,6 +436,30 @@ def test_a_malformed_video_url_holds_one_job_and_the_run_goes_on(
     assert_ended_well(world.state, world.provider, reason=reason, bad_status=(JobStatus.QUEUED,))
     assert not [e for e in world.provider.state.log_entries() if "/_mock/videos/" in e["path"]
                 and e["generation_id"] == bad.generation_id]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", list(MALFORMED_URLS.values()), ids=list(MALFORMED_URLS))
+def test_a_malformed_video_url_an_older_runner_stored_fails_its_job_on_resume(
+    loopback: Callable[..., LoopbackRun], url: str
+) -> None:
+    """A ledger from before status answers were classified holds the bad job `completed` with
+    a malformed video URL (which made every resume crash): the resume refuses the URL, fails
+    that job with the reason, and downloads the others."""
+    world = loopback()
+    manifest = world.write_manifest()
+    jobs = expand(load_manifest(manifest))
+    (bad,) = [j for j in jobs if j.request["prompt"] == BAD_PROMPT]
+    with open_ledger(default_ledger_url(world.state)) as ledger:
+        ledger.record_plan(str(manifest.resolve()), jobs)
+        for status in ("submitting", "queued", "running"):
+            ledger.transition(bad.key, status, generation_id="gen-from-an-older-run")
+        ledger.transition(bad.key, "completed", video_url=url)
+    result = world.run()
+    assert result.exit_code == 1, result.output
+    kwargs: dict[str, Any] = {"bad_status": (JobStatus.FAILED,), "created": HEALTHY}
+    assert_ended_well(world.state, world.provider, reason="refusing", **kwargs)
+    assert world.run().exit_code == 1  # and so does the next one
+    assert_ended_well(world.state, world.provider, reason="refusing", **kwargs)
 
 
 def test_a_key_echoed_in_the_video_url_is_neither_stored_nor_sent_nor_printed(
