@@ -220,8 +220,7 @@ def assert_ended_well(
 ) -> JobRow:
     """The healthy jobs downloaded (the mock's bytes on disk), the bad one left in one of
     ``bad_status`` with ``reason`` in the ledger, ``created`` generations at the mock (one per
-    job sent), the lock free. Returns the
-    bad job's row."""
+    job sent), the lock free. Returns the bad job's row."""
     by_prompt = rows(state)
     assert len(by_prompt) == HEALTHY + 1
     bad = by_prompt.pop(BAD_PROMPT)
