@@ -49,28 +49,37 @@ from runner.mock.testing import IN_PROCESS_ORIGIN
 from runner.outputs import fetch
 
 KEY = "sk-hostile-0123456789abcdef"  # the seed dialect's key, as a provider might echo it
+PLATFORM_ID, PLATFORM_SECRET = "kid-hostile-42", "sec-hostile-0123456789abcdef"  # HF_KEY halves
 BAD_PROMPT = "shot bad"
 HEALTHY = 3
 MANIFEST = """\
 version: 1
-limits:
+{provider}limits:
   concurrency: 4
   requests_per_second: 100
   poll_initial: {poll_initial}
   poll_max: {poll_max}
   max_attempts: {attempts}
   generation_timeout: {timeout}
-defaults: {{type: text-to-video, duration: 4}}
+defaults: {{type: text-to-video, duration: 4{model}}}
 campaigns:
   - name: walk
     prompt: "shot {{n}}"
     matrix:
       n: [a, b, c, bad]
 """
+DIALECTS = {  # what the manifest says for each
+    "higgsfieldapi": {"provider": "", "model": ""},
+    "higgsfield": {
+        "provider": "provider: {name: higgsfield}\n",
+        "model": ", model: higgsfield-ai/dop/standard",
+    },
+}
 OPTIONS = MockOptions(
-    seed_api_keys=(KEY,), latency_min=0.0, latency_max=0.0, video_size=4096, seed=10
-)
-STATUS_PATH = re.compile(r"/api/v1/status/(?P<id>[^/]+)")
+    seed_api_keys=(KEY,), platform_api_keys=(f"{PLATFORM_ID}:{PLATFORM_SECRET}",),
+    latency_min=0.0, latency_max=0.0, video_size=4096, seed=10,
+)  # fmt: skip
+STATUS_PATH = re.compile(r"/api/v1/status/(?P<id>[^/]+)|/requests/(?P<rid>[^/]+)/status")
 VIDEO_PATH = re.compile(r"/_mock/videos/(?P<id>[^/]+)\.mp4")
 
 Answer = Callable[[Request, Generation], Response]
@@ -97,7 +106,8 @@ class Hostile:
         if scope["type"] == "http":
             for pattern, what, answer in self.routes:
                 match = pattern.fullmatch(scope["path"])
-                generation = self.state.generation(match["id"]) if match else None
+                found = match and (match["id"] or match.groupdict().get("rid"))
+                generation = self.state.generation(found) if found else None
                 if answer and generation and generation.body.get("prompt") == BAD_PROMPT:
                     scope.setdefault("state", {}).update(generation_id=generation.id)
                     scope["state"]["note"] = f"hostile {what}"
@@ -169,8 +179,13 @@ def throttled(retry_after: str | None) -> Answer:
 
 
 def key_in_url(request: Request, generation: Generation) -> Response:
-    url = f"{str(request.base_url).rstrip('/')}/_mock/videos/{generation.id}.mp4?token={KEY}"
-    return JSONResponse({"status": "completed", "video_url": url})
+    """A completed answer whose video URL carries the key (the platform's: its secret half),
+    in each dialect's shape."""
+    video = f"{str(request.base_url).rstrip('/')}/_mock/videos/{generation.id}.mp4"
+    if generation.dialect == "seed":
+        return JSONResponse({"status": "completed", "video_url": f"{video}?token={KEY}"})
+    url = f"{video}?id={PLATFORM_ID}&sig={PLATFORM_SECRET}"
+    return JSONResponse({"status": "completed", "request_id": generation.id, "video": {"url": url}})
 
 
 def chunked(state: MockState) -> Answer:
@@ -249,7 +264,10 @@ class VirtualRun:
         self.backoff = backoff
         self.provider = hostile_provider(clock=self.clock.now, status=status)
         self.state, self.manifest = tmp_path / "state", tmp_path / "m.yaml"
-        values = {"poll_initial": 5, "poll_max": 60, "attempts": 5, "timeout": 3600, **limits}
+        values = {
+            "poll_initial": 5, "poll_max": 60, "attempts": 5, "timeout": 3600,
+            **DIALECTS["higgsfieldapi"], **limits,
+        }  # fmt: skip
         self.manifest.write_text(MANIFEST.format(**values))
 
     def run(self) -> app.RunResult:
@@ -365,6 +383,7 @@ class LoopbackRun:
     tmp_path: Path
     provider: Provider
     server: MockServerThread
+    dialect: str = "higgsfieldapi"
 
     @property
     def state(self) -> Path:
@@ -372,8 +391,9 @@ class LoopbackRun:
 
     def cli(self, *args: str) -> Result:
         env = {
-            "HIGGSFIELD_BASE_URL": self.server.seed_base_url,
+            "HIGGSFIELD_BASE_URL": base_urls(self.server.origin)[self.dialect],
             "HIGGSFIELD_API_KEY": KEY,
+            "HF_KEY": f"{PLATFORM_ID}:{PLATFORM_SECRET}",
             "RUNNER_BACKOFF": "0.01,0.1",
         }
         return CliRunner().invoke(cli, [*args, "--state", str(self.state)], env=env)
@@ -381,7 +401,7 @@ class LoopbackRun:
     def write_manifest(self, attempts: int = 3) -> Path:
         manifest = self.tmp_path / "m.yaml"
         values = {"poll_initial": 0.02, "poll_max": 0.1, "attempts": attempts, "timeout": 600}
-        manifest.write_text(MANIFEST.format(**values))
+        manifest.write_text(MANIFEST.format(**values, **DIALECTS[self.dialect]))
         return manifest
 
     def run(self, attempts: int = 3) -> Result:
@@ -396,11 +416,11 @@ def loopback(tmp_path: Path) -> Iterator[Callable[..., LoopbackRun]]:
     """``loopback(status=..., video=...)``: the hostile provider served on a loopback port."""
     servers: list[MockServerThread] = []
 
-    def start(**answers: Any) -> LoopbackRun:
+    def start(dialect: str = "higgsfieldapi", **answers: Any) -> LoopbackRun:
         provider = hostile_provider(**answers)
         server = MockServerThread(provider.app).start()
         servers.append(server)
-        return LoopbackRun(tmp_path, provider, server)
+        return LoopbackRun(tmp_path, provider, server, dialect)
 
     yield start
     for server in servers:
@@ -461,14 +481,16 @@ def test_a_malformed_video_url_an_older_runner_stored_fails_its_job_on_resume(
     assert_ended_well(world.state, world.provider, reason="refusing", **kwargs)
 
 
+@pytest.mark.parametrize("dialect", list(DIALECTS))
 def test_a_key_echoed_in_the_video_url_is_neither_stored_nor_sent_nor_printed(
-    loopback: Callable[..., LoopbackRun],
+    loopback: Callable[..., LoopbackRun], dialect: str
 ) -> None:
-    """The provider answers the bad job with a video URL carrying the API key: the job is held
-    with the reason, the URL is never fetched, and the key appears nowhere: not in the
-    ledger, not in any file of the state dir, not in what run, show, jobs, export and report
-    print."""
-    world = loopback(status=key_in_url)
+    """The provider answers the bad job with a video URL carrying the API key (the platform's
+    secret half): the job is held with the reason, the URL is never fetched, and the key
+    appears nowhere: not in the ledger, not in any file of the state dir, not in what run,
+    show, jobs, export and report print."""
+    world = loopback(dialect, status=key_in_url)
+    secret = KEY if dialect == "higgsfieldapi" else PLATFORM_SECRET
     result = world.run()
     assert result.exit_code == 1, result.output
     bad = assert_ended_well(
@@ -477,15 +499,15 @@ def test_a_key_echoed_in_the_video_url_is_neither_stored_nor_sent_nor_printed(
     assert bad.video_url is None
     with open_ledger(default_ledger_url(world.state)) as ledger:
         stored = [ledger.get(bad.key), *ledger.events(bad.key)]
-    assert KEY not in repr(stored)
+    assert secret not in repr(stored)
     printed = [result.output] + [
         world.cli(*args).output
         for args in (("show", bad.key), ("jobs", "--json"), ("export",), ("report",))
     ]
-    assert all(KEY not in text for text in printed)
+    assert all(secret not in text for text in printed)
     written = [p for p in world.state.rglob("*") if p.is_file()]  # ledger, report, videos
     assert any(p.suffix == ".html" for p in written)
-    assert not [p for p in written if KEY.encode() in p.read_bytes()]
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
     assert world.provider.answered.count("status") >= 1
     fetched = [e for e in world.provider.state.log_entries() if "/_mock/videos/" in e["path"]]
     assert len(fetched) == HEALTHY  # the healthy ones only
