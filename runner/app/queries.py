@@ -62,8 +62,7 @@ def jobs(
         if opened is None:
             return []
         rows = opened.jobs(status=statuses or None, campaign=campaigns or None)
-    env = os.environ if environ is None else environ
-    return [_redacted_job(row, env) for row in rows]
+    return [redacted(row, environ) for row in rows]
 
 
 def show(
@@ -84,8 +83,7 @@ def show(
         events = opened.events(row.key)
     env = os.environ if environ is None else environ
     return Shown(
-        _redacted_job(row, env),
-        [dataclasses.replace(e, detail=_masked(e.detail, env)) for e in events],
+        redacted(row, env), [dataclasses.replace(e, detail=_masked(e.detail, env)) for e in events]
     )
 
 
@@ -93,10 +91,12 @@ def _masked(text: str | None, environ: Mapping[str, str]) -> str | None:
     return None if text is None else redact(text, environ=environ)
 
 
-def _redacted_job(row: JobRow, environ: Mapping[str, str]) -> JobRow:
-    """``row`` with credentials masked where a provider's answer may have put them."""
+def redacted(row: JobRow, environ: Mapping[str, str] | None = None) -> JobRow:
+    """``row`` with the credentials of ``environ`` (default: the process's) masked where a
+    provider's answer may have put them: the video URL and the error."""
+    env = os.environ if environ is None else environ
     return dataclasses.replace(
-        row, video_url=_masked(row.video_url, environ), error=_masked(row.error, environ)
+        row, video_url=_masked(row.video_url, env), error=_masked(row.error, env)
     )
 
 
