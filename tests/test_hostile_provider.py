@@ -46,6 +46,7 @@ from runner.mock import MockOptions, MockState, base_urls, create_app
 from runner.mock.records import Generation
 from runner.mock.server import MockServerThread
 from runner.mock.testing import IN_PROCESS_ORIGIN
+from runner.mock.video import ConnectionDropped
 from runner.outputs import fetch
 
 KEY = "sk-hostile-0123456789abcdef"  # the seed dialect's key, as a provider might echo it
@@ -194,6 +195,21 @@ def chunked(state: MockState) -> Answer:
     def answer(request: Request, generation: Generation) -> Response:
         data = state.video_bytes(generation.id)
         return StreamingResponse(iter([data[:1000], data[1000:]]), media_type="video/mp4")
+
+    return answer
+
+
+def cut_chunked(state: MockState) -> Answer:
+    """The video chunked, broken off after its first 1000 bytes (no terminating chunk)."""
+
+    def answer(request: Request, generation: Generation) -> Response:
+        data = state.video_bytes(generation.id)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data[:1000]
+            raise ConnectionDropped("cut on purpose")
+
+        return StreamingResponse(body(), media_type="video/mp4")
 
     return answer
 
@@ -533,6 +549,23 @@ def test_a_chunked_video_body_is_downloaded_and_verified(
     url = f"{world.server.origin}/_mock/videos/{row.generation_id}.mp4"
     headers = httpx.get(url, headers={"Accept-Encoding": "identity"}, trust_env=False).headers
     assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
+
+
+def test_a_chunked_video_body_cut_short_is_never_taken_for_the_video(
+    loopback: Callable[..., LoopbackRun],
+) -> None:
+    """Without Content-Length only a clean end of the stream says the body is whole: a chunked
+    body broken off is a transient failure, retried, then the job is held; nothing is left
+    under the video's name."""
+    world = loopback(video=cut_chunked)
+    result = world.run(attempts=2)
+    assert result.exit_code == 1, result.output
+    bad = assert_ended_well(
+        world.state, world.provider, reason="download failed", bad_status=(JobStatus.COMPLETED,)
+    )
+    assert bad.location is None and bad.bytes is None
+    assert not (world.state / "videos" / bad.path).exists()
+    assert world.provider.answered.count("video") == 2
 
 
 def test_a_trickling_video_body_is_cut_and_the_job_held(
