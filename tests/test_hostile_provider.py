@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import logging
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ OPTIONS = MockOptions(
     seed_api_keys=(KEY,), platform_api_keys=(f"{PLATFORM_ID}:{PLATFORM_SECRET}",),
     latency_min=0.0, latency_max=0.0, video_size=4096, seed=10,
 )  # fmt: skip
+HANG = 300  # real seconds: each scenario takes a few; a run that hangs fails instead of blocking
 STATUS_PATH = re.compile(r"/api/v1/status/(?P<id>[^/]+)|/requests/(?P<rid>[^/]+)/status")
 VIDEO_PATH = re.compile(r"/_mock/videos/(?P<id>[^/]+)\.mp4")
 
@@ -161,6 +163,20 @@ def hostile_provider(
         Middleware(Hostile, state=provider.state, answered=provider.answered, **hostile)
     )
     return provider
+
+
+@pytest.fixture(autouse=True)
+def no_hang() -> Iterator[None]:
+    """A run that never ends is this module's failure, not a suite that waits for ever."""
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError(f"the run did not end within {HANG}s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(HANG)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 # --- the hostile answers ------------------------------------------------------------------
