@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from runner.app.common import reading
 from runner.errors import LedgerError
 from runner.ledger import EventRow, JobRow, JobStatus
-from runner.providers import redact
+from runner.providers import redactor
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def jobs(
         if opened is None:
             return []
         rows = opened.jobs(status=statuses or None, campaign=campaigns or None)
-    return [redacted(row, environ) for row in rows]
+    redacted = redacting(environ)
+    return [redacted(row) for row in rows]
 
 
 def show(
@@ -81,23 +82,27 @@ def show(
         row = opened.get(opened.match_key(key))
         assert row is not None
         events = opened.events(row.key)
-    env = os.environ if environ is None else environ
+    mask = redactor(environ=os.environ if environ is None else environ)
     return Shown(
-        redacted(row, env), [dataclasses.replace(e, detail=_masked(e.detail, env)) for e in events]
+        redacting(environ)(row),
+        [dataclasses.replace(e, detail=_masked(mask, e.detail)) for e in events],
     )
 
 
-def _masked(text: str | None, environ: Mapping[str, str]) -> str | None:
-    return None if text is None else redact(text, environ=environ)
+def _masked(mask: Callable[[str], str], text: str | None) -> str | None:
+    return None if text is None else mask(text)
 
 
-def redacted(row: JobRow, environ: Mapping[str, str] | None = None) -> JobRow:
-    """``row`` with the credentials of ``environ`` (default: the process's) masked where a
-    provider's answer may have put them: the video URL and the error."""
-    env = os.environ if environ is None else environ
-    return dataclasses.replace(
-        row, video_url=_masked(row.video_url, env), error=_masked(row.error, env)
-    )
+def redacting(environ: Mapping[str, str] | None = None) -> Callable[[JobRow], JobRow]:
+    """A function that masks the credentials of ``environ`` (default: the process's) in a row
+    where a provider's answer may have put them: the video URL and the error."""
+    mask = redactor(environ=os.environ if environ is None else environ)
+
+    def redacted(row: JobRow) -> JobRow:
+        video_url, error = _masked(mask, row.video_url), _masked(mask, row.error)
+        return dataclasses.replace(row, video_url=video_url, error=error)
+
+    return redacted
 
 
 def manifest_column(manifest: Path) -> str:
