@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from runner.app.common import reading
+from runner.app.queries import redacting
 from runner.engine import charged, charged_credits
 from runner.ledger import JobRow, JobStatus, utcnow
 from runner.manifest import Manifest, load_manifest
@@ -129,7 +130,8 @@ def build_report(
                 status=list(statuses) or None,
                 campaign=list(campaigns) or None,
             )
-    rows = [r for r in rows if not tags or set(tags) & set(r.tags)]
+    redacted = redacting()
+    rows = [redacted(r) for r in rows if not tags or set(tags) & set(r.tags)]
     copier = _Bundle(out_file.parent) if bundle else None
     cards = [_card(row, out_file.parent, presign_expiry, copier) for row in rows]
     page = _render(cards, now or utcnow(), manifest)

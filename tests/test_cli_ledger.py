@@ -8,6 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner, Result
@@ -241,6 +242,55 @@ def test_export_jsonl(world: World) -> None:
 
 
 # --- no ledger, and during a run ----------------------------------------------------------
+
+
+SEED_KEY = "sk-live-0123456789abcdef"
+PLATFORM_ID, PLATFORM_SECRET = "kid-4242", "s3cr3t/abc+def=="
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("show", "KEY"),
+        ("show", "KEY", "--json"),
+        ("jobs", "--json"),
+        ("jobs",),
+        ("export",),
+        ("export", "--format", "jsonl"),
+        ("export", "--format", "json"),
+        ("report",),
+    ],
+)
+def test_keys_stored_by_an_older_ledger_are_hidden_when_shown(
+    world: World, command: tuple[str, ...]
+) -> None:
+    """A ledger written before redaction existed holds a key the provider echoed into a video
+    URL, an error and an event: show, jobs, export and the report mask every credential of the
+    environment (as written and percent-encoded, an ``id:secret`` key's halves too); the rest
+    is shown."""
+    hat = world.spin[2].key
+    url = f"https://cdn.example.com/v.mp4?token={SEED_KEY}&sig={quote(PLATFORM_SECRET, safe='')}"
+    with open_ledger(default_ledger_url(world.state)) as led:
+        for status in ("submitting", "queued", "running"):
+            led.transition(hat, status, generation_id="gen-3")
+        led.transition(hat, "completed", video_url=url)
+        led.transition(hat, "failed", error=f"403 from {PLATFORM_ID}:{PLATFORM_SECRET}")
+        led.note(hat, f"download of {url} failed")
+        stored = led.get(hat)
+    assert stored is not None and stored.video_url == url  # as an older runner stored it
+    env = {"HIGGSFIELD_API_KEY": SEED_KEY, "HF_KEY": f"{PLATFORM_ID}:{PLATFORM_SECRET}"}
+    args = [a.replace("KEY", hat) for a in command]
+    result = CliRunner().invoke(cli, ["--state", str(world.state), *args], env=env)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    if command == ("report",):  # the page, which shows errors but no video URLs
+        out = (world.state / "report.html").read_text(encoding="utf-8")
+        assert "403 from ***" in out
+    for secret in (SEED_KEY, PLATFORM_SECRET, quote(PLATFORM_SECRET, safe=""), PLATFORM_ID):
+        assert secret not in out, f"{secret!r} shown by {command}"
+    if command[0] in ("show", "export") or "--json" in command:  # tables have no URL column
+        assert "https://cdn.example.com/v.mp4?token=***&sig=***" in out
+    assert "***" in out
 
 
 def test_read_commands_without_a_ledger_print_empty_results(tmp_path: Path) -> None:

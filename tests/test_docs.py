@@ -66,3 +66,14 @@ def test_bash_completion_completes_commands_and_options() -> None:
         timeout=60,
     )
     assert "plain,--summary" in done.stdout.splitlines()
+
+
+def test_reliability_names_only_tests_that_exist() -> None:
+    """Every test module and test function docs/reliability.md points at is there."""
+    text = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    files = set(re.findall(r"tests/[\w/]+\.py", text))
+    assert files and all((ROOT / f).is_file() for f in files), files
+    names = set(re.findall(r"\btest_\w+", text)) - {Path(f).stem for f in files}
+    sources = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py"))
+    assert len(names) >= 8
+    assert [n for n in sorted(names) if f"def {n}(" not in sources] == []

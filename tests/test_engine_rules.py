@@ -13,6 +13,7 @@ from runner.engine import Backoff, Budget, Calls, PollSchedule, Throttle, Virtua
 from runner.engine.budget import submission_order
 from runner.errors import (
     BudgetExceededError,
+    DeadlineError,
     ExhaustedError,
     PermanentError,
     ThrottledError,
@@ -91,6 +92,32 @@ async def test_retry_after_pauses_every_caller() -> None:
             tg.start_soon(b)
     assert sent["a"][0] == 0.0 and sent["a"][1] >= 30.0
     assert sent["b"] and all(t >= 30.0 for t in sent["b"])
+
+
+async def test_a_caller_giving_up_at_the_throttle_ceiling_still_pauses_the_others() -> None:
+    """The 429 that ends a call at the throttle ceiling asked for a pause too: the call gives
+    up (DeadlineError), and every other caller still waits the pause out."""
+    sent: dict[str, list[float]] = {"a": [], "b": []}
+    async with VirtualClock().running() as clock:
+        calls = make_calls(clock, rps=1000.0)
+        calls.throttle_ceiling = 100.0
+        throttles: list[BaseException | str] = [
+            ThrottledError("429", retry_after=60.0) for _ in range(3)
+        ]
+
+        async def a() -> None:
+            with pytest.raises(DeadlineError, match="throttled for 120s"):
+                await calls(scripted(throttles, sent["a"], clock))
+
+        async def b() -> None:
+            await clock.sleep(119.0)  # waiting for its turn when a's last 429 arrives
+            await calls(scripted(["ok"], sent["b"], clock))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a)
+            tg.start_soon(b)
+    assert sent["a"] == [0.0, 60.0, 120.0]
+    assert sent["b"] and sent["b"][0] >= 180.0
 
 
 async def test_retry_after_on_a_transient_error_pauses_everyone_and_uses_an_attempt() -> None:

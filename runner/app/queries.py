@@ -1,9 +1,16 @@
 """The read-only use cases: ``status``, ``jobs``, ``show``, ``export``. They never take the
-executor lock, never write, and work during a run or on a ledger in a read-only folder."""
+executor lock, never write, and work during a run or on a ledger in a read-only folder.
+
+What they return is redacted: a ledger written before redaction existed may hold a key the
+provider echoed into a video URL or an error text; the credentials in ``environ`` are masked
+in those columns and in event details before anything is shown.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +18,7 @@ from typing import Any
 from runner.app.common import reading
 from runner.errors import LedgerError
 from runner.ledger import EventRow, JobRow, JobStatus
+from runner.providers import redactor
 
 
 @dataclass(frozen=True)
@@ -46,23 +54,55 @@ def jobs(
     statuses: Sequence[str] = (),
     campaigns: Sequence[str] = (),
     ledger: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> list[JobRow]:
-    """The ledger's jobs, filtered by status and campaign (all of them when none is given)."""
+    """The ledger's jobs, filtered by status and campaign (all of them when none is given),
+    with the credentials of ``environ`` (default: the process's) masked."""
     with reading(state_dir, ledger) as opened:
         if opened is None:
             return []
-        return opened.jobs(status=statuses or None, campaign=campaigns or None)
+        rows = opened.jobs(status=statuses or None, campaign=campaigns or None)
+    redacted = redacting(environ)
+    return [redacted(row) for row in rows]
 
 
-def show(state_dir: Path, key: str, *, ledger: str | None = None) -> Shown:
-    """One job (``key`` may be a unique prefix) with its event history."""
+def show(
+    state_dir: Path,
+    key: str,
+    *,
+    ledger: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Shown:
+    """One job (``key`` may be a unique prefix) with its event history, with the credentials
+    of ``environ`` (default: the process's) masked."""
     with reading(state_dir, ledger) as opened:
         if opened is None:
             where = ledger or state_dir
             raise LedgerError(f"no job {key!r}: there is no ledger in {where} yet")
         row = opened.get(opened.match_key(key))
         assert row is not None
-        return Shown(row, opened.events(row.key))
+        events = opened.events(row.key)
+    mask = redactor(environ=os.environ if environ is None else environ)
+    return Shown(
+        redacting(environ)(row),
+        [dataclasses.replace(e, detail=_masked(mask, e.detail)) for e in events],
+    )
+
+
+def _masked(mask: Callable[[str], str], text: str | None) -> str | None:
+    return None if text is None else mask(text)
+
+
+def redacting(environ: Mapping[str, str] | None = None) -> Callable[[JobRow], JobRow]:
+    """A function that masks the credentials of ``environ`` (default: the process's) in a row
+    where a provider's answer may have put them: the video URL and the error."""
+    mask = redactor(environ=os.environ if environ is None else environ)
+
+    def redacted(row: JobRow) -> JobRow:
+        video_url, error = _masked(mask, row.video_url), _masked(mask, row.error)
+        return dataclasses.replace(row, video_url=video_url, error=error)
+
+    return redacted
 
 
 def manifest_column(manifest: Path) -> str:

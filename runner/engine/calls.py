@@ -106,6 +106,8 @@ class Calls:
                     throttled(err)
                 held = self.clock.now() - started
                 if held >= self.throttle_ceiling:
+                    if err.retry_after is not None:  # this caller gives up; the others wait
+                        self._pause(err.retry_after)
                     raise DeadlineError(
                         f"throttled for {held:.0f}s ({throttles} times; last: {err.message})"
                     ) from err

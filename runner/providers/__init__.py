@@ -17,7 +17,7 @@ executor owns both. The HTTP client is injectable, so tests run them over
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -131,16 +131,33 @@ def redact(
     ``api_key_env``), an ``id:secret`` value's halves included. For what is stored or printed:
     a video URL, an error text, a ledger row.
     """
+    return redactor(provider=provider, environ=environ, names=names)(text)
+
+
+def redactor(
+    *,
+    provider: object | None = None,
+    environ: Mapping[str, str] | None = None,
+    names: tuple[str, ...] = (),
+) -> Callable[[str], str]:
+    """What :func:`redact` does, prepared once for many texts (a ledger's rows)."""
     from runner.providers.base import HttpProvider, Secret
 
+    masks: list[Callable[[str], str]] = []
     if isinstance(provider, HttpProvider):
-        text = provider.redact(text)
+        masks.append(provider.redact)
     if environ is not None:
         for name in (*CREDENTIAL_VARIABLES, *names):
             value = (environ.get(name) or "").strip()
             if value:
-                text = Secret(value, parts=tuple(value.split(":", 1))).redact(text)
-    return text
+                masks.append(Secret(value, parts=tuple(value.split(":", 1))).redact)
+
+    def mask(text: str) -> str:
+        for one in masks:
+            text = one(text)
+        return text
+
+    return mask
 
 
 __all__ = [
@@ -164,6 +181,7 @@ __all__ = [
     "estimator",
     "make_provider",
     "redact",
+    "redactor",
     "reference_lister",
     "uploader",
 ]
