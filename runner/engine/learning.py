@@ -14,7 +14,10 @@ nonparametric maximum-likelihood estimate, found by its self-consistency (EM) it
 cells between the intervals' end points; within a cell the mass is spread evenly. First polls
 are jittered, so the "already done at the first poll" answers of many jobs, taken at slightly
 different times, tell where the low end of the distribution is: when generations get faster,
-the mass moves below the first polls and the next schedule starts sooner.
+the mass moves below the first polls and the next schedule starts sooner. An estimate cannot
+put mass below every end point it has seen, though, so when ``FASTER_AFTER`` generations in a
+row were done at their first poll (at ``FIRST_QUANTILE`` that happens about once in ten
+thousand by chance) the older history is dropped and the estimate starts again from them.
 
 Where to poll. The first poll is at the ``FIRST_QUANTILE`` of the estimate; each next one
 where a further ``HAZARD`` of the generations still unfinished are expected to be done, but
@@ -40,10 +43,11 @@ from runner.ledger import Ledger
 SHAPE_FIELDS = ("model", "type", "duration", "resolution")
 MIN_HISTORY = 5  # generations of a shape before its schedule is learned
 HISTORY = 200  # most recent generations of a shape that are learned from
-FIRST_QUANTILE = 0.3
-HAZARD = 0.5
+FIRST_QUANTILE = 0.4
+HAZARD = 0.6
 LAG_FRACTION = 0.1
 MIN_STEP_FRACTION = 0.02  # no two learned polls closer than this share of the time elapsed
+FASTER_AFTER = 10  # generations in a row done at their first poll: the history before is old
 EM_ROUNDS = 200
 EM_TOLERANCE = 1e-6
 
@@ -160,11 +164,12 @@ def learned_times(
 
 
 def jittered(times: Iterator[float], rng: random.Random, elapsed: float = 0.0) -> Iterator[float]:
-    """Waits between ``times``, each jittered by ±``JITTER`` so that jobs do not poll in step."""
-    previous = elapsed
+    """Waits between ``times``, each jittered by ±``JITTER`` (the first, often a minute, by
+    ±``JITTER``·``LAG_FRACTION``) so that jobs submitted together do not poll in step."""
+    previous, spread = elapsed, JITTER * LAG_FRACTION
     for t in times:
-        yield (t - previous) * rng.uniform(1 - JITTER, 1 + JITTER)
-        previous = t
+        yield (t - previous) * rng.uniform(1 - spread, 1 + spread)
+        previous, spread = t, JITTER
 
 
 @dataclass
@@ -203,6 +208,11 @@ class GenerationTimes:
         fitted = self._fits.get(shape)
         added = self._added[shape]
         if fitted is None or added - fitted[0] >= max(1, min(fitted[0], HISTORY) // 10):
+            recent = seen[-FASTER_AFTER:]
+            if len(recent) == FASTER_AFTER and all(lower == 0 for lower, _ in recent):
+                # Done at the first poll every time: they got faster than the history says,
+                # and older history would hold the first poll where it is (see module doc).
+                seen[:] = recent
             fitted = (added, Estimate.fit(seen))
             self._fits[shape] = fitted
         return fitted[1]
