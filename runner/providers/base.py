@@ -43,6 +43,10 @@ POOL_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = httpx.Timeout(
     connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
 )
+# Every call has waited for its turn (rate, concurrency slots) before it reaches the pool, so
+# the pool must not be a second, smaller limit; and with httpx's default of 20 kept alive,
+# each call beyond 20 at once would open and close a TCP (and TLS) connection of its own.
+API_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
 USER_AGENT = f"runner/{__version__}"
 MIN_REDACTED_PART = 4  # redacting shorter fragments would garble messages for no safety gain
 # A provider answer is read whole into memory: past this it is refused, not read on.
@@ -166,7 +170,7 @@ class HttpProvider(abc.ABC):
         self.account = credential.fingerprint()
         self._timeout = timeout
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+        self._client = client or httpx.AsyncClient(timeout=timeout, limits=API_LIMITS)
         self._upload_client = upload_client
         self._owns_upload_client = False
         self._url_policy = url_policy
