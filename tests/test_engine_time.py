@@ -296,3 +296,21 @@ def test_polls_are_learned_from_the_ledgers_history(tmp_path: Path) -> None:
     with open_ledger(default_ledger_url(world.state)) as ledger:
         details = [e.detail or "" for r in ledger.jobs() for e in ledger.events(r.key)]
     assert sum("generation completed: " in d and "done by" in d for d in details) == 100
+
+
+@pytest.mark.parametrize("rps", [5, 50])
+def test_waiting_work_uses_the_whole_rate_and_never_more(tmp_path: Path, rps: int) -> None:
+    """4·rps generations of 20–30 s polled every second at most: for their first 15 s the
+    calls waiting far outnumber rps. At the mock, no 1-second window holds more than rps API
+    calls, and those 15 s hold at least 99 % of 15·rps."""
+    options = MockOptions(latency_min=20, latency_max=30, seed=12)
+    world = VirtualWorld(
+        tmp_path, options, jobs=4 * rps, concurrency=4 * rps, rps=rps, poll_initial=0.5,
+        poll_max=1,
+    )  # fmt: skip
+    assert world.run().counts == {"downloaded": 4 * rps}
+    times = sorted(e["time"] for e in world.calls())
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest == rps
+    used = sum(1 for t in times if times[0] <= t < times[0] + 15.0) / (15.0 * rps)
+    assert used >= 0.99
