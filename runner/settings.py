@@ -14,7 +14,7 @@ from runner.providers import ProviderSettings
 
 # Without a download_concurrency of its own, a manifest gets one download per this many
 # generations in flight (at least the default).
-GENERATIONS_PER_DOWNLOAD = 4
+GENERATIONS_PER_DOWNLOAD = 16
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def download_concurrency(limits: Limits, concurrency: int | None = None) -> int:
     """Downloads at once: the manifest's ``download_concurrency`` where it says, else enough
     to keep up with ``concurrency`` generations in flight (``--concurrency`` or the
     manifest's): one per ``GENERATIONS_PER_DOWNLOAD``, never under the default. A video is
-    fetched in a small share of the time it took to make, so at concurrency 1,000 the
-    default's 4 would leave thousands of finished videos waiting."""
+    fetched in a small share of the time it took to make, so this keeps up, while at
+    concurrency 1,000 the default's 4 would leave thousands of finished videos waiting."""
     if "download_concurrency" in limits.model_fields_set:
         return limits.download_concurrency
     wanted = math.ceil((concurrency or limits.concurrency) / GENERATIONS_PER_DOWNLOAD)
