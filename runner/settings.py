@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from runner.engine import Backoff, Budget, EngineSettings, PollSchedule
 from runner.errors import UsageError
-from runner.manifest import Manifest
+from runner.manifest import Limits, Manifest
 from runner.providers import ProviderSettings
+
+# Without a download_concurrency of its own, a manifest gets one download per this many
+# generations in flight (at least the default).
+GENERATIONS_PER_DOWNLOAD = 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,18 @@ def backoff_from(environ: Mapping[str, str]) -> Backoff:
     return Backoff(base=base, cap=cap)
 
 
+def download_concurrency(limits: Limits, concurrency: int | None = None) -> int:
+    """Downloads at once: the manifest's ``download_concurrency`` where it says, else enough
+    to keep up with ``concurrency`` generations in flight (``--concurrency`` or the
+    manifest's): one per ``GENERATIONS_PER_DOWNLOAD``, never under the default. A video is
+    fetched in a small share of the time it took to make, so this keeps up, while at
+    concurrency 1,000 the default's 4 would leave thousands of finished videos waiting."""
+    if "download_concurrency" in limits.model_fields_set:
+        return limits.download_concurrency
+    wanted = math.ceil((concurrency or limits.concurrency) / GENERATIONS_PER_DOWNLOAD)
+    return max(limits.download_concurrency, wanted)
+
+
 def engine_settings(
     manifest: Manifest, options: RunOptions, environ: Mapping[str, str]
 ) -> EngineSettings:
@@ -50,7 +67,7 @@ def engine_settings(
     return EngineSettings(
         concurrency=options.concurrency or limits.concurrency,
         requests_per_second=options.rps or limits.requests_per_second,
-        download_concurrency=limits.download_concurrency,
+        download_concurrency=download_concurrency(limits, options.concurrency),
         max_attempts=limits.max_attempts,
         poll=PollSchedule(initial=limits.poll_initial, maximum=limits.poll_max),
         backoff=backoff_from(environ),

@@ -78,7 +78,7 @@ async def test_slots_block_at_the_limit() -> None:
 
 
 async def test_calls_are_spaced_from_the_very_first_one() -> None:
-    """No burst: on virtual time the first call goes at once, then one every 1.05/rps."""
+    """No burst: on virtual time the first call goes at once, then one every 1.01/rps."""
     async with VirtualClock().running() as clock:
         throttle = Throttle(100.0, clock=clock)
         stamps = []
@@ -87,7 +87,7 @@ async def test_calls_are_spaced_from_the_very_first_one() -> None:
             stamps.append(clock.now())
     assert stamps[0] == 0.0
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert gaps == pytest.approx([1.05 / 100] * 5)
+    assert gaps == pytest.approx([1.01 / 100] * 5)
 
 
 async def test_concurrent_callers_take_turns_in_order() -> None:
@@ -104,7 +104,7 @@ async def test_concurrent_callers_take_turns_in_order() -> None:
             for i in range(10):
                 tg.start_soon(caller, i)
     assert [i for i, _ in order] == list(range(10))
-    assert [t for _, t in order] == pytest.approx([i * 0.525 for i in range(10)])
+    assert [t for _, t in order] == pytest.approx([i * 0.505 for i in range(10)])
 
 
 async def test_pause_holds_every_caller() -> None:
@@ -121,14 +121,14 @@ async def test_pause_holds_every_caller() -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(caller)
-            await clock.sleep(0.2)  # two calls out (at 0 and 0.105), three waiting
+            await clock.sleep(0.2)  # two calls out (at 0 and 0.101), three waiting
             throttle.pause(5.0)
             throttle.pause(1.0)
             assert throttle.paused_for == pytest.approx(5.0)
     assert len(sent) == 5
-    assert sent[:2] == pytest.approx([0.0, 0.105])
+    assert sent[:2] == pytest.approx([0.0, 0.101])
     assert all(t >= 5.2 for t in sent[2:])
-    assert [b - a for a, b in itertools.pairwise(sent[2:])] == pytest.approx([0.105] * 2)
+    assert [b - a for a, b in itertools.pairwise(sent[2:])] == pytest.approx([0.101] * 2)
 
 
 async def test_priority_gate_lets_the_lowest_priority_in_first() -> None:
@@ -153,3 +153,42 @@ async def test_priority_gate_lets_the_lowest_priority_in_first() -> None:
         await anyio.wait_all_tasks_blocked()
     assert order == ["a", "a2", "b", "c"]
     assert gate.held == 0
+
+
+async def test_late_callers_never_crowd_a_window() -> None:
+    """Callers that wake late for their slots (an event loop busy for 0.3 s) catch up, but no
+    1-second window holds more than rps calls: a call leaves no sooner than 1.01 s after the
+    one rps calls before it."""
+    sent: list[float] = []
+    async with VirtualClock().running() as clock:
+        throttle = Throttle(5.0, clock=clock)
+        for i in range(40):
+            await throttle.wait_turn()
+            sent.append(clock.now())
+            if i % 7 == 3:
+                await clock.sleep(0.3)  # this caller comes back late for the next slot
+    assert all(b - a >= 1.01 - 1e-9 for a, b in zip(sent, sent[5:], strict=False))
+    busiest = max(sum(1 for t in sent if start <= t < start + 1.0) for start in sent)
+    assert busiest == 5
+
+
+@pytest.mark.parametrize("rps", [5.0, 50.0])
+async def test_waiting_work_uses_the_rate(rps: float) -> None:
+    """With callers always waiting, the throttle lets through 99 % of rps, and never more
+    than rps in any 1-second window."""
+    sent: list[float] = []
+    async with VirtualClock().running() as clock:
+        throttle = Throttle(rps, clock=clock)
+
+        async def caller() -> None:
+            while clock.now() < 20.0:
+                await throttle.wait_turn()
+                sent.append(clock.now())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(int(rps) * 2):
+                tg.start_soon(caller)
+    inside = [t for t in sent if t < 20.0]
+    assert len(inside) / (20.0 * rps) >= 0.99
+    busiest = max(sum(1 for t in sent if start <= t < start + 1.0) for start in sent)
+    assert busiest == int(rps)

@@ -53,7 +53,13 @@ class VirtualWorld:
             "concurrency": 4, "rps": 100, "poll_initial": 5, "poll_max": 30, "souls": "",
             "soul": "", "jobs": 1, "timeout": 21600, **manifest,
         }  # fmt: skip
-        values["numbers"] = list(range(values.pop("jobs")))
+        self.values = values
+        self.plan()
+
+    def plan(self, *, first: int = 0, **manifest: Any) -> None:
+        """(Re)write the manifest: ``jobs`` jobs numbered from ``first``."""
+        values = {**self.values, **manifest}
+        values["numbers"] = list(range(first, first + values.pop("jobs")))
         self.manifest.write_text(MANIFEST.format(**values))
 
     def run(self) -> app.RunResult:
@@ -244,3 +250,67 @@ def test_several_manifests_in_one_run_share_their_accounts_limits(
         assert busiest <= 10
     else:
         assert sorted(overlap(v) for v in by_account.values()) == [3, 5]
+
+
+def polls_and_lags(world: VirtualWorld, since: float) -> tuple[list[int], list[float]]:
+    """For each generation submitted after ``since`` (virtual time), how many status calls it
+    took and how late after it finished at the mock the runner's poll found it done."""
+    generations = world.mock.state.mock.generations
+    calls: dict[str, list[float]] = {}
+    for entry in world.calls("/status/"):
+        calls.setdefault(entry["path"].rsplit("/", 1)[-1], []).append(entry["time"])
+    counts, lags = [], []
+    for gid, generation in generations.items():
+        if generation.created_at < since:
+            continue
+        assert generation.finished_at is not None
+        times = calls[gid]
+        counts.append(len(times))
+        lags.append(min(t for t in times if t >= generation.finished_at) - generation.finished_at)
+    return counts, lags
+
+
+def test_polls_are_learned_from_the_ledgers_history(tmp_path: Path) -> None:
+    """Generations of 51–69 s (uniform: sd 5.2 s, like N(60, 5)). The first run starts on the
+    SPEC schedule (5 s growing 1.5× to 30 s) and learns as generations finish; a second run of
+    other jobs of the same shape reads that history from the ledger and polls where they end:
+    at most 3 status calls per job and a few seconds between a generation finishing at the
+    mock and the runner noticing it, far fewer calls and less lag than the fallback."""
+    options = MockOptions(latency_min=51, latency_max=69, seed=11)
+    world = VirtualWorld(tmp_path, options, jobs=10, concurrency=10)
+    assert world.run().counts == {"downloaded": 10}
+    fallback_calls, fallback_lags = polls_and_lags(world, since=0)
+    world.plan(first=10, jobs=50, concurrency=10)
+    assert world.run().counts == {"downloaded": 50}
+
+    second = world.clock.now()
+    world.plan(first=100, jobs=40, concurrency=20)
+    assert world.run().counts == {"downloaded": 40}
+    counts, lags = polls_and_lags(world, since=second)
+    assert len(counts) == 40
+    assert sum(counts) / len(counts) <= 3.0
+    assert sum(lags) / len(lags) <= 5.0
+    assert max(lags) <= 0.1 * 69 * 2
+    assert sum(counts) / len(counts) < 0.7 * sum(fallback_calls) / len(fallback_calls)
+    assert sum(lags) / len(lags) < 0.7 * sum(fallback_lags) / len(fallback_lags)
+    with open_ledger(default_ledger_url(world.state)) as ledger:
+        details = [e.detail or "" for r in ledger.jobs() for e in ledger.events(r.key)]
+    assert sum("generation completed: " in d and "done by" in d for d in details) == 100
+
+
+@pytest.mark.parametrize("rps", [5, 50])
+def test_waiting_work_uses_the_whole_rate_and_never_more(tmp_path: Path, rps: int) -> None:
+    """4·rps generations of 20–30 s polled every second at most: for their first 15 s the
+    calls waiting far outnumber rps. At the mock, no 1-second window holds more than rps API
+    calls, and those 15 s hold at least 99 % of 15·rps."""
+    options = MockOptions(latency_min=20, latency_max=30, seed=12)
+    world = VirtualWorld(
+        tmp_path, options, jobs=4 * rps, concurrency=4 * rps, rps=rps, poll_initial=0.5,
+        poll_max=1,
+    )  # fmt: skip
+    assert world.run().counts == {"downloaded": 4 * rps}
+    times = sorted(e["time"] for e in world.calls())
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest == rps
+    used = sum(1 for t in times if times[0] <= t < times[0] + 15.0) / (15.0 * rps)
+    assert used >= 0.99

@@ -965,3 +965,31 @@ def test_expiry_is_recorded_and_the_soonest_expiring_is_downloaded_first(
     ]
     waited = [expiry[g] for g in fetched[1:]]  # the first took the free slot at once
     assert waited == sorted(waited)
+
+
+@pytest.mark.parametrize(
+    ("limits", "flag", "downloads"),
+    [
+        ("", None, 4),  # the default concurrency 4: the default 4 downloads
+        ("concurrency: 1000", None, 63),  # enough to keep up with 1,000 in flight
+        ("concurrency: 8", 400, 25),  # --concurrency counts
+        ("{concurrency: 1000, download_concurrency: 2}", None, 2),  # said: kept
+    ],
+)
+def test_download_concurrency_keeps_up_with_generations_in_flight(
+    tmp_path: Path, limits: str, flag: int | None, downloads: int
+) -> None:
+    """Without a download_concurrency of its own, a manifest downloads one video per 16
+    generations in flight (never fewer than the default 4); one it sets is kept."""
+    from runner.manifest import load_manifest
+    from runner.settings import RunOptions, engine_settings
+
+    manifest = tmp_path / "m.yaml"
+    block = f"limits: {limits}\n" if limits.startswith("{") else f"limits:\n  {limits}\n"
+    manifest.write_text(
+        "version: 1\n"
+        + (block if limits else "")
+        + "campaigns:\n  - name: c\n    prompt: p\n"
+    )
+    settings = engine_settings(load_manifest(manifest), RunOptions(concurrency=flag), {})
+    assert settings.download_concurrency == downloads

@@ -9,6 +9,7 @@ concerns SQLite's file (WAL, migrations, read-only directories) is in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -759,6 +760,83 @@ def test_json_columns_keep_their_key_order(ledger: Ledger) -> None:
     assert row is not None
     assert list(row.vars) == ["zeta", "alpha", "mid"]
     assert list(row.request) == list(job.request)
+
+
+class SetClock:
+    """A clock the test sets: ``clock.at(seconds)`` then every read is that moment."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def at(self, seconds: float) -> None:
+        self.now = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def shaped_job(index: int, **request: Any) -> Job:
+    """A job whose request has these fields (besides type and prompt)."""
+    job = make_job(index=index, n=index)
+    return dataclasses.replace(job, request={"prompt": f"p{index}", **request})
+
+
+def test_generation_times_of_one_request_shape(url: str) -> None:
+    """generation_times: for each completed generation of exactly this shape, newest first,
+    the seconds (to the millisecond) from the event that recorded its generation id (the
+    last one, after a retry) to the one that recorded it completed, with that event's
+    detail; a refreshed URL, a failure, another shape, a field the request lacks are told
+    apart."""
+    clock = SetClock()
+    shape = {"model": None, "type": "t2v", "duration": 8, "resolution": "1080p"}
+    with open_ledger(url, clock=clock) as led:
+        jobs = [
+            shaped_job(0, type="t2v", duration=8, resolution="1080p"),
+            shaped_job(1, type="t2v", duration=8.0, resolution="1080p"),
+            shaped_job(2, type="t2v", duration=5, resolution="1080p"),  # another duration
+            shaped_job(3, type="t2v", duration=8, resolution="1080p"),  # retried
+            shaped_job(4, type="t2v", duration=8),  # no resolution
+            shaped_job(5, type="t2v", duration=8, resolution="1080p"),  # failed
+        ]
+        led.record_plan(MANIFEST, jobs)
+        keys = [j.key for j in jobs]
+
+        def walk_at(key: str, *steps: tuple[float, str, str | None]) -> None:
+            for seconds, to, detail in steps:
+                clock.at(seconds)
+                led.transition(key, to, detail=detail)
+
+        walk_at(keys[0], (0, "submitting", None), (1, "queued", None), (20, "running", None),
+                (61, "completed", "first"), (62, "completed", "URL refreshed"),
+                (63, "downloaded", None))  # fmt: skip
+        walk_at(keys[1], (100, "submitting", None), (100.5, "queued", None),
+                (130.75, "completed", "second"))  # fmt: skip
+        walk_at(keys[2], (150, "submitting", None), (151, "queued", None),
+                (160, "completed", "other duration"))  # fmt: skip
+        walk_at(keys[3], (200, "submitting", None), (201, "queued", None),
+                (210, "failed", None))  # fmt: skip
+        assert led.retry_failed(MANIFEST, keys=[keys[3]]) == 1
+        walk_at(keys[3], (300, "submitting", None), (305, "queued", None),
+                (350, "completed", "third"))  # fmt: skip
+        walk_at(keys[4], (400, "submitting", None), (401, "queued", None),
+                (402, "completed", "no resolution"))  # fmt: skip
+        walk_at(keys[5], (500, "submitting", None), (501, "queued", None),
+                (502, "failed", None))  # fmt: skip
+
+        times = led.generation_times(shape, limit=10)
+        assert [(t.seconds, t.detail) for t in times] == [
+            (pytest.approx(45.0, abs=1e-3), "third"),
+            (pytest.approx(30.25, abs=1e-3), "second"),
+            (pytest.approx(60.0, abs=1e-3), "first"),
+        ]
+        assert [t.detail for t in led.generation_times(shape, limit=2)] == ["third", "second"]
+        lacking = {**shape, "resolution": None}
+        assert [t.detail for t in led.generation_times(lacking, limit=10)] == ["no resolution"]
+        other = {**shape, "duration": 5}
+        assert [t.seconds for t in led.generation_times(other, limit=10)] == [
+            pytest.approx(9.0, abs=1e-3)
+        ]
+        assert led.generation_times({**shape, "model": "m"}, limit=10) == []
 
 
 # --- plan diff ----------------------------------------------------------------------------

@@ -32,7 +32,14 @@ from runner.outputs import OutputStore
 from runner.outputs.pinned import pinned_client
 from runner.providers import Provider
 
-DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)
+MIN_DOWNLOAD_CONNECTIONS = 32
+
+
+def download_limits(works: Sequence[Work]) -> httpx.Limits:
+    """The download pool: a connection, kept alive, for every download that may run at once
+    (each manifest's ``download_concurrency``; they share the pool)."""
+    size = max(MIN_DOWNLOAD_CONNECTIONS, sum(w.settings.download_concurrency for w in works))
+    return httpx.Limits(max_connections=size, max_keepalive_connections=size)
 
 
 @dataclass
@@ -61,7 +68,9 @@ async def execute(
 ) -> list[Outcome]:
     """Run every manifest's jobs together; one ``Outcome`` per manifest, in order."""
     download_client = (
-        env.download_client() if env.download_client else pinned_client(limits=DOWNLOAD_LIMITS)
+        env.download_client()
+        if env.download_client
+        else pinned_client(limits=download_limits(works))
     )
     try:
         executors = _executors(ledger, works, env, download_client)

@@ -63,7 +63,7 @@ class Executor(EarlierWork):
                     # --submit-only leaves what is already under way to `collect`.
                     for row in rows if self.settings.download else ():
                         if row.status in AT_PROVIDER:
-                            self._deadlines[row.key] = self._deadline_of(row)
+                            self._adopt(row)
                             self.slots.adopt()
                             jobs.start_soon(self._drive, row, True)
                         elif row.status is JobStatus.COMPLETED:

@@ -29,10 +29,14 @@ def deadline(timeout: float | None, since: str | None, clock: Clock) -> float | 
     from the ledger; ``None`` for just now), ``timeout`` seconds after it."""
     if timeout is None:
         return None
-    age = 0.0
-    if since is not None:
-        age = max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds())
-    return clock.now() + timeout - age
+    return clock.now() + timeout - age(since)
+
+
+def age(since: str | None) -> float:
+    """Seconds since ``since`` (an ISO time from the ledger; ``None`` for just now)."""
+    if since is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,15 @@ class PollSchedule:
         rng: random.Random,
         deadline: float | None = None,
         what: str = "it",
+        delays: Iterator[float] | None = None,
     ) -> T:
         """Wait, check, and again, until ``check`` returns something other than ``None``.
 
-        With a ``deadline`` (on ``clock``), the last check is made at the deadline; if that
-        finds nothing either, ``DeadlineError`` says so.
+        The waits are ``delays`` (a learned schedule, ``runner.engine.learning``) or this
+        schedule's own. With a ``deadline`` (on ``clock``), the last check is made at the
+        deadline; if that finds nothing either, ``DeadlineError`` says so.
         """
-        for delay in self.delays(rng):
+        for delay in delays if delays is not None else self.delays(rng):
             last = deadline is not None and clock.now() + delay >= deadline
             if deadline is not None and last:
                 delay = max(0.0, deadline - clock.now())

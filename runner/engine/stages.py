@@ -25,7 +25,8 @@ import httpx
 from runner.engine.budget import Budget, expired
 from runner.engine.calls import Calls
 from runner.engine.clock import SYSTEM_CLOCK, Clock
-from runner.engine.polling import deadline
+from runner.engine.learning import GenerationTimes, completion_detail
+from runner.engine.polling import age, deadline
 from runner.engine.progress import Outcome, Progress
 from runner.engine.settings import EngineSettings
 from runner.engine.throttle import AdaptiveSlots, PriorityGate, Throttle
@@ -111,6 +112,8 @@ class JobStages:
         )
         self.downloads = PriorityGate(settings.download_concurrency)
         self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
+        self._submitted: dict[str, float] = {}  # key → when its generation was accepted (clock)
+        self.times = GenerationTimes(ledger)  # how long generations take, to poll where they end
 
     # --- ledger moves ---------------------------------------------------------------------
 
@@ -183,6 +186,7 @@ class JobStages:
                 row.request, idempotency_key=key, soul_model_id=soul_model
             )
             self._deadlines[row.key] = deadline(self.settings.generation_timeout, None, self.clock)
+            self._submitted[row.key] = self.clock.now()
             self.progress.submitted += 1
             self.outcome.submitted += 1
             return self._move(
@@ -241,16 +245,22 @@ class JobStages:
             raise self._hold(row, f"status {err.message}") from err
 
     async def _poll(self, row: JobRow) -> JobRow:
-        """Poll until the generation is completed or failed. Returns the completed row."""
+        """Poll until the generation is completed or failed. Returns the completed row.
+        The polls go where the history says generations like it end (``learning``); the
+        completed event records when it was last seen unfinished and when seen done."""
+        submitted = self._submitted.get(row.key, self.clock.now())
+        unfinished = 0.0  # seconds after the submit it was last seen unfinished
 
         async def check() -> JobRow | None:
-            nonlocal row
+            nonlocal row, unfinished
             status = await self._status(row)
+            seen = self.clock.now() - submitted
             if status.state == "completed":
+                self.times.observe(row.request, unfinished, seen)
                 return self._move(
                     row,
                     JobStatus.COMPLETED,
-                    "generation completed",
+                    completion_detail(unfinished, seen),
                     video_url=status.video_url,
                     expires_at=iso(status.expires_at),
                     error=None,
@@ -261,11 +271,18 @@ class JobStages:
                 raise self._fail(row, f"generation {status.error or status.raw}", refund=refund)
             if status.state == "running" and row.status is not JobStatus.RUNNING:
                 row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
+            unfinished = seen
             return None
 
+        elapsed = self.clock.now() - submitted
+        delays = self.times.delays(row.request, self.settings.poll, self.rng, elapsed)
         try:
             return await self.settings.poll.until(
-                check, clock=self.clock, rng=self.rng, deadline=self._deadlines.get(row.key)
+                check,
+                clock=self.clock,
+                rng=self.rng,
+                deadline=self._deadlines.get(row.key),
+                delays=delays,
             )
         except DeadlineError as err:
             reason = (
@@ -274,12 +291,14 @@ class JobStages:
             )
             raise self._hold(row, reason) from err
 
-    def _deadline_of(self, row: JobRow) -> float | None:
-        """When to stop waiting for a generation found in flight: ``generation_timeout`` after
-        the event that recorded its generation id."""
+    def _adopt(self, row: JobRow) -> None:
+        """A generation found in flight: when it was accepted (the event that recorded its
+        generation id), on this run's clock, and when to stop waiting (``generation_timeout``
+        after that)."""
         accepted = [e.at for e in self.ledger.events(row.key) if e.to_status is JobStatus.QUEUED]
         since = accepted[-1] if accepted else None
-        return deadline(self.settings.generation_timeout, since, self.clock)
+        self._submitted[row.key] = self.clock.now() - age(since)
+        self._deadlines[row.key] = deadline(self.settings.generation_timeout, since, self.clock)
 
     async def _download(self, row: JobRow) -> None:
         # The result that the provider drops soonest is downloaded first.

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, Ledger, utcnow
-from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow
+from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow
 from runner.ledger.sqlite import (
     BUSY_TIMEOUT,
     LEDGER_FILE,
@@ -39,6 +39,7 @@ __all__ = [
     "TRANSITION_COLUMNS",
     "EventRow",
     "ExecutorLock",
+    "GenerationTime",
     "JobRow",
     "JobStatus",
     "Ledger",

@@ -8,14 +8,14 @@ Both take the same rules from ``runner.ledger.status``, build their rows with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
-from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow
+from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow
 from runner.ledger.status import JobStatus
 
 Clock = Callable[[], datetime]
@@ -108,6 +108,13 @@ class Ledger(Protocol):
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes and notes, oldest first."""
+        ...
+
+    def generation_times(self, shape: Mapping[str, Any], *, limit: int) -> list[GenerationTime]:
+        """How long the ``limit`` most recently completed generations took whose request has
+        exactly these values for the fields of ``shape`` (``None`` for a field it lacks),
+        newest first. A job counts once per submission: from the last ``queued`` event before
+        its first ``completed`` one after that."""
         ...
 
     def counts(self, manifest: str | None = None) -> dict[str, dict[str, int]]:

@@ -119,6 +119,16 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class GenerationTime:
+    """How long one finished generation took, as the ledger saw it: ``seconds`` from the event
+    that recorded its generation id to the one that recorded it completed, and that event's
+    ``detail`` (which may say more precisely; see ``runner.engine.learning``)."""
+
+    seconds: float
+    detail: str | None
+
+
+@dataclass(frozen=True)
 class SoulRow:
     """A soul model trained (or being trained) for a manifest's ``souls:`` entry."""
 

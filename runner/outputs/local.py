@@ -107,30 +107,36 @@ async def download(
         tag.write_text(resume_token)
     discard = functools.partial(part.unlink, missing_ok=True)
     async with fetch(client, url, policy=policy, offset=offset, discard=discard) as body:
+        # A body from byte 0 is hashed as it arrives; a resumed one is hashed whole at the end.
+        digest = None if body.start else hashlib.sha256()
         with open(part, "r+b" if body.start else "wb") as fh:
             fh.seek(body.start)
             fh.truncate()
             async for chunk in body.chunks():
                 fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-    size, digest = await anyio.to_thread.run_sync(_finish, part, dest)
-    tag.unlink(missing_ok=True)
-    return Saved(location=str(dest), bytes=size, sha256=digest)
+                if digest is not None:
+                    digest.update(chunk)
+            size = fh.tell()
+    # The syncs (and a resumed file's hash) wait on the disk: one hand-off to a thread, so
+    # the event loop goes on serving every other job meanwhile.
+    sha256 = await anyio.to_thread.run_sync(_finish, part, dest, tag, digest)
+    return Saved(location=str(dest), bytes=size, sha256=sha256)
 
 
-def _finish(part: Path, dest: Path) -> tuple[int, str]:
-    """Hash the complete ``.part`` file, rename it into place and make the rename durable."""
-    digest = hashlib.sha256()
-    size = 0
+def _finish(part: Path, dest: Path, tag: Path, digest: hashlib._Hash | None) -> str:
+    """Make the complete ``.part`` file durable, rename it into place and make the rename
+    durable; its sha256 (``digest``, or read back from the file when it was resumed)."""
     with open(part, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
+        if digest is None:
+            digest = hashlib.sha256()
+            while chunk := fh.read(CHUNK_SIZE):
+                digest.update(chunk)
+        os.fsync(fh.fileno())
     os.replace(part, dest)
     dir_fd = os.open(dest.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return size, digest.hexdigest()
+    tag.unlink(missing_ok=True)
+    return digest.hexdigest()

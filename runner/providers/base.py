@@ -43,6 +43,12 @@ POOL_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = httpx.Timeout(
     connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
 )
+# Every call has waited for its turn (rate, concurrency slots) before it reaches the pool, and
+# how many are under way at once is about rps × the answer's latency. httpx keeps only 20
+# connections alive by default, so each call beyond 20 at once would open and close one of its
+# own; a pool much bigger than needed costs too, as httpcore scans every connection it holds
+# for each request.
+API_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
 USER_AGENT = f"runner/{__version__}"
 MIN_REDACTED_PART = 4  # redacting shorter fragments would garble messages for no safety gain
 # A provider answer is read whole into memory: past this it is refused, not read on.
@@ -166,7 +172,7 @@ class HttpProvider(abc.ABC):
         self.account = credential.fingerprint()
         self._timeout = timeout
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+        self._client = client or httpx.AsyncClient(timeout=timeout, limits=API_LIMITS)
         self._upload_client = upload_client
         self._owns_upload_client = False
         self._url_policy = url_policy

@@ -8,7 +8,7 @@ souls.py, the base class.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import EventRow, JobRow, PlanDiff
+from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.rows import (
     LEDGER_ID,
@@ -176,6 +176,26 @@ class SqliteLedger(SoulsAndUploads):
         with self._store.read() as db:
             rows = db.table("events").rows_where("job_key = ?", [key], order_by="id")
             return [EventRow.from_row(row) for row in rows]
+
+    def generation_times(self, shape: Mapping[str, Any], *, limit: int) -> list[GenerationTime]:
+        """How long recent generations of this request shape took; see ``Ledger``."""
+        # Newest completions first: the scan stops after ``limit`` matches.
+        wheres = "".join(" AND json_extract(j.request, ?) IS ?" for _ in shape)
+        params: list[Any] = []
+        for name, value in shape.items():
+            params += [f"$.{name}", value]
+        sql = f"""
+            SELECT (julianday(c.at) - julianday(q.at)) * 86400.0 AS seconds, c.detail
+            FROM events AS c
+            JOIN jobs AS j ON j.key = c.job_key
+            JOIN events AS q ON q.id = (
+                SELECT max(id) FROM events WHERE job_key = c.job_key AND id < c.id
+                AND from_status = 'submitting' AND to_status IN ('queued', 'running'))
+            WHERE c.to_status = 'completed' AND c.from_status IN ('queued', 'running'){wheres}
+            ORDER BY c.id DESC LIMIT ?"""
+        with self._store.read():
+            rows = self._store.conn.execute(sql, [*params, limit]).fetchall()
+        return [GenerationTime(seconds=float(r[0]), detail=r[1]) for r in rows]
 
     def counts(self, manifest: str | None = None) -> dict[str, dict[str, int]]:
         """``{campaign: {status: count}}``, campaigns by name, statuses in life-cycle order."""

@@ -1,0 +1,233 @@
+"""How long generations take, learned from the ledger's history, and where to poll (SPEC v2 §6).
+
+What is observed. The runner never sees a generation finish: it sees a poll say "not yet" and
+a later poll say "done". So each finished generation is an interval: it took more than
+``lower`` (the last poll that found it unfinished, 0 when the first poll found it done) and at
+most ``upper`` (the poll that found it done) seconds after its submit. Taking ``upper`` as the
+time would learn the poll schedule instead of the provider (a generation polled at 30 s is
+"30 s" however early it finished), and the schedule built from that would never poll sooner.
+The completion event's detail records both bounds (:func:`completion_detail`); older events
+without them count as ``(0, seconds between the accepted and completed events]``.
+
+How it is estimated. The distribution that best explains the intervals is the Turnbull
+nonparametric maximum-likelihood estimate, found by its self-consistency (EM) iteration on the
+cells between the intervals' end points; within a cell the mass is spread evenly. First polls
+are jittered, so the "already done at the first poll" answers of many jobs, taken at slightly
+different times, tell where the low end of the distribution is: when generations get faster,
+the mass moves below the first polls and the next schedule starts sooner. An estimate cannot
+put mass below every end point it has seen, though, so when ``FASTER_AFTER`` generations in a
+row were done at their first poll (at ``FIRST_QUANTILE`` that happens about once in ten
+thousand by chance) the older history is dropped and the estimate starts again from them.
+
+Where to poll. The first poll is at the ``FIRST_QUANTILE`` of the estimate; each next one
+where a further ``HAZARD`` of the generations still unfinished are expected to be done, but
+at most ``LAG_FRACTION`` of the time elapsed later (so a wide distribution is still noticed
+within a small fraction of its generation time). Past the last finish ever seen the waits back
+off like the fallback schedule. ``poll_initial`` is the least first wait and ``poll_max`` the
+longest wait after it; with fewer than ``MIN_HISTORY`` generations of a shape (provider, model,
+type, duration, resolution), the fallback schedule (``PollSchedule.delays``) is used as is.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.engine.polling import JITTER, MIN_STEP, PollSchedule
+from runner.ledger import Ledger
+
+SHAPE_FIELDS = ("model", "type", "duration", "resolution")
+MIN_HISTORY = 5  # generations of a shape before its schedule is learned
+HISTORY = 200  # most recent generations of a shape that are learned from
+FIRST_QUANTILE = 0.4
+HAZARD = 0.6
+LAG_FRACTION = 0.1
+MIN_STEP_FRACTION = 0.02  # no two learned polls closer than this share of the time elapsed
+FASTER_AFTER = 10  # generations in a row done at their first poll: the history before is old
+EM_ROUNDS = 100
+EM_TOLERANCE = 1e-5
+
+_BOUNDS = re.compile(r"(?:unfinished at (?P<lower>[\d.]+) s, )?done by (?P<upper>[\d.]+) s")
+
+
+def completion_detail(lower: float, upper: float) -> str:
+    """The completed event's detail, carrying both bounds of the generation's time."""
+    unfinished = f"unfinished at {lower:.2f} s, " if lower > 0 else ""
+    return f"generation completed: {unfinished}done by {upper:.2f} s after its submit"
+
+
+def bounds(seconds: float, detail: str | None) -> tuple[float, float]:
+    """A generation's time as an interval, from its completed event (see the module doc)."""
+    found = _BOUNDS.search(detail or "")
+    if found is None:
+        return (0.0, max(0.0, seconds))
+    return (float(found["lower"] or 0.0), float(found["upper"]))
+
+
+def shape_of(request: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The request fields that a generation's time depends on."""
+    return tuple(request.get(name) for name in SHAPE_FIELDS)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A distribution of generation times: the cumulative mass at each end point."""
+
+    points: tuple[float, ...]  # cell end points, ascending; points[0] is 0
+    cumulative: tuple[float, ...]  # F at each point
+
+    @classmethod
+    def fit(cls, intervals: Sequence[tuple[float, float]]) -> Estimate:
+        """The Turnbull estimate from ``(lower, upper]`` intervals."""
+        points = sorted({0.0, *(x for lo, up in intervals for x in (lo, max(lo, up)))})
+        if len(points) == 1:
+            points.append(MIN_STEP)
+        cells = len(points) - 1
+        spans = []
+        for lo, up in intervals:
+            first = bisect.bisect_left(points, lo)
+            last = max(first + 1, bisect.bisect_left(points, up))
+            spans.append((first, last))  # cells first .. last-1
+        mass = [1.0 / cells] * cells
+        for _ in range(EM_ROUNDS):
+            prefix = [0.0]
+            for m in mass:
+                prefix.append(prefix[-1] + m)
+            weights = [0.0] * (cells + 1)
+            for first, last in spans:
+                share = prefix[last] - prefix[first]
+                if share > 0:
+                    weights[first] += 1.0 / share
+                    weights[last] -= 1.0 / share
+            running, new = 0.0, []
+            for j in range(cells):
+                running += weights[j]
+                new.append(mass[j] * running / len(spans))
+            change = max(abs(a - b) for a, b in zip(mass, new, strict=True))
+            mass = new
+            if change < EM_TOLERANCE:
+                break
+        total = sum(mass) or 1.0
+        cumulative = [0.0]
+        for m in mass:
+            cumulative.append(min(1.0, cumulative[-1] + m / total))
+        return cls(tuple(points), tuple(cumulative))
+
+    @property
+    def last(self) -> float:
+        """The longest time any generation may have taken."""
+        return self.points[-1]
+
+    def cdf(self, t: float) -> float:
+        """The share of generations done ``t`` seconds after their submit."""
+        if t >= self.last:
+            return 1.0
+        i = bisect.bisect_right(self.points, t)
+        lo, hi = self.points[i - 1], self.points[i]
+        f0, f1 = self.cumulative[i - 1], self.cumulative[i]
+        return f0 + (f1 - f0) * (t - lo) / (hi - lo)
+
+    def quantile(self, p: float) -> float:
+        """The time by which a share ``p`` of generations is done."""
+        i = bisect.bisect_left(self.cumulative, p)
+        if i >= len(self.points):
+            return self.last
+        if i == 0:
+            return self.points[0]
+        f0, f1 = self.cumulative[i - 1], self.cumulative[i]
+        lo, hi = self.points[i - 1], self.points[i]
+        return lo + (hi - lo) * ((p - f0) / (f1 - f0) if f1 > f0 else 1.0)
+
+
+def learned_times(
+    estimate: Estimate, limits: PollSchedule, elapsed: float = 0.0
+) -> Iterator[float]:
+    """The poll times (seconds after the submit, before jitter) for ``estimate``; the first
+    after ``elapsed`` (a generation found in flight is part way through)."""
+    t = max(limits.initial, estimate.quantile(FIRST_QUANTILE))
+    step = 0.0
+    while True:
+        if t > elapsed:
+            yield t
+        done = estimate.cdf(t)
+        if done < 1.0:
+            target = estimate.quantile(done + HAZARD * (1.0 - done))
+            step = min(target - t, LAG_FRACTION * t, limits.maximum)
+            step = max(step, MIN_STEP_FRACTION * t, MIN_STEP)
+        else:  # past everything seen: back off as the fallback does
+            step = min(limits.maximum, max(step * limits.growth, LAG_FRACTION * t, MIN_STEP))
+        t += step
+
+
+def jittered(times: Iterator[float], rng: random.Random, elapsed: float = 0.0) -> Iterator[float]:
+    """Waits between ``times``, each jittered by ±``JITTER`` (the first, often a minute, by
+    ±``JITTER``·``LAG_FRACTION``) so that jobs submitted together do not poll in step."""
+    previous, spread = elapsed, JITTER * LAG_FRACTION
+    for t in times:
+        yield (t - previous) * rng.uniform(1 - spread, 1 + spread)
+        previous, spread = t, JITTER
+
+
+@dataclass
+class GenerationTimes:
+    """What one executor knows of how long generations take: the ledger's history, read once
+    per shape, and every generation this run sees finish."""
+
+    ledger: Ledger
+    intervals: dict[tuple[Any, ...], list[tuple[float, float]]] = field(default_factory=dict)
+    _fits: dict[tuple[Any, ...], tuple[int, Estimate]] = field(default_factory=dict)
+    _added: dict[tuple[Any, ...], int] = field(default_factory=dict)  # observations, ever
+
+    def _history(self, request: Mapping[str, Any]) -> list[tuple[float, float]]:
+        shape = shape_of(request)
+        if shape not in self.intervals:
+            wanted = dict(zip(SHAPE_FIELDS, shape, strict=True))
+            past = self.ledger.generation_times(wanted, limit=HISTORY)
+            self.intervals[shape] = [bounds(g.seconds, g.detail) for g in reversed(past)]
+            self._added[shape] = len(past)
+        return self.intervals[shape]
+
+    def observe(self, request: Mapping[str, Any], lower: float, upper: float) -> None:
+        """A generation of this request's shape was done by ``upper``, not by ``lower``."""
+        seen = self._history(request)
+        seen.append((lower, upper))
+        self._added[shape_of(request)] += 1
+        del seen[:-HISTORY]
+
+    def estimate(self, request: Mapping[str, Any]) -> Estimate | None:
+        """The learned distribution for this request's shape; ``None`` without enough history.
+        Refitted when the history has grown by a quarter since the last fit (a fit of 200
+        takes ~15 ms of the event loop)."""
+        seen = self._history(request)
+        if len(seen) < MIN_HISTORY:
+            return None
+        shape = shape_of(request)
+        fitted = self._fits.get(shape)
+        added = self._added[shape]
+        recent = seen[-FASTER_AFTER:]
+        faster = len(seen) > FASTER_AFTER and all(lower == 0 for lower, _ in recent)
+        if faster:
+            # Done at the first poll every time: they got faster than the history says, and
+            # older history would hold the first poll where it is (see the module doc).
+            seen[:] = recent
+        if faster or fitted is None or added - fitted[0] >= max(1, min(fitted[0], HISTORY) // 4):
+            fitted = (added, Estimate.fit(seen))
+            self._fits[shape] = fitted
+        return fitted[1]
+
+    def delays(
+        self,
+        request: Mapping[str, Any],
+        schedule: PollSchedule,
+        rng: random.Random,
+        elapsed: float = 0.0,
+    ) -> Iterator[float]:
+        """The waits before each poll of a generation ``elapsed`` seconds after its submit."""
+        estimate = self.estimate(request)
+        if estimate is None:
+            return schedule.delays(rng)
+        return jittered(learned_times(estimate, schedule, elapsed), rng, elapsed)
