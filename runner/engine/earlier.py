@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 
-from runner.engine.polling import deadline
 from runner.engine.stages import Gone, JobStages, iso
 from runner.errors import DeadlineError, ExhaustedError, PermanentError
 from runner.ledger import JobRow, JobStatus
@@ -44,7 +43,7 @@ class EarlierWork(JobStages):
                 expires_at=iso(status.expires_at),
             )
         if status.state in ("queued", "running"):
-            self._deadlines[row.key] = deadline(self.settings.generation_timeout, None, self.clock)
+            self._adopt(row)  # its age and deadline count from the earlier attempt's accept
             return self._move(row, JobStatus.QUEUED, taken, generation_id=generation_id)
         self.ledger.note(row.key, f"earlier generation {generation_id} is {status.raw}")
         return row
