@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """One generation to make: a campaign's matrix row turned into a request body."""
 
@@ -38,7 +38,11 @@ class Job:
 
 def canonical_json(value: Any) -> str:
     """JSON that is the same for equal data, whatever the order of mapping keys."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
+
+
+# json.dumps with these arguments, without building an encoder on every call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def job_key(
