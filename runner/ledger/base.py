@@ -8,7 +8,7 @@ Both take the same rules from ``runner.ledger.status``, build their rows with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
@@ -104,6 +104,18 @@ class Ledger(Protocol):
         keys: Collection[str] | None = None,
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order, then key."""
+        ...
+
+    def iter_jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobRow]:
+        """:meth:`jobs`, streamed from one snapshot: memory stays flat however many there
+        are. Consume it before the next call on this ledger (it holds a read transaction)."""
         ...
 
     def events(self, key: str) -> list[EventRow]:

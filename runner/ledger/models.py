@@ -6,8 +6,8 @@ Plain frozen dataclasses, the same whatever implementation stores them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from runner.ledger.status import JobStatus
@@ -15,6 +15,10 @@ from runner.ledger.status import JobStatus
 
 def _loads(text: str | None, default: Any) -> Any:
     return default if text is None else json.loads(text)
+
+
+_STATUSES = {status.value: status for status in JobStatus}
+_NO_TAGS = ("[]", None)
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,49 @@ class JobRow:
             tags=tuple(_loads(row["tags"], [])),
         )
 
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> JobRow:
+        """Build from the values of :data:`JOB_COLUMNS`, in that order (the cheap way, for
+        reads of many rows: the same result as :meth:`from_row`)."""
+        (key, campaign, manifest, job_index, status, request, vars_, path, credits, soul, tags,
+         variant, idempotency_key, attempts, generation_id, error, video_url, size, sha256,
+         location, expires_at, created_at, updated_at) = values  # fmt: skip
+        return cls(
+            key,
+            campaign,
+            manifest,
+            job_index,
+            _STATUSES.get(status) or JobStatus(status),
+            {} if request is None else json.loads(request),
+            {} if vars_ is None else json.loads(vars_),
+            path,
+            credits,
+            soul,
+            () if tags in _NO_TAGS else tuple(json.loads(tags)),
+            variant,
+            idempotency_key,
+            attempts,
+            generation_id,
+            error,
+            video_url,
+            size,
+            sha256,
+            location,
+            expires_at,
+            created_at,
+            updated_at,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
         doc = asdict(self)
         doc["status"] = self.status.value
         doc["tags"] = list(self.tags)
         return doc
+
+
+#: The ``jobs`` columns, in :class:`JobRow`'s order (what :meth:`JobRow.from_values` takes).
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobRow))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ souls.py, the base class.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import EventRow, JobRow, PlanDiff
+from runner.ledger.models import JOB_COLUMNS, EventRow, JobRow, PlanDiff
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.rows import (
     LEDGER_ID,
@@ -43,6 +44,34 @@ def _json(value: Any) -> str:
 def _in_json(column: str) -> str:
     # One JSON parameter instead of one "?" per value: no limit on how many keys a filter holds.
     return f"{column} IN (SELECT value FROM json_each(?))"
+
+
+_SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_JOB_ORDER = "ORDER BY manifest, job_index, key"
+
+
+def _job_filter(
+    status: StatusFilter | None,
+    campaign: str | Iterable[str] | None,
+    manifest: str | None,
+    keys: Collection[str] | None,
+) -> tuple[str | None, list[Any]]:
+    """The WHERE clause (``None``: every job) and its parameters of a ``jobs()`` filter."""
+    wheres: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        wheres.append(_in_json("status"))
+        params.append(_json(status_values(status)))
+    if campaign is not None:
+        wheres.append(_in_json("campaign"))
+        params.append(_json(name_values(campaign)))
+    if manifest is not None:
+        wheres.append("manifest = ?")
+        params.append(manifest)
+    if keys is not None:
+        wheres.append(_in_json("key"))
+        params.append(_json(list(keys)))
+    return " AND ".join(wheres) or None, params
 
 
 class SqliteLedger(SoulsAndUploads):
@@ -113,11 +142,17 @@ class SqliteLedger(SoulsAndUploads):
         return self._locked()
 
     def _select_jobs(self, where: str | None = None, params: Sequence[Any] = ()) -> list[JobRow]:
-        with self._store.read() as db:
-            rows = db.table("jobs").rows_where(
-                where, list(params), order_by="manifest, job_index, key"
-            )
-            return [JobRow.from_row(row) for row in rows]
+        with self._store.read():
+            return list(self._job_rows(where, params))
+
+    def _job_rows(self, where: str | None, params: Sequence[Any]) -> Iterator[JobRow]:
+        """The rows as the cursor yields them; the caller holds a read (or write) transaction."""
+        query = _SELECT_JOBS + (f" WHERE {where}" if where else "") + " " + _JOB_ORDER
+        try:
+            for values in self._store.conn.execute(query, list(params)):
+                yield JobRow.from_values(values)
+        except sqlite3.Error as err:
+            raise LedgerError(f"cannot read the ledger {self.url}: {err}") from err
 
     def _require(self, key: str) -> JobRow:
         rows = self._select_jobs("key = ?", [key])
@@ -155,21 +190,21 @@ class SqliteLedger(SoulsAndUploads):
         keys: Collection[str] | None = None,
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order."""
-        wheres: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            wheres.append(_in_json("status"))
-            params.append(_json(status_values(status)))
-        if campaign is not None:
-            wheres.append(_in_json("campaign"))
-            params.append(_json(name_values(campaign)))
-        if manifest is not None:
-            wheres.append("manifest = ?")
-            params.append(manifest)
-        if keys is not None:
-            wheres.append(_in_json("key"))
-            params.append(_json(list(keys)))
-        return self._select_jobs(" AND ".join(wheres) or None, params)
+        where, params = _job_filter(status, campaign, manifest, keys)
+        return self._select_jobs(where, params)
+
+    def iter_jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobRow]:
+        """:meth:`jobs`, one row at a time from one snapshot (memory stays flat)."""
+        where, params = _job_filter(status, campaign, manifest, keys)
+        with self._store.read():
+            yield from self._job_rows(where, params)
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -264,9 +299,7 @@ class SqliteLedger(SoulsAndUploads):
             f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
             list(change.event.values()),
         )
-        cursor = self._store.conn.execute("SELECT * FROM jobs WHERE key = ?", [row.key])
-        names = [d[0] for d in cursor.description]
-        return JobRow.from_row(dict(zip(names, cursor.fetchone(), strict=True)))
+        return next(self._job_rows("key = ?", [row.key]))
 
     # --- plans ------------------------------------------------------------------------
 
@@ -300,6 +333,8 @@ class SqliteLedger(SoulsAndUploads):
         return gather_plan(
             manifest,
             jobs,
-            read_rows=lambda keys, of: self.jobs(keys=keys) + self.jobs(manifest=of),
+            read_rows=lambda keys, of: self._job_rows(
+                f"{_in_json('key')} OR manifest = ?", [_json(keys), of]
+            ),
             restore=self._status_before_orphaning,
         )
