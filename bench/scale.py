@@ -101,7 +101,7 @@ def measure(args: list[str], env: dict[str, str]) -> Measured:
 
 def mark_downloaded(state: Path) -> int:
     """Every job downloaded, with a 0-byte file where the ledger says (bench setup, direct SQL)."""
-    out = state / "videos"  # the default output.dir
+    out = (state / "videos").resolve()  # the default output.dir
     conn = sqlite3.connect(state / "ledger.db")
     rows = conn.execute("SELECT key, path FROM jobs").fetchall()
     for _, relative in rows:
@@ -111,7 +111,9 @@ def mark_downloaded(state: Path) -> int:
     with conn:
         conn.execute(
             "UPDATE jobs SET status = 'downloaded', bytes = 0, generation_id = 'g-' || key, "
-            "video_url = 'http://127.0.0.1:9/' || key || '.mp4', attempts = 1"
+            "video_url = 'http://127.0.0.1:9/' || key || '.mp4', attempts = 1, "
+            "location = ? || '/' || path",
+            [str(out)],
         )
     conn.close()
     return len(rows)

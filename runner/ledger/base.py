@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
-from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow
+from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow, Transition
 from runner.ledger.status import JobStatus
 
 Clock = Callable[[], datetime]
@@ -137,6 +137,11 @@ class Ledger(Protocol):
         ``TransitionError`` for a refused change, ``TypeError`` for another column,
         ``LedgerError`` for an unknown key, ``ValueError`` for an unknown status.
         """
+        ...
+
+    def transition_many(self, changes: Iterable[Transition]) -> list[JobRow]:
+        """Several :meth:`transition` calls in one transaction (all or none: the first refused
+        change raises and nothing is written); the jobs as they are now, in that order."""
         ...
 
     def note(self, key: str, detail: str) -> None:

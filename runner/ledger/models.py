@@ -6,8 +6,8 @@ Plain frozen dataclasses, the same whatever implementation stores them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from runner.ledger.status import JobStatus
@@ -18,7 +18,6 @@ def _loads(text: str | None, default: Any) -> Any:
 
 
 _STATUSES = {status.value: status for status in JobStatus}
-_NO_TAGS = ("[]", None)
 
 
 @dataclass(frozen=True)
@@ -80,36 +79,17 @@ class JobRow:
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobRow:
-        """Build from the values of :data:`JOB_COLUMNS`, in that order (the cheap way, for
-        reads of many rows: the same result as :meth:`from_row`)."""
-        (key, campaign, manifest, job_index, status, request, vars_, path, credits, soul, tags,
-         variant, idempotency_key, attempts, generation_id, error, video_url, size, sha256,
-         location, expires_at, created_at, updated_at) = values  # fmt: skip
-        return cls(
-            key,
-            campaign,
-            manifest,
-            job_index,
-            _STATUSES.get(status) or JobStatus(status),
-            {} if request is None else json.loads(request),
-            {} if vars_ is None else json.loads(vars_),
-            path,
-            credits,
-            soul,
-            () if tags in _NO_TAGS else tuple(json.loads(tags)),
-            variant,
-            idempotency_key,
-            attempts,
-            generation_id,
-            error,
-            video_url,
-            size,
-            sha256,
-            location,
-            expires_at,
-            created_at,
-            updated_at,
-        )
+        """Build from the values of :data:`JOB_COLUMNS`, in that order: the same row as
+        :meth:`from_row`, made the cheap way for reads of many rows. Its JSON columns
+        (``request``, ``vars``, ``tags``) are decoded when first read, so a read that only
+        looks at statuses or paths never decodes them."""
+        row = object.__new__(cls)
+        state = row.__dict__
+        state.update(zip(JOB_COLUMNS, values, strict=True))
+        state["status"] = _STATUSES.get(state["status"]) or JobStatus(state["status"])
+        for name in _LAZY_JSON:
+            state[_RAW + name] = state.pop(name)
+        return row
 
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
@@ -119,8 +99,47 @@ class JobRow:
         return doc
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One status change of :meth:`Ledger.transition_many`: as ``transition(key, to,
+    detail=detail, **columns)``."""
+
+    key: str
+    to: JobStatus | str
+    detail: str | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict)
+
+
 #: The ``jobs`` columns, in :class:`JobRow`'s order (what :meth:`JobRow.from_values` takes).
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobRow))
+
+_RAW = "_raw_"
+
+
+class _LazyJSON:
+    """A JSON column of a row made by ``from_values``, decoded on first read (then kept in
+    the instance, which takes precedence over this non-data descriptor from then on)."""
+
+    def __init__(self, name: str, empty: Callable[[], Any], convert: Callable[[Any], Any]):
+        self.name = name
+        self.empty = empty
+        self.convert = convert
+
+    def __get__(self, row: JobRow | None, owner: type[JobRow]) -> Any:
+        if row is None:
+            raise AttributeError(self.name)
+        state = row.__dict__
+        text = state.get(_RAW + self.name)
+        value = self.empty() if text is None else self.convert(json.loads(text))
+        state[self.name] = value
+        state.pop(_RAW + self.name, None)  # another thread may have got there first: harmless
+        return value
+
+
+_LAZY_JSON = ("request", "vars", "tags")
+setattr(JobRow, "request", _LazyJSON("request", dict, lambda v: v))  # noqa: B010
+setattr(JobRow, "vars", _LazyJSON("vars", dict, lambda v: v))  # noqa: B010
+setattr(JobRow, "tags", _LazyJSON("tags", tuple, tuple))  # noqa: B010
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from psycopg.rows import tuple_row
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import JOB_COLUMNS, EventRow, JobRow, PlanDiff
+from runner.ledger.models import JOB_COLUMNS, EventRow, JobRow, PlanDiff, Transition
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
 from runner.ledger.postgres.souls import SoulsAndUploads
@@ -246,6 +246,16 @@ class PostgresLedger(SoulsAndUploads):
         target = JobStatus(to)
         with self._store.write():
             return self._apply(self._require(key, lock=True), target, detail, columns)
+
+    def transition_many(self, changes: Iterable[Transition]) -> list[JobRow]:
+        """Several ``transition`` calls in one transaction; see ``Ledger.transition_many``."""
+        with self._store.write():
+            return [
+                self._apply(
+                    self._require(c.key, lock=True), JobStatus(c.to), c.detail, dict(c.columns)
+                )
+                for c in changes
+            ]
 
     def note(self, key: str, detail: str) -> None:
         """Append an event that records something without changing the job's status

@@ -17,7 +17,7 @@ from typing import Any
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import JOB_COLUMNS, EventRow, JobRow, PlanDiff
+from runner.ledger.models import JOB_COLUMNS, EventRow, JobRow, PlanDiff, Transition
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.rows import (
     LEDGER_ID,
@@ -234,6 +234,14 @@ class SqliteLedger(SoulsAndUploads):
         target = JobStatus(to)
         with self._store.write():
             return self._apply(self._require(key), target, detail, columns)
+
+    def transition_many(self, changes: Iterable[Transition]) -> list[JobRow]:
+        """Several ``transition`` calls in one transaction; see ``Ledger.transition_many``."""
+        with self._store.write():
+            return [
+                self._apply(self._require(c.key), JobStatus(c.to), c.detail, dict(c.columns))
+                for c in changes
+            ]
 
     def note(self, key: str, detail: str) -> None:
         """Append an event that records something without changing the job's status
