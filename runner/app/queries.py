@@ -3,7 +3,7 @@ executor lock, never write, and work during a run or on a ledger in a read-only 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,20 @@ def jobs(
     ledger: str | None = None,
 ) -> list[JobRow]:
     """The ledger's jobs, filtered by status and campaign (all of them when none is given)."""
+    return list(iter_jobs(state_dir, statuses=statuses, campaigns=campaigns, ledger=ledger))
+
+
+def iter_jobs(
+    state_dir: Path,
+    *,
+    statuses: Sequence[str] = (),
+    campaigns: Sequence[str] = (),
+    ledger: str | None = None,
+) -> Iterator[JobRow]:
+    """:func:`jobs`, streamed from one snapshot (the ledger stays open until it is consumed)."""
     with reading(state_dir, ledger) as opened:
-        if opened is None:
-            return []
-        return opened.jobs(status=statuses or None, campaign=campaigns or None)
+        if opened is not None:
+            yield from opened.iter_jobs(status=statuses or None, campaign=campaigns or None)
 
 
 def show(state_dir: Path, key: str, *, ledger: str | None = None) -> Shown:

@@ -93,9 +93,11 @@ class JobRow:
 
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
-        doc = asdict(self)
+        doc = {name: getattr(self, name) for name in JOB_COLUMNS}
         doc["status"] = self.status.value
         doc["tags"] = list(self.tags)
+        doc["request"] = dict(self.request)  # the row's own stay as they are
+        doc["vars"] = dict(self.vars)
         return doc
 
 
