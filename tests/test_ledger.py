@@ -1058,3 +1058,22 @@ def test_iter_jobs_streams_what_jobs_returns(ledger: Ledger) -> None:
     assert (last.tags, last.vars, last.request["prompt"]) == (
         ("t", "n4"), {"x": 4, "nested": {"k": [4, "é"]}}, "a prompt",
     )  # fmt: skip
+
+
+def test_many_keys_filter_like_few(ledger: Ledger) -> None:
+    """A keys filter of thousands selects and orders exactly as a short one does, with the
+    other filters, in jobs(), iter_jobs() and a plan that reads them."""
+    jobs = matrix_jobs("c", "{x}", x=list(range(1500)))
+    ledger.record_plan(MANIFEST, jobs)
+    walk(ledger, jobs[7].key, PATHS["failed"])
+    keys = [j.key for j in reversed(jobs[100:1400])]
+    assert [r.key for r in ledger.jobs(keys=keys)] == [j.key for j in jobs[100:1400]]
+    assert [r.key for r in ledger.iter_jobs(keys=keys + ["nope"], status="pending")] == [
+        j.key for j in jobs[100:1400]
+    ]
+    assert [r.key for r in ledger.jobs(keys=[j.key for j in jobs], status="failed")] == [
+        jobs[7].key
+    ]
+    diff = ledger.record_plan(MANIFEST, jobs[:1200])  # reads by 1200 keys or the manifest
+    assert (diff.total, diff.new, diff.failed, diff.orphaned) == (1200, 1199, 1, 300)
+    assert diff.orphaned_keys == tuple(j.key for j in jobs[1200:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ def _in_json(column: str) -> str:
 
 _SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _JOB_ORDER = "ORDER BY manifest, job_index, key"
+KEYS_IN_SQL = 1000  # a keys filter longer than this is applied to the rows read
 
 
 def _job_filter(
@@ -55,8 +56,10 @@ def _job_filter(
     campaign: str | Iterable[str] | None,
     manifest: str | None,
     keys: Collection[str] | None,
-) -> tuple[str | None, list[Any]]:
-    """The WHERE clause (``None``: every job) and its parameters of a ``jobs()`` filter."""
+) -> tuple[str | None, list[Any], Callable[[Any], bool] | None]:
+    """The WHERE clause (``None``: every job), its parameters, and what to keep of the rows it
+    gives, of a ``jobs()`` filter. Many keys are looked up in Python, not in the query: SQLite
+    then reads the rows in index order instead of sorting them all again."""
     wheres: list[str] = []
     params: list[Any] = []
     if status is not None:
@@ -68,10 +71,14 @@ def _job_filter(
     if manifest is not None:
         wheres.append("manifest = ?")
         params.append(manifest)
-    if keys is not None:
+    keep = None
+    if keys is not None and len(keys) > KEYS_IN_SQL:
+        wanted = set(keys)
+        keep = lambda values: values[0] in wanted  # noqa: E731  (values[0] is the key)
+    elif keys is not None:
         wheres.append(_in_json("key"))
         params.append(_json(list(keys)))
-    return " AND ".join(wheres) or None, params
+    return " AND ".join(wheres) or None, params, keep
 
 
 class SqliteLedger(SoulsAndUploads):
@@ -145,12 +152,16 @@ class SqliteLedger(SoulsAndUploads):
         with self._store.read():
             return list(self._job_rows(where, params))
 
-    def _job_rows(self, where: str | None, params: Sequence[Any]) -> Iterator[JobRow]:
-        """The rows as the cursor yields them; the caller holds a read (or write) transaction."""
+    def _job_rows(
+        self, where: str | None, params: Sequence[Any], keep: Callable[[Any], bool] | None = None
+    ) -> Iterator[JobRow]:
+        """The rows as the cursor yields them, those ``keep(values)`` accepts if given; the
+        caller holds a read (or write) transaction."""
         query = _SELECT_JOBS + (f" WHERE {where}" if where else "") + " " + _JOB_ORDER
         try:
             for values in self._store.conn.execute(query, list(params)):
-                yield JobRow.from_values(values)
+                if keep is None or keep(values):
+                    yield JobRow.from_values(values)
         except sqlite3.Error as err:
             raise LedgerError(f"cannot read the ledger {self.url}: {err}") from err
 
@@ -190,8 +201,8 @@ class SqliteLedger(SoulsAndUploads):
         keys: Collection[str] | None = None,
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order."""
-        where, params = _job_filter(status, campaign, manifest, keys)
-        return self._select_jobs(where, params)
+        with self._store.read():
+            return list(self._job_rows(*_job_filter(status, campaign, manifest, keys)))
 
     def iter_jobs(
         self,
@@ -202,9 +213,8 @@ class SqliteLedger(SoulsAndUploads):
         keys: Collection[str] | None = None,
     ) -> Iterator[JobRow]:
         """:meth:`jobs`, one row at a time from one snapshot (memory stays flat)."""
-        where, params = _job_filter(status, campaign, manifest, keys)
         with self._store.read():
-            yield from self._job_rows(where, params)
+            yield from self._job_rows(*_job_filter(status, campaign, manifest, keys))
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -337,12 +347,18 @@ class SqliteLedger(SoulsAndUploads):
                 self._apply(row, to, detail, {})
         return plan.diff
 
+    def _plan_rows(self, keys: list[str], manifest: str) -> Iterator[JobRow]:
+        """The jobs with one of these keys or recorded for this manifest (see ``_job_filter``
+        for why many keys are looked up in Python)."""
+        if len(keys) <= KEYS_IN_SQL:
+            return self._job_rows(f"{_in_json('key')} OR manifest = ?", [_json(keys), manifest])
+        wanted = set(keys)
+        return self._job_rows(None, [], lambda row: row[0] in wanted or row[2] == manifest)
+
     def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
         return gather_plan(
             manifest,
             jobs,
-            read_rows=lambda keys, of: self._job_rows(
-                f"{_in_json('key')} OR manifest = ?", [_json(keys), of]
-            ),
+            read_rows=self._plan_rows,
             restore=self._status_before_orphaning,
         )
