@@ -1068,7 +1068,7 @@ def test_many_keys_filter_like_few(ledger: Ledger) -> None:
     walk(ledger, jobs[7].key, PATHS["failed"])
     keys = [j.key for j in reversed(jobs[100:1400])]
     assert [r.key for r in ledger.jobs(keys=keys)] == [j.key for j in jobs[100:1400]]
-    assert [r.key for r in ledger.iter_jobs(keys=keys + ["nope"], status="pending")] == [
+    assert [r.key for r in ledger.iter_jobs(keys=[*keys, "nope"], status="pending")] == [
         j.key for j in jobs[100:1400]
     ]
     assert [r.key for r in ledger.jobs(keys=[j.key for j in jobs], status="failed")] == [

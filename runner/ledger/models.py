@@ -84,11 +84,9 @@ class JobRow:
         (``request``, ``vars``, ``tags``) are decoded when first read, so a read that only
         looks at statuses or paths never decodes them."""
         row = object.__new__(cls)
-        state = row.__dict__
-        state.update(zip(JOB_COLUMNS, values, strict=True))
+        state = dict(zip(_STORED, values, strict=True))
         state["status"] = _STATUSES.get(state["status"]) or JobStatus(state["status"])
-        for name in _LAZY_JSON:
-            state[_RAW + name] = state.pop(name)
+        object.__setattr__(row, "__dict__", state)
         return row
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +137,7 @@ class _LazyJSON:
 
 
 _LAZY_JSON = ("request", "vars", "tags")
+_STORED = tuple(_RAW + name if name in _LAZY_JSON else name for name in JOB_COLUMNS)
 setattr(JobRow, "request", _LazyJSON("request", dict, lambda v: v))  # noqa: B010
 setattr(JobRow, "vars", _LazyJSON("vars", dict, lambda v: v))  # noqa: B010
 setattr(JobRow, "tags", _LazyJSON("tags", tuple, tuple))  # noqa: B010
