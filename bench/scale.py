@@ -16,7 +16,7 @@ Goals are the issue's, on its 2-core machine; the ratio is measured / goal (≤ 
 Also, to put the numbers in context on another machine, the floor of the work: one
 ``python -c "import runner.cli"`` start-up, measured in the same run.
 
-    .venv/bin/python bench/scale.py [--jobs N]
+    .venv/bin/python bench/scale.py [--jobs N] [--repeat 3]    (also the end of `make bench`)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,9 +153,10 @@ def run(jobs: int) -> dict[str, Measured]:
     return results
 
 
-def table(results: dict[str, Measured], jobs: int) -> str:
+def table(results: dict[str, Measured], jobs: int, runs: int) -> str:
     lines = [
-        f"scale: {jobs:,} jobs ({os.cpu_count()} cores)",
+        f"scale: {jobs:,} jobs, median of {runs} run{'s' if runs != 1 else ''} "
+        f"({os.cpu_count()} cores)",
         f"{'step':14} {'seconds':>8} {'goal':>6} {'ratio':>6} {'peak MB':>8} {'goal':>6}",
     ]
     for step, m in results.items():
@@ -166,11 +168,24 @@ def table(results: dict[str, Measured], jobs: int) -> str:
     return "\n".join(lines)
 
 
+def median(runs: list[dict[str, Measured]]) -> dict[str, Measured]:
+    """Each step's median time and median peak over the runs."""
+    return {
+        step: Measured(
+            statistics.median(r[step].seconds for r in runs),
+            statistics.median(r[step].peak_mb for r in runs),
+        )
+        for step in runs[0]
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the median is shown")
     args = parser.parse_args()
-    print(table(run(args.jobs), args.jobs))
+    runs = [run(args.jobs) for _ in range(args.repeat)]
+    print(table(median(runs), args.jobs, len(runs)))
 
 
 if __name__ == "__main__":
