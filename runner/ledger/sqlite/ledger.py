@@ -307,17 +307,20 @@ class SqliteLedger(SoulsAndUploads):
             now=self._store.now(),
         )
         updates = change.updates
-        # Plain SQL (column names come from TRANSITION_COLUMNS only): this runs once per job
-        # when a plan orphans thousands, and Table.update re-reads the schema on every call.
-        self._store.conn.execute(
-            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in updates)} WHERE key = ?",
-            [*updates.values(), row.key],
-        )
+        self._update_job(row.key, updates)
         self._store.conn.execute(
             f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
             list(change.event.values()),
         )
         return next(self._job_rows("key = ?", [row.key]))
+
+    def _update_job(self, key: str, columns: dict[str, Any]) -> None:
+        # Plain SQL (column names come from TRANSITION_COLUMNS or plan.py only): this runs once
+        # per job when a plan orphans thousands, and Table.update re-reads the schema each call.
+        self._store.conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE key = ?",
+            [*columns.values(), key],
+        )
 
     # --- plans ------------------------------------------------------------------------
 
@@ -336,13 +339,20 @@ class SqliteLedger(SoulsAndUploads):
         path that it no longer produces becomes ``orphaned``. Nothing is deleted.
         """
         manifest = str(manifest_path)
-        with self._store.write() as db:
+        with self._store.write():
             plan = self._plan(manifest, jobs)
             writes = plan_writes(plan, manifest, self._store.now(), self.id)
-            db.table("jobs").insert_all(writes.new_jobs)
-            db.table("events").insert_all(writes.new_events)
+            conn = self._store.conn
+            for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
+                if rows:  # plain SQL: sqlite-utils' insert_all costs more than the inserts
+                    names = list(rows[0])
+                    conn.executemany(
+                        f"INSERT INTO {table} ({', '.join(names)}) "
+                        f"VALUES ({', '.join('?' * len(names))})",
+                        [[row[n] for n in names] for row in rows],
+                    )
             for key, changes in writes.refreshed:
-                db.table("jobs").update(key, changes)
+                self._update_job(key, changes)
             for row, to, detail in writes.moves:
                 self._apply(row, to, detail, {})
         return plan.diff
