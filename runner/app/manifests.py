@@ -74,7 +74,7 @@ def plan(
         if opened is not None:
             diff = opened.diff(str(manifest.path), jobs)
             statuses, orphaned = diff.statuses, diff.orphaned
-            charged = charged_credits(opened.jobs(manifest=str(manifest.path)))
+            charged = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
     doc = plan_document(jobs, statuses, orphaned)
     summary = doc["summary"]
     summary["charged_credits"] = number(charged)

@@ -175,7 +175,7 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> list[JobRo
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
-    spent = charged_credits(ledger.jobs(manifest=str(loaded.manifest.path)))
+    spent = charged_credits(ledger.iter_jobs(manifest=str(loaded.manifest.path)))
     return budget(loaded.manifest, options, spent)
 
 
@@ -264,7 +264,7 @@ def _dry_run(
     with reading(state_dir, ledger) as opened:
         if opened is not None:
             statuses = opened.diff(str(manifest.path), jobs).statuses
-            spent = charged_credits(opened.jobs(manifest=str(manifest.path)))
+            spent = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
     candidates = []
     for job in selected:
         status = JobStatus(statuses.get(job.key, JobStatus.PENDING.value))
