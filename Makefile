@@ -26,6 +26,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) state/* .pytest_cache .mypy_cache .ruff_cache

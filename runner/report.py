@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -280,8 +280,8 @@ def _asset(name: str) -> str:
     return resources.files("runner").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _render(cards: list[_Card], now: datetime, manifest: Manifest | None) -> str:
-    """The whole document."""
+def _render(cards: list[_Card], now: datetime, manifest: Manifest | None) -> Iterator[str]:
+    """The whole document, a piece at a time (a page of 100,000 jobs is 100+ MB)."""
     rows = [card.row for card in cards]
     groups: dict[tuple[str, str], list[_Card]] = {}
     for card in cards:  # the ledger's order: by manifest, then manifest order
@@ -305,10 +305,10 @@ def _render(cards: list[_Card], now: datetime, manifest: Manifest | None) -> str
     script = _asset("report.js")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
     title = f"runner report: {manifest.path.name}" if manifest else "runner report"
-    return str(
+    return iter(
         _templates()
         .get_template("report.html.j2")
-        .render(
+        .generate(
             title=title,
             csp=_CSP.format(hash=f"sha256-{digest}"),
             css=_asset("report.css"),
@@ -347,7 +347,7 @@ def _span(rows: Sequence[JobRow]) -> tuple[str, str] | None:
     return short(min(r.created_at for r in rows)), short(max(r.updated_at for r in rows))
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: Iterable[str]) -> None:
     """Write ``path`` so that readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -355,7 +355,7 @@ def _write_atomically(path: Path, text: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+            out.writelines(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -241,6 +241,21 @@ def test_export_jsonl(world: World) -> None:
     assert docs == invoke_json(world.state, "jobs")
 
 
+def test_export_json_is_the_jobs_document_written_a_job_at_a_time(world: World) -> None:
+    """export --format json streams its rows, yet prints exactly the document ``jobs --json``
+    prints (the same bytes), with every filter; jsonl holds the same rows."""
+    for filters in ([], ["--status", "downloaded"], ["--campaign", "walk"], ["--tag", "nightly"],
+                    ["--status", "failed", "--campaign", "spin"]):  # fmt: skip
+        exported = invoke(world.state, "export", "--format", "json", *filters)
+        listed = invoke(world.state, "jobs", "--json", *filters)
+        assert exported.exit_code == listed.exit_code == 0, exported.output
+        assert exported.stdout == listed.stdout, filters
+        lines = invoke(world.state, "export", "--format", "jsonl", *filters).stdout.splitlines()
+        assert [json.loads(line) for line in lines] == json.loads(listed.stdout)
+    everything = json.loads(invoke(world.state, "export", "--format", "json").stdout)
+    assert [doc["key"] for doc in everything] == ["f" * 16] + [j.key for j in world.jobs]
+
+
 # --- no ledger, and during a run ----------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from runner.ledger import (
     TRANSITIONS,
     JobStatus,
     Ledger,
+    Transition,
     default_ledger_url,
     open_ledger,
 )
@@ -1091,3 +1092,81 @@ def test_a_ledger_hands_out_keys_under_its_own_id(url: str) -> None:
         assert led.get(job.key).idempotency_key == f"{first}-{job.key}-1"  # type: ignore[union-attr]
     with open_ledger(url) as led:
         assert led.id == first
+
+
+# --- many jobs at once (issue 11) ---------------------------------------------------------
+
+
+def test_transition_many_changes_all_in_one_go_or_none(ledger: Ledger) -> None:
+    """transition_many is transition for each change, in order, all or nothing: a refused
+    change leaves every job of the batch as it was, events included."""
+    jobs = matrix_jobs("c", "{x}", x=list(range(40)))
+    ledger.record_plan(MANIFEST, jobs)
+    for job in jobs:
+        walk(ledger, job.key, PATHS["downloaded"])
+    gone = jobs[::2]
+    rows = ledger.transition_many(
+        [Transition(j.key, S.COMPLETED, f"video {j.key} missing", {"location": None}) for j in gone]
+    )
+    assert [r.key for r in rows] == [j.key for j in gone]
+    assert {r.status for r in rows} == {S.COMPLETED}
+    assert rows == [ledger.get(j.key) for j in gone]
+    assert [r.key for r in ledger.jobs(status="completed")] == [j.key for j in gone]
+    last = ledger.events(gone[3].key)[-1]
+    assert (last.from_status, last.to_status, last.detail) == (
+        S.DOWNLOADED, S.COMPLETED, f"video {gone[3].key} missing",
+    )  # fmt: skip
+    kept = jobs[1::2]
+    before = [(ledger.get(j.key), len(ledger.events(j.key))) for j in kept[:3]]
+    with pytest.raises(TransitionError):
+        ledger.transition_many(
+            [Transition(kept[0].key, S.COMPLETED), Transition(kept[1].key, S.PENDING),
+             Transition(kept[2].key, S.COMPLETED)]
+        )  # fmt: skip
+    assert [(ledger.get(j.key), len(ledger.events(j.key))) for j in kept[:3]] == before
+    assert ledger.transition_many([]) == []
+
+
+def test_iter_jobs_streams_what_jobs_returns(ledger: Ledger) -> None:
+    """iter_jobs yields the rows jobs() returns, in its order, for every filter; rows read in
+    bulk equal the same rows read one by one, their JSON columns included."""
+    a = matrix_jobs("a", "{x} {y}", x=list(range(30)), y=["p", "q"])
+    b = [make_job("b", 60 + i, tags=("t", f"n{i}"), x=i, nested={"k": [i, "é"]}) for i in range(5)]
+    ledger.record_plan(MANIFEST, a + b)
+    walk(ledger, a[3].key, PATHS["failed"])
+    keys = {j.key for j in a[10:20]} | {b[2].key}
+    filters: list[dict[str, Any]] = [
+        {}, {"status": "failed"}, {"campaign": "b"}, {"manifest": MANIFEST}, {"keys": keys},
+        {"status": [S.PENDING], "campaign": ["a", "b"], "keys": keys},
+    ]  # fmt: skip
+    for given in filters:
+        listed = ledger.jobs(**given)
+        assert list(ledger.iter_jobs(**given)) == listed, given
+    rows = ledger.jobs()
+    assert len(rows) == 65
+    for row in rows[::7] + rows[-5:]:
+        assert ledger.get(row.key) == row
+        assert row.to_dict() == ledger.get(row.key).to_dict()  # type: ignore[union-attr]
+    last = rows[-1]
+    assert (last.tags, last.vars, last.request["prompt"]) == (
+        ("t", "n4"), {"x": 4, "nested": {"k": [4, "é"]}}, "a prompt",
+    )  # fmt: skip
+
+
+def test_many_keys_filter_like_few(ledger: Ledger) -> None:
+    """A keys filter of thousands selects and orders exactly as a short one does, with the
+    other filters, in jobs(), iter_jobs() and a plan that reads them."""
+    jobs = matrix_jobs("c", "{x}", x=list(range(1500)))
+    ledger.record_plan(MANIFEST, jobs)
+    walk(ledger, jobs[7].key, PATHS["failed"])
+    keys = [j.key for j in reversed(jobs[100:1400])]
+    assert [r.key for r in ledger.jobs(keys=keys)] == [j.key for j in jobs[100:1400]]
+    assert [r.key for r in ledger.iter_jobs(keys=[*keys, "nope"], status="pending")] == [
+        j.key for j in jobs[100:1400]
+    ]
+    assert [r.key for r in ledger.jobs(keys=[j.key for j in jobs], status="failed")] == [
+        jobs[7].key
+    ]
+    diff = ledger.record_plan(MANIFEST, jobs[:1200])  # reads by 1200 keys or the manifest
+    assert (diff.total, diff.new, diff.failed, diff.orphaned) == (1200, 1199, 1, 300)
+    assert diff.orphaned_keys == tuple(j.key for j in jobs[1200:])

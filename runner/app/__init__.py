@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from runner.app.common import Environment, select
 from runner.app.manifests import Planned, Validated, plan, validate
-from runner.app.queries import Shown, jobs, manifest_column, show, status
+from runner.app.queries import Shown, iter_jobs, jobs, manifest_column, show, status
 from runner.app.run import RunResult, collect, run, run_many
 from runner.app.souls import Cancelled, SoulsResult, cancel, retry, train_souls
 from runner.settings import RunOptions
@@ -25,6 +25,7 @@ __all__ = [
     "Validated",
     "cancel",
     "collect",
+    "iter_jobs",
     "jobs",
     "manifest_column",
     "plan",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +58,25 @@ def jobs(
 ) -> list[JobRow]:
     """The ledger's jobs, filtered by status and campaign (all of them when none is given),
     with the credentials of ``environ`` (default: the process's) masked."""
-    with reading(state_dir, ledger) as opened:
-        if opened is None:
-            return []
-        rows = opened.jobs(status=statuses or None, campaign=campaigns or None)
+    return list(
+        iter_jobs(state_dir, statuses=statuses, campaigns=campaigns, ledger=ledger, environ=environ)
+    )
+
+
+def iter_jobs(
+    state_dir: Path,
+    *,
+    statuses: Sequence[str] = (),
+    campaigns: Sequence[str] = (),
+    ledger: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Iterator[JobRow]:
+    """:func:`jobs`, streamed from one snapshot (the ledger stays open until it is consumed)."""
     redacted = redacting(environ)
-    return [redacted(row) for row in rows]
+    with reading(state_dir, ledger) as opened:
+        if opened is not None:
+            for row in opened.iter_jobs(status=statuses or None, campaign=campaigns or None):
+                yield redacted(row)
 
 
 def show(

@@ -18,7 +18,7 @@ from runner.app.execute import Work, execute
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
-from runner.ledger import JobRow, JobStatus, Ledger
+from runner.ledger import JobRow, JobStatus, Ledger, Transition
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputStore, open_store
 from runner.providers import ProviderSettings, check_credentials, make_provider
@@ -124,7 +124,7 @@ def run_many(
             raise _single_error(group) from None
         for x, work, outcome in zip(loaded, works, outcomes, strict=True):
             counts: dict[str, int] = {}
-            for r in opened.jobs(keys=[r.key for r in work.rows]):
+            for r in opened.iter_jobs(keys=[r.key for r in work.rows]):
                 counts[r.status.value] = counts.get(r.status.value, 0) + 1
             results[x.path] = RunResult(
                 str(work.manifest.path), len(work.rows), outcome, work.store.root, counts
@@ -167,8 +167,7 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)
-    _recheck(ledger, loaded.store, ledger.jobs(keys=keys, status=JobStatus.DOWNLOADED))
-    rows = ledger.jobs(keys=keys)
+    rows = _recheck(ledger, loaded.store, ledger.jobs(keys=keys))
     if options.collect:
         rows = [r for r in rows if r.status in COLLECTABLE]
     chosen = {r.key for r in rows}
@@ -177,7 +176,7 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
-    spent = charged_credits(ledger.jobs(manifest=str(loaded.manifest.path)))
+    spent = charged_credits(ledger.iter_jobs(manifest=str(loaded.manifest.path)))
     return budget(loaded.manifest, options, spent)
 
 
@@ -228,18 +227,22 @@ def _relocate(ledger: Ledger, store: OutputStore, jobs: Sequence[Job]) -> None:
             ledger.transition(row.key, JobStatus.DOWNLOADED, detail=detail, location=new)
 
 
-def _recheck(ledger: Ledger, store: OutputStore, rows: Sequence[JobRow]) -> None:
-    """A downloaded job whose video is gone or the wrong size goes back to be downloaded."""
+def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobRow]) -> list[JobRow]:
+    """A downloaded job whose video is gone or the wrong size goes back to be downloaded (all
+    of them in one transaction, before anything is sent); ``rows`` as they are then."""
+    changes = []
     for row in rows:
+        if row.status is not JobStatus.DOWNLOADED:
+            continue
         location = row.location or store.location(row.path)
         problem = store.problem(location, row.bytes)
         if problem is not None:
-            ledger.transition(
-                row.key,
-                JobStatus.COMPLETED,
-                detail=f"video {location} {problem}; downloading again",
-                location=None,
-            )
+            detail = f"video {location} {problem}; downloading again"
+            changes.append(Transition(row.key, JobStatus.COMPLETED, detail, {"location": None}))
+    if not changes:
+        return rows
+    changed = {row.key: row for row in ledger.transition_many(changes)}
+    return [changed.get(row.key, row) for row in rows]
 
 
 def _apply_limit(rows: list[JobRow], limit: int | None) -> list[JobRow]:
@@ -262,7 +265,7 @@ def _dry_run(
     with reading(state_dir, ledger) as opened:
         if opened is not None:
             statuses = opened.diff(str(manifest.path), jobs).statuses
-            spent = charged_credits(opened.jobs(manifest=str(manifest.path)))
+            spent = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
     candidates = []
     for job in selected:
         status = JobStatus(statuses.get(job.key, JobStatus.PENDING.value))

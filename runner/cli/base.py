@@ -274,8 +274,16 @@ def echo_error(err: RunnerError) -> None:
 
 
 def echo_json(doc: Any) -> None:
-    """Print exactly one JSON document on stdout."""
-    click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    """Print exactly one JSON document on stdout (written as it is encoded, a batch of pieces
+    at a time: the document of 100,000 jobs is never one string in memory)."""
+    encoder = json.JSONEncoder(indent=2, ensure_ascii=False, default=str)
+    batch: list[str] = []
+    for piece in encoder.iterencode(doc):
+        batch.append(piece)
+        if len(batch) == 4096:
+            click.echo("".join(batch), nl=False)
+            batch.clear()
+    click.echo("".join(batch))
 
 
 class _StderrHandler(logging.StreamHandler[Any]):

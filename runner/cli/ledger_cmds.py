@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,15 +73,26 @@ def filtered_rows(
 ) -> list[JobRow]:
     """The ledger's rows of one manifest (if given), with these statuses, campaigns, tags
     (any of each; all rows when none is given)."""
+    return list(filtered(manifest=manifest, statuses=statuses, only=only, tags=tags))
+
+
+def filtered(
+    *,
+    manifest: Path | None = None,
+    statuses: Sequence[str] = (),
+    only: Sequence[str] = (),
+    tags: Sequence[str] = (),
+) -> Iterator[JobRow]:
+    """:func:`filtered_rows`, streamed from one snapshot of the ledger."""
     from runner import app
 
-    rows = app.jobs(
+    name = app.manifest_column(manifest) if manifest is not None else None
+    wanted = set(tags)
+    for row in app.iter_jobs(
         get_ctx().state_dir, statuses=statuses, campaigns=only, ledger=get_ctx().ledger_url
-    )
-    if manifest is not None:
-        name = app.manifest_column(manifest)
-        rows = [r for r in rows if r.manifest == name]
-    return [r for r in rows if not tags or set(tags) & set(r.tags)]
+    ):
+        if (name is None or row.manifest == name) and (not wanted or wanted & set(row.tags)):
+            yield row
 
 
 @cli.command(
@@ -244,13 +255,19 @@ def export(
     spreadsheets and scripts."""
     import csv
     import dataclasses
+    import textwrap
 
     from runner.ledger import JobRow
 
-    rows = filtered_rows(statuses=statuses, only=only, tags=tags)
+    rows = filtered(statuses=statuses, only=only, tags=tags)
     out = sys.stdout
-    if fmt == "json":
-        echo_json([row.to_dict() for row in rows])
+    if fmt == "json":  # echo_json's document, written a job at a time
+        first = True
+        for row in rows:
+            text = json.dumps(row.to_dict(), indent=2, ensure_ascii=False, default=str)
+            out.write(("[\n" if first else ",\n") + textwrap.indent(text, "  "))
+            first = False
+        out.write("[]\n" if first else "\n]\n")
         return
     if fmt == "jsonl":
         for row in rows:
@@ -269,4 +286,3 @@ def export(
                 for n in names
             ]
         )  # fmt: skip
-

@@ -83,14 +83,14 @@ def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
     after it: what is done and what is left, --limit or not."""
     from runner import app
 
-    rows = [
+    rows = app.iter_jobs(get_ctx().state_dir, campaigns=options.only, ledger=get_ctx().ledger_url)
+    return selection_counts(
         r
-        for r in app.jobs(get_ctx().state_dir, campaigns=options.only, ledger=get_ctx().ledger_url)
-        if r.manifest == manifest and r.status.value != "orphaned"
-    ]
-    if options.tags:
-        rows = [r for r in rows if set(options.tags) & set(r.tags)]
-    return selection_counts(rows)
+        for r in rows
+        if r.manifest == manifest
+        and r.status.value != "orphaned"
+        and (not options.tags or set(options.tags) & set(r.tags))
+    )
 
 
 @cli.command(

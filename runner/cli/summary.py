@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -194,7 +194,7 @@ def _print_result(result: RunResult, ending: Ending, *, stdout: bool) -> None:
         )
 
 
-def selection_counts(rows: Sequence[Any]) -> dict[str, int]:
+def selection_counts(rows: Iterable[Any]) -> dict[str, int]:
     """Statuses of ledger rows, counted."""
     counts: dict[str, int] = {}
     for row in rows:

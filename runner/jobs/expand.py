@@ -27,6 +27,7 @@ from runner.manifest.template import render, render_path
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+")
 MODEL_ENDPOINTS = frozenset({"requests", "files", "v1", "estimate"})
 _URL_SCHEMES = re.compile(r"^(?:https?|data):", re.IGNORECASE)
+_ABSENT = object()
 
 
 def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[Job]:
@@ -107,6 +108,25 @@ class _Scope:
             for name, value in items.items():
                 self.request[name] = value
                 self.sources[name] = self.where((*base, name))
+        self.tags = tuple(c.tags)
+        self._price_fields = _price_fields(m)
+        self._prices: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def credits(self, request: Mapping[str, Any], origin: Where) -> dict[str, Any]:
+        """:func:`_credits`, worked out once per distinct set of the fields prices match on
+        (values told apart as ``same`` does: by type too; lists and mappings not cached)."""
+        values = tuple(
+            (type(v), v) if (v := request.get(k, _ABSENT)) is not _ABSENT else _ABSENT
+            for k in self._price_fields
+        )
+        try:
+            return self._prices[values]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return _credits(self, request, origin)
+        self._prices[values] = credits = _credits(self, request, origin)
+        return credits
 
 
 def _campaign_rows(scope: _Scope) -> list[Row]:
@@ -150,26 +170,34 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
     else:
         plan = [(None, None)]
     out: list[tuple[Job, Where]] = []
+    row_vars = dict(row.values)  # shared by the row's jobs, never changed
+    names = {**m.vars, **row.values, "campaign": c.name}
+    # request order: the known fields first, then the rest; a seed goes where REQUEST_FIELDS
+    # puts it
+    fields = dict.fromkeys((*REQUEST_FIELDS, *request, "seed"))
+    order = [k for k in fields if k in request]
+    with_seed = [k for k in fields if k in request or k == "seed"]
     for seed, variant in plan:
-        body = dict(request)
-        if seed is not None:
-            body["seed"] = seed
-        body = {k: body[k] for k in (*REQUEST_FIELDS, *body) if k in body}  # request order
-        key = job_key(c.name, row.values, body, variant, c.soul)
-        names = {**m.vars, **row.values, "campaign": c.name, "key": key}
-        names |= {"seed": body.get("seed"), "variant": variant}
+        if seed is None:
+            body = {k: request[k] for k in order}
+        else:
+            body = {k: seed if k == "seed" else request[k] for k in with_seed}
+        key = job_key(c.name, row_vars, body, variant, c.soul)
+        names["key"] = key
+        names["seed"] = body.get("seed")
+        names["variant"] = variant
         job = Job(
             key=key,
             campaign=c.name,
             manifest=scope.manifest_path,
             index=index + len(out),
-            vars=dict(row.values),
+            vars=row_vars,
             request=body,
             path=render_path(m.output.filename, names, scope.filename_where),
-            **_credits(scope, body, origin),
+            **scope.credits(body, origin),
             variant=variant,
             soul=c.soul,
-            tags=tuple(c.tags),
+            tags=scope.tags,
         )
         out.append((job, origin))
     return out
@@ -234,3 +262,9 @@ def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> dict[s
             credits = float(rule.credits_per_second or 0) * float(duration)
             return {"credits": credits, "priced_by": source}
     return {"credits": 0.0, "priced_by": "unpriced"}
+
+
+def _price_fields(m: Manifest) -> tuple[str, ...]:
+    """The request fields a price can depend on: those rules match on, and the duration."""
+    fields = {k for rule in m.budget.prices for k in rule.match}
+    return tuple(sorted(fields | {"duration"}))

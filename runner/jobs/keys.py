@@ -39,7 +39,11 @@ class Job:
 
 def canonical_json(value: Any) -> str:
     """JSON that is the same for equal data, whatever the order of mapping keys."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
+
+
+# json.dumps with these arguments, without building an encoder on every call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def job_key(

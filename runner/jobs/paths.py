@@ -30,6 +30,8 @@ S3_KEY_MAX = 1024  # bytes per object key
 
 def _fold(path: str) -> str:
     """How a case-insensitive, normalizing disk (macOS, Windows, exFAT, SMB) sees a path."""
+    if path.isascii():
+        return path.lower()  # the same for ASCII, and much cheaper
     return unicodedata.normalize("NFC", path).casefold()
 
 
@@ -45,8 +47,9 @@ def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) 
                 f"job {job.key} would be written to {job.path!r}: {segments[-1]!r} is a name "
                 "of the runner's own state files (the ledger, its lock); rename it"
             )
-        for name in (job.path, *(job.path + s for s in TEMPORARY_SUFFIXES)):
-            folded = _fold(name)
+        folded_path = _fold(job.path)
+        for name, suffix in ((job.path, ""), *((job.path + s, s) for s in TEMPORARY_SUFFIXES)):
+            folded = folded_path + suffix  # the suffixes are ASCII: they fold to themselves
             if folded in files and files[folded][1].key != job.key:
                 other_name, other = files[folded]
                 raise at.error(

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, Ledger, utcnow
-from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow
+from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow, Transition
 from runner.ledger.sqlite import (
     BUSY_TIMEOUT,
     LEDGER_FILE,
@@ -46,6 +46,7 @@ __all__ = [
     "PlanDiff",
     "SoulRow",
     "SqliteLedger",
+    "Transition",
     "default_ledger_url",
     "open_ledger",
     "utcnow",

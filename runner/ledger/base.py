@@ -8,14 +8,14 @@ Both take the same rules from ``runner.ledger.status``, build their rows with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
-from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow
+from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow, Transition
 from runner.ledger.status import JobStatus
 
 Clock = Callable[[], datetime]
@@ -106,6 +106,18 @@ class Ledger(Protocol):
         """Jobs matching every given filter, ordered by manifest, then manifest order, then key."""
         ...
 
+    def iter_jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobRow]:
+        """:meth:`jobs`, streamed from one snapshot: memory stays flat however many there
+        are. Consume it before the next call on this ledger (it holds a read transaction)."""
+        ...
+
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes and notes, oldest first."""
         ...
@@ -132,6 +144,11 @@ class Ledger(Protocol):
         ``TransitionError`` for a refused change, ``TypeError`` for another column,
         ``LedgerError`` for an unknown key, ``ValueError`` for an unknown status.
         """
+        ...
+
+    def transition_many(self, changes: Iterable[Transition]) -> list[JobRow]:
+        """Several :meth:`transition` calls in one transaction (all or none: the first refused
+        change raises and nothing is written); the jobs as they are now, in that order."""
         ...
 
     def note(self, key: str, detail: str) -> None:

@@ -6,8 +6,8 @@ Plain frozen dataclasses, the same whatever implementation stores them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from runner.ledger.status import JobStatus
@@ -15,6 +15,9 @@ from runner.ledger.status import JobStatus
 
 def _loads(text: str | None, default: Any) -> Any:
     return default if text is None else json.loads(text)
+
+
+_STATUSES = {status.value: status for status in JobStatus}
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,70 @@ class JobRow:
             tags=tuple(_loads(row["tags"], [])),
         )
 
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> JobRow:
+        """Build from the values of :data:`JOB_COLUMNS`, in that order: the same row as
+        :meth:`from_row`, made the cheap way for reads of many rows. Its JSON columns
+        (``request``, ``vars``, ``tags``) are decoded when first read, so a read that only
+        looks at statuses or paths never decodes them."""
+        row = object.__new__(cls)
+        state = dict(zip(_STORED, values, strict=True))
+        state["status"] = _STATUSES.get(state["status"]) or JobStatus(state["status"])
+        object.__setattr__(row, "__dict__", state)
+        return row
+
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
-        doc = asdict(self)
+        doc = {name: getattr(self, name) for name in JOB_COLUMNS}
         doc["status"] = self.status.value
         doc["tags"] = list(self.tags)
+        doc["request"] = dict(self.request)  # the row's own stay as they are
+        doc["vars"] = dict(self.vars)
         return doc
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One status change of :meth:`Ledger.transition_many`: as ``transition(key, to,
+    detail=detail, **columns)``."""
+
+    key: str
+    to: JobStatus | str
+    detail: str | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: The ``jobs`` columns, in :class:`JobRow`'s order (what :meth:`JobRow.from_values` takes).
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobRow))
+
+_RAW = "_raw_"
+
+
+class _LazyJSON:
+    """A JSON column of a row made by ``from_values``, decoded on first read (then kept in
+    the instance, which takes precedence over this non-data descriptor from then on)."""
+
+    def __init__(self, name: str, empty: Callable[[], Any], convert: Callable[[Any], Any]):
+        self.name = name
+        self.empty = empty
+        self.convert = convert
+
+    def __get__(self, row: JobRow | None, owner: type[JobRow]) -> Any:
+        if row is None:
+            raise AttributeError(self.name)
+        state = row.__dict__
+        text = state.get(_RAW + self.name)
+        value = self.empty() if text is None else self.convert(json.loads(text))
+        state[self.name] = value
+        state.pop(_RAW + self.name, None)  # another thread may have got there first: harmless
+        return value
+
+
+_LAZY_JSON = ("request", "vars", "tags")
+_STORED = tuple(_RAW + name if name in _LAZY_JSON else name for name in JOB_COLUMNS)
+setattr(JobRow, "request", _LazyJSON("request", dict, lambda v: v))  # noqa: B010
+setattr(JobRow, "vars", _LazyJSON("vars", dict, lambda v: v))  # noqa: B010
+setattr(JobRow, "tags", _LazyJSON("tags", tuple, tuple))  # noqa: B010
 
 
 @dataclass(frozen=True)

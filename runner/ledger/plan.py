@@ -18,6 +18,8 @@ from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
 _JSON_COLUMNS = frozenset({"tags", "request", "vars"})
+# json.dumps(value, ensure_ascii=False), without making an encoder for every value
+_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
         "campaign": job.campaign,
         "manifest": manifest,
         "job_index": job.index,
-        "request": json.dumps(job.request, ensure_ascii=False),
-        "vars": json.dumps(job.vars, ensure_ascii=False),
+        "request": _json(job.request),
+        "vars": _json(job.vars),
         "path": job.path,
         "status": JobStatus.PENDING.value,
         "idempotency_key": first_idempotency_key(job.key, ledger_id),
@@ -127,7 +129,7 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
         "credits": job.credits,
         "priced_by": job.priced_by,
         "soul": job.soul,
-        "tags": json.dumps(list(job.tags), ensure_ascii=False),
+        "tags": _json(list(job.tags)),
         "variant": job.variant,
         "created_at": now,
         "updated_at": now,
@@ -150,7 +152,7 @@ def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
         "vars": (row.vars, job.vars),
     }
     return {
-        column: json.dumps(new, ensure_ascii=False) if column in _JSON_COLUMNS else new
+        column: _json(new) if column in _JSON_COLUMNS else new
         for column, (old, new) in wanted.items()
         if old != new
     }

@@ -23,6 +23,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSAFE_IN_SEGMENT = re.compile(r'[\x00-\x1f\x7f/\\<>:"|?*]')
 _SEPARATOR = re.compile(r"[/\\]")
 _TRAILING = re.compile(r"[. ]+$")
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
 MAX_SEGMENT_BYTES = 200
 MAX_EXTENSION_BYTES = 16  # a longer "extension" is part of the name, cut like the rest
 # Windows device names: reserved with any extension, in any case (CON.mp4 is the console).
@@ -32,6 +33,7 @@ RESERVED_SEGMENTS = frozenset(
 )
 # Placeholders a job may lack: in a filename they render empty (SPEC v2 §3).
 OPTIONAL_IN_PATHS = frozenset({"seed", "variant"})
+_MISSING = object()
 
 
 class TemplateSyntaxError(ValueError):
@@ -88,12 +90,14 @@ def render(
     for kind, value in pieces:
         if kind == "text":
             out.append(value)
-        elif value in context:
-            if context[value] is None and value in empty_when_null:
-                continue
-            out.append(_text(value, context[value], where))
-        else:
+            continue
+        filled = context.get(value, _MISSING)
+        if type(filled) is str:  # the usual case, first
+            out.append(filled)
+        elif filled is _MISSING:
             raise where.error(_unknown(value, context))
+        elif filled is not None or value not in empty_when_null:
+            out.append(_text(value, filled, where))
     return "".join(out)
 
 
@@ -117,15 +121,23 @@ def _text(name: str, value: Any, where: Where) -> str:
 
 def check_path_template(template: str, where: Where) -> None:
     """A filename template must be relative, with no empty, ``.`` or ``..`` segments."""
+    problem = _path_template_problem(template)
+    if problem is not None:
+        raise where.error(problem)
+
+
+@functools.lru_cache(maxsize=256)
+def _path_template_problem(template: str) -> str | None:
     try:
         parse(template)
     except TemplateSyntaxError as err:
-        raise where.error(str(err)) from None
+        return str(err)
     if template.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", template):
-        raise where.error("the filename must be relative to output.dir")
+        return "the filename must be relative to output.dir"
     for segment in _SEPARATOR.split(template):
         if segment in ("", ".", ".."):
-            raise where.error(f"the filename has an empty, '.' or '..' segment: {template!r}")
+            return f"the filename has an empty, '.' or '..' segment: {template!r}"
+    return None
 
 
 def _cut(text: str, limit: int) -> str:
@@ -135,6 +147,12 @@ def _cut(text: str, limit: int) -> str:
 
 def sanitize_segment(text: str) -> str:
     """One portable path segment that cannot escape its folder (see the module docstring)."""
+    if (
+        _PLAIN_SEGMENT.fullmatch(text)
+        and len(text) <= MAX_SEGMENT_BYTES
+        and text.split(".", 1)[0].upper() not in RESERVED_SEGMENTS
+    ):
+        return text  # already portable: what follows would not change it
     cleaned = _UNSAFE_IN_SEGMENT.sub("_", text).strip()
     if not cleaned.strip("."):
         return "_"
@@ -154,8 +172,12 @@ def sanitize_segment(text: str) -> str:
 def render_path(template: str, context: Mapping[str, Any], where: Where) -> str:
     """A relative output path: each segment of the template rendered, then made portable."""
     check_path_template(template, where)
-    segments = [
-        render(s, context, where, empty_when_null=OPTIONAL_IN_PATHS)
-        for s in _SEPARATOR.split(template)
-    ]
-    return "/".join(sanitize_segment(s) for s in segments)
+    return "/".join(
+        sanitize_segment(render(s, context, where, empty_when_null=OPTIONAL_IN_PATHS))
+        for s in _segments(template)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _segments(template: str) -> tuple[str, ...]:
+    return tuple(_SEPARATOR.split(template))

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import anyio
@@ -33,6 +34,13 @@ class LocalStore:
 
     def __init__(self, output_dir: str | Path) -> None:
         self.dir = Path(output_dir)
+        self._root: str | None = None
+
+    def _resolved(self) -> str:
+        """The folder with its links resolved, worked out once."""
+        if self._root is None:
+            self._root = str(self.dir.resolve())
+        return self._root
 
     @property
     def root(self) -> str:
@@ -54,8 +62,11 @@ class LocalStore:
         return await download(client, url, dest, policy=policy, resume_token=resume_token)
 
     def problem(self, location: str, size: int | None) -> str | None:
-        file = Path(location)
-        found = file.stat().st_size if file.is_file() else None
+        try:
+            info = os.stat(location)
+        except (OSError, ValueError):
+            info = None
+        found = info.st_size if info is not None and stat.S_ISREG(info.st_mode) else None
         if found == size:
             return None
         return "missing" if found is None else f"{found} bytes, expected {size}"
@@ -67,6 +78,8 @@ class LocalStore:
         return file.is_file() and (size is None or file.stat().st_size == size)
 
     def relocate(self, old: str, relative: str) -> str | None:
+        if old == os.path.join(self._resolved(), relative):
+            return None  # already there (the usual case: checked without resolving each path)
         source = Path(old)
         target = safe_destination(self.dir, relative)
         if target == source or not source.is_file() or target.exists():

@@ -20,11 +20,12 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff
+from runner.ledger.models import JOB_COLUMNS, EventRow, GenerationTime, JobRow, PlanDiff, Transition
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
 from runner.ledger.postgres.souls import SoulsAndUploads
@@ -60,8 +61,36 @@ def _insert(table: str, columns: Iterable[str]) -> sql.Composed:
 def _update_job(columns: Iterable[str], returning: bool = False) -> sql.Composed:
     return sql.SQL("UPDATE jobs SET {} WHERE key = %s{}").format(
         sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns),
-        sql.SQL(" RETURNING *" if returning else ""),
+        sql.SQL(f" RETURNING {', '.join(JOB_COLUMNS)}" if returning else ""),
     )
+
+
+_SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+STREAM_BATCH = 2000  # rows fetched at a time by iter_jobs
+
+
+def _job_filter(
+    status: StatusFilter | None,
+    campaign: str | Iterable[str] | None,
+    manifest: str | None,
+    keys: Collection[str] | None,
+) -> tuple[str | None, list[Any]]:
+    """The WHERE clause (``None``: every job) and its parameters of a ``jobs()`` filter."""
+    wheres: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        wheres.append("status = ANY(%s)")
+        params.append(status_values(status))
+    if campaign is not None:
+        wheres.append("campaign = ANY(%s)")
+        params.append(name_values(campaign))
+    if manifest is not None:
+        wheres.append("manifest = %s")
+        params.append(manifest)
+    if keys is not None:
+        wheres.append("key = ANY(%s)")
+        params.append(list(keys))
+    return " AND ".join(wheres) or None, params
 
 
 class PostgresLedger(SoulsAndUploads):
@@ -134,10 +163,10 @@ class PostgresLedger(SoulsAndUploads):
     def _select_jobs(
         self, where: str | None = None, params: Sequence[Any] = (), *, lock: bool = False
     ) -> list[JobRow]:
-        query = "SELECT * FROM jobs" + (f" WHERE {where} " if where else " ") + _JOB_ORDER
-        with self._store.read() as conn:
-            rows = conn.execute(query + (" FOR UPDATE" if lock else ""), params).fetchall()
-        return [JobRow.from_row(row) for row in rows]
+        query = _SELECT_JOBS + (f" WHERE {where} " if where else " ") + _JOB_ORDER
+        with self._store.read() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+            rows = cursor.execute(query + (" FOR UPDATE" if lock else ""), params).fetchall()
+        return [JobRow.from_values(row) for row in rows]
 
     def _require(self, key: str, *, lock: bool = False) -> JobRow:
         rows = self._select_jobs("key = %s", [key], lock=lock)
@@ -172,21 +201,27 @@ class PostgresLedger(SoulsAndUploads):
         keys: Collection[str] | None = None,
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order."""
-        wheres: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            wheres.append("status = ANY(%s)")
-            params.append(status_values(status))
-        if campaign is not None:
-            wheres.append("campaign = ANY(%s)")
-            params.append(name_values(campaign))
-        if manifest is not None:
-            wheres.append("manifest = %s")
-            params.append(manifest)
-        if keys is not None:
-            wheres.append("key = ANY(%s)")
-            params.append(list(keys))
-        return self._select_jobs(" AND ".join(wheres) or None, params)
+        return self._select_jobs(*_job_filter(status, campaign, manifest, keys))
+
+    def iter_jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobRow]:
+        """:meth:`jobs`, a batch of rows at a time (a server-side cursor) from one snapshot."""
+        where, params = _job_filter(status, campaign, manifest, keys)
+        query = _SELECT_JOBS + (f" WHERE {where} " if where else " ") + _JOB_ORDER
+        with (
+            self._store.read() as conn,
+            conn.cursor("runner_jobs", row_factory=tuple_row) as cursor,
+        ):
+            cursor.itersize = STREAM_BATCH
+            cursor.execute(query, params)
+            for row in cursor:
+                yield JobRow.from_values(row)
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -234,6 +269,16 @@ class PostgresLedger(SoulsAndUploads):
         target = JobStatus(to)
         with self._store.write():
             return self._apply(self._require(key, lock=True), target, detail, columns)
+
+    def transition_many(self, changes: Iterable[Transition]) -> list[JobRow]:
+        """Several ``transition`` calls in one transaction; see ``Ledger.transition_many``."""
+        with self._store.write():
+            return [
+                self._apply(
+                    self._require(c.key, lock=True), JobStatus(c.to), c.detail, dict(c.columns)
+                )
+                for c in changes
+            ]
 
     def note(self, key: str, detail: str) -> None:
         """Append an event that records something without changing the job's status
@@ -299,12 +344,13 @@ class PostgresLedger(SoulsAndUploads):
             now=self._store.now(),
         )
         conn = self._store.conn
-        updated = conn.execute(
-            _update_job(change.updates, returning=True), [*change.updates.values(), row.key]
-        ).fetchone()
+        with conn.cursor(row_factory=tuple_row) as cursor:
+            updated = cursor.execute(
+                _update_job(change.updates, returning=True), [*change.updates.values(), row.key]
+            ).fetchone()
         conn.execute(_insert("events", change.event), list(change.event.values()))
         assert updated is not None  # the row is locked: it cannot have gone
-        return JobRow.from_row(updated)
+        return JobRow.from_values(updated)
 
     # --- plans ------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ souls.py, the base class.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff
+from runner.ledger.models import JOB_COLUMNS, EventRow, GenerationTime, JobRow, PlanDiff, Transition
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.rows import (
     LEDGER_ID,
@@ -43,6 +44,41 @@ def _json(value: Any) -> str:
 def _in_json(column: str) -> str:
     # One JSON parameter instead of one "?" per value: no limit on how many keys a filter holds.
     return f"{column} IN (SELECT value FROM json_each(?))"
+
+
+_SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_JOB_ORDER = "ORDER BY manifest, job_index, key"
+KEYS_IN_SQL = 1000  # a keys filter longer than this is applied to the rows read
+
+
+def _job_filter(
+    status: StatusFilter | None,
+    campaign: str | Iterable[str] | None,
+    manifest: str | None,
+    keys: Collection[str] | None,
+) -> tuple[str | None, list[Any], Callable[[Any], bool] | None]:
+    """The WHERE clause (``None``: every job), its parameters, and what to keep of the rows it
+    gives, of a ``jobs()`` filter. Many keys are looked up in Python, not in the query: SQLite
+    then reads the rows in index order instead of sorting them all again."""
+    wheres: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        wheres.append(_in_json("status"))
+        params.append(_json(status_values(status)))
+    if campaign is not None:
+        wheres.append(_in_json("campaign"))
+        params.append(_json(name_values(campaign)))
+    if manifest is not None:
+        wheres.append("manifest = ?")
+        params.append(manifest)
+    keep = None
+    if keys is not None and len(keys) > KEYS_IN_SQL:
+        wanted = set(keys)
+        keep = lambda values: values[0] in wanted  # noqa: E731  (values[0] is the key)
+    elif keys is not None:
+        wheres.append(_in_json("key"))
+        params.append(_json(list(keys)))
+    return " AND ".join(wheres) or None, params, keep
 
 
 class SqliteLedger(SoulsAndUploads):
@@ -113,11 +149,21 @@ class SqliteLedger(SoulsAndUploads):
         return self._locked()
 
     def _select_jobs(self, where: str | None = None, params: Sequence[Any] = ()) -> list[JobRow]:
-        with self._store.read() as db:
-            rows = db.table("jobs").rows_where(
-                where, list(params), order_by="manifest, job_index, key"
-            )
-            return [JobRow.from_row(row) for row in rows]
+        with self._store.read():
+            return list(self._job_rows(where, params))
+
+    def _job_rows(
+        self, where: str | None, params: Sequence[Any], keep: Callable[[Any], bool] | None = None
+    ) -> Iterator[JobRow]:
+        """The rows as the cursor yields them, those ``keep(values)`` accepts if given; the
+        caller holds a read (or write) transaction."""
+        query = _SELECT_JOBS + (f" WHERE {where}" if where else "") + " " + _JOB_ORDER
+        try:
+            for values in self._store.conn.execute(query, list(params)):
+                if keep is None or keep(values):
+                    yield JobRow.from_values(values)
+        except sqlite3.Error as err:
+            raise LedgerError(f"cannot read the ledger {self.url}: {err}") from err
 
     def _require(self, key: str) -> JobRow:
         rows = self._select_jobs("key = ?", [key])
@@ -155,21 +201,20 @@ class SqliteLedger(SoulsAndUploads):
         keys: Collection[str] | None = None,
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order."""
-        wheres: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            wheres.append(_in_json("status"))
-            params.append(_json(status_values(status)))
-        if campaign is not None:
-            wheres.append(_in_json("campaign"))
-            params.append(_json(name_values(campaign)))
-        if manifest is not None:
-            wheres.append("manifest = ?")
-            params.append(manifest)
-        if keys is not None:
-            wheres.append(_in_json("key"))
-            params.append(_json(list(keys)))
-        return self._select_jobs(" AND ".join(wheres) or None, params)
+        with self._store.read():
+            return list(self._job_rows(*_job_filter(status, campaign, manifest, keys)))
+
+    def iter_jobs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobRow]:
+        """:meth:`jobs`, one row at a time from one snapshot (memory stays flat)."""
+        with self._store.read():
+            yield from self._job_rows(*_job_filter(status, campaign, manifest, keys))
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -219,6 +264,14 @@ class SqliteLedger(SoulsAndUploads):
         target = JobStatus(to)
         with self._store.write():
             return self._apply(self._require(key), target, detail, columns)
+
+    def transition_many(self, changes: Iterable[Transition]) -> list[JobRow]:
+        """Several ``transition`` calls in one transaction; see ``Ledger.transition_many``."""
+        with self._store.write():
+            return [
+                self._apply(self._require(c.key), JobStatus(c.to), c.detail, dict(c.columns))
+                for c in changes
+            ]
 
     def note(self, key: str, detail: str) -> None:
         """Append an event that records something without changing the job's status
@@ -274,19 +327,20 @@ class SqliteLedger(SoulsAndUploads):
             now=self._store.now(),
         )
         updates = change.updates
-        # Plain SQL (column names come from TRANSITION_COLUMNS only): this runs once per job
-        # when a plan orphans thousands, and Table.update re-reads the schema on every call.
-        self._store.conn.execute(
-            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in updates)} WHERE key = ?",
-            [*updates.values(), row.key],
-        )
+        self._update_job(row.key, updates)
         self._store.conn.execute(
             f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
             list(change.event.values()),
         )
-        cursor = self._store.conn.execute("SELECT * FROM jobs WHERE key = ?", [row.key])
-        names = [d[0] for d in cursor.description]
-        return JobRow.from_row(dict(zip(names, cursor.fetchone(), strict=True)))
+        return next(self._job_rows("key = ?", [row.key]))
+
+    def _update_job(self, key: str, columns: dict[str, Any]) -> None:
+        # Plain SQL (column names come from TRANSITION_COLUMNS or plan.py only): this runs once
+        # per job when a plan orphans thousands, and Table.update re-reads the schema each call.
+        self._store.conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE key = ?",
+            [*columns.values(), key],
+        )
 
     # --- plans ------------------------------------------------------------------------
 
@@ -305,21 +359,36 @@ class SqliteLedger(SoulsAndUploads):
         path that it no longer produces becomes ``orphaned``. Nothing is deleted.
         """
         manifest = str(manifest_path)
-        with self._store.write() as db:
+        with self._store.write():
             plan = self._plan(manifest, jobs)
             writes = plan_writes(plan, manifest, self._store.now(), self.id)
-            db.table("jobs").insert_all(writes.new_jobs)
-            db.table("events").insert_all(writes.new_events)
+            conn = self._store.conn
+            for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
+                if rows:  # plain SQL: sqlite-utils' insert_all costs more than the inserts
+                    names = list(rows[0])
+                    conn.executemany(
+                        f"INSERT INTO {table} ({', '.join(names)}) "
+                        f"VALUES ({', '.join('?' * len(names))})",
+                        [[row[n] for n in names] for row in rows],
+                    )
             for key, changes in writes.refreshed:
-                db.table("jobs").update(key, changes)
+                self._update_job(key, changes)
             for row, to, detail in writes.moves:
                 self._apply(row, to, detail, {})
         return plan.diff
+
+    def _plan_rows(self, keys: list[str], manifest: str) -> Iterator[JobRow]:
+        """The jobs with one of these keys or recorded for this manifest (see ``_job_filter``
+        for why many keys are looked up in Python)."""
+        if len(keys) <= KEYS_IN_SQL:
+            return self._job_rows(f"{_in_json('key')} OR manifest = ?", [_json(keys), manifest])
+        wanted = set(keys)
+        return self._job_rows(None, [], lambda row: row[0] in wanted or row[2] == manifest)
 
     def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
         return gather_plan(
             manifest,
             jobs,
-            read_rows=lambda keys, of: self.jobs(keys=keys) + self.jobs(manifest=of),
+            read_rows=self._plan_rows,
             restore=self._status_before_orphaning,
         )

@@ -1,0 +1,60 @@
+"""A run over a ledger of many jobs (issue 11): what the re-checks and reads of a run start
+must still do when they are batched — observable results only, never timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.ledger import EventRow, JobStatus, default_ledger_url, open_ledger
+from runner.mock import MockOptions
+from tests.test_executor import FAST_LIMITS, Harness, assert_files_match_mock
+
+MANY = """
+version: 1
+{limits}
+defaults: {{type: text-to-video, duration: 1}}
+campaigns:
+  - name: many
+    prompt: "shot {{a}} {{b}}"
+    matrix:
+      a: {a}
+      b: [x, y, z]
+"""
+JOBS = 120
+
+
+def test_rechecking_many_missing_files_sends_each_back_once(tmp_path: Path) -> None:
+    """Of 120 downloaded jobs, the 60 whose files are gone (40) or cut short (20) go back to
+    be downloaded, each with its own event saying why, and are fetched again without being
+    sent again; the 60 whose files are intact are left alone."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=21))
+    h.write(MANY.format(limits=FAST_LIMITS, a=list(range(JOBS // 3))))
+    assert h.run().counts == {"downloaded": JOBS}
+    rows = h.rows()
+    out = h.state_dir / "videos"
+    gone, cut = rows[0::3], rows[1::3][::2]
+    kept = [row for row in rows if row not in gone + cut]
+    assert (len(gone), len(cut), len(kept)) == (40, 20, 60)
+    for row in gone:
+        (out / row.path).unlink()
+    for row in cut:
+        (out / row.path).write_bytes(b"short")
+    result = h.run()
+    assert result.counts == {"downloaded": JOBS}
+    assert result.outcome.submitted == 0
+    assert len(h.submits()) == JOBS  # the first run's only
+    with open_ledger(default_ledger_url(h.state_dir)) as ledger:
+
+        def completed(key: str) -> list[EventRow]:
+            return [e for e in ledger.events(key) if e.to_status is JobStatus.COMPLETED]
+
+        for row in gone + cut:
+            rechecked = completed(row.key)
+            assert len(rechecked) == 2, row.key  # the first download's, then the re-check's
+            assert rechecked[-1].from_status is JobStatus.DOWNLOADED
+            problem = "missing" if row in gone else f"5 bytes, expected {row.bytes}"
+            assert rechecked[-1].detail == f"video {row.location} {problem}; downloading again"
+        for row in kept:
+            assert len(completed(row.key)) == 1
+            assert ledger.get(row.key) == row
+    assert_files_match_mock(h)
