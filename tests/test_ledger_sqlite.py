@@ -25,7 +25,7 @@ from runner.ledger.sqlite.migrations import MIGRATIONS, applied_migrations, migr
 from tests.test_ledger import JOB_COLUMNS, MANIFEST, make_job
 
 EXPECTED_COLUMNS = {
-    "jobs": JOB_COLUMNS,
+    "jobs": JOB_COLUMNS | {"claimed_by", "lease_until"},  # the claim (m009): not in JobRow
     "events": {"id", "job_key", "at", "from_status", "to_status", "detail"},
     "souls": {
         "name", "manifest", "model_id", "status", "error", "images_hash", "created_at",
@@ -77,7 +77,7 @@ def test_first_use_sets_the_schema_up_too(state: Path) -> None:
     """Without the executor lock, the first read or write sets the schema up."""
     with open_ledger(url_of(state)) as led:
         assert led.jobs() == []
-    assert columns(state / "ledger.db", "jobs") == JOB_COLUMNS
+    assert columns(state / "ledger.db", "jobs") == EXPECTED_COLUMNS["jobs"]
 
 
 def test_reopening_applies_nothing_twice(state: Path) -> None:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
+from runner.ledger.claims import Claim
 from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow
 from runner.ledger.status import JobStatus
 
@@ -144,6 +145,40 @@ class Ledger(Protocol):
     ) -> int:
         """Put a manifest's failed jobs (all, or those with these keys / in these campaigns)
         back to ``pending`` with the next idempotency key and no attempts; return how many."""
+        ...
+
+    # --- claims (runner.ledger.claims) --------------------------------------------------
+
+    def claim(
+        self,
+        manifest: str,
+        holder: str,
+        *,
+        lease: float,
+        limit: int | None = None,
+        keys: Collection[str] | None = None,
+    ) -> list[JobRow]:
+        """Claim for ``holder``, for ``lease`` seconds, up to ``limit`` jobs of ``manifest``
+        (among ``keys``, if given) that are not terminal and that nobody else holds (or
+        whose holder's lease has run out); return them as they are now, ``submitting`` ones
+        first, then in manifest order (a job ``holder`` holds already is not claimed again:
+        ``renew`` extends its lease). Taking a job over from another holder appends a note
+        naming both. On PostgreSQL, rows other processes are claiming at this moment are skipped, never
+        waited for, and never handed to two holders.
+        """
+        ...
+
+    def renew(self, holder: str, keys: Collection[str], *, lease: float) -> set[str]:
+        """Extend ``holder``'s claims on ``keys`` to ``lease`` seconds from now; return the
+        keys it still holds (a claim that ran out and was taken over is not renewed)."""
+        ...
+
+    def release(self, holder: str, keys: Collection[str]) -> None:
+        """Give up ``holder``'s claims on ``keys``; claims of other holders are left alone."""
+        ...
+
+    def claim_of(self, key: str) -> Claim | None:
+        """Who holds job ``key`` and until when, or ``None`` when nobody does."""
         ...
 
     # --- plans ------------------------------------------------------------------------

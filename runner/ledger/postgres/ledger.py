@@ -25,8 +25,8 @@ from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import EventRow, JobRow, PlanDiff
 from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.postgres.claims import JobClaims
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
-from runner.ledger.postgres.souls import SoulsAndUploads
 from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
 from runner.ledger.rows import (
     LEDGER_ID,
@@ -63,7 +63,7 @@ def _update_job(columns: Iterable[str], returning: bool = False) -> sql.Composed
     )
 
 
-class PostgresLedger(SoulsAndUploads):
+class PostgresLedger(JobClaims):
     """The ledger in a PostgreSQL database (``postgresql://user@host/db``); see ``Ledger``.
 
     Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
@@ -124,9 +124,9 @@ class PostgresLedger(SoulsAndUploads):
     def executor_lock(self) -> AbstractContextManager[None]:
         """Bring the schema up to date, and nothing more: it never waits and never refuses.
 
-        PostgreSQL lifts the one-process rule (SPEC §8): every process may execute at once.
-        Until jobs are claimed with leases, what keeps two of them from sending the same job
-        is the job's idempotency key only; it guarantees nothing beyond the migrations.
+        PostgreSQL lifts the one-process rule (SPEC §8): every process may execute at once,
+        and what keeps two of them off one job is its claim (``claim``, with a lease the
+        holder renews; see ``runner.ledger.claims``).
         """
         return self._executing()
 

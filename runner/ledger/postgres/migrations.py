@@ -181,3 +181,11 @@ def m007_ledger_id(conn: Connection) -> None:
 def m008_jobs_expires_at(conn: Connection) -> None:
     # When the provider drops a finished result (ISO 8601), where it says; NULL otherwise.
     conn.execute("ALTER TABLE jobs ADD COLUMN expires_at text")
+
+
+@migration
+def m009_job_claims(conn: Connection) -> None:
+    # Which process works on a job now and until when its lease runs: see
+    # runner/ledger/claims.py. NULL when nobody does.
+    conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by text")
+    conn.execute("ALTER TABLE jobs ADD COLUMN lease_until timestamptz")

@@ -29,9 +29,9 @@ from runner.ledger.rows import (
     status_change,
     status_values,
 )
+from runner.ledger.sqlite.claims import JobClaims
 from runner.ledger.sqlite.lock import ExecutorLock
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
-from runner.ledger.sqlite.souls import SoulsAndUploads
 from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
 from runner.ledger.status import JobStatus, restored_status
 
@@ -45,7 +45,7 @@ def _in_json(column: str) -> str:
     return f"{column} IN (SELECT value FROM json_each(?))"
 
 
-class SqliteLedger(SoulsAndUploads):
+class SqliteLedger(JobClaims):
     """The ledger in one SQLite file (``<state>/ledger.db`` by default); see ``Ledger``.
 
     Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.

@@ -173,3 +173,11 @@ def m007_ledger_id(db: Database) -> None:
 def m008_jobs_expires_at(db: Database) -> None:
     # When the provider drops a finished result (ISO 8601), where it says; NULL otherwise.
     db.table("jobs").add_column("expires_at", str)
+
+
+@migration
+def m009_job_claims(db: Database) -> None:
+    # Which process works on a job now and until when its lease runs (ISO 8601): see
+    # runner/ledger/claims.py. NULL when nobody does.
+    db.table("jobs").add_column("claimed_by", str)
+    db.table("jobs").add_column("lease_until", str)
