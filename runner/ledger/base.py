@@ -163,8 +163,8 @@ class Ledger(Protocol):
         whose holder's lease has run out); return them as they are now, ``submitting`` ones
         first, then in manifest order (a job ``holder`` holds already is not claimed again:
         ``renew`` extends its lease). Taking a job over from another holder appends a note
-        naming both. On PostgreSQL, rows other processes are claiming at this moment are skipped, never
-        waited for, and never handed to two holders.
+        naming both. On PostgreSQL, rows other processes are claiming at this moment are
+        skipped, never waited for, and never handed to two holders.
         """
         ...
 
