@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from runner.engine import Backoff, Budget, EngineSettings, PollSchedule
+from runner.engine.claims import DEFAULT_LEASE
 from runner.errors import UsageError
 from runner.manifest import Manifest
 from runner.providers import ProviderSettings
@@ -40,6 +41,21 @@ def backoff_from(environ: Mapping[str, str]) -> Backoff:
     except ValueError as err:
         raise UsageError(f"RUNNER_BACKOFF must be 'BASE,CAP' in seconds, not {raw!r}") from err
     return Backoff(base=base, cap=cap)
+
+
+def lease_from(environ: Mapping[str, str]) -> float:
+    """``RUNNER_LEASE`` (seconds, default ``DEFAULT_LEASE``): how long a claimed job stays
+    with a process that stopped renewing; a fleet's processes must agree on it."""
+    raw = environ.get("RUNNER_LEASE")
+    if not raw:
+        return DEFAULT_LEASE
+    try:
+        lease = float(raw)
+    except ValueError:
+        lease = 0.0
+    if not lease > 0:
+        raise UsageError(f"RUNNER_LEASE must be a number of seconds above 0, not {raw!r}")
+    return lease
 
 
 def engine_settings(

@@ -405,3 +405,16 @@ def test_two_ledgers_have_different_ids_and_keys(tmp_path: Path) -> None:
             led.record_plan(MANIFEST, [job])
             keys.append(led.get(job.key).idempotency_key)  # type: ignore[union-attr]
     assert keys[0] != keys[1]
+
+
+def test_claims_left_by_a_dead_executor_are_void_under_the_lock(state: Path) -> None:
+    """One executor at a time holds a SQLite ledger, so the claims found when the lock is
+    taken are a dead process's: they are voided, not waited out."""
+    job = make_job()
+    with open_ledger(url_of(state)) as led:
+        led.record_plan(MANIFEST, [job])
+        assert [r.key for r in led.claim(MANIFEST, "dead/1/x", lease=3600)] == [job.key]
+        assert led.claim(MANIFEST, "me", lease=60) == []
+        with led.executor_lock():
+            assert led.claim_of(job.key) is None
+            assert [r.key for r in led.claim(MANIFEST, "me", lease=60)] == [job.key]

@@ -1,4 +1,5 @@
-"""The async half of a run: one event loop, one executor per manifest, shared account limits.
+"""The async half of a run: one event loop, one executor per manifest, shared account limits,
+and one set of job claims (``engine.claims``) that every executor of the process works under.
 
 Manifests on one provider account (same dialect, base URL and credential) share one throttle
 (the smallest ``requests_per_second``) and one set of concurrency slots (the smallest
@@ -25,12 +26,14 @@ from runner.engine import (
     Progress,
     Throttle,
 )
+from runner.engine.claims import Claims
 from runner.engine.souls import SoulTrainer
 from runner.ledger import JobRow, Ledger
 from runner.manifest import Manifest
 from runner.outputs import OutputStore
 from runner.outputs.pinned import pinned_client
 from runner.providers import Provider
+from runner.settings import lease_from
 
 DOWNLOAD_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8)
 
@@ -64,7 +67,11 @@ async def execute(
     )
     try:
         executors = _executors(ledger, works, env, download_client)
+        claims = Claims(ledger, lease=lease_from(env.environ), clock=env.clock)
+        for executor in executors:
+            executor.claims = claims
         async with env.clock.running(), anyio.create_task_group() as tg:
+            tg.start_soon(claims.keep)
             if env.handle_signals:
                 tg.start_soon(_watch_signals, executors, tg.cancel_scope)
             outcomes: list[Outcome] = [Outcome() for _ in executors]

@@ -8,12 +8,13 @@ under way finish and commit; a second one drops their shields and stops at once)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import anyio
 
 from runner.engine.budget import submission_order
+from runner.engine.claims import Claims
 from runner.engine.progress import Outcome
 from runner.engine.stages import AT_PROVIDER, Gone, JobStages
 from runner.errors import (
@@ -23,12 +24,16 @@ from runner.errors import (
 from runner.ledger import JobRow, JobStatus
 
 PROGRESS_INTERVAL = 0.5
+AFTER_SUBMIT = (*AT_PROVIDER, JobStatus.COMPLETED)  # generations under way or done
 
 
 class Executor(JobStages):
     """Runs jobs from the ledger against one provider (see ``JobStages`` for what it takes)."""
 
     _scope: anyio.CancelScope | None = None  # the run's task group, while it runs
+    # Set by the run (``runner.app.execute``): jobs are worked on only once claimed.
+    claims: Claims | None = None
+    _driven: set[str]  # keys this run has claimed (and so worked on)
 
     # --- control --------------------------------------------------------------------------
 
@@ -48,24 +53,26 @@ class Executor(JobStages):
     # --- the run --------------------------------------------------------------------------
 
     async def run(self, rows: Sequence[JobRow]) -> Outcome:
-        """Drive ``rows`` (in manifest order) as far as the settings allow."""
+        """Drive ``rows`` (in manifest order) as far as the settings allow. With ``claims``,
+        only jobs this process claims; jobs another live process holds are waited for, and
+        taken over when its lease runs out."""
         self.progress.start(rows)
+        self._driven = set()
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 ticker = anyio.CancelScope()
                 tg.start_soon(self._tick, ticker)
-                async with anyio.create_task_group() as jobs:
-                    # --submit-only leaves what is already under way to `collect`.
-                    for row in rows if self.settings.download else ():
-                        if row.status in AT_PROVIDER:
-                            self._deadlines[row.key] = self._deadline_of(row)
-                            self.slots.adopt()
-                            jobs.start_soon(self._drive, row, True)
-                        elif row.status is JobStatus.COMPLETED:
-                            jobs.start_soon(self._drive, row, False)
-                    if self.settings.submit:
-                        await self._dispatch(submission_order(rows), jobs)
+                todo = list(rows)
+                while todo:
+                    async with anyio.create_task_group() as jobs:
+                        # --submit-only leaves what is already under way to `collect`.
+                        if self.settings.download:
+                            for row in self._take(r for r in todo if r.status in AFTER_SUBMIT):
+                                self._start(row, jobs, holds_slot=False)
+                        if self.settings.submit:
+                            await self._dispatch(submission_order(todo), jobs)
+                    todo = await self._held_elsewhere(rows)
                 ticker.cancel()
         finally:
             self._scope = None
@@ -86,14 +93,67 @@ class Executor(JobStages):
                 self.outcome.stopped = stop
                 self.progress.stopped = stop.split(": ")[0]
                 return
+            taken = self._take([row])
+            if not taken or taken[0].status not in (JobStatus.PENDING, JobStatus.SUBMITTING):
+                # Another process holds it, or moved it on before it died: it is under way.
+                await self.slots.release(succeeded=False)
+                for found in taken:
+                    self._start(found, jobs, holds_slot=False)
+                continue
+            row = taken[0]
             try:
                 self.budget.reserve(row)
             except BudgetExceededError as err:
                 await self.slots.release(succeeded=False)
+                self._release(row)
                 self.outcome.budget_stop = str(err)
                 self.progress.stopped = "budget reached"
                 return
             jobs.start_soon(self._drive, row, True)
+
+    # --- claims ---------------------------------------------------------------------------
+
+    def _take(self, rows: Iterable[JobRow]) -> list[JobRow]:
+        """The jobs among ``rows`` this process may work on now, as the ledger has them."""
+        if self.claims is None:
+            return list(rows)
+        taken = self.claims.take(rows)
+        self._driven.update(r.key for r in taken)
+        return taken
+
+    def _release(self, row: JobRow) -> None:
+        if self.claims is not None:
+            self.claims.release([row.key])
+
+    def _start(self, row: JobRow, jobs: anyio.abc.TaskGroup, *, holds_slot: bool) -> None:
+        """Start a job found past its submit: polled (holding a slot) or downloaded."""
+        if row.status in AT_PROVIDER and self.settings.download:
+            self._deadlines[row.key] = self._deadline_of(row)
+            if not holds_slot:
+                self.slots.adopt()
+            jobs.start_soon(self._drive, row, True)
+        elif row.status is JobStatus.COMPLETED and self.settings.download:
+            jobs.start_soon(self._drive, row, False)
+        else:
+            self._release(row)  # pending again: the next pass sends it
+
+    async def _held_elsewhere(self, rows: Sequence[JobRow]) -> list[JobRow]:
+        """Jobs of ``rows`` this run still has work for that another process held (after a
+        wait, as they are now); empty when there are none or the run is stopping."""
+        if self.claims is None or self.outcome.fatal is not None or self.outcome.interrupted:
+            return []
+        left = [r.key for r in rows if r.key not in self._driven]
+        wanted = [r for r in self.ledger.jobs(keys=left) if self._wants(r)] if left else []
+        if wanted:
+            await self.clock.sleep(self.claims.recheck)
+        return wanted
+
+    def _wants(self, row: JobRow) -> bool:
+        """Whether this run would still do something with ``row``."""
+        if row.status in (JobStatus.PENDING, JobStatus.SUBMITTING):
+            stopped = self.outcome.stopped or self.outcome.budget_stop
+            return self.settings.submit and not stopped
+        return row.status in AFTER_SUBMIT and self.settings.download
 
     def _stop_reason(self) -> str | None:
         """Why no new submission may start now, if one may not."""
@@ -109,7 +169,14 @@ class Executor(JobStages):
         return None
 
     async def _drive(self, row: JobRow, holds_slot: bool) -> None:
-        """Walk one job as far as it can go in this run."""
+        """Walk one job as far as it can go in this run, then let other processes have it."""
+        try:
+            await self._walk(row, holds_slot)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._release(row)
+
+    async def _walk(self, row: JobRow, holds_slot: bool) -> None:
         try:
             try:
                 if row.status in (JobStatus.PENDING, JobStatus.SUBMITTING):

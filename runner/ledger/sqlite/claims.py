@@ -102,6 +102,16 @@ class JobClaims(SoulsAndUploads):
                 [holder, value],
             )
 
+    def release_all(self) -> None:
+        """Void every claim: called with the executor lock just taken, when no other process
+        can be executing, so a claim left behind is a dead process's (no lease to wait out)."""
+        with self._store.write() as db:
+            if "claimed_by" in db.table("jobs").columns_dict:  # not before m009
+                self._store.conn.execute(
+                    "UPDATE jobs SET claimed_by = NULL, lease_until = NULL"
+                    " WHERE claimed_by IS NOT NULL"
+                )
+
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""
         with self._store.read() as db:

@@ -106,6 +106,7 @@ class SqliteLedger(JobClaims):
             raise LedgerError(f"the ledger {self.url} was opened read-only")
         with ExecutorLock(self.path.parent, clock=self._store.clock):
             self._store.ensure_schema()
+            self.release_all()
             yield
 
     def executor_lock(self) -> AbstractContextManager[None]:
