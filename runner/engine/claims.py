@@ -26,6 +26,8 @@ DEFAULT_LEASE = 60.0
 #: The lease is renewed this many times per lease period, so a late renewal or two (a
 #: loaded machine, a slow database) never lets it run out under a live holder.
 RENEWALS_PER_LEASE = 4
+#: At most this long between looks at jobs other processes hold (a cheap read).
+MAX_RECHECK = 2.0
 
 
 class Claims:
@@ -49,7 +51,7 @@ class Claims:
     @property
     def recheck(self) -> float:
         """How often to look again for jobs other processes hold (seconds)."""
-        return self.lease / RENEWALS_PER_LEASE
+        return min(self.lease / RENEWALS_PER_LEASE, MAX_RECHECK)
 
     def take(self, rows: Iterable[JobRow]) -> list[JobRow]:
         """Claim those of ``rows`` nobody holds; return them as the ledger has them now."""
@@ -74,7 +76,7 @@ class Claims:
         then release what is still held."""
         try:
             while True:
-                await self.clock.sleep(self.recheck)
+                await self.clock.sleep(self.lease / RENEWALS_PER_LEASE)
                 self.renew()
         finally:
             with anyio.CancelScope(shield=True):

@@ -1,0 +1,102 @@
+"""Many processes on one PostgreSQL ledger (SPEC §8), as real processes against the mock on
+loopback: each job is worked on by one process at a time, and the mock's own counts show
+that no generation was paid for twice and no video was fetched twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runner.ledger import JobStatus, open_ledger
+from runner.mock import MockOptions
+from runner.mock.server import MockServerThread
+from tests.test_cli_run import HANG_GUARD, Factory, runner_env, write_manifest
+
+
+def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``python -m runner ARGS`` as a real process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def downloads_per_job(url: str) -> dict[str, int]:
+    """How many times the ledger recorded each job as downloaded."""
+    with open_ledger(url) as led:
+        return {
+            row.key: sum(e.to_status is JobStatus.DOWNLOADED for e in led.events(row.key))
+            for row in led.jobs()
+        }
+
+
+def test_two_runs_of_one_manifest_share_its_jobs(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str
+) -> None:
+    """Two `runner run` of the same manifest at once on one PostgreSQL ledger: the mock
+    creates exactly one generation per job and replays none (no job was sent by both), every
+    video is fetched once and every job is downloaded once; both runs exit 0."""
+    server = mock_server_factory(MockOptions(latency_min=0.2, latency_max=0.4, seed=12))
+    manifest = tmp_path / "m.yaml"
+    jobs = write_manifest(manifest, subjects=4, places=5, concurrency=4, rps=40)
+    env = runner_env(server, RUNNER_LEDGER=pg_url)
+    runs = [
+        start("run", str(manifest), "--state", str(tmp_path / f"s{i}"), env=env) for i in (1, 2)
+    ]
+    for proc in runs:
+        out, err = proc.communicate(timeout=HANG_GUARD)
+        assert proc.returncode == 0, out + err
+    stats = server.state.stats()
+    assert stats["generations_created"] == jobs
+    assert stats["idempotent_replays"] == 0
+    assert stats["video_downloads"] == jobs
+    assert downloads_per_job(pg_url) == dict.fromkeys(downloads_per_job(pg_url), 1)
+    assert len(downloads_per_job(pg_url)) == jobs
+    with open_ledger(pg_url) as led:
+        assert all(led.claim_of(r.key) is None for r in led.jobs())  # all released
+
+
+def test_a_dead_runs_jobs_are_taken_over_after_its_lease(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str
+) -> None:
+    """A run killed (SIGKILL) mid-way leaves its jobs claimed; a second run on the same
+    PostgreSQL ledger waits out the lease, takes them over where they are — a job left in
+    `submitting` is re-sent with its same idempotency key — and finishes everything: the mock
+    created one generation per job."""
+    server = mock_server_factory(MockOptions(latency_min=0.5, latency_max=1.0, seed=13))
+    manifest = tmp_path / "m.yaml"
+    jobs = write_manifest(manifest, subjects=3, places=4, concurrency=6, rps=40)
+    env = runner_env(server, RUNNER_LEDGER=pg_url, RUNNER_LEASE="2")
+    first = start("run", str(manifest), "--state", str(tmp_path / "s1"), env=env)
+    try:
+        _wait_for_submits(server, 3, first)
+    finally:
+        first.kill()
+        first.communicate()
+    with open_ledger(pg_url) as led:
+        held = [r.key for r in led.jobs() if led.claim_of(r.key) is not None]
+    assert held  # the dead run's claims are still there
+    second = start("run", str(manifest), "--state", str(tmp_path / "s2"), env=env)
+    out, err = second.communicate(timeout=HANG_GUARD)
+    assert second.returncode == 0, out + err
+    stats = server.state.stats()
+    assert stats["generations_created"] == jobs
+    assert stats["idempotency_conflicts"] == 0
+    with open_ledger(pg_url) as led:
+        assert {r.status for r in led.jobs()} == {JobStatus.DOWNLOADED}
+        notes = [e.detail or "" for r in led.jobs() for e in led.events(r.key)]
+    assert sum("taken over by" in n for n in notes) >= 1
+
+
+def _wait_for_submits(server: MockServerThread, n: int, proc: subprocess.Popen[str]) -> None:
+    """Until the mock has created ``n`` generations (or the process ended, or a hang)."""
+    deadline = time.monotonic() + HANG_GUARD
+    while server.state.stats()["generations_created"] < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no submit came"
+        time.sleep(0.01)
