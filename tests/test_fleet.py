@@ -100,3 +100,45 @@ def _wait_for_submits(server: MockServerThread, n: int, proc: subprocess.Popen[s
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no submit came"
         time.sleep(0.01)
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most calls in any 1-second window (each window starting at a call)."""
+    times = sorted(times)
+    most, j = 0, 0
+    for i, start in enumerate(times):
+        while times[j] < start:
+            j += 1
+        end = i
+        while end + 1 < len(times) and times[end + 1] < start + 1.0:
+            end += 1
+        most = max(most, end - j + 1)
+    return most
+
+
+def api_call_times(server: MockServerThread) -> list[float]:
+    """When the mock received each authenticated API call (video downloads are not)."""
+    return [e["time"] for e in server.state.log_entries() if e["auth"]]
+
+
+def test_account_limits_hold_summed_over_processes(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str
+) -> None:
+    """Two runs on one account through one PostgreSQL ledger: the account's generations in
+    flight never exceed its concurrency (the mock's own maximum), and no 1-second window at
+    the mock holds more calls than requests_per_second, although each run alone would be
+    allowed that much."""
+    server = mock_server_factory(MockOptions(latency_min=0.3, latency_max=0.6, seed=14))
+    manifest = tmp_path / "m.yaml"
+    jobs = write_manifest(manifest, subjects=4, places=4, concurrency=3, rps=8, poll=0.2)
+    env = runner_env(server, RUNNER_LEDGER=pg_url, RUNNER_LEASE="5")
+    runs = [
+        start("run", str(manifest), "--state", str(tmp_path / f"s{i}"), env=env) for i in (1, 2)
+    ]
+    for proc in runs:
+        out, err = proc.communicate(timeout=HANG_GUARD)
+        assert proc.returncode == 0, out + err
+    stats = server.state.stats()
+    assert stats["generations_created"] == jobs
+    assert stats["max_in_flight"] <= 3
+    assert busiest_second(api_call_times(server)) <= 8

@@ -34,6 +34,10 @@ EXPECTED_COLUMNS = {
     "uploads": {"sha256", "public_url", "created_at"},
     "_migrations": {"name", "applied_at"},
     "meta": {"name", "value"},
+    # what processes sharing a PostgreSQL ledger share per account (m010)
+    "account_slots": {"job_key", "account", "taken_at"},
+    "account_rates": {"account", "next_call"},
+    "budgets": {"scope", "reserved"},
 }  # fmt: skip
 
 

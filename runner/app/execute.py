@@ -27,6 +27,7 @@ from runner.engine import (
     Throttle,
 )
 from runner.engine.claims import Claims
+from runner.engine.shared import AccountGate, SharedThrottle
 from runner.engine.souls import SoulTrainer
 from runner.ledger import JobRow, Ledger
 from runner.manifest import Manifest
@@ -96,22 +97,34 @@ async def execute(
 def _executors(
     ledger: Ledger, works: Sequence[Work], env: Environment, download_client: httpx.AsyncClient
 ) -> list[Executor]:
-    """One executor per manifest; those on one account share its throttle and slots."""
-    shared: dict[tuple[str, str, str], tuple[Throttle, AdaptiveSlots]] = {}
+    """One executor per manifest; those on one account share its throttle and slots (in
+    the database too, where other processes may share the account: see ``engine.shared``)."""
+    limits = ledger.shared_limits()
+    recheck = Claims(ledger, lease=lease_from(env.environ)).recheck
+    shared: dict[tuple[str, str, str], tuple[Throttle, AdaptiveSlots, AccountGate | None]] = {}
     for work in works:
         account = account_of(work.provider)
         if account in shared:
             continue
         alike = [w.settings for w in works if account_of(w.provider) == account]
         rps = min(s.requests_per_second for s in alike)
-        shared[account] = (
-            Throttle(rps, clock=env.clock),
-            AdaptiveSlots(min(s.concurrency for s in alike)),
+        concurrency = min(s.concurrency for s in alike)
+        name = "|".join(account)  # a fingerprint of the credential, never the key
+        throttle = (
+            SharedThrottle(rps, limits=limits, account=name, clock=env.clock)
+            if limits is not None
+            else Throttle(rps, clock=env.clock)
         )
+        gate = (
+            AccountGate(limits, name, concurrency, recheck=recheck, clock=env.clock)
+            if limits is not None
+            else None
+        )
+        shared[account] = (throttle, AdaptiveSlots(concurrency), gate)
     progress = Progress(started=env.clock.now(), now=env.clock.now())
     executors = []
     for work in works:
-        throttle, slots = shared[account_of(work.provider)]
+        throttle, slots, gate = shared[account_of(work.provider)]
         executor = Executor(
             ledger=ledger,
             provider=work.provider,
@@ -125,6 +138,7 @@ def _executors(
             slots=slots,
             progress=progress,
         )
+        executor.gate = gate
         trainer = SoulTrainer(
             ledger, work.provider, work.manifest, executor.calls, work.settings.poll
         )

@@ -16,6 +16,7 @@ import anyio
 from runner.engine.budget import submission_order
 from runner.engine.claims import Claims
 from runner.engine.progress import Outcome
+from runner.engine.shared import AccountGate
 from runner.engine.stages import AT_PROVIDER, Gone, JobStages
 from runner.errors import (
     BudgetExceededError,
@@ -33,7 +34,9 @@ class Executor(JobStages):
     _scope: anyio.CancelScope | None = None  # the run's task group, while it runs
     # Set by the run (``runner.app.execute``): jobs are worked on only once claimed.
     claims: Claims | None = None
+    gate: AccountGate | None = None  # the account's slots across processes (PostgreSQL)
     _driven: set[str]  # keys this run has claimed (and so worked on)
+    _todo: Sequence[JobRow] = ()  # the jobs of the current pass
 
     # --- control --------------------------------------------------------------------------
 
@@ -71,6 +74,7 @@ class Executor(JobStages):
                             for row in self._take(r for r in todo if r.status in AFTER_SUBMIT):
                                 self._start(row, jobs, holds_slot=False)
                         if self.settings.submit:
+                            self._todo = todo
                             await self._dispatch(submission_order(todo), jobs)
                     todo = await self._held_elsewhere(rows)
                 ticker.cancel()
@@ -109,6 +113,11 @@ class Executor(JobStages):
                 self.outcome.budget_stop = str(err)
                 self.progress.stopped = "budget reached"
                 return
+            while self.gate is not None and not self.gate.enter(row.key):
+                # The account is full. Generations a dead process left at the provider hold
+                # slots until someone polls them: take those over while waiting.
+                self._adopt(self._todo, jobs)
+                await self.clock.sleep(self.gate.recheck)
             jobs.start_soon(self._drive, row, True)
 
     # --- claims ---------------------------------------------------------------------------
@@ -131,11 +140,21 @@ class Executor(JobStages):
             self._deadlines[row.key] = self._deadline_of(row)
             if not holds_slot:
                 self.slots.adopt()
+            if self.gate is not None:
+                self.gate.adopt(row.key)
             jobs.start_soon(self._drive, row, True)
         elif row.status is JobStatus.COMPLETED and self.settings.download:
             jobs.start_soon(self._drive, row, False)
         else:
             self._release(row)  # pending again: the next pass sends it
+
+    def _adopt(self, rows: Sequence[JobRow], jobs: anyio.abc.TaskGroup) -> None:
+        """Start those of ``rows`` (not yet worked on here) found past their submit with
+        nobody holding them."""
+        left = [r.key for r in rows if r.key not in self._driven]
+        found = [r for r in self.ledger.jobs(keys=left) if r.status in AFTER_SUBMIT] if left else []
+        for row in self._take(found):
+            self._start(row, jobs, holds_slot=False)
 
     async def _held_elsewhere(self, rows: Sequence[JobRow]) -> list[JobRow]:
         """Jobs of ``rows`` this run still has work for that another process held (after a
@@ -190,6 +209,8 @@ class Executor(JobStages):
                     succeeded = row.status is JobStatus.COMPLETED
                     with anyio.CancelScope(shield=True):
                         await self.slots.release(succeeded=succeeded)
+                        if self.gate is not None:
+                            self.gate.leave(row.key, (self.ledger.get(row.key) or row).status)
             if row.status is JobStatus.COMPLETED and self.settings.download:
                 await self._download(row)
         except Gone:

@@ -28,6 +28,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class SharedLimits(Protocol):
+    """Per-account limits every process on a ledger shares (PostgreSQL; SPEC §8): see
+    ``runner.ledger.postgres.limits``."""
+
+    def take_slot(self, account: str, key: str, limit: int, *, force: bool = False) -> bool:
+        """Give job ``key`` one of ``account``'s ``limit`` slots if one is free (or it has
+        one already); ``force``: whatever the count."""
+        ...
+
+    def free_slot(self, key: str) -> None:
+        """Job ``key``'s generation no longer counts against its account."""
+        ...
+
+    def rate_turn(self, account: str, interval: float) -> float:
+        """Reserve ``account``'s next call turn; seconds from now until it."""
+        ...
+
+    def reserve_credits(self, scope: str, credits: float, cap: float) -> float | None:
+        """Add ``credits`` to ``scope``'s reservations if within ``cap``: the new total, or
+        ``None`` (nothing added)."""
+        ...
+
+    def refund_credits(self, scope: str, credits: float) -> None:
+        """Give back credits ``scope`` reserved."""
+        ...
+
+
 class Ledger(Protocol):
     """A ledger opened by :func:`runner.ledger.open_ledger`: every job, its status changes,
     soul models and uploads, so that every run can resume.
@@ -179,6 +206,12 @@ class Ledger(Protocol):
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds job ``key`` and until when, or ``None`` when nobody does."""
+        ...
+
+    def shared_limits(self) -> SharedLimits | None:
+        """The per-account limits the processes on this ledger share, where several may
+        execute at once (PostgreSQL); ``None`` where one process executes (SQLite): its
+        in-process throttle and slots are the account's."""
         ...
 
     # --- plans ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from runner.ledger.claims import (
     takeover_note,
 )
 from runner.ledger.models import JobRow
+from runner.ledger.postgres.limits import AccountLimits
 from runner.ledger.postgres.souls import SoulsAndUploads
 from runner.ledger.rows import note_event
 
@@ -92,6 +93,10 @@ class JobClaims(SoulsAndUploads):
                 " WHERE claimed_by = %s AND key = ANY(%s)",
                 [holder, list(keys)],
             )
+
+    def shared_limits(self) -> AccountLimits:
+        """The per-account limits every process on this database shares."""
+        return AccountLimits(self._store)
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""

@@ -189,3 +189,22 @@ def m009_job_claims(conn: Connection) -> None:
     # runner/ledger/claims.py. NULL when nobody does.
     conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by text")
     conn.execute("ALTER TABLE jobs ADD COLUMN lease_until timestamptz")
+
+
+@migration
+def m010_account_limits(conn: Connection) -> None:
+    # What many processes share per provider account (runner/ledger/postgres/limits.py): a
+    # slot per generation in flight, the moment the next call may go, and credits reserved.
+    conn.execute(
+        'CREATE TABLE account_slots (job_key text COLLATE "C" PRIMARY KEY,'
+        ' account text NOT NULL, taken_at timestamptz NOT NULL)'
+    )
+    conn.execute("CREATE INDEX idx_account_slots_account ON account_slots (account)")
+    conn.execute(
+        "CREATE TABLE account_rates (account text PRIMARY KEY,"
+        " next_call double precision NOT NULL)"
+    )
+    conn.execute(
+        'CREATE TABLE budgets (scope text COLLATE "C" PRIMARY KEY,'
+        " reserved double precision NOT NULL DEFAULT 0)"
+    )

@@ -112,6 +112,10 @@ class JobClaims(SoulsAndUploads):
                     " WHERE claimed_by IS NOT NULL"
                 )
 
+    def shared_limits(self) -> None:
+        """None: one process executes, and its own throttle and slots are the account's."""
+        return None
+
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""
         with self._store.read() as db:

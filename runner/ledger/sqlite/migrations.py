@@ -181,3 +181,17 @@ def m009_job_claims(db: Database) -> None:
     # runner/ledger/claims.py. NULL when nobody does.
     db.table("jobs").add_column("claimed_by", str)
     db.table("jobs").add_column("lease_until", str)
+
+
+@migration
+def m010_account_limits(db: Database) -> None:
+    # The tables PostgreSQL's processes share per account (runner/ledger/postgres/limits.py),
+    # kept here so both schemas stay the same; one SQLite executor keeps them in memory.
+    db.table("account_slots").create(
+        {"job_key": str, "account": str, "taken_at": str},
+        pk="job_key",
+        not_null={"account", "taken_at"},
+    )
+    db.table("account_slots").create_index(["account"])
+    db.table("account_rates").create({"account": str, "next_call": float}, pk="account")
+    db.table("budgets").create({"scope": str, "reserved": float}, pk="scope")
