@@ -4,6 +4,7 @@ that no generation was paid for twice and no video was fetched twice."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -142,3 +143,114 @@ def test_account_limits_hold_summed_over_processes(
     assert stats["generations_created"] == jobs
     assert stats["max_in_flight"] <= 3
     assert busiest_second(api_call_times(server)) <= 8
+
+
+FLEET_MANIFEST = """\
+version: 1
+provider: {{base_url: "{base}"}}
+limits: {{concurrency: {concurrency}, requests_per_second: {rps}, max_attempts: 10,
+          poll_initial: 0.1, poll_max: 0.3}}
+budget:
+  {cap}
+  prices: [{{match: {{}}, credits_per_second: 2}}]
+defaults: {{type: text-to-video, duration: 2}}
+campaigns:
+  - name: {name}
+    prompt: "shot {{n}} of {name}"
+    matrix: {{n: [{numbers}]}}
+"""
+CREDITS_PER_JOB = 4  # 2 seconds at 2 credits a second
+
+
+def fleet_manifest(
+    path: Path,
+    server: MockServerThread,
+    *,
+    jobs: int,
+    concurrency: int = 3,
+    rps: float = 8,
+    max_credits: float | None = None,
+) -> Path:
+    """A manifest of ``jobs`` jobs on the account of ``server`` (its base URL in the file)."""
+    cap = f"max_credits: {max_credits:g}" if max_credits is not None else ""
+    path.write_text(
+        FLEET_MANIFEST.format(
+            base=server.seed_base_url.rstrip("/"),
+            concurrency=concurrency,
+            rps=rps,
+            cap=cap,
+            name=path.stem,
+            numbers=", ".join(str(i) for i in range(jobs)),
+        )
+    )
+    return path
+
+
+def fleet_env(pg_url: str, **extra: str) -> dict[str, str]:
+    """What a worker needs: the ledger URL and the key (no base URL: each manifest has its
+    account's)."""
+    env = {k: v for k, v in os.environ.items() if k != "HIGGSFIELD_BASE_URL"}
+    return {**env, "HIGGSFIELD_API_KEY": "test-key", "RUNNER_BACKOFF": "0.01,0.2",
+            "RUNNER_LEDGER": pg_url, **extra}  # fmt: skip
+
+
+def test_enqueued_manifests_are_done_by_workers_that_need_only_the_ledger(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str
+) -> None:
+    """`runner enqueue` two manifests on two accounts, delete the files, then three
+    `runner worker --idle-exit` and one `runner run` of another manifest on one of the
+    accounts do everything: one generation per job on each account, each account within
+    its concurrency, every job downloaded once, every location a file with the right size."""
+    servers = [
+        mock_server_factory(MockOptions(latency_min=0.2, latency_max=0.4, seed=20 + i))
+        for i in range(2)
+    ]
+    a = fleet_manifest(tmp_path / "a.yaml", servers[0], jobs=10)
+    b = fleet_manifest(tmp_path / "b.yaml", servers[1], jobs=10)
+    c = fleet_manifest(tmp_path / "c.yaml", servers[0], jobs=6)
+    env = fleet_env(pg_url)
+    enq = start("enqueue", str(a), str(b), "--state", str(tmp_path / "q"), env=env)
+    out, err = enq.communicate(timeout=HANG_GUARD)
+    assert enq.returncode == 0, out + err
+    a.unlink()
+    b.unlink()
+    procs = [
+        start("worker", "--idle-exit", "--state", str(tmp_path / f"w{i}"), env=env)
+        for i in range(3)
+    ]
+    procs.append(start("run", str(c), "--state", str(tmp_path / "r"), env=env))
+    for proc in procs:
+        out, err = proc.communicate(timeout=HANG_GUARD)
+        assert proc.returncode == 0, out + err
+    created = [s.state.stats()["generations_created"] for s in servers]
+    assert created == [16, 10]
+    assert all(s.state.stats()["idempotent_replays"] == 0 for s in servers)
+    assert all(s.state.stats()["max_in_flight"] <= 3 for s in servers)
+    assert downloads_per_job(pg_url) == dict.fromkeys(downloads_per_job(pg_url), 1)
+    with open_ledger(pg_url) as led:
+        rows = led.jobs()
+    assert len(rows) == 26 and {r.status for r in rows} == {JobStatus.DOWNLOADED}
+    assert all(Path(r.location or "").stat().st_size == r.bytes for r in rows)
+
+
+def test_a_budget_holds_across_workers(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str
+) -> None:
+    """Three workers on one enqueued manifest with `budget.max_credits`: together they
+    submit no more than the cap (the mock's count of generations says so), and exactly as
+    many jobs as fit."""
+    server = mock_server_factory(MockOptions(latency_min=0.1, latency_max=0.2, seed=30))
+    cap = 7 * CREDITS_PER_JOB + 2  # room for 7 jobs, not 8
+    m = fleet_manifest(tmp_path / "m.yaml", server, jobs=20, concurrency=6, max_credits=cap)
+    env = fleet_env(pg_url)
+    enq = start("enqueue", str(m), "--state", str(tmp_path / "q"), env=env)
+    assert enq.wait(timeout=HANG_GUARD) == 0
+    procs = [
+        start("worker", "--idle-exit", "--state", str(tmp_path / f"w{i}"), env=env)
+        for i in range(3)
+    ]
+    for proc in procs:
+        proc.communicate(timeout=HANG_GUARD)
+    created = server.state.stats()["generations_created"]
+    assert created * CREDITS_PER_JOB <= cap
+    assert created == 7

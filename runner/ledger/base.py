@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
-from runner.ledger.claims import Claim
+from runner.ledger.claims import Claim, ManifestRecord
 from runner.ledger.models import EventRow, JobRow, PlanDiff, SoulRow
 from runner.ledger.status import JobStatus
 
@@ -206,6 +206,16 @@ class Ledger(Protocol):
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds job ``key`` and until when, or ``None`` when nobody does."""
+        ...
+
+    def record_manifest(self, path: str, *, source: str, output: str) -> None:
+        """Record (or replace) what workers need of the manifest at ``path`` (as its jobs
+        name it): its YAML ``source`` and its resolved ``output`` (a directory or s3://);
+        each recording starts a new budget scope."""
+        ...
+
+    def recorded_manifests(self) -> list[ManifestRecord]:
+        """Every manifest recorded, by path."""
         ...
 
     def shared_limits(self) -> SharedLimits | None:

@@ -35,6 +35,19 @@ CLAIM_ORDER = "CASE WHEN status = 'submitting' THEN 0 ELSE 1 END, job_index, key
 
 
 @dataclass(frozen=True)
+class ManifestRecord:
+    """A manifest as `run` or `enqueue` recorded it for workers: its YAML text (its settings:
+    provider, the NAME of its key variable, limits, budget, souls), where its videos go, and
+    the scope its run cap is reserved under (new at each enqueue)."""
+
+    path: str
+    source: str
+    output: str
+    scope: str
+    recorded_at: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """Who holds a job and until when (UTC ISO 8601, as the ledger stores times)."""
 

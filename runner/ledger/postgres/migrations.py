@@ -197,14 +197,23 @@ def m010_account_limits(conn: Connection) -> None:
     # slot per generation in flight, the moment the next call may go, and credits reserved.
     conn.execute(
         'CREATE TABLE account_slots (job_key text COLLATE "C" PRIMARY KEY,'
-        ' account text NOT NULL, taken_at timestamptz NOT NULL)'
+        " account text NOT NULL, taken_at timestamptz NOT NULL)"
     )
     conn.execute("CREATE INDEX idx_account_slots_account ON account_slots (account)")
     conn.execute(
-        "CREATE TABLE account_rates (account text PRIMARY KEY,"
-        " next_call double precision NOT NULL)"
+        "CREATE TABLE account_rates (account text PRIMARY KEY, next_call double precision NOT NULL)"
     )
     conn.execute(
         'CREATE TABLE budgets (scope text COLLATE "C" PRIMARY KEY,'
         " reserved double precision NOT NULL DEFAULT 0)"
+    )
+
+
+@migration
+def m011_manifests(conn: Connection) -> None:
+    # What `run` and `enqueue` recorded of each manifest, so that `runner worker` needs only
+    # the ledger (runner/ledger/claims.py): its YAML, where its videos go, its budget scope.
+    conn.execute(
+        'CREATE TABLE manifests (path text COLLATE "C" PRIMARY KEY, source text NOT NULL,'
+        " output text NOT NULL, scope text NOT NULL, recorded_at timestamptz NOT NULL)"
     )

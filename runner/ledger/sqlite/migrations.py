@@ -195,3 +195,14 @@ def m010_account_limits(db: Database) -> None:
     db.table("account_slots").create_index(["account"])
     db.table("account_rates").create({"account": str, "next_call": float}, pk="account")
     db.table("budgets").create({"scope": str, "reserved": float}, pk="scope")
+
+
+@migration
+def m011_manifests(db: Database) -> None:
+    # What `run` and `enqueue` recorded of each manifest, so that `runner worker` needs only
+    # the ledger: its YAML, where its videos go, its budget scope.
+    db.table("manifests").create(
+        {"path": str, "source": str, "output": str, "scope": str, "recorded_at": str},
+        pk="path",
+        not_null={"source", "output", "scope", "recorded_at"},
+    )
