@@ -5,10 +5,13 @@ that no generation was paid for twice and no video was fetched twice."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from runner.ledger import JobStatus, open_ledger
 from runner.mock import MockOptions
@@ -254,3 +257,84 @@ def test_a_budget_holds_across_workers(
     created = server.state.stats()["generations_created"]
     assert created * CREDITS_PER_JOB <= cap
     assert created == 7
+
+
+def fleet_chaos(
+    tmp_path: Path, factory: Factory, pg_url: str, *, per_account: int, kills: int, seed: int
+) -> None:
+    """One PostgreSQL ledger, two accounts (a mock server each, with latency and faults),
+    `enqueue` of a manifest per account, three `runner worker` and one `runner run`;
+    ``kills`` SIGKILLs of random workers, each after the mock has created more generations
+    since the last one, at a random moment; each killed worker restarted. Then: one
+    generation per job on each account, each job downloaded once, each account within its
+    concurrency and its rate in every 1-second window, every location a file of the
+    recorded size."""
+    rng = random.Random(seed)
+    faults = dict(rate_429=0.03, retry_after=0.2, rate_5xx=0.03, drop_after_accept_rate=0.05,
+                  truncate_rate=0.05)  # fmt: skip
+    servers = [
+        factory(MockOptions(latency_min=0.3, latency_max=0.8, seed=seed + i, **faults))
+        for i in range(2)
+    ]
+    concurrency, rps = 4, 6
+    a = fleet_manifest(tmp_path / "a.yaml", servers[0], jobs=per_account, concurrency=4, rps=6)
+    b = fleet_manifest(tmp_path / "b.yaml", servers[1], jobs=per_account, concurrency=4, rps=6)
+    c = fleet_manifest(tmp_path / "c.yaml", servers[1], jobs=per_account // 4, rps=6)
+    total = 2 * per_account + per_account // 4
+    env = fleet_env(pg_url, RUNNER_LEASE="3")
+    enq = start("enqueue", str(a), str(b), "--state", str(tmp_path / "q"), env=env)
+    assert enq.wait(timeout=HANG_GUARD) == 0
+
+    def worker(i: int) -> subprocess.Popen[str]:
+        return start("worker", "--idle-exit", "--state", str(tmp_path / f"w{i}"), env=env)
+
+    workers = [worker(i) for i in range(3)]
+    run = start("run", str(c), "--state", str(tmp_path / "r"), env=env)
+
+    def created() -> int:
+        return sum(s.state.stats()["generations_created"] for s in servers)
+
+    killed = 0
+    for _ in range(kills):
+        mark = created()
+        deadline = time.monotonic() + HANG_GUARD
+        while created() <= mark and any(w.poll() is None for w in workers):
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        if all(w.poll() is not None for w in workers):
+            break  # the work is done before every kill came
+        time.sleep(rng.uniform(0, 0.5))
+        i = rng.choice([i for i, w in enumerate(workers) if w.poll() is None] or [0])
+        if workers[i].poll() is None:
+            workers[i].kill()
+            workers[i].communicate()
+            killed += 1
+            workers[i] = worker(i)
+    for proc in [*workers, run]:
+        out, err = proc.communicate(timeout=HANG_GUARD)
+        assert proc.returncode == 0, out + err
+    assert killed >= 1
+    assert [s.state.stats()["generations_created"] for s in servers] == [
+        per_account,
+        per_account + per_account // 4,
+    ]
+    for server in servers:
+        assert server.state.stats()["max_in_flight"] <= concurrency
+        assert busiest_second(api_call_times(server)) <= rps
+    downloads = downloads_per_job(pg_url)
+    assert len(downloads) == total and set(downloads.values()) == {1}
+    with open_ledger(pg_url) as led:
+        rows = led.jobs()
+    assert {r.status for r in rows} == {JobStatus.DOWNLOADED}
+    assert all(Path(r.location or "").stat().st_size == r.bytes for r in rows)
+
+
+def test_fleet_chaos(tmp_path: Path, mock_server_factory: Factory, pg_url: str) -> None:
+    """Fleet chaos, small: 2 × 16 + 4 jobs, 5 kills (the default suite stays fast)."""
+    fleet_chaos(tmp_path, mock_server_factory, pg_url, per_account=16, kills=5, seed=40)
+
+
+@pytest.mark.slow
+def test_fleet_chaos_long(tmp_path: Path, mock_server_factory: Factory, pg_url: str) -> None:
+    """Fleet chaos as issue 12 asks: 2 × 88 + 22 = 198 jobs, 20 kills."""
+    fleet_chaos(tmp_path, mock_server_factory, pg_url, per_account=88, kills=20, seed=41)

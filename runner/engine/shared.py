@@ -5,7 +5,7 @@ account's limits; where several processes on several hosts share an account, the
 ask the ledger (``SharedLimits``) first, so the limits hold summed over every host:
 
 - ``SharedThrottle``: each call takes the account's next turn from the database (spaced
-  ``RATE_SAFETY / rps`` apart in the server's time), then honours this process's pauses;
+  ``SHARED_RATE_SAFETY / rps`` apart in the server's time), then honours this process's pauses;
 - ``AccountGate``: a generation takes one of the account's slots before it is sent and
   frees it once the provider is done with it;
 - ``SharedBudget``: a run cap's credits are reserved in the database by every process that
@@ -22,6 +22,11 @@ from runner.engine.throttle import Throttle
 from runner.errors import BudgetExceededError
 from runner.ledger import JobStatus
 from runner.ledger.base import SharedLimits
+
+#: Calls of several hosts are spaced wider than one process's (``throttle.RATE_SAFETY``): the
+#: time from a turn to its arrival at the provider varies more across processes, and a call
+#: that arrives late must not bring the next ``rps`` into one 1-second window with it.
+SHARED_RATE_SAFETY = 1.25
 
 #: A generation in these statuses is (or may be) counted by the provider: its slot stays.
 AT_PROVIDER = (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)
@@ -40,6 +45,7 @@ class SharedThrottle(Throttle):
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(requests_per_second, clock=clock)
+        self.interval = SHARED_RATE_SAFETY / requests_per_second
         self.limits = limits
         self.account = account
 
