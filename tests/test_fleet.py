@@ -338,3 +338,24 @@ def test_fleet_chaos(tmp_path: Path, mock_server_factory: Factory, pg_url: str) 
 def test_fleet_chaos_long(tmp_path: Path, mock_server_factory: Factory, pg_url: str) -> None:
     """Fleet chaos as issue 12 asks: 2 × 88 + 22 = 198 jobs, 20 kills."""
     fleet_chaos(tmp_path, mock_server_factory, pg_url, per_account=88, kills=20, seed=41)
+
+
+def test_enqueue_and_worker_on_a_sqlite_ledger(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """Without PostgreSQL the same commands work on one host: `enqueue` records the plan and
+    executes nothing; `worker --idle-exit` does it all, then exits 0 saying what it did."""
+    server = mock_server_factory(MockOptions(latency_min=0.01, latency_max=0.05, seed=50))
+    m = fleet_manifest(tmp_path / "m.yaml", server, jobs=5, rps=50)
+    env = {k: v for k, v in fleet_env("").items() if k != "RUNNER_LEDGER"}
+    state = str(tmp_path / "state")
+    enq = start("enqueue", str(m), "--state", state, env=env)
+    out, err = enq.communicate(timeout=HANG_GUARD)
+    assert enq.returncode == 0, out + err
+    assert "enqueued 5 jobs (5 new)" in out
+    assert server.state.stats()["generations_created"] == 0
+    work = start("worker", "--idle-exit", "--state", state, env=env)
+    out, err = work.communicate(timeout=HANG_GUARD)
+    assert work.returncode == 0, out + err
+    assert "worker: 5 jobs downloaded, 0 failed" in err
+    assert server.state.stats()["generations_created"] == 5
