@@ -58,9 +58,10 @@ def enqueue_cmd(manifests: tuple[Path, ...], as_json: bool) -> None:
 )
 @click.option("--until", metavar="TIME", help="Stop at TIME (HH:MM or ISO).")
 @click.option("--idle-exit", is_flag=True, help="Exit once nothing is left to do.")
+@json_option
 @common_options
 @handle_errors
-def worker_cmd(until: str | None, idle_exit: bool) -> None:
+def worker_cmd(until: str | None, idle_exit: bool, as_json: bool) -> None:
     """Execute the jobs of every manifest recorded in the ledger (by `run` or `enqueue`),
     claiming them alongside other workers and runs; waits for new work unless --idle-exit."""
     from runner import app
@@ -75,6 +76,15 @@ def worker_cmd(until: str | None, idle_exit: bool) -> None:
         until=parse_until(until) if until else None,
         idle_exit=idle_exit,
     )
+    if as_json:
+        echo_json(
+            {
+                "passes": result.passes,
+                "submitted": sum(o.submitted for o in result.outcomes),
+                "downloaded": result.downloaded,
+                "failed": result.failed,
+            }
+        )
     click.echo(
         f"worker: {plural(result.downloaded, 'job')} downloaded, {result.failed} failed "
         f"in {plural(result.passes, 'pass', 'passes')}",
