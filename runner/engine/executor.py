@@ -145,8 +145,9 @@ class Executor(JobStages):
             jobs.start_soon(self._drive, row, True)
         elif row.status is JobStatus.COMPLETED and self.settings.download:
             jobs.start_soon(self._drive, row, False)
-        else:
-            self._release(row)  # pending again: the next pass sends it
+        else:  # pending again (or --submit-only): let it go; a later pass may send it
+            self._driven.discard(row.key)
+            self._release(row)
 
     def _adopt(self, rows: Sequence[JobRow], jobs: anyio.abc.TaskGroup) -> None:
         """Start those of ``rows`` (not yet worked on here) found past their submit with
