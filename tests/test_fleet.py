@@ -276,9 +276,10 @@ def fleet_chaos(
         factory(MockOptions(latency_min=0.3, latency_max=0.8, seed=seed + i, **faults))
         for i in range(2)
     ]
-    concurrency, rps = 4, 6
+    concurrency, rps = 4, 6  # c.yaml: concurrency 3 (the default of fleet_manifest)
     a = fleet_manifest(tmp_path / "a.yaml", servers[0], jobs=per_account, concurrency=4, rps=6)
     b = fleet_manifest(tmp_path / "b.yaml", servers[1], jobs=per_account, concurrency=4, rps=6)
+    # on b's account, with a smaller concurrency: the account is held to the smallest
     c = fleet_manifest(tmp_path / "c.yaml", servers[1], jobs=per_account // 4, rps=6)
     total = 2 * per_account + per_account // 4
     env = fleet_env(pg_url, RUNNER_LEASE="3")
@@ -288,8 +289,12 @@ def fleet_chaos(
     def worker(i: int) -> subprocess.Popen[str]:
         return start("worker", "--idle-exit", "--state", str(tmp_path / f"w{i}"), env=env)
 
-    workers = [worker(i) for i in range(3)]
+    # The run first: an account is held to its smallest concurrency from the moment the
+    # manifest that declares it has a process running it (generations sent before are not
+    # called back).
     run = start("run", str(c), "--state", str(tmp_path / "r"), env=env)
+    _wait_for_submits(servers[1], 1, run)
+    workers = [worker(i) for i in range(3)]
 
     def created() -> int:
         return sum(s.state.stats()["generations_created"] for s in servers)
@@ -318,8 +323,8 @@ def fleet_chaos(
         per_account,
         per_account + per_account // 4,
     ]
-    for server in servers:
-        assert server.state.stats()["max_in_flight"] <= concurrency
+    for server, limit in zip(servers, (concurrency, 3), strict=True):
+        assert server.state.stats()["max_in_flight"] <= limit
         assert busiest_second(api_call_times(server)) <= rps
     downloads = downloads_per_job(pg_url)
     assert len(downloads) == total and set(downloads.values()) == {1}

@@ -465,6 +465,11 @@ def test_account_slots_count_generations_at_the_provider(pg_url: str) -> None:
         assert not limits.take_slot("acct", a, 2)  # c and d
         led.release("me", [d])  # pending, and nobody holds it: its process died
         assert limits.take_slot("acct", a, 2)
+        # a manifest with work left on the account that declared fewer slots lowers them
+        limits.declare_concurrency("acct", MANIFEST, 1)
+        assert not limits.take_slot("acct", d, 5)  # c and a hold 2 > 1
+        limits.declare_concurrency("acct", MANIFEST, 5)
+        assert limits.take_slot("acct", d, 5)
 
 
 def test_rate_turns_are_spaced_across_connections(pg_url: str) -> None:

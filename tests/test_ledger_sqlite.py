@@ -38,6 +38,7 @@ EXPECTED_COLUMNS = {
     "account_slots": {"job_key", "account", "taken_at"},
     "account_rates": {"account", "next_call"},
     "budgets": {"scope", "reserved"},
+    "account_concurrency": {"account", "manifest", "concurrency"},
 }  # fmt: skip
 
 

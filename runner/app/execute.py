@@ -139,6 +139,9 @@ def _executors(
             progress=progress,
         )
         executor.gate = gate
+        if limits is not None:
+            name = "|".join(account_of(work.provider))
+            limits.declare_concurrency(name, str(work.manifest.path), work.settings.concurrency)
         trainer = SoulTrainer(
             ledger, work.provider, work.manifest, executor.calls, work.settings.poll
         )

@@ -32,9 +32,14 @@ class SharedLimits(Protocol):
     """Per-account limits every process on a ledger shares (PostgreSQL; SPEC §8): see
     ``runner.ledger.postgres.limits``."""
 
+    def declare_concurrency(self, account: str, manifest: str, concurrency: int) -> None:
+        """Record ``manifest``'s ``limits.concurrency`` on ``account``."""
+        ...
+
     def take_slot(self, account: str, key: str, limit: int, *, force: bool = False) -> bool:
-        """Give job ``key`` one of ``account``'s ``limit`` slots if one is free (or it has
-        one already); ``force``: whatever the count."""
+        """Give job ``key`` one of ``account``'s slots if one is free (or it has one
+        already): at most ``limit``, and at most the smallest concurrency declared by a
+        manifest on the account with work left; ``force``: whatever the count."""
         ...
 
     def free_slot(self, key: str) -> None:

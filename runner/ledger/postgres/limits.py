@@ -27,12 +27,31 @@ class AccountLimits:
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    def declare_concurrency(self, account: str, manifest: str, concurrency: int) -> None:
+        """Record ``manifest``'s ``limits.concurrency`` on ``account``."""
+        with self._store.write() as conn:
+            conn.execute(
+                "INSERT INTO account_concurrency (account, manifest, concurrency)"
+                " VALUES (%s, %s, %s) ON CONFLICT (account, manifest)"
+                " DO UPDATE SET concurrency = EXCLUDED.concurrency",
+                [account, manifest, concurrency],
+            )
+
     def take_slot(self, account: str, key: str, limit: int, *, force: bool = False) -> bool:
-        """Give job ``key`` one of ``account``'s ``limit`` slots if one is free (or it has
-        one); ``force`` takes it whatever the count (a generation already at the provider)."""
+        """Give job ``key`` one of ``account``'s slots if one is free (or it has one):
+        ``limit``, or fewer when a manifest on the account with work left declared fewer;
+        ``force`` takes it whatever the count (a generation already at the provider)."""
         now = self._store.now()
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["slots:" + account])
+            smallest = conn.execute(
+                "SELECT min(c.concurrency) AS n FROM account_concurrency c WHERE c.account = %s"
+                " AND EXISTS (SELECT 1 FROM jobs j WHERE j.manifest = c.manifest"
+                " AND j.status <> ALL(%s))",
+                [account, ["downloaded", "failed", "orphaned"]],
+            ).fetchone()
+            if smallest is not None and smallest["n"] is not None:
+                limit = min(limit, int(smallest["n"]))
             conn.execute(
                 "DELETE FROM account_slots s USING jobs j WHERE s.account = %s"
                 " AND j.key = s.job_key AND (j.status <> ALL(%s) AND (j.status <> 'pending'"

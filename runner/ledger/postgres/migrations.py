@@ -217,3 +217,13 @@ def m011_manifests(conn: Connection) -> None:
         'CREATE TABLE manifests (path text COLLATE "C" PRIMARY KEY, source text NOT NULL,'
         " output text NOT NULL, scope text NOT NULL, recorded_at timestamptz NOT NULL)"
     )
+
+
+@migration
+def m012_account_concurrency(conn: Connection) -> None:
+    # Each manifest's limits.concurrency on each account it runs on: an account's slots are
+    # the smallest of those of its manifests with work left (runner/ledger/postgres/limits.py).
+    conn.execute(
+        'CREATE TABLE account_concurrency (account text NOT NULL, manifest text COLLATE "C"'
+        " NOT NULL, concurrency integer NOT NULL, PRIMARY KEY (account, manifest))"
+    )

@@ -206,3 +206,13 @@ def m011_manifests(db: Database) -> None:
         pk="path",
         not_null={"source", "output", "scope", "recorded_at"},
     )
+
+
+@migration
+def m012_account_concurrency(db: Database) -> None:
+    # Each manifest's limits.concurrency on each account it runs on (PostgreSQL uses it).
+    db.table("account_concurrency").create(
+        {"account": str, "manifest": str, "concurrency": int},
+        pk=("account", "manifest"),
+        not_null={"concurrency"},
+    )
