@@ -39,6 +39,8 @@ EXPECTED_COLUMNS = {
     "account_rates": {"account", "next_call"},
     "budgets": {"scope", "reserved"},
     "account_concurrency": {"account", "manifest", "concurrency"},
+    # what `run` and `enqueue` recorded for workers (m011)
+    "manifests": {"path", "source", "output", "scope", "recorded_at"},
 }  # fmt: skip
 
 
