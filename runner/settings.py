@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from runner.engine import Backoff, Budget, EngineSettings, PollSchedule
+from runner.engine.claims import DEFAULT_LEASE
 from runner.errors import UsageError
 from runner.manifest import Limits, Manifest
 from runner.providers import ProviderSettings
@@ -57,6 +58,21 @@ def download_concurrency(limits: Limits, concurrency: int | None = None) -> int:
         return limits.download_concurrency
     wanted = math.ceil((concurrency or limits.concurrency) / GENERATIONS_PER_DOWNLOAD)
     return max(limits.download_concurrency, wanted)
+
+
+def lease_from(environ: Mapping[str, str]) -> float:
+    """``RUNNER_LEASE`` (seconds, default ``DEFAULT_LEASE``): how long a claimed job stays
+    with a process that stopped renewing; a fleet's processes must agree on it."""
+    raw = environ.get("RUNNER_LEASE")
+    if not raw:
+        return DEFAULT_LEASE
+    try:
+        lease = float(raw)
+    except ValueError:
+        lease = 0.0
+    if not lease > 0:
+        raise UsageError(f"RUNNER_LEASE must be a number of seconds above 0, not {raw!r}")
+    return lease
 
 
 def engine_settings(

@@ -1170,3 +1170,110 @@ def test_many_keys_filter_like_few(ledger: Ledger) -> None:
     diff = ledger.record_plan(MANIFEST, jobs[:1200])  # reads by 1200 keys or the manifest
     assert (diff.total, diff.new, diff.failed, diff.orphaned) == (1200, 1199, 1, 300)
     assert diff.orphaned_keys == tuple(j.key for j in jobs[1200:])
+
+
+# --- claims: one process at a time on each job (SPEC §8) ------------------------------------
+
+
+class HandClock:
+    """A clock that stands still until the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_claims_take_free_jobs_submitting_first_then_in_order(url: str) -> None:
+    """A claim takes at most ``limit`` free, unfinished jobs of the manifest — an interrupted
+    submit first, then manifest order — and a second holder gets only the others; terminal
+    jobs and other manifests' jobs are never claimed."""
+    jobs = [make_job(index=i, n=i) for i in range(6)]
+    other = make_job(index=0, n=99, manifest="/work/other.yaml")
+    with open_ledger(url) as led:
+        led.record_plan(MANIFEST, jobs)
+        led.record_plan(other.manifest, [other])
+        walk(led, jobs[4].key, PATHS["submitting"])
+        walk(led, jobs[0].key, PATHS["downloaded"])
+        walk(led, jobs[1].key, PATHS["failed"])
+        first = led.claim(MANIFEST, "a", lease=60, limit=2)
+        assert [r.key for r in first] == [jobs[4].key, jobs[2].key]
+        assert first[0].status is S.SUBMITTING
+        second = led.claim(MANIFEST, "b", lease=60)
+        assert [r.key for r in second] == [jobs[3].key, jobs[5].key]
+        assert led.claim(MANIFEST, "c", lease=60) == []
+        claim = led.claim_of(jobs[2].key)
+        assert claim is not None and claim.holder == "a"
+        assert led.claim_of(jobs[0].key) is None
+        # only named keys, and only free ones: a holder's own jobs are renewed, not claimed
+        led.release("b", [jobs[3].key])
+        again = led.claim(MANIFEST, "a", lease=60, keys=[jobs[2].key, jobs[3].key])
+        assert [r.key for r in again] == [jobs[3].key]
+
+
+def test_an_expired_lease_is_taken_over_with_the_same_idempotency_key(url: str) -> None:
+    """A lease holds the job until it runs out; renewing moves its end. Once it has run out,
+    another holder takes the job over where it is (a submit in progress keeps its
+    idempotency key), the ledger notes who took it from whom, and the old holder can
+    neither renew nor release it."""
+    clock = HandClock()
+    job = make_job()
+    with open_ledger(url, clock=clock) as led:
+        led.record_plan(MANIFEST, [job])
+        [held] = led.claim(MANIFEST, "a", lease=10)
+        led.transition(job.key, "submitting")
+        clock.now += timedelta(seconds=8)
+        assert led.claim(MANIFEST, "b", lease=10) == []
+        assert led.renew("a", [job.key], lease=10) == {job.key}  # now until t+18
+        clock.now += timedelta(seconds=9)
+        assert led.claim(MANIFEST, "b", lease=10) == []
+        clock.now += timedelta(seconds=1)  # t+18: run out
+        [taken] = led.claim(MANIFEST, "b", lease=10)
+        assert taken.status is S.SUBMITTING
+        assert taken.idempotency_key == held.idempotency_key == f"{led.id}-{job.key}-1"
+        assert led.renew("a", [job.key], lease=10) == set()
+        led.release("a", [job.key])
+        claim = led.claim_of(job.key)
+        assert claim is not None and claim.holder == "b"
+        note = led.events(job.key)[-1]
+        assert note.from_status == note.to_status == S.SUBMITTING
+        assert note.detail is not None and "taken over by b from a" in note.detail
+        led.release("b", [job.key])
+        assert led.claim_of(job.key) is None
+        assert [r.key for r in led.claim(MANIFEST, "c", lease=10)] == [job.key]
+        assert [e.detail for e in led.events(job.key)].count(note.detail) == 1  # free: no note
+
+
+def test_claims_from_many_at_once_never_overlap(url: str) -> None:
+    """Eight ledgers claim three jobs at a time from 60, all at once, until none is left:
+    every job is claimed by exactly one of them."""
+    n = 8
+    jobs = [make_job(index=i, n=i) for i in range(60)]
+    with open_ledger(url) as led:
+        led.record_plan(MANIFEST, jobs)
+    start = threading.Barrier(n)
+    got: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def work(holder: str) -> None:
+        try:
+            with open_ledger(url) as led:
+                start.wait()
+                mine = got.setdefault(holder, [])
+                while batch := led.claim(MANIFEST, holder, lease=60, limit=3):
+                    mine += [r.key for r in batch]
+        except BaseException as err:  # collected and asserted on below
+            errors.append(err)
+
+    workers = [threading.Thread(target=work, args=(f"h{i}",)) for i in range(n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    claimed = [key for keys in got.values() for key in keys]
+    assert sorted(claimed) == sorted(j.key for j in jobs)
+    with open_ledger(url) as led:
+        for holder, keys in got.items():
+            assert all(led.claim_of(k).holder == holder for k in keys)  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ would; the ledger itself only through its public API.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
@@ -431,3 +432,79 @@ def test_sqlite_never_imports_psycopg(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+# --- per-account limits shared by processes (SPEC §8) ----------------------------------------
+
+
+def test_account_slots_count_generations_at_the_provider(pg_url: str) -> None:
+    """An account's slots: at most ``limit`` jobs hold one, a job asking again keeps its own,
+    ``force`` counts a generation already sent; a slot whose job left the provider, or is
+    back to pending with nobody holding it, is dropped by the next taker."""
+    jobs = [make_job(n=i, index=i) for i in range(5)]
+    with open_ledger(pg_url) as led:
+        led.record_plan(MANIFEST, jobs)
+        assert len(led.claim(MANIFEST, "me", lease=600)) == 5  # as the executor does
+        limits = led.shared_limits()
+        assert limits is not None
+        a, b, c, d, e = (j.key for j in jobs)
+        assert limits.take_slot("acct", a, 2) and limits.take_slot("acct", b, 2)
+        assert not limits.take_slot("acct", c, 2)
+        assert limits.take_slot("acct", a, 2)  # its own
+        assert limits.take_slot("acct", c, 2, force=True)  # found at the provider
+        assert limits.take_slot("other", e, 1)  # another account counts apart
+        for key in (a, b, c):
+            led.transition(key, "submitting")
+        led.transition(a, "failed")  # left the provider: its slot goes
+        assert not limits.take_slot("acct", d, 2)  # b and c still count
+        led.transition(b, "queued")
+        led.transition(b, "completed")
+        assert limits.take_slot("acct", d, 2)
+        limits.free_slot(d)
+        assert limits.take_slot("acct", d, 2)
+        assert not limits.take_slot("acct", a, 2)  # c and d
+        led.release("me", [d])  # pending, and nobody holds it: its process died
+        assert limits.take_slot("acct", a, 2)
+        # a manifest with work left on the account that declared fewer slots lowers them
+        limits.declare_concurrency("acct", MANIFEST, 1)
+        assert not limits.take_slot("acct", d, 5)  # c and a hold 2 > 1
+        limits.declare_concurrency("acct", MANIFEST, 5)
+        assert limits.take_slot("acct", d, 5)
+
+
+def test_rate_turns_are_spaced_across_connections(pg_url: str) -> None:
+    """Turns taken from two connections at once are spaced ``interval`` apart in the
+    server's time: the n-th turn is about n intervals from now."""
+    with open_ledger(pg_url) as one, open_ledger(pg_url) as two:
+        first, second = one.shared_limits(), two.shared_limits()
+        assert first is not None and second is not None
+        waits = [(first if i % 2 else second).rate_turn("acct", 0.5) for i in range(6)]
+    assert waits[0] < 0.5
+    for before, after in itertools.pairwise(waits):
+        assert after - before > 0.3  # 0.5 apart, less the time between the two asks
+
+
+def test_credit_reservations_never_pass_the_cap(pg_url: str) -> None:
+    """Eight connections reserving 3 credits at a time under a cap of 20 get exactly six
+    reservations between them; a refund makes room for one more."""
+    got: list[float] = []
+
+    def work(_: int) -> None:
+        with open_ledger(pg_url) as led:
+            limits = led.shared_limits()
+            assert limits is not None
+            while (total := limits.reserve_credits("scope", 3, 20)) is not None:
+                got.append(total)
+
+    with open_ledger(pg_url) as led:
+        led.jobs()  # sets the schema up before the threads race for it
+    threads, errors = run_threads(8, work)
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(got) == [3, 6, 9, 12, 15, 18]
+    with open_ledger(pg_url) as led:
+        limits = led.shared_limits()
+        assert limits is not None
+        limits.refund_credits("scope", 3)
+        assert limits.reserve_credits("scope", 3, 20) == 18

@@ -25,7 +25,7 @@ from runner.ledger.sqlite.migrations import MIGRATIONS, applied_migrations, migr
 from tests.test_ledger import JOB_COLUMNS, MANIFEST, make_job
 
 EXPECTED_COLUMNS = {
-    "jobs": JOB_COLUMNS,
+    "jobs": JOB_COLUMNS | {"claimed_by", "lease_until"},  # the claim (m009): not in JobRow
     "events": {"id", "job_key", "at", "from_status", "to_status", "detail"},
     "souls": {
         "name", "manifest", "model_id", "status", "error", "images_hash", "created_at",
@@ -34,6 +34,13 @@ EXPECTED_COLUMNS = {
     "uploads": {"sha256", "public_url", "created_at"},
     "_migrations": {"name", "applied_at"},
     "meta": {"name", "value"},
+    # what processes sharing a PostgreSQL ledger share per account (m010)
+    "account_slots": {"job_key", "account", "taken_at"},
+    "account_rates": {"account", "next_call"},
+    "budgets": {"scope", "reserved"},
+    "account_concurrency": {"account", "manifest", "concurrency"},
+    # what `run` and `enqueue` recorded for workers (m011)
+    "manifests": {"path", "source", "output", "scope", "recorded_at"},
 }  # fmt: skip
 
 
@@ -77,7 +84,7 @@ def test_first_use_sets_the_schema_up_too(state: Path) -> None:
     """Without the executor lock, the first read or write sets the schema up."""
     with open_ledger(url_of(state)) as led:
         assert led.jobs() == []
-    assert columns(state / "ledger.db", "jobs") == JOB_COLUMNS
+    assert columns(state / "ledger.db", "jobs") == EXPECTED_COLUMNS["jobs"]
 
 
 def test_reopening_applies_nothing_twice(state: Path) -> None:
@@ -406,3 +413,16 @@ def test_two_ledgers_have_different_ids_and_keys(tmp_path: Path) -> None:
             led.record_plan(MANIFEST, [job])
             keys.append(led.get(job.key).idempotency_key)  # type: ignore[union-attr]
     assert keys[0] != keys[1]
+
+
+def test_claims_left_by_a_dead_executor_are_void_under_the_lock(state: Path) -> None:
+    """One executor at a time holds a SQLite ledger, so the claims found when the lock is
+    taken are a dead process's: they are voided, not waited out."""
+    job = make_job()
+    with open_ledger(url_of(state)) as led:
+        led.record_plan(MANIFEST, [job])
+        assert [r.key for r in led.claim(MANIFEST, "dead/1/x", lease=3600)] == [job.key]
+        assert led.claim(MANIFEST, "me", lease=60) == []
+        with led.executor_lock():
+            assert led.claim_of(job.key) is None
+            assert [r.key for r in led.claim(MANIFEST, "me", lease=60)] == [job.key]

@@ -12,6 +12,7 @@ from runner.app.manifests import Planned, Validated, plan, validate
 from runner.app.queries import Shown, iter_jobs, jobs, manifest_column, show, status
 from runner.app.run import RunResult, collect, run, run_many
 from runner.app.souls import Cancelled, SoulsResult, cancel, retry, train_souls
+from runner.app.worker import WorkerResult, enqueue, worker
 from runner.settings import RunOptions
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "Shown",
     "SoulsResult",
     "Validated",
+    "WorkerResult",
     "cancel",
     "collect",
+    "enqueue",
     "iter_jobs",
     "jobs",
     "manifest_column",
@@ -37,4 +40,5 @@ __all__ = [
     "status",
     "train_souls",
     "validate",
+    "worker",
 ]

@@ -1,4 +1,5 @@
-"""The async half of a run: one event loop, one executor per manifest, shared account limits.
+"""The async half of a run: one event loop, one executor per manifest, shared account limits,
+and one set of job claims (``engine.claims``) that every executor of the process works under.
 
 Manifests on one provider account (same dialect, base URL and credential) share one throttle
 (the smallest ``requests_per_second``) and one set of concurrency slots (the smallest
@@ -25,12 +26,15 @@ from runner.engine import (
     Progress,
     Throttle,
 )
+from runner.engine.claims import Claims
+from runner.engine.shared import AccountGate, SharedThrottle
 from runner.engine.souls import SoulTrainer
 from runner.ledger import JobRow, Ledger
 from runner.manifest import Manifest
 from runner.outputs import OutputStore
 from runner.outputs.pinned import pinned_client
 from runner.providers import Provider
+from runner.settings import lease_from
 
 MIN_DOWNLOAD_CONNECTIONS = 32
 
@@ -74,7 +78,11 @@ async def execute(
     )
     try:
         executors = _executors(ledger, works, env, download_client)
+        claims = Claims(ledger, lease=lease_from(env.environ), clock=env.clock)
+        for executor in executors:
+            executor.claims = claims
         async with env.clock.running(), anyio.create_task_group() as tg:
+            tg.start_soon(claims.keep)
             if env.handle_signals:
                 tg.start_soon(_watch_signals, executors, tg.cancel_scope)
             outcomes: list[Outcome] = [Outcome() for _ in executors]
@@ -99,22 +107,34 @@ async def execute(
 def _executors(
     ledger: Ledger, works: Sequence[Work], env: Environment, download_client: httpx.AsyncClient
 ) -> list[Executor]:
-    """One executor per manifest; those on one account share its throttle and slots."""
-    shared: dict[tuple[str, str, str], tuple[Throttle, AdaptiveSlots]] = {}
+    """One executor per manifest; those on one account share its throttle and slots (in
+    the database too, where other processes may share the account: see ``engine.shared``)."""
+    limits = ledger.shared_limits()
+    recheck = Claims(ledger, lease=lease_from(env.environ)).recheck
+    shared: dict[tuple[str, str, str], tuple[Throttle, AdaptiveSlots, AccountGate | None]] = {}
     for work in works:
         account = account_of(work.provider)
         if account in shared:
             continue
         alike = [w.settings for w in works if account_of(w.provider) == account]
         rps = min(s.requests_per_second for s in alike)
-        shared[account] = (
-            Throttle(rps, clock=env.clock),
-            AdaptiveSlots(min(s.concurrency for s in alike)),
+        concurrency = min(s.concurrency for s in alike)
+        name = "|".join(account)  # a fingerprint of the credential, never the key
+        throttle = (
+            SharedThrottle(rps, limits=limits, account=name, clock=env.clock)
+            if limits is not None
+            else Throttle(rps, clock=env.clock)
         )
+        gate = (
+            AccountGate(limits, name, concurrency, recheck=recheck, clock=env.clock)
+            if limits is not None
+            else None
+        )
+        shared[account] = (throttle, AdaptiveSlots(concurrency), gate)
     progress = Progress(started=env.clock.now(), now=env.clock.now())
     executors = []
     for work in works:
-        throttle, slots = shared[account_of(work.provider)]
+        throttle, slots, gate = shared[account_of(work.provider)]
         executor = Executor(
             ledger=ledger,
             provider=work.provider,
@@ -128,6 +148,10 @@ def _executors(
             slots=slots,
             progress=progress,
         )
+        executor.gate = gate
+        if limits is not None:
+            name = "|".join(account_of(work.provider))
+            limits.declare_concurrency(name, str(work.manifest.path), work.settings.concurrency)
         trainer = SoulTrainer(
             ledger, work.provider, work.manifest, executor.calls, work.settings.poll
         )

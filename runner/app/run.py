@@ -15,6 +15,7 @@ import anyio
 
 from runner.app.common import Environment, executing, reading, select
 from runner.app.execute import Work, execute
+from runner.app.worker import record
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
@@ -164,6 +165,7 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list
     else:
         _relocate(ledger, loaded.store, loaded.jobs)
         finishing = ledger.record_plan(manifest, loaded.jobs).finishing_keys
+        record(ledger, manifest, Path(loaded.manifest.path), loaded.store.root)
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)

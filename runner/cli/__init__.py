@@ -17,6 +17,7 @@ from runner.cli import (  # noqa: F401
     mock_cmds,
     report_cmds,
     run_cmds,
+    worker_cmds,
 )
 from runner.cli.base import cli, quiet_pipe
 from runner.cli.progress import ProgressView

@@ -8,14 +8,16 @@ under way finish and commit; a second one drops their shields and stops at once)
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 
 import anyio
 
 from runner.engine.budget import submission_order
+from runner.engine.claims import Claims
 from runner.engine.earlier import EarlierWork
 from runner.engine.progress import Outcome
+from runner.engine.shared import AccountGate
 from runner.engine.stages import AT_PROVIDER, Gone
 from runner.errors import (
     BudgetExceededError,
@@ -24,12 +26,18 @@ from runner.errors import (
 from runner.ledger import JobRow, JobStatus
 
 PROGRESS_INTERVAL = 0.5
+AFTER_SUBMIT = (*AT_PROVIDER, JobStatus.COMPLETED)  # generations under way or done
 
 
 class Executor(EarlierWork):
     """Runs jobs from the ledger against one provider (see ``JobStages`` for what it takes)."""
 
     _scope: anyio.CancelScope | None = None  # the run's task group, while it runs
+    # Set by the run (``runner.app.execute``): jobs are worked on only once claimed.
+    claims: Claims | None = None
+    gate: AccountGate | None = None  # the account's slots across processes (PostgreSQL)
+    _driven: set[str]  # keys this run has claimed (and so worked on)
+    _todo: Sequence[JobRow] = ()  # the jobs of the current pass
 
     # --- control --------------------------------------------------------------------------
 
@@ -51,25 +59,28 @@ class Executor(EarlierWork):
     async def run(self, rows: Sequence[JobRow], finishing: Collection[str] = ()) -> Outcome:
         """Drive ``rows`` (in manifest order) as far as the settings allow; the ``finishing``
         ones, which the manifest no longer produces, are cancelled while queued where the
-        provider can, else polled and downloaded, then orphaned."""
+        provider can, else polled and downloaded, then orphaned. With ``claims``, only jobs
+        this process claims; jobs another live process holds are waited for, and taken over
+        when its lease runs out."""
         self.finishing = set(finishing)
         self.progress.start(rows)
+        self._driven = set()
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 ticker = anyio.CancelScope()
                 tg.start_soon(self._tick, ticker)
-                async with anyio.create_task_group() as jobs:
-                    # --submit-only leaves what is already under way to `collect`.
-                    for row in rows if self.settings.download else ():
-                        if row.status in AT_PROVIDER:
-                            self._adopt(row)
-                            self.slots.adopt()
-                            jobs.start_soon(self._drive, row, True)
-                        elif row.status is JobStatus.COMPLETED:
-                            jobs.start_soon(self._drive, row, False)
-                    if self.settings.submit:
-                        await self._dispatch(submission_order(rows), jobs)
+                todo = list(rows)
+                while todo:
+                    async with anyio.create_task_group() as jobs:
+                        # --submit-only leaves what is already under way to `collect`.
+                        if self.settings.download:
+                            for row in self._take(r for r in todo if r.status in AFTER_SUBMIT):
+                                self._start(row, jobs, holds_slot=False)
+                        if self.settings.submit:
+                            self._todo = todo
+                            await self._dispatch(submission_order(todo), jobs)
+                    todo = await self._held_elsewhere(rows)
                 ticker.cancel()
         finally:
             self._scope = None
@@ -90,14 +101,83 @@ class Executor(EarlierWork):
                 self.outcome.stopped = stop
                 self.progress.stopped = stop.split(": ")[0]
                 return
+            taken = self._take([row])
+            if not taken or taken[0].status not in (JobStatus.PENDING, JobStatus.SUBMITTING):
+                # Another process holds it, or moved it on before it died: it is under way.
+                await self.slots.release(succeeded=False)
+                for found in taken:
+                    self._start(found, jobs, holds_slot=False)
+                continue
+            row = taken[0]
             try:
                 self.budget.reserve(row)
             except BudgetExceededError as err:
                 await self.slots.release(succeeded=False)
+                self._release(row)
                 self.outcome.budget_stop = str(err)
                 self.progress.stopped = "budget reached"
                 return
+            while self.gate is not None and not self.gate.enter(row.key):
+                # The account is full. Generations a dead process left at the provider hold
+                # slots until someone polls them: take those over while waiting.
+                self._take_over(self._todo, jobs)
+                await self.clock.sleep(self.gate.recheck)
             jobs.start_soon(self._drive, row, True)
+
+    # --- claims ---------------------------------------------------------------------------
+
+    def _take(self, rows: Iterable[JobRow]) -> list[JobRow]:
+        """The jobs among ``rows`` this process may work on now, as the ledger has them."""
+        if self.claims is None:
+            return list(rows)
+        taken = self.claims.take(rows)
+        self._driven.update(r.key for r in taken)
+        return taken
+
+    def _release(self, row: JobRow) -> None:
+        if self.claims is not None:
+            self.claims.release([row.key])
+
+    def _start(self, row: JobRow, jobs: anyio.abc.TaskGroup, *, holds_slot: bool) -> None:
+        """Start a job found past its submit: polled (holding a slot) or downloaded."""
+        if row.status in AT_PROVIDER and self.settings.download:
+            self._adopt(row)
+            if not holds_slot:
+                self.slots.adopt()
+            if self.gate is not None:
+                self.gate.adopt(row.key)
+            jobs.start_soon(self._drive, row, True)
+        elif row.status is JobStatus.COMPLETED and self.settings.download:
+            jobs.start_soon(self._drive, row, False)
+        else:  # pending again (or --submit-only): let it go; a later pass may send it
+            self._driven.discard(row.key)
+            self._release(row)
+
+    def _take_over(self, rows: Sequence[JobRow], jobs: anyio.abc.TaskGroup) -> None:
+        """Start those of ``rows`` (not yet worked on here) found past their submit with
+        nobody holding them."""
+        left = [r.key for r in rows if r.key not in self._driven]
+        found = [r for r in self.ledger.jobs(keys=left) if r.status in AFTER_SUBMIT] if left else []
+        for row in self._take(found):
+            self._start(row, jobs, holds_slot=False)
+
+    async def _held_elsewhere(self, rows: Sequence[JobRow]) -> list[JobRow]:
+        """Jobs of ``rows`` this run still has work for that another process held (after a
+        wait, as they are now); empty when there are none or the run is stopping."""
+        if self.claims is None or self.outcome.fatal is not None or self.outcome.interrupted:
+            return []
+        left = [r.key for r in rows if r.key not in self._driven]
+        wanted = [r for r in self.ledger.jobs(keys=left) if self._wants(r)] if left else []
+        if wanted:
+            await self.clock.sleep(self.claims.recheck)
+        return wanted
+
+    def _wants(self, row: JobRow) -> bool:
+        """Whether this run would still do something with ``row``."""
+        if row.status in (JobStatus.PENDING, JobStatus.SUBMITTING):
+            stopped = self.outcome.stopped or self.outcome.budget_stop
+            return self.settings.submit and not stopped
+        return row.status in AFTER_SUBMIT and self.settings.download
 
     def _stop_reason(self) -> str | None:
         """Why no new submission may start now, if one may not."""
@@ -113,7 +193,14 @@ class Executor(EarlierWork):
         return None
 
     async def _drive(self, row: JobRow, holds_slot: bool) -> None:
-        """Walk one job as far as it can go in this run."""
+        """Walk one job as far as it can go in this run, then let other processes have it."""
+        try:
+            await self._walk(row, holds_slot)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._release(row)
+
+    async def _walk(self, row: JobRow, holds_slot: bool) -> None:
         try:
             try:
                 if row.status is JobStatus.PENDING and row.prior_generation_id:
@@ -131,6 +218,8 @@ class Executor(EarlierWork):
                     succeeded = row.status is JobStatus.COMPLETED
                     with anyio.CancelScope(shield=True):
                         await self.slots.release(succeeded=succeeded)
+                        if self.gate is not None:
+                            self.gate.leave(row.key, (self.ledger.get(row.key) or row).status)
             if row.status is JobStatus.COMPLETED and self.settings.download:
                 await self._download(row)
         except Gone:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
+from runner.ledger.claims import Claim, ManifestRecord
 from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow, Transition
 from runner.ledger.status import JobStatus
 
@@ -25,6 +26,38 @@ StatusFilter = JobStatus | str | Iterable[JobStatus | str]
 def utcnow() -> datetime:
     """The current time in UTC (the default clock)."""
     return datetime.now(UTC)
+
+
+class SharedLimits(Protocol):
+    """Per-account limits every process on a ledger shares (PostgreSQL; SPEC §8): see
+    ``runner.ledger.postgres.limits``."""
+
+    def declare_concurrency(self, account: str, manifest: str, concurrency: int) -> None:
+        """Record ``manifest``'s ``limits.concurrency`` on ``account``."""
+        ...
+
+    def take_slot(self, account: str, key: str, limit: int, *, force: bool = False) -> bool:
+        """Give job ``key`` one of ``account``'s slots if one is free (or it has one
+        already): at most ``limit``, and at most the smallest concurrency declared by a
+        manifest on the account with work left; ``force``: whatever the count."""
+        ...
+
+    def free_slot(self, key: str) -> None:
+        """Job ``key``'s generation no longer counts against its account."""
+        ...
+
+    def rate_turn(self, account: str, interval: float) -> float:
+        """Reserve ``account``'s next call turn; seconds from now until it."""
+        ...
+
+    def reserve_credits(self, scope: str, credits: float, cap: float) -> float | None:
+        """Add ``credits`` to ``scope``'s reservations if within ``cap``: the new total, or
+        ``None`` (nothing added)."""
+        ...
+
+    def refund_credits(self, scope: str, credits: float) -> None:
+        """Give back credits ``scope`` reserved."""
+        ...
 
 
 class Ledger(Protocol):
@@ -168,6 +201,56 @@ class Ledger(Protocol):
     ) -> int:
         """Put a manifest's failed jobs (all, or those with these keys / in these campaigns)
         back to ``pending`` with the next idempotency key and no attempts; return how many."""
+        ...
+
+    # --- claims (runner.ledger.claims) --------------------------------------------------
+
+    def claim(
+        self,
+        manifest: str,
+        holder: str,
+        *,
+        lease: float,
+        limit: int | None = None,
+        keys: Collection[str] | None = None,
+    ) -> list[JobRow]:
+        """Claim for ``holder``, for ``lease`` seconds, up to ``limit`` jobs of ``manifest``
+        (among ``keys``, if given) that are not terminal and that nobody else holds (or
+        whose holder's lease has run out); return them as they are now, ``submitting`` ones
+        first, then in manifest order (a job ``holder`` holds already is not claimed again:
+        ``renew`` extends its lease). Taking a job over from another holder appends a note
+        naming both. On PostgreSQL, rows other processes are claiming at this moment are
+        skipped, never waited for, and never handed to two holders.
+        """
+        ...
+
+    def renew(self, holder: str, keys: Collection[str], *, lease: float) -> set[str]:
+        """Extend ``holder``'s claims on ``keys`` to ``lease`` seconds from now; return the
+        keys it still holds (a claim that ran out and was taken over is not renewed)."""
+        ...
+
+    def release(self, holder: str, keys: Collection[str]) -> None:
+        """Give up ``holder``'s claims on ``keys``; claims of other holders are left alone."""
+        ...
+
+    def claim_of(self, key: str) -> Claim | None:
+        """Who holds job ``key`` and until when, or ``None`` when nobody does."""
+        ...
+
+    def record_manifest(self, path: str, *, source: str, output: str) -> None:
+        """Record (or replace) what workers need of the manifest at ``path`` (as its jobs
+        name it): its YAML ``source`` and its resolved ``output`` (a directory or s3://);
+        each recording starts a new budget scope."""
+        ...
+
+    def recorded_manifests(self) -> list[ManifestRecord]:
+        """Every manifest recorded, by path."""
+        ...
+
+    def shared_limits(self) -> SharedLimits | None:
+        """The per-account limits the processes on this ledger share, where several may
+        execute at once (PostgreSQL); ``None`` where one process executes (SQLite): its
+        in-process throttle and slots are the account's."""
         ...
 
     # --- plans ------------------------------------------------------------------------

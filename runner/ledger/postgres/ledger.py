@@ -27,8 +27,8 @@ from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import JOB_COLUMNS, EventRow, GenerationTime, JobRow, PlanDiff, Transition
 from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.postgres.claims import JobClaims
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
-from runner.ledger.postgres.souls import SoulsAndUploads
 from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
 from runner.ledger.rows import (
     LEDGER_ID,
@@ -93,7 +93,7 @@ def _job_filter(
     return " AND ".join(wheres) or None, params
 
 
-class PostgresLedger(SoulsAndUploads):
+class PostgresLedger(JobClaims):
     """The ledger in a PostgreSQL database (``postgresql://user@host/db``); see ``Ledger``.
 
     Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
@@ -154,9 +154,9 @@ class PostgresLedger(SoulsAndUploads):
     def executor_lock(self) -> AbstractContextManager[None]:
         """Bring the schema up to date, and nothing more: it never waits and never refuses.
 
-        PostgreSQL lifts the one-process rule (SPEC §8): every process may execute at once.
-        Until jobs are claimed with leases, what keeps two of them from sending the same job
-        is the job's idempotency key only; it guarantees nothing beyond the migrations.
+        PostgreSQL lifts the one-process rule (SPEC §8): every process may execute at once,
+        and what keeps two of them off one job is its claim (``claim``, with a lease the
+        holder renews; see ``runner.ledger.claims``).
         """
         return self._executing()
 

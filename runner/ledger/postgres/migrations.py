@@ -191,3 +191,49 @@ def m009_prior_generations_pricing_soul_keys(conn: Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN prior_generation_id text")
     conn.execute("ALTER TABLE jobs ADD COLUMN priced_by text")
     conn.execute("ALTER TABLE souls ADD COLUMN idempotency_key text")
+
+
+@migration
+def m010_job_claims(conn: Connection) -> None:
+    # Which process works on a job now and until when its lease runs: see
+    # runner/ledger/claims.py. NULL when nobody does.
+    conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by text")
+    conn.execute("ALTER TABLE jobs ADD COLUMN lease_until timestamptz")
+
+
+@migration
+def m011_account_limits(conn: Connection) -> None:
+    # What many processes share per provider account (runner/ledger/postgres/limits.py): a
+    # slot per generation in flight, the moment the next call may go, and credits reserved.
+    conn.execute(
+        'CREATE TABLE account_slots (job_key text COLLATE "C" PRIMARY KEY,'
+        " account text NOT NULL, taken_at timestamptz NOT NULL)"
+    )
+    conn.execute("CREATE INDEX idx_account_slots_account ON account_slots (account)")
+    conn.execute(
+        "CREATE TABLE account_rates (account text PRIMARY KEY, next_call double precision NOT NULL)"
+    )
+    conn.execute(
+        'CREATE TABLE budgets (scope text COLLATE "C" PRIMARY KEY,'
+        " reserved double precision NOT NULL DEFAULT 0)"
+    )
+
+
+@migration
+def m012_manifests(conn: Connection) -> None:
+    # What `run` and `enqueue` recorded of each manifest, so that `runner worker` needs only
+    # the ledger (runner/ledger/claims.py): its YAML, where its videos go, its budget scope.
+    conn.execute(
+        'CREATE TABLE manifests (path text COLLATE "C" PRIMARY KEY, source text NOT NULL,'
+        " output text NOT NULL, scope text NOT NULL, recorded_at timestamptz NOT NULL)"
+    )
+
+
+@migration
+def m013_account_concurrency(conn: Connection) -> None:
+    # Each manifest's limits.concurrency on each account it runs on: an account's slots are
+    # the smallest of those of its manifests with work left (runner/ledger/postgres/limits.py).
+    conn.execute(
+        'CREATE TABLE account_concurrency (account text NOT NULL, manifest text COLLATE "C"'
+        " NOT NULL, concurrency integer NOT NULL, PRIMARY KEY (account, manifest))"
+    )

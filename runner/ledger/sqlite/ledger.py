@@ -30,9 +30,9 @@ from runner.ledger.rows import (
     status_change,
     status_values,
 )
+from runner.ledger.sqlite.claims import JobClaims
 from runner.ledger.sqlite.lock import ExecutorLock
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
-from runner.ledger.sqlite.souls import SoulsAndUploads
 from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
 from runner.ledger.status import JobStatus, restored_status
 
@@ -81,7 +81,7 @@ def _job_filter(
     return " AND ".join(wheres) or None, params, keep
 
 
-class SqliteLedger(SoulsAndUploads):
+class SqliteLedger(JobClaims):
     """The ledger in one SQLite file (``<state>/ledger.db`` by default); see ``Ledger``.
 
     Use :meth:`open` (read-write) or :meth:`open_readonly`, or ``runner.ledger.open_ledger``.
@@ -142,6 +142,7 @@ class SqliteLedger(SoulsAndUploads):
             raise LedgerError(f"the ledger {self.url} was opened read-only")
         with ExecutorLock(self.path.parent, clock=self._store.clock):
             self._store.ensure_schema()
+            self.release_all()
             yield
 
     def executor_lock(self) -> AbstractContextManager[None]:

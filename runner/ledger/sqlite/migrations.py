@@ -183,3 +183,46 @@ def m009_prior_generations_pricing_soul_keys(db: Database) -> None:
     db.table("jobs").add_column("prior_generation_id", str)
     db.table("jobs").add_column("priced_by", str)
     db.table("souls").add_column("idempotency_key", str)
+
+
+@migration
+def m010_job_claims(db: Database) -> None:
+    # Which process works on a job now and until when its lease runs (ISO 8601): see
+    # runner/ledger/claims.py. NULL when nobody does.
+    db.table("jobs").add_column("claimed_by", str)
+    db.table("jobs").add_column("lease_until", str)
+
+
+@migration
+def m011_account_limits(db: Database) -> None:
+    # The tables PostgreSQL's processes share per account (runner/ledger/postgres/limits.py),
+    # kept here so both schemas stay the same; one SQLite executor keeps them in memory.
+    db.table("account_slots").create(
+        {"job_key": str, "account": str, "taken_at": str},
+        pk="job_key",
+        not_null={"account", "taken_at"},
+    )
+    db.table("account_slots").create_index(["account"])
+    db.table("account_rates").create({"account": str, "next_call": float}, pk="account")
+    db.table("budgets").create({"scope": str, "reserved": float}, pk="scope")
+
+
+@migration
+def m012_manifests(db: Database) -> None:
+    # What `run` and `enqueue` recorded of each manifest, so that `runner worker` needs only
+    # the ledger: its YAML, where its videos go, its budget scope.
+    db.table("manifests").create(
+        {"path": str, "source": str, "output": str, "scope": str, "recorded_at": str},
+        pk="path",
+        not_null={"source", "output", "scope", "recorded_at"},
+    )
+
+
+@migration
+def m013_account_concurrency(db: Database) -> None:
+    # Each manifest's limits.concurrency on each account it runs on (PostgreSQL uses it).
+    db.table("account_concurrency").create(
+        {"account": str, "manifest": str, "concurrency": int},
+        pk=("account", "manifest"),
+        not_null={"concurrency"},
+    )

@@ -1,0 +1,133 @@
+"""Account limits held in the database, for processes sharing a PostgreSQL ledger (SPEC §8).
+
+The in-process ``Throttle``, ``AdaptiveSlots`` and ``Budget`` keep one process within the
+account's limits; where several processes on several hosts share an account, these variants
+ask the ledger (``SharedLimits``) first, so the limits hold summed over every host:
+
+- ``SharedThrottle``: each call takes the account's next turn from the database (spaced
+  ``SHARED_RATE_SAFETY / rps`` apart in the server's time), then honours this process's pauses;
+- ``AccountGate``: a generation takes one of the account's slots before it is sent and
+  frees it once the provider is done with it;
+- ``SharedBudget``: a run cap's credits are reserved in the database by every process that
+  shares the cap (the workers of one enqueued manifest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runner.engine.budget import Budget, Priced
+from runner.engine.clock import SYSTEM_CLOCK, Clock
+from runner.engine.throttle import Throttle
+from runner.errors import BudgetExceededError
+from runner.ledger import JobStatus
+from runner.ledger.base import SharedLimits
+
+#: Calls of several hosts are spaced wider than one process's (``throttle.RATE_SAFETY``): the
+#: time from a turn to its arrival at the provider varies more across processes, and a call
+#: that arrives late must not bring the next ``rps`` into one 1-second window with it.
+SHARED_RATE_SAFETY = 1.25
+#: Seconds a call may start after its turn before it takes a new one (half the slack that
+#: ``SHARED_RATE_SAFETY`` leaves in a 1-second window), and how many times it may.
+MAX_LATENESS = (SHARED_RATE_SAFETY - 1) / 2
+MAX_LATE_TURNS = 3
+
+#: A generation in these statuses is (or may be) counted by the provider: its slot stays.
+AT_PROVIDER = (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class SharedThrottle(Throttle):
+    """A ``Throttle`` whose turns come from the database, shared by every process on the
+    account; pauses (Retry-After) stay this process's."""
+
+    def __init__(
+        self,
+        requests_per_second: float,
+        *,
+        limits: SharedLimits,
+        account: str,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__(requests_per_second, clock=clock)
+        self.interval = SHARED_RATE_SAFETY / requests_per_second
+        self.limits = limits
+        self.account = account
+
+    async def wait_turn(self) -> None:
+        """Return when this caller may send one request."""
+        late = 0
+        while True:
+            while (left := self.paused_for) > 0:
+                await self.clock.sleep(left)
+            delay = self.limits.rate_turn(self.account, self.interval)
+            due = self.clock.now() + delay
+            await self.clock.sleep(delay)
+            if self.paused_for > 0:
+                continue
+            # Woken well after its turn (a busy host), a call could arrive together with the
+            # next ones: it takes a new turn instead (a few times at most, so it always goes).
+            if self.clock.now() - due > MAX_LATENESS and late < MAX_LATE_TURNS:
+                late += 1
+                continue
+            return
+
+
+class AccountGate:
+    """The account's concurrency slots, counted in the database across processes."""
+
+    def __init__(
+        self, limits: SharedLimits, account: str, limit: int, *, recheck: float, clock: Clock
+    ) -> None:
+        self.limits = limits
+        self.account = account
+        self.limit = max(1, limit)
+        self.recheck = recheck
+        self.clock = clock
+
+    def enter(self, key: str) -> bool:
+        """Give job ``key`` one of the account's slots, if one is free (else ``False``: look
+        again after ``recheck`` seconds)."""
+        return self.limits.take_slot(self.account, key, self.limit)
+
+    def adopt(self, key: str) -> None:
+        """Count job ``key``, found already at the provider, whatever the count."""
+        self.limits.take_slot(self.account, key, self.limit, force=True)
+
+    def leave(self, key: str, status: JobStatus) -> None:
+        """Free job ``key``'s slot unless its generation is still at the provider."""
+        if status not in AT_PROVIDER:
+            self.limits.free_slot(key)
+
+
+@dataclass
+class SharedBudget(Budget):
+    """A ``Budget`` whose run cap is shared, through the database, by every process that
+    reserves under ``scope``; the total cap is checked as in ``Budget``."""
+
+    limits: SharedLimits | None = None
+    scope: str = ""
+
+    def reserve(self, job: Priced) -> None:
+        """Reserve ``job``'s credits here and in the shared scope, or raise
+        ``BudgetExceededError`` with the numbers (and reserve nothing)."""
+        cap = self.run_cap
+        if self.limits is None or cap is None or not self.needs(job):
+            super().reserve(job)
+            return
+        self.run_cap = None  # the shared cap stands for this process's
+        try:
+            super().reserve(job)
+        finally:
+            self.run_cap = cap
+        if self.limits.reserve_credits(self.scope, job.credits, cap) is None:
+            super().refund(job)
+            raise BudgetExceededError(
+                f"budget: job {job.key} ({job.credits:g} credits) would bring what every "
+                f"process sharing this cap submitted over its cap of {cap:g} credits"
+            )
+
+    def refund(self, job: Priced) -> None:
+        """Give ``job``'s credits back, in the shared scope too."""
+        if self.limits is not None and self.run_cap is not None and job.key in self._reserved:
+            self.limits.refund_credits(self.scope, job.credits)
+        super().refund(job)
