@@ -363,3 +363,46 @@ def test_on_a_dialect_that_cannot_cancel_finishing_jobs_are_downloaded_then_orph
     for row in orphans:
         assert row.location is not None and Path(row.location).stat().st_size == row.bytes
         assert row.sha256 == server.state.video_sha256(row.generation_id or "")
+
+
+def test_a_worker_finishes_the_jobs_an_edit_left_in_flight(
+    tmp_path: Path, mock_server_factory: Factory
+) -> None:
+    """`enqueue` of an edited manifest, then `worker --idle-exit`: the worker treats the jobs
+    the manifest no longer produces as `run` does — the queued one cancelled (refunded), the
+    running one downloaded — and orphans them with their files."""
+    clock = FakeClock()
+    options = MockOptions(latency_min=100, latency_max=100, concurrency_limit=1, queue_limit=5)
+    server = mock_server_factory(options, clock=clock)
+    manifest, state = tmp_path / "m.yaml", tmp_path / "state"
+    manifest.write_text(MANIFEST.format(provider="higgsfield", prompt="shot", values="[1, 2]"))
+    env = env_for(server.platform_base_url)
+    runner = CliRunner()
+    sent = runner.invoke(
+        cli, ["run", str(manifest), "--submit-only", "--state", str(state)], env=env
+    )
+    assert sent.exit_code == 0, sent.output
+    clock.advance(30)  # one runs, one waits in the account's queue
+    manifest.write_text(MANIFEST.format(provider="higgsfield", prompt="take", values="[1]"))
+    queued = runner.invoke(cli, ["enqueue", str(manifest), "--state", str(state)], env=env)
+    assert queued.exit_code == 0, queued.output
+    ticker = Ticker(clock)
+    one_cancelled = lambda: server.state.stats()["canceled"] >= 1  # noqa: E731
+    watcher = threading.Thread(target=start_when, args=(one_cancelled, ticker), daemon=True)
+    watcher.start()
+    try:
+        done = runner.invoke(cli, ["worker", "--idle-exit", "--state", str(state)], env=env)
+    finally:
+        watcher.join()
+        ticker.stop()
+    assert done.exit_code == 0, done.output
+    stats = server.state.stats()
+    assert (stats["generations_created"], stats["canceled"]) == (3, 1)
+    with open_ledger(default_ledger_url(state)) as ledger:
+        rows = ledger.jobs()
+    orphans = [r for r in rows if r.status is JobStatus.ORPHANED]
+    assert len(orphans) == 2
+    assert sorted(r.error or "" for r in orphans) == ["", "cancelled"]
+    (kept,) = [r for r in orphans if r.error != "cancelled"]
+    assert kept.location is not None and Path(kept.location).stat().st_size == kept.bytes
+    assert [r.status for r in rows if r not in orphans] == [JobStatus.DOWNLOADED]

@@ -23,10 +23,11 @@ from runner.app.common import Environment, executing
 from runner.app.execute import Work, execute
 from runner.engine import Outcome, charged_credits
 from runner.engine.shared import SharedBudget
+from runner.errors import RunnerError
 from runner.jobs import expand
 from runner.ledger import Ledger, PlanDiff
 from runner.ledger.claims import CLAIMABLE, ManifestRecord
-from runner.manifest import load_manifest
+from runner.manifest import Manifest, load_manifest
 from runner.manifest.load import parse_manifest
 from runner.outputs import open_store
 from runner.providers import check_credentials, make_provider
@@ -137,4 +138,17 @@ def _work(
         open_store(rec.output, environ=env.environ),
         engine_settings(manifest, RunOptions(until=until), env.environ),
         budget,
+        _finishing(ledger, manifest),
     )
+
+
+def _finishing(ledger: Ledger, manifest: Manifest) -> set[str]:
+    """The jobs sent before the manifest was edited that it no longer produces: finished (a
+    queued one cancelled where the provider can), then orphaned, as ``run`` does. A manifest
+    whose jobs cannot be expanded here (a CSV only on the host that enqueued it) has none
+    found: its in-flight jobs are still finished, just not orphaned by this worker."""
+    try:
+        jobs = expand(manifest)
+    except RunnerError:
+        return set()
+    return set(ledger.diff(str(manifest.path), jobs).finishing_keys)
