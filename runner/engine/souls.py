@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mimetypes
 import random
-from pathlib import Path
 
 import anyio
 
 from runner.engine.calls import Calls
 from runner.engine.polling import PollSchedule
+from runner.engine.uploads import public_url
 from runner.errors import DeadlineError, ExhaustedError, PermanentError
 from runner.ledger import Ledger, SoulRow
 from runner.manifest import Manifest
-from runner.providers import Provider, reference_lister, uploader
+from runner.providers import Provider, reference_lister
 
 READY = "ready"
 TRAINING = "training"
@@ -213,20 +212,6 @@ class SoulTrainer:
 
     async def _public_url(self, image: str) -> str:
         """URLs pass through; a local file is uploaded once (remembered by content hash)."""
-        if image.startswith(("http://", "https://")):
-            return image
-        data = Path(image).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        known = self.ledger.get_upload(digest)
-        if known:
-            return known
-        host = uploader(self.provider)
-        if host is None:
-            raise PermanentError(
-                f"provider {self.provider.name} has no upload endpoint; "
-                f"local soul images need provider `higgsfield` (or give {image} as a URL)"
-            )
-        content_type = mimetypes.guess_type(image)[0] or "application/octet-stream"
-        url = await self.calls(lambda: host.upload(data, content_type))
-        self.ledger.record_upload(digest, url)
-        return url
+        return await public_url(
+            image, ledger=self.ledger, provider=self.provider, calls=self.calls, what="soul image"
+        )

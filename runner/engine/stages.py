@@ -18,8 +18,10 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 
 from runner.engine.budget import Budget, expired
@@ -30,6 +32,7 @@ from runner.engine.polling import age, deadline
 from runner.engine.progress import Outcome, Progress
 from runner.engine.settings import EngineSettings
 from runner.engine.throttle import AdaptiveSlots, PriorityGate, Throttle
+from runner.engine.uploads import inside, is_local, public_url
 from runner.errors import (
     DeadlineError,
     DownloadError,
@@ -112,6 +115,7 @@ class JobStages:
         )
         self.downloads = PriorityGate(settings.download_concurrency)
         self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
+        self._uploading: dict[str, anyio.Lock] = {}  # one upload per local file at a time
         self._submitted: dict[str, float] = {}  # key → when its generation was accepted (clock)
         self.times = GenerationTimes(ledger)  # how long generations take, to poll where they end
 
@@ -168,6 +172,7 @@ class JobStages:
                 raise self._hold(row, f"soul {row.soul!r}: {err.message}") from err
             except PermanentError as err:
                 raise self._fail(row, f"soul {row.soul!r}: {err.message}", refund=True) from err
+        request = await self._with_public_image(row)
         key = row.idempotency_key
         verb = "submitting with" if row.status is JobStatus.PENDING else "resending with the same"
         row = self._move(row, JobStatus.SUBMITTING, f"{verb} idempotency key {key}")
@@ -183,7 +188,7 @@ class JobStages:
 
         async def send() -> JobRow:
             generation_id = await self.provider.submit(
-                row.request, idempotency_key=key, soul_model_id=soul_model
+                request, idempotency_key=key, soul_model_id=soul_model
             )
             self._deadlines[row.key] = deadline(self.settings.generation_timeout, None, self.clock)
             self._submitted[row.key] = self.clock.now()
@@ -219,6 +224,27 @@ class JobStages:
             raise self._fail(row, err.message, refund=True, attempts=err.attempts) from err
         except PermanentError as err:
             raise self._fail(row, f"submit refused: {err.message}", refund=True) from err
+
+    async def _with_public_image(self, row: JobRow) -> dict[str, Any]:
+        """The request as sent: a local ``image_url`` (inside the manifest's folder) uploaded
+        first, and the URL sent in its place; the ledger keeps the request as planned."""
+        image = row.request.get("image_url")
+        if not isinstance(image, str) or not is_local(image):
+            return row.request
+        try:
+            path = inside(image, Path(row.manifest).parent)
+            url = await public_url(
+                str(path),
+                ledger=self.ledger,
+                provider=self.provider,
+                calls=self.calls,
+                locks=self._uploading,
+            )
+        except (ExhaustedError, DeadlineError) as err:  # nothing of the job was sent
+            raise self._hold(row, f"image_url upload: {err.message}") from err
+        except PermanentError as err:
+            raise self._fail(row, f"image_url: {err.message}", refund=True) from err
+        return {**row.request, "image_url": url}
 
     async def _status(self, row: JobRow) -> GenerationStatus:
         """The generation's status; after ``max_attempts`` transient errors in a row the job

@@ -47,6 +47,8 @@ from runner.mock.glitches import glitch_answer
 from runner.mock.records import Generation, Soul
 from runner.mock.state import MockState
 
+IMAGE_URL = re.compile(r"^(?:https?|data):", re.IGNORECASE)
+
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 STATUS_WORDS = {"running": "in_progress"}
 SOUL_WORDS = {"training": "in_progress", "ready": "completed"}
@@ -98,6 +100,9 @@ async def generate(request: Request) -> Response:
         return _invalid(("prompt", "Input should be a valid string"))
     if image_url is not None and not isinstance(image_url, str):
         return _invalid(("image_url", "Input should be a valid string"))
+    if image_url is not None and not IMAGE_URL.match(image_url):
+        # the platform fetches the image itself: a local path is nothing it can read
+        return _invalid(("image_url", "Input should be a valid URL"))
     reference = body.get("custom_reference_id")
     if reference is not None:
         state = mock_state(request)
