@@ -29,6 +29,8 @@ class Environment:
     handle_signals: bool = False
     on_progress: Callable[[Progress], None] | None = None
     clock: Clock = SYSTEM_CLOCK
+    # where each executor's jitter comes from (tests on a virtual clock seed it to replay a run)
+    rng: Callable[[], random.Random] = random.Random
 
 
 def select(jobs: Sequence[Job], options: RunOptions) -> list[Job]:

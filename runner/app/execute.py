@@ -144,6 +144,7 @@ def _executors(
             budget=work.budget,
             clock=env.clock,
             on_progress=env.on_progress,
+            rng=env.rng(),
             throttle=throttle,
             slots=slots,
             progress=progress,

@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
+import anyio.to_thread
 
 # How long the virtual clock's driver waits for real work (e.g. a thread) when no task sleeps.
 _IDLE_POLL = 0.001
@@ -85,7 +86,10 @@ class VirtualClock:
     async def _drive(self) -> None:
         while True:
             await anyio.wait_all_tasks_blocked()
-            if not self._sleepers:
+            # A task waiting for a worker thread (a file's fsync, its hash) counts as blocked,
+            # but its work takes no virtual time: time jumps only once no thread is busy, so a
+            # loaded machine's slow threads cannot move a run's virtual timeline.
+            if not self._sleepers or _threads_busy():
                 await anyio.sleep(_IDLE_POLL)
                 continue
             deadline = self._sleepers[0][0]
@@ -102,3 +106,8 @@ class VirtualClock:
                 yield self
             finally:
                 tg.cancel_scope.cancel()
+
+
+def _threads_busy() -> bool:
+    """Whether any worker thread of ``anyio.to_thread`` (default limiter) is running."""
+    return anyio.to_thread.current_default_thread_limiter().borrowed_tokens > 0
