@@ -737,10 +737,16 @@ def test_souls_and_uploads(url: str) -> None:
         assert [s.status for s in led.souls(MANIFEST)] == ["ready"]
 
         assert led.get_upload("a" * 64) is None
-        led.record_upload("a" * 64, "https://cdn.example/1.jpg")
+        assert led.record_upload("a" * 64, "https://cdn.example/1.jpg") == (
+            "https://cdn.example/1.jpg"
+        )
         assert led.get_upload("a" * 64) == "https://cdn.example/1.jpg"
-        led.record_upload("a" * 64, "https://cdn.example/2.jpg")
-        assert led.get_upload("a" * 64) == "https://cdn.example/2.jpg"
+        # A second upload of the same content (another process got there too) keeps the
+        # first URL, so requests already sent with it are re-sent with the same body.
+        assert led.record_upload("a" * 64, "https://cdn.example/2.jpg") == (
+            "https://cdn.example/1.jpg"
+        )
+        assert led.get_upload("a" * 64) == "https://cdn.example/1.jpg"
 
 
 def test_job_row_to_dict_is_json(ledger: Ledger) -> None:

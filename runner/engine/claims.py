@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import anyio
 
 from runner.engine.clock import SYSTEM_CLOCK, Clock
+from runner.errors import LedgerError
 from runner.ledger import JobRow, Ledger
 from runner.ledger.claims import new_holder
 
@@ -77,7 +78,10 @@ class Claims:
         try:
             while True:
                 await self.clock.sleep(self.lease / RENEWALS_PER_LEASE)
-                self.renew()
+                try:
+                    self.renew()
+                except LedgerError as err:  # a database hiccup: the next renewal tries again
+                    log.warning("could not renew leases (next try in a moment): %s", err)
         finally:
             with anyio.CancelScope(shield=True):
                 self.release(sorted(self.held))

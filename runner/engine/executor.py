@@ -122,6 +122,14 @@ class Executor(EarlierWork):
                 # slots until someone polls them: take those over while waiting.
                 self._take_over(self._todo, jobs)
                 await self.clock.sleep(self.gate.recheck)
+                stop = self._stop_reason()
+                if stop is not None:  # --until / --max-failures end the wait too
+                    self.budget.refund(row)
+                    await self.slots.release(succeeded=False)
+                    self._release(row)
+                    self.outcome.stopped = stop
+                    self.progress.stopped = stop.split(": ")[0]
+                    return
             jobs.start_soon(self._drive, row, True)
 
     # --- claims ---------------------------------------------------------------------------

@@ -243,6 +243,8 @@ class JobStages:
         except (ExhaustedError, DeadlineError) as err:  # nothing of the job was sent
             raise self._hold(row, f"image_url upload: {err.message}") from err
         except PermanentError as err:
+            if row.status is JobStatus.SUBMITTING:  # it may be paid for: never failed here
+                raise self._hold(row, f"image_url: {err.message}") from err
             raise self._fail(row, f"image_url: {err.message}", refund=True) from err
         return {**row.request, "image_url": url}
 

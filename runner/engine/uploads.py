@@ -83,5 +83,4 @@ async def _upload(
         )
     content_type = mimetypes.guess_type(image)[0] or "application/octet-stream"
     url = await calls(lambda: host.upload(data, content_type))
-    ledger.record_upload(digest, url)
-    return url
+    return ledger.record_upload(digest, url)  # another process's, if it recorded one first

@@ -298,6 +298,8 @@ class Ledger(Protocol):
         """The public URL of a local file already uploaded, by the sha256 of its content."""
         ...
 
-    def record_upload(self, sha256: str, url: str) -> None:
-        """Remember where a local file's content was uploaded (replacing an older URL)."""
+    def record_upload(self, sha256: str, url: str) -> str:
+        """Remember where a local file's content was uploaded, unless another upload of the
+        same content was recorded first; return the URL in effect (the first one), so every
+        request that refers to the file — a re-sent one too — carries the same URL."""
         ...

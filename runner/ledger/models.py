@@ -134,11 +134,13 @@ class _LazyJSON:
         if row is None:
             raise AttributeError(self.name)
         state = row.__dict__
+        if self.name in state:  # another thread decoded it between its lookup and ours
+            return state[self.name]
         text = state.get(_RAW + self.name)
         value = self.empty() if text is None else self.convert(json.loads(text))
-        state[self.name] = value
-        state.pop(_RAW + self.name, None)  # another thread may have got there first: harmless
-        return value
+        if state.setdefault(self.name, value) is value:  # the first to decode drops the text
+            state.pop(_RAW + self.name, None)
+        return state[self.name]
 
 
 _LAZY_JSON = ("request", "vars", "tags")

@@ -60,12 +60,13 @@ class SoulsAndUploads(LedgerShell[Store]):
             ).fetchone()
         return str(row["public_url"]) if row is not None else None
 
-    def record_upload(self, sha256: str, url: str) -> None:
-        """Remember where a local file's content was uploaded (replacing an older URL)."""
+    def record_upload(self, sha256: str, url: str) -> str:
+        """Remember where a local file's content was uploaded, unless recorded before; return
+        the URL in effect (the first one)."""
         with self._store.write() as conn:
             conn.execute(
                 "INSERT INTO uploads (sha256, public_url, created_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (sha256) DO UPDATE SET public_url = EXCLUDED.public_url,"
-                " created_at = EXCLUDED.created_at",
+                " ON CONFLICT (sha256) DO NOTHING",
                 [sha256, url, self._store.now()],
             )
+        return self.get_upload(sha256) or url

@@ -62,9 +62,13 @@ class SoulsAndUploads(LedgerShell[Store]):
             rows = list(db.table("uploads").rows_where("sha256 = ?", [sha256]))
         return str(rows[0]["public_url"]) if rows else None
 
-    def record_upload(self, sha256: str, url: str) -> None:
-        """Remember where a local file's content was uploaded (replacing an older URL)."""
+    def record_upload(self, sha256: str, url: str) -> str:
+        """Remember where a local file's content was uploaded, unless recorded before; return
+        the URL in effect (the first one)."""
         with self._store.write() as db:
-            db.table("uploads").upsert(
-                {"sha256": sha256, "public_url": url, "created_at": self._store.now()}, pk="sha256"
+            db.table("uploads").insert(
+                {"sha256": sha256, "public_url": url, "created_at": self._store.now()},
+                pk="sha256",
+                ignore=True,
             )
+        return self.get_upload(sha256) or url
