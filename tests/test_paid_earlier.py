@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from runner import app
 from runner.cli import cli
 from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions, base_urls
@@ -406,3 +407,21 @@ def test_a_worker_finishes_the_jobs_an_edit_left_in_flight(
     (kept,) = [r for r in orphans if r.error != "cancelled"]
     assert kept.location is not None and Path(kept.location).stat().st_size == kept.bytes
     assert [r.status for r in rows if r not in orphans] == [JobStatus.DOWNLOADED]
+
+
+def test_each_retraining_after_a_failed_soul_gets_a_new_key(tmp_path: Path) -> None:
+    """A soul whose training fails run after run is trained anew each run under a key of its
+    own (not replayed as the failed one), and once training works its jobs use that model."""
+    options = MockOptions(
+        latency_min=0, latency_max=0, soul_training_seconds=0, soul_fail_rate=1.0, seed=37
+    )
+    h = Harness(tmp_path, options)
+    h.write(SOUL_MANIFEST.format(limits=FAST_LIMITS))
+    for _ in range(3):  # the jobs fail with their soul; each run retries them
+        assert h.run(app.RunOptions(retry_failed=True)).counts == {"failed": 3}
+    trainings = [e for e in h.mock.log_entries() if e["path"].endswith("/soul/train")]
+    assert h.mock.stats()["souls_created"] == 3
+    assert len({e["idempotency_key"] for e in trainings}) == 3
+    h.mock.options = replace(h.mock.options, soul_fail_rate=0.0)
+    assert h.run(app.RunOptions(retry_failed=True)).counts == {"downloaded": 3}
+    assert h.mock.stats()["souls_created"] == 4

@@ -41,9 +41,10 @@ def training_hash(provider: Provider, name: str, images: list[str]) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
-def training_key(identity: str, name: str, urls: list[str], failures: int) -> str:
-    """The idempotency key of a soul training: one per identity, request body and number of
-    models of that identity that failed before (a deliberate retraining gets a new key)."""
+def training_key(identity: str, name: str, urls: list[str], failures: int | str) -> str:
+    """The idempotency key of a soul training: one per identity, request body and what failed
+    before — the number of failed models of that identity, or the key of the training that
+    failed last — so a deliberate retraining gets a new key, each time."""
     body = json.dumps([identity, name, urls, failures], ensure_ascii=False)
     return "soul-" + hashlib.sha256(body.encode()).hexdigest()[:32]
 
@@ -108,7 +109,9 @@ class SoulTrainer:
                     images_hash=wanted,
                 )
             else:
-                record = await self._train(name, images, wanted)
+                failed = record is not None and record.status == FAILED
+                after = record.idempotency_key if failed and record is not None else None
+                record = await self._train(name, images, wanted, after=after)
         return await self._wait_ready(record)
 
     def _twin(self, wanted: str) -> SoulRow | None:
@@ -148,8 +151,17 @@ class SoulTrainer:
         )
 
     async def _train(
-        self, name: str, images: list[str], wanted: str, key: str | None = None
+        self,
+        name: str,
+        images: list[str],
+        wanted: str,
+        key: str | None = None,
+        *,
+        after: str | None = None,
     ) -> SoulRow:
+        """Train soul ``name``: under ``key`` (a recovery re-sends its committed key), else
+        under a key of its own — following on from ``after``, the key of this soul's training
+        that failed, when there is one (a second failure then still gets a new key)."""
         urls = [await self._public_url(image) for image in images]
         soul_name = self.manifest.souls[name].name
         manifest = str(self.manifest.path)
@@ -160,7 +172,7 @@ class SoulTrainer:
             # that failed is trained anew under a new key.
             souls = self.ledger.souls()
             failed = {s.model_id for s in souls if s.images_hash == wanted and s.status == FAILED}
-            key = training_key(wanted, soul_name, urls, len(failed))
+            key = training_key(wanted, soul_name, urls, after or len(failed))
         submitting = {"images_hash": wanted, "idempotency_key": key}
         self.ledger.set_soul(name, manifest, status=SUBMITTING, **submitting)
         # Training is paid for: once sent, its model id is committed even on Ctrl-C.
@@ -195,6 +207,7 @@ class SoulTrainer:
                     model_id=model_id,
                     error=error,
                     images_hash=record.images_hash,
+                    idempotency_key=record.idempotency_key,
                 )
                 raise PermanentError(f"soul model {model_id} failed: {error}")
             if status.state != "ready":
@@ -205,6 +218,7 @@ class SoulTrainer:
                 status=READY,
                 model_id=model_id,
                 images_hash=record.images_hash,
+                idempotency_key=record.idempotency_key,
             )
             return model_id
 
