@@ -113,6 +113,8 @@ def redacting(environ: Mapping[str, str] | None = None) -> Callable[[JobRow], Jo
 
     def redacted(row: JobRow) -> JobRow:
         video_url, error = _masked(mask, row.video_url), _masked(mask, row.error)
+        if video_url == row.video_url and error == row.error:
+            return row  # nothing to hide: no copy (which would decode its JSON columns)
         return dataclasses.replace(row, video_url=video_url, error=error)
 
     return redacted

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 
 from runner.app.common import Environment, executing, provider_calls
+from runner.engine.earlier import record_cancelled
 from runner.engine.souls import SoulTrainer
 from runner.errors import DeadlineError, PermanentError, UsageError
 from runner.jobs import Job, expand
@@ -132,12 +133,7 @@ def cancel(
             for row in rows:
                 gid = row.generation_id or ""
                 if await calls(functools.partial(able.cancel, gid)):
-                    ledger.transition(
-                        row.key,
-                        JobStatus.FAILED,
-                        detail=f"generation {gid} cancelled while queued (refunded)",
-                        error="cancelled",
-                    )
+                    record_cancelled(ledger, row.key, gid)
                     done.cancelled.append(row.key)
                 else:
                     done.not_cancelled[row.key] = f"generation {gid} already started"

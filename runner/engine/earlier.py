@@ -10,10 +10,19 @@ import logging
 
 from runner.engine.stages import Gone, JobStages, iso
 from runner.errors import DeadlineError, ExhaustedError, PermanentError
-from runner.ledger import JobRow, JobStatus
+from runner.ledger import JobRow, JobStatus, Ledger
 from runner.providers import canceller
 
 log = logging.getLogger(__name__)
+
+
+def record_cancelled(ledger: Ledger, key: str, generation_id: str) -> str:
+    """Record that the provider cancelled a queued generation (refunded): the job is failed
+    with the reason ``cancelled``. Returns the event's detail. ``runner cancel`` and a run's
+    finishing jobs both record it so."""
+    detail = f"generation {generation_id} cancelled while queued (refunded)"
+    ledger.transition(key, JobStatus.FAILED, detail=detail, error="cancelled")
+    return detail
 
 
 class EarlierWork(JobStages):
@@ -63,8 +72,7 @@ class EarlierWork(JobStages):
         if not cancelled:
             return row
         self.budget.refund(row)  # not counted as this run's failure: nobody wants it any more
-        detail = f"generation {generation_id} cancelled while queued (refunded)"
-        self.ledger.transition(row.key, JobStatus.FAILED, detail=detail, error="cancelled")
+        detail = record_cancelled(self.ledger, row.key, generation_id)
         log.info("%s %s: %s", row.campaign, row.key, detail)
         raise Gone()
 
