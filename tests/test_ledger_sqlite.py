@@ -40,7 +40,7 @@ EXPECTED_COLUMNS = {
     "budgets": {"scope", "reserved"},
     "account_concurrency": {"account", "manifest", "concurrency"},
     # what `run` and `enqueue` recorded for workers (m011)
-    "manifests": {"path", "source", "output", "scope", "recorded_at"},
+    "manifests": {"path", "source", "output", "scope", "recorded_at", "resolved"},
 }  # fmt: skip
 
 

@@ -49,11 +49,14 @@ def select(jobs: Sequence[Job], options: RunOptions) -> list[Job]:
     return picked
 
 
-def provider_calls(settings: EngineSettings, env: Environment) -> Calls:
+def provider_calls(
+    settings: EngineSettings, env: Environment, throttle: Throttle | None = None
+) -> Calls:
     """The call policy for a command that talks to the provider outside a run (souls,
-    cancel, estimates): the manifest's rate, attempts and backoff."""
+    cancel, estimates, uploads as a manifest is recorded): the manifest's rate (``throttle``,
+    else this process's own), attempts and backoff."""
     return Calls(
-        throttle=Throttle(settings.requests_per_second, clock=env.clock),
+        throttle=throttle or Throttle(settings.requests_per_second, clock=env.clock),
         clock=env.clock,
         max_attempts=settings.max_attempts,
         backoff=settings.backoff,

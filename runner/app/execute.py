@@ -10,7 +10,7 @@ soul models stay per manifest. Ctrl-C stops every executor; a second one aborts 
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -30,6 +30,7 @@ from runner.engine.claims import Claims
 from runner.engine.shared import AccountGate, SharedThrottle
 from runner.engine.souls import SoulTrainer
 from runner.ledger import JobRow, Ledger
+from runner.ledger.base import SharedLimits
 from runner.manifest import Manifest
 from runner.outputs import OutputStore
 from runner.outputs.pinned import pinned_client
@@ -57,11 +58,23 @@ class Work:
     settings: EngineSettings
     budget: Budget
     finishing: set[str] = field(default_factory=set)  # no longer produced: finish, then orphan
+    files: Mapping[str, str] = field(default_factory=dict)  # local file → URL, as recorded
 
 
 def account_of(provider: Provider) -> tuple[str, str, str]:
     """What the provider counts limits by: dialect, base URL and credential fingerprint."""
     return (provider.name, provider.base_url, provider.account)
+
+
+def account_throttle(
+    limits: SharedLimits | None, provider: Provider, rps: float, env: Environment
+) -> Throttle:
+    """The rate of ``provider``'s account: shared in the database where other processes may
+    call it too (``limits``), else this process's own."""
+    if limits is None:
+        return Throttle(rps, clock=env.clock)
+    name = "|".join(account_of(provider))  # a fingerprint of the credential, never the key
+    return SharedThrottle(rps, limits=limits, account=name, clock=env.clock)
 
 
 async def execute(
@@ -120,11 +133,7 @@ def _executors(
         rps = min(s.requests_per_second for s in alike)
         concurrency = min(s.concurrency for s in alike)
         name = "|".join(account)  # a fingerprint of the credential, never the key
-        throttle = (
-            SharedThrottle(rps, limits=limits, account=name, clock=env.clock)
-            if limits is not None
-            else Throttle(rps, clock=env.clock)
-        )
+        throttle = account_throttle(limits, work.provider, rps, env)
         gate = (
             AccountGate(limits, name, concurrency, recheck=recheck, clock=env.clock)
             if limits is not None
@@ -150,11 +159,17 @@ def _executors(
             progress=progress,
         )
         executor.gate = gate
+        executor.files = work.files
         if limits is not None:
             name = "|".join(account_of(work.provider))
             limits.declare_concurrency(name, str(work.manifest.path), work.settings.concurrency)
         trainer = SoulTrainer(
-            ledger, work.provider, work.manifest, executor.calls, work.settings.poll
+            ledger,
+            work.provider,
+            work.manifest,
+            executor.calls,
+            work.settings.poll,
+            files=work.files,
         )
         executor.souls = trainer.model_id
         executors.append(executor)

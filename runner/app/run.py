@@ -7,7 +7,7 @@ the engine (``execute``). The dry run walks the same budget and order without wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import anyio
 
 from runner.app.common import Environment, executing, reading, select
 from runner.app.execute import Work, execute
-from runner.app.worker import record
+from runner.app.recording import record
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
@@ -115,10 +115,12 @@ def run_many(
     with executing(state_dir, ledger) as opened:
         works = []
         for x in loaded:
-            rows, finishing = _prepare(opened, x, options)
+            rows, finishing, files = _prepare(opened, x, options, env)
             provider = make_provider(x.provider_settings, client=api_client, environ=env.environ)
             money = _budget(opened, x, options)
-            works.append(Work(x.manifest, provider, rows, x.store, x.settings, money, finishing))
+            works.append(
+                Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
+            )
         try:
             outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
@@ -155,17 +157,23 @@ def _load(
     return loaded
 
 
-def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list[JobRow], set[str]]:
-    """Record the plan, bring the outputs up to date with it, and pick the rows to drive:
-    the selected jobs, and the jobs the manifest no longer produces that were already sent
-    (``finishing``: whatever the selection, they are finished, then orphaned)."""
+def _prepare(
+    ledger: Ledger, loaded: _Loaded, options: RunOptions, env: Environment
+) -> tuple[list[JobRow], set[str], Mapping[str, str]]:
+    """Record the plan (and what workers need: ``recording``), bring the outputs up to date
+    with it, and pick the rows to drive: the selected jobs, and the jobs the manifest no
+    longer produces that were already sent (``finishing``: whatever the selection, they are
+    finished, then orphaned). Also the recorded URLs of the manifest's local files."""
     manifest = str(loaded.manifest.path)
+    files: Mapping[str, str] = {}
     if options.collect:
         finishing = ledger.diff(manifest, loaded.jobs).finishing_keys
     else:
         _relocate(ledger, loaded.store, loaded.jobs)
-        finishing = ledger.record_plan(manifest, loaded.jobs).finishing_keys
-        record(ledger, manifest, Path(loaded.manifest.path), loaded.store.root)
+        diff, resolved = record(
+            ledger, loaded.manifest, loaded.jobs, loaded.store.root, env, strict=False
+        )
+        finishing, files = diff.finishing_keys, resolved.files
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)
@@ -174,7 +182,7 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list
         rows = [r for r in rows if r.status in COLLECTABLE]
     chosen = {r.key for r in rows}
     rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
-    return _apply_limit(rows, options.limit), set(finishing)
+    return _apply_limit(rows, options.limit), set(finishing), files
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:

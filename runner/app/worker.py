@@ -2,10 +2,13 @@
 any number of processes on any hosts.
 
 ``enqueue`` records each manifest's plan and what a worker needs of it (its YAML, so the
-same code derives the same settings everywhere, and its resolved output) without executing
-anything. ``worker`` executes the jobs of every recorded manifest under claims, alongside
-other workers and runs, until ``--until``, or until nothing is left with ``idle_exit``; it
-needs only the ledger URL and the API keys in its environment.
+same code derives the same settings everywhere, its resolved output, and what only the
+enqueuing host's disk can tell: see ``recording``) without executing anything. ``worker``
+executes the jobs of every recorded manifest under claims, alongside other workers and runs,
+until ``--until``, or until nothing is left with ``idle_exit``; it needs only the ledger URL
+and the API keys in its environment: the jobs' requests, the recorded URLs of their local
+files and souls' images, and the jobs to finish all come from the ledger, never from the
+manifest's folder.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ import httpx
 
 from runner.app.common import Environment, executing
 from runner.app.execute import Work, execute
+from runner.app.recording import record
 from runner.engine import Outcome, charged_credits
 from runner.engine.shared import SharedBudget
-from runner.errors import RunnerError
 from runner.jobs import expand
 from runner.ledger import Ledger, PlanDiff
 from runner.ledger.claims import CLAIMABLE, ManifestRecord
-from runner.manifest import Manifest, load_manifest
+from runner.manifest import load_manifest
 from runner.manifest.load import parse_manifest
 from runner.outputs import open_store
 from runner.providers import check_credentials, make_provider
@@ -54,9 +57,16 @@ class WorkerResult:
 
 
 def enqueue(
-    manifest_paths: Sequence[str | Path], state_dir: Path, *, ledger: str | None = None
+    manifest_paths: Sequence[str | Path],
+    state_dir: Path,
+    env: Environment | None = None,
+    *,
+    ledger: str | None = None,
 ) -> list[tuple[str, PlanDiff]]:
-    """Record each manifest's plan and settings for workers; execute nothing."""
+    """Record each manifest's plan and what a worker needs of it (``recording``: its local
+    files uploaded first); execute nothing. A file that cannot be uploaded stops it before
+    anything is recorded."""
+    env = env or Environment()
     loaded = []
     for path in manifest_paths:
         manifest = load_manifest(path)
@@ -66,14 +76,9 @@ def enqueue(
     with executing(state_dir, ledger) as opened:
         diffs = []
         for manifest, jobs, output in loaded:
-            diffs.append((str(manifest.path), opened.record_plan(str(manifest.path), jobs)))
-            record(opened, str(manifest.path), Path(manifest.path), output)
+            diff, _ = record(opened, manifest, jobs, output, env, strict=True)
+            diffs.append((str(manifest.path), diff))
     return diffs
-
-
-def record(ledger: Ledger, key: str, path: Path, output: str) -> None:
-    """Record a manifest's YAML and resolved output in the ledger (``run`` does too)."""
-    ledger.record_manifest(key, source=path.read_text(encoding="utf-8"), output=output)
 
 
 def worker(
@@ -120,7 +125,7 @@ def _work(
     rows = ledger.jobs(manifest=rec.path, status=CLAIMABLE)
     if not rows:
         return None
-    manifest = parse_manifest(rec.source, path=rec.path)
+    manifest = parse_manifest(rec.source, path=rec.path, souls=rec.resolved.souls)
     settings = provider_settings(manifest)
     check_credentials(settings, env.environ)
     spent = charged_credits(ledger.jobs(manifest=rec.path))
@@ -138,17 +143,6 @@ def _work(
         open_store(rec.output, environ=env.environ),
         engine_settings(manifest, RunOptions(until=until), env.environ),
         budget,
-        _finishing(ledger, manifest),
+        set(rec.resolved.finishing),
+        rec.resolved.files,
     )
-
-
-def _finishing(ledger: Ledger, manifest: Manifest) -> set[str]:
-    """The jobs sent before the manifest was edited that it no longer produces: finished (a
-    queued one cancelled where the provider can), then orphaned, as ``run`` does. A manifest
-    whose jobs cannot be expanded here (a CSV only on the host that enqueued it) has none
-    found: its in-flight jobs are still finished, just not orphaned by this worker."""
-    try:
-        jobs = expand(manifest)
-    except RunnerError:
-        return set()
-    return set(ledger.diff(str(manifest.path), jobs).finishing_keys)

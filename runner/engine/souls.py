@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 
 import anyio
 
@@ -62,8 +63,10 @@ class SoulTrainer:
         poll: PollSchedule,
         *,
         rng: random.Random | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.files = files or {}  # local image → URL, as recorded (ledger.Resolved)
         self.provider = provider
         self.manifest = manifest
         self.calls = calls
@@ -225,7 +228,8 @@ class SoulTrainer:
         return await self.poll.until(check, clock=self.calls.clock, rng=self.rng)
 
     async def _public_url(self, image: str) -> str:
-        """URLs pass through; a local file is uploaded once (remembered by content hash)."""
-        return await public_url(
+        """URLs pass through; a local file is sent as the URL recorded for it, else uploaded
+        once (remembered by content hash)."""
+        return self.files.get(image) or await public_url(
             image, ledger=self.ledger, provider=self.provider, calls=self.calls, what="soul image"
         )

@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,7 @@ class JobStages:
         self.downloads = PriorityGate(settings.download_concurrency)
         self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
         self._uploading: dict[str, anyio.Lock] = {}  # one upload per local file at a time
+        self.files: Mapping[str, str] = {}  # local file → URL, as recorded (ledger.Resolved)
         self._submitted: dict[str, float] = {}  # key → when its generation was accepted (clock)
         self.times = GenerationTimes(ledger)  # how long generations take, to poll where they end
 
@@ -226,15 +227,15 @@ class JobStages:
             raise self._fail(row, f"submit refused: {err.message}", refund=True) from err
 
     async def _with_public_image(self, row: JobRow) -> dict[str, Any]:
-        """The request as sent: a local ``image_url`` (inside the manifest's folder) uploaded
-        first, and the URL sent in its place; the ledger keeps the request as planned."""
+        """The request as sent: a local ``image_url`` (inside the manifest's folder) sent as
+        the URL recorded for it (``files``), else uploaded first; the ledger keeps the request
+        as planned."""
         image = row.request.get("image_url")
         if not isinstance(image, str) or not is_local(image):
             return row.request
         try:
-            path = inside(image, Path(row.manifest).parent)
-            url = await public_url(
-                str(path),
+            url = self.files.get(image) or await public_url(
+                str(inside(image, Path(row.manifest).parent)),
                 ledger=self.ledger,
                 provider=self.provider,
                 calls=self.calls,

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from runner.jobs import Job
-from runner.ledger.claims import Claim, ManifestRecord
+from runner.ledger.claims import Claim, ManifestRecord, Resolved
 from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow, Transition
 from runner.ledger.status import JobStatus
 
@@ -237,10 +237,13 @@ class Ledger(Protocol):
         """Who holds job ``key`` and until when, or ``None`` when nobody does."""
         ...
 
-    def record_manifest(self, path: str, *, source: str, output: str) -> None:
+    def record_manifest(
+        self, path: str, *, source: str, output: str, resolved: Resolved | None = None
+    ) -> None:
         """Record (or replace) what workers need of the manifest at ``path`` (as its jobs
-        name it): its YAML ``source`` and its resolved ``output`` (a directory or s3://);
-        each recording starts a new budget scope."""
+        name it): its YAML ``source``, its resolved ``output`` (a directory or s3://) and
+        what the recording host resolved of it from its disk (``resolved``); each recording
+        starts a new budget scope."""
         ...
 
     def recorded_manifests(self) -> list[ManifestRecord]:

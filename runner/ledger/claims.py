@@ -10,12 +10,14 @@ here are the ones both implementations follow; only their SQL differs.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from runner.ledger.models import JobRow
 from runner.ledger.rows import timestamp
@@ -35,16 +37,54 @@ CLAIM_ORDER = "CASE WHEN status = 'submitting' THEN 0 ELSE 1 END, job_index, key
 
 
 @dataclass(frozen=True)
+class Resolved:
+    """What the recording host resolved of a manifest from its own disk, so that a worker on
+    any host needs none of it: ``files``, the public URL of every local file the manifest's
+    jobs and souls name (by the name the job's request or the soul's image list gives it),
+    uploaded when it was recorded; ``souls``, each soul's images as its globs matched then
+    (``None``: not recorded, the globs are matched again); ``finishing``, the jobs sent
+    before the manifest was edited that it no longer produces (finished, then orphaned).
+    A job's CSV values need no recording: they are in its request in the ledger."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    souls: dict[str, list[str]] | None = None
+    finishing: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        doc = {"files": self.files, "souls": self.souls, "finishing": list(self.finishing)}
+        return json.dumps(doc, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Resolved:
+        """From ``to_json``'s text; a record from before it was kept (``None``) has nothing."""
+        doc: dict[str, Any] = json.loads(text) if text else {}
+        return cls(
+            files=dict(doc.get("files") or {}),
+            souls=doc.get("souls"),
+            finishing=tuple(doc.get("finishing") or ()),
+        )
+
+
+@dataclass(frozen=True)
 class ManifestRecord:
     """A manifest as `run` or `enqueue` recorded it for workers: its YAML text (its settings:
-    provider, the NAME of its key variable, limits, budget, souls), where its videos go, and
-    the scope its run cap is reserved under (new at each enqueue)."""
+    provider, the NAME of its key variable, limits, budget, souls), where its videos go, the
+    scope its run cap is reserved under (new at each enqueue), and what the recording host
+    resolved of it from its disk (``Resolved``)."""
 
     path: str
     source: str
     output: str
     scope: str
     recorded_at: str
+    resolved: Resolved = field(default_factory=Resolved)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ManifestRecord:
+        """A record from its ``manifests`` row (``resolved`` as JSON text)."""
+        values = {**row, "recorded_at": str(row["recorded_at"])}
+        values["resolved"] = Resolved.from_json(values.get("resolved"))
+        return cls(**values)
 
 
 @dataclass(frozen=True)

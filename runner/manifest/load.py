@@ -8,7 +8,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,18 @@ def load_manifest(path: str | Path) -> Manifest:
     return parse_manifest(decode(raw, file), path=p, file=file)
 
 
-def parse_manifest(text: str, *, path: str | Path, file: str | None = None) -> Manifest:
-    """Check manifest text as if read from ``path`` (CSV files and globs resolve beside it)."""
+def parse_manifest(
+    text: str,
+    *,
+    path: str | Path,
+    file: str | None = None,
+    souls: Mapping[str, list[str]] | None = None,
+) -> Manifest:
+    """Check manifest text as if read from ``path`` (CSV files and globs resolve beside it).
+
+    ``souls``: the souls' images as a ledger record has them (SPEC §8); then nothing beside
+    the manifest is read — its souls' images are these, its CSV rows are not read (the jobs
+    recorded in the ledger carry them), so the manifest's folder need not exist here."""
     file = file or str(path)
     doc = load_document(text, file)
     if doc.data is None:
@@ -95,6 +105,7 @@ def parse_manifest(text: str, *, path: str | Path, file: str | None = None) -> M
         raise _located(doc, err) from None
     manifest._path = Path(path).resolve()
     manifest._doc = doc
+    manifest._recorded = dict(souls) if souls is not None else None
     _check(manifest)
     return manifest
 
@@ -264,7 +275,7 @@ def _check_campaign(m: Manifest, i: int, c: Campaign) -> None:
                 if key not in axes:
                     where = m.where((*mx, "exclude", j, key), key=True)
                     raise where.error(f"exclude key {key!r} is not a matrix key")
-    if c.rows is not None:
+    if c.rows is not None and m._recorded is None:
         m._csv[i] = _read_csv(m, i, c.rows, multiplier)
 
 

@@ -249,6 +249,8 @@ class Manifest(_Strict):
     _path: Path = PrivateAttr(default_factory=lambda: Path("manifest.yaml").absolute())
     _doc: Document | None = PrivateAttr(None)
     _csv: dict[int, list[Row]] = PrivateAttr(default_factory=dict)
+    # souls' images as recorded in the ledger: then nothing beside the manifest is read
+    _recorded: dict[str, list[str]] | None = PrivateAttr(None)
 
     @property
     def path(self) -> Path:
@@ -270,6 +272,10 @@ class Manifest(_Strict):
 
     def csv_rows(self, campaign_index: int) -> list[Row]:
         """The rows read from the campaign's ``rows:`` CSV file (empty without one)."""
+        if self._recorded is not None and self.campaigns[campaign_index].rows is not None:
+            raise self.where(("campaigns", campaign_index, "rows")).error(
+                "a manifest parsed from its ledger record has no CSV rows: its jobs are there"
+            )
         return self._csv.get(campaign_index, [])
 
     def output_dir(self, state_dir: Path) -> Path | str:
@@ -286,8 +292,11 @@ class Manifest(_Strict):
 
         Local globs are bounded (``runner.manifest.globs``) and, unless the soul says
         ``allow_outside: true``, must be relative and match only files inside the manifest's
-        folder (symlinks resolved): these files are uploaded to the provider.
+        folder (symlinks resolved): these files are uploaded to the provider. A manifest
+        parsed from its ledger record gives the images its recording host matched.
         """
+        if self._recorded is not None and soul in self._recorded:
+            return list(self._recorded[soul])
         spec = self.souls[soul]
         folder = self._path.parent
         images: list[str] = []

@@ -16,6 +16,7 @@ from runner.ledger.claims import (
     CLAIMABLE,
     Claim,
     ManifestRecord,
+    Resolved,
     claimable_where,
     lease_end,
     takeover_note,
@@ -99,23 +100,25 @@ class JobClaims(SoulsAndUploads):
         """The per-account limits every process on this database shares."""
         return AccountLimits(self._store)
 
-    def record_manifest(self, path: str, *, source: str, output: str) -> None:
+    def record_manifest(
+        self, path: str, *, source: str, output: str, resolved: Resolved | None = None
+    ) -> None:
         """Record (or replace) what workers need of a manifest; see ``ManifestRecord``."""
         now = self._store.now()
         with self._store.write() as conn:
             conn.execute(
-                "INSERT INTO manifests (path, source, output, scope, recorded_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET"
+                "INSERT INTO manifests (path, source, output, scope, recorded_at, resolved)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET"
                 " source = EXCLUDED.source, output = EXCLUDED.output, scope = EXCLUDED.scope,"
-                " recorded_at = EXCLUDED.recorded_at",
-                [path, source, output, f"{path}@{now}", now],
+                " recorded_at = EXCLUDED.recorded_at, resolved = EXCLUDED.resolved",
+                [path, source, output, f"{path}@{now}", now, (resolved or Resolved()).to_json()],
             )
 
     def recorded_manifests(self) -> list[ManifestRecord]:
         """Every manifest `run` or `enqueue` recorded, by path."""
         with self._store.read() as conn:
             rows = conn.execute("SELECT * FROM manifests ORDER BY path").fetchall()
-        return [ManifestRecord(**row) for row in rows]
+        return [ManifestRecord.from_row(dict(row)) for row in rows]
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""

@@ -237,3 +237,11 @@ def m013_account_concurrency(conn: Connection) -> None:
         'CREATE TABLE account_concurrency (account text NOT NULL, manifest text COLLATE "C"'
         " NOT NULL, concurrency integer NOT NULL, PRIMARY KEY (account, manifest))"
     )
+
+
+@migration
+def m014_manifest_resolved(conn: Connection) -> None:
+    # What the recording host resolved of a manifest from its disk (runner/ledger/claims.py
+    # ``Resolved``, as JSON): its local files' public URLs, its souls' images, its finishing
+    # jobs; NULL on older records.
+    conn.execute("ALTER TABLE manifests ADD COLUMN resolved text")

@@ -15,6 +15,7 @@ from runner.ledger.claims import (
     CLAIMABLE,
     Claim,
     ManifestRecord,
+    Resolved,
     claimable_where,
     lease_end,
     takeover_note,
@@ -117,23 +118,26 @@ class JobClaims(SoulsAndUploads):
         """None: one process executes, and its own throttle and slots are the account's."""
         return None
 
-    def record_manifest(self, path: str, *, source: str, output: str) -> None:
+    def record_manifest(
+        self, path: str, *, source: str, output: str, resolved: Resolved | None = None
+    ) -> None:
         """Record (or replace) what workers need of a manifest; see ``ManifestRecord``."""
         now = self._store.now()
         with self._store.write():
             self._store.conn.execute(
-                "INSERT INTO manifests (path, source, output, scope, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET source = excluded.source,"
+                "INSERT INTO manifests (path, source, output, scope, recorded_at, resolved)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                " source = excluded.source,"
                 " output = excluded.output, scope = excluded.scope,"
-                " recorded_at = excluded.recorded_at",
-                [path, source, output, f"{path}@{now}", now],
+                " recorded_at = excluded.recorded_at, resolved = excluded.resolved",
+                [path, source, output, f"{path}@{now}", now, (resolved or Resolved()).to_json()],
             )
 
     def recorded_manifests(self) -> list[ManifestRecord]:
         """Every manifest `run` or `enqueue` recorded, by path."""
         with self._store.read() as db:
             rows = list(db.query("SELECT * FROM manifests ORDER BY path"))
-        return [ManifestRecord(**row) for row in rows]
+        return [ManifestRecord.from_row(dict(row)) for row in rows]
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""

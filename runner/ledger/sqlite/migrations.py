@@ -226,3 +226,11 @@ def m013_account_concurrency(db: Database) -> None:
         pk=("account", "manifest"),
         not_null={"concurrency"},
     )
+
+
+@migration
+def m014_manifest_resolved(db: Database) -> None:
+    # What the recording host resolved of a manifest from its disk (runner/ledger/claims.py
+    # ``Resolved``, as JSON): its local files' public URLs, its souls' images, its finishing
+    # jobs; NULL on older records.
+    db.table("manifests").add_column("resolved", str)
