@@ -30,7 +30,7 @@ from runner.errors import (
     UsageError,
 )
 from runner.jobs import Job
-from runner.ledger import JobStatus, Ledger, PlanDiff
+from runner.ledger import IN_FLIGHT, JobStatus, Ledger, PlanDiff
 from runner.ledger.claims import Resolved
 from runner.manifest import Manifest
 from runner.providers import check_credentials, make_provider
@@ -72,36 +72,43 @@ def record(
     The record goes in before the plan, so no process sees the plan's new jobs without it.
     """
     path = str(manifest.path)
-    before = ledger.diff(path, jobs)
+    produced = {job.key for job in jobs}
+    # the plan's finishing jobs, read without a whole diff: only this manifest's in flight
+    in_flight = ledger.jobs(manifest=path, status=tuple(IN_FLIGHT))
+    finishing = tuple(row.key for row in in_flight if row.key not in produced)
     souls = {name: manifest.soul_images(name) for name in manifest.souls}
-    files = _upload(ledger, manifest, _local_files(manifest, jobs, before, souls), env, strict)
-    resolved = Resolved(files=files, souls=souls, finishing=before.finishing_keys)
+    files = _upload(ledger, manifest, _local_files(ledger, manifest, jobs, souls), env, strict)
+    resolved = Resolved(files=files, souls=souls, finishing=finishing)
     source = manifest.path.read_text(encoding="utf-8")
     ledger.record_manifest(path, source=source, output=output, resolved=resolved)
     return ledger.record_plan(path, jobs), resolved
 
 
 def _local_files(
-    manifest: Manifest, jobs: Sequence[Job], diff: PlanDiff, souls: dict[str, list[str]]
+    ledger: Ledger, manifest: Manifest, jobs: Sequence[Job], souls: dict[str, list[str]]
 ) -> list[_File]:
-    """The local files the jobs that may still be sent need: their ``image_url`` and their
-    souls' images, each once, in manifest order."""
+    """The local files still needed, each once, in manifest order: the ``image_url`` of
+    jobs that may still be sent (the ledger read only for jobs that name one), and the
+    images of the souls jobs use (a handful: resolved whatever their jobs' status)."""
+    local = [job for job in jobs if _local_image(job) is not None]
+    rows = ledger.jobs(keys=[job.key for job in local]) if local else []
+    sent = {row.key for row in rows if row.status.value not in TO_SEND}
     found: dict[str, _File] = {}
-    used: set[str] = set()
-    for job in jobs:
-        if diff.statuses.get(job.key, JobStatus.PENDING.value) not in TO_SEND:
-            continue
-        if job.soul:
-            used.add(job.soul)
-        image = job.request.get("image_url")
-        if isinstance(image, str) and is_local(image) and image not in found:
+    for job in local:
+        image = _local_image(job)
+        if image is not None and image not in found and job.key not in sent:
             what = f"campaign {job.campaign}, job {job.key}: image_url {image!r}"
             found[image] = _File(image, "", what)
-    for soul in sorted(used):
+    for soul in sorted({job.soul for job in jobs if job.soul}):
         for image in souls.get(soul, []):
             if is_local(image) and image not in found:
                 found[image] = _File(image, image, f"souls.{soul}: image {image}")
     return list(found.values())
+
+
+def _local_image(job: Job) -> str | None:
+    image = job.request.get("image_url")
+    return image if isinstance(image, str) and is_local(image) else None
 
 
 def _upload(
