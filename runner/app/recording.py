@@ -53,35 +53,35 @@ class _File:
     what: str
 
 
-def record(
-    ledger: Ledger,
-    manifest: Manifest,
-    jobs: Sequence[Job],
-    output: str,
-    env: Environment,
-    *,
-    strict: bool,
-) -> tuple[PlanDiff, Resolved]:
-    """Upload the manifest's local files, record what workers need of it, then its plan.
+def resolve(
+    ledger: Ledger, manifest: Manifest, jobs: Sequence[Job], env: Environment, *, strict: bool
+) -> Resolved:
+    """What a worker needs of the manifest beside its YAML and jobs, its local files uploaded.
 
-    ``strict`` (``enqueue``): a file that cannot be uploaded stops everything before anything
-    is recorded — a missing or outside file is a ``UsageError`` (exit 2) naming the job or
-    soul, a provider that stays unavailable a ``ProviderError`` (exit 1). Otherwise (``run``,
-    which executes here) such a file is left unrecorded: the engine deals with it per job,
-    as it always has (held while the provider is unavailable, failed when it cannot be sent).
-    The record goes in before the plan, so no process sees the plan's new jobs without it.
+    ``strict`` (``enqueue``): a file that cannot be uploaded is an error — a missing or
+    outside file a ``UsageError`` (exit 2) naming the job or soul, a provider that stays
+    unavailable a ``ProviderError`` (exit 1). Otherwise (``run``, which executes here) such a
+    file is left unrecorded: the engine deals with it per job, as it always has (held while
+    the provider is unavailable, failed when it cannot be sent).
     """
-    path = str(manifest.path)
     produced = {job.key for job in jobs}
     # the plan's finishing jobs, read without a whole diff: only this manifest's in flight
-    in_flight = ledger.jobs(manifest=path, status=tuple(IN_FLIGHT))
+    in_flight = ledger.jobs(manifest=str(manifest.path), status=tuple(IN_FLIGHT))
     finishing = tuple(row.key for row in in_flight if row.key not in produced)
     souls = {name: manifest.soul_images(name) for name in manifest.souls}
     files = _upload(ledger, manifest, _local_files(ledger, manifest, jobs, souls), env, strict)
-    resolved = Resolved(files=files, souls=souls, finishing=finishing)
+    return Resolved(files=files, souls=souls, finishing=finishing)
+
+
+def record(
+    ledger: Ledger, manifest: Manifest, jobs: Sequence[Job], output: str, resolved: Resolved
+) -> PlanDiff:
+    """Record what workers need of the manifest, then its plan: in this order, so that no
+    process sees the plan's new jobs without the URLs of their files."""
+    path = str(manifest.path)
     source = manifest.path.read_text(encoding="utf-8")
     ledger.record_manifest(path, source=source, output=output, resolved=resolved)
-    return ledger.record_plan(path, jobs), resolved
+    return ledger.record_plan(path, jobs)
 
 
 def _local_files(

@@ -15,7 +15,7 @@ import anyio
 
 from runner.app.common import Environment, executing, reading, select
 from runner.app.execute import Work, execute
-from runner.app.recording import record
+from runner.app.recording import record, resolve
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
@@ -170,9 +170,8 @@ def _prepare(
         finishing = ledger.diff(manifest, loaded.jobs).finishing_keys
     else:
         _relocate(ledger, loaded.store, loaded.jobs)
-        diff, resolved = record(
-            ledger, loaded.manifest, loaded.jobs, loaded.store.root, env, strict=False
-        )
+        resolved = resolve(ledger, loaded.manifest, loaded.jobs, env, strict=False)
+        diff = record(ledger, loaded.manifest, loaded.jobs, loaded.store.root, resolved)
         finishing, files = diff.finishing_keys, resolved.files
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:

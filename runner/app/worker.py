@@ -24,7 +24,7 @@ import httpx
 
 from runner.app.common import Environment, executing
 from runner.app.execute import Work, execute
-from runner.app.recording import record
+from runner.app.recording import record, resolve
 from runner.engine import Outcome, charged_credits
 from runner.engine.shared import SharedBudget
 from runner.jobs import expand
@@ -65,7 +65,7 @@ def enqueue(
 ) -> list[tuple[str, PlanDiff]]:
     """Record each manifest's plan and what a worker needs of it (``recording``: its local
     files uploaded first); execute nothing. A file that cannot be uploaded stops it before
-    anything is recorded."""
+    any manifest is recorded."""
     env = env or Environment()
     loaded = []
     for path in manifest_paths:
@@ -74,11 +74,11 @@ def enqueue(
         output = open_store(str(manifest.output_dir(state_dir))).root
         loaded.append((manifest, jobs, output))
     with executing(state_dir, ledger) as opened:
-        diffs = []
-        for manifest, jobs, output in loaded:
-            diff, _ = record(opened, manifest, jobs, output, env, strict=True)
-            diffs.append((str(manifest.path), diff))
-    return diffs
+        resolved = [resolve(opened, m, jobs, env, strict=True) for m, jobs, _ in loaded]
+        return [
+            (str(m.path), record(opened, m, jobs, output, r))
+            for (m, jobs, output), r in zip(loaded, resolved, strict=True)
+        ]
 
 
 def worker(
