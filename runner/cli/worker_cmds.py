@@ -35,8 +35,8 @@ from runner.cli.base import (
 @handle_errors
 def enqueue_cmd(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Record the manifests' jobs and settings (provider, the NAME of the key variable,
-    limits, budget, output) in the ledger without executing them: `runner worker` processes
-    on any host then do the work."""
+    limits, budget, output) in the ledger without executing them, their local files (image_url,
+    soul images) uploaded first: `runner worker` processes on any host then do the work."""
     from runner import app
 
     ctx = get_ctx()
