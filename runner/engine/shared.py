@@ -32,8 +32,19 @@ SHARED_RATE_SAFETY = 1.25
 MAX_LATENESS = (SHARED_RATE_SAFETY - 1) / 2
 MAX_LATE_TURNS = 3
 
-#: A generation in these statuses is (or may be) counted by the provider: its slot stays.
-AT_PROVIDER = (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)
+#: A job let go in these statuses has a generation at the provider (left in flight for
+#: `collect`, or for the next process): its slot stays until someone polls it to the end. A
+#: job let go in ``submitting`` — its submit held (throttled past the ceiling, or every answer
+#: lost), or its task stopped — frees its slot: no process of ours is driving it, and a slot
+#: kept for it would be kept until a later run re-sends it, so that with ``concurrency: 1``
+#: every other job would wait on it all night. Money is unaffected (a ``submitting`` job's
+#: credits stay counted as charged, and its re-send carries the same idempotency key). The
+#: cost: if a lost answer hid an accepted generation, the provider runs it beside ours until
+#: it ends, one more than our count; the provider's own limit then answers a submit with a
+#: throttle (429, or the platform's concurrency-limit 400), which costs no attempt and no
+#: credit. A process that DIES mid-submit lets nothing go: that job keeps its slot until
+#: another process takes it over (its lease run out) and re-sends it.
+AT_PROVIDER = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class SharedThrottle(Throttle):
@@ -94,7 +105,8 @@ class AccountGate:
         self.limits.take_slot(self.account, key, self.limit, force=True)
 
     def leave(self, key: str, status: JobStatus) -> None:
-        """Free job ``key``'s slot unless its generation is still at the provider."""
+        """Free job ``key``'s slot as its task lets it go in ``status``, unless its
+        generation is still at the provider (see ``AT_PROVIDER``)."""
         if status not in AT_PROVIDER:
             self.limits.free_slot(key)
 

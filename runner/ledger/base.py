@@ -237,6 +237,11 @@ class Ledger(Protocol):
         """Who holds job ``key`` and until when, or ``None`` when nobody does."""
         ...
 
+    def unclaimed(self, manifest: str, statuses: Collection[JobStatus]) -> list[str]:
+        """The keys of ``manifest``'s jobs in ``statuses`` that nobody holds (or whose
+        holder's lease has run out): what a process may take over. Reads only those rows."""
+        ...
+
     def record_manifest(self, path: str, *, source: str, output: str) -> None:
         """Record (or replace) what workers need of the manifest at ``path`` (as its jobs
         name it): its YAML ``source`` and its resolved ``output`` (a directory or s3://);

@@ -24,6 +24,7 @@ from runner.ledger.models import JobRow
 from runner.ledger.postgres.limits import AccountLimits
 from runner.ledger.postgres.souls import SoulsAndUploads
 from runner.ledger.rows import note_event
+from runner.ledger.status import JobStatus
 
 
 class JobClaims(SoulsAndUploads):
@@ -116,6 +117,16 @@ class JobClaims(SoulsAndUploads):
         with self._store.read() as conn:
             rows = conn.execute("SELECT * FROM manifests ORDER BY path").fetchall()
         return [ManifestRecord(**row) for row in rows]
+
+    def unclaimed(self, manifest: str, statuses: Collection[JobStatus]) -> list[str]:
+        """Keys of ``manifest``'s jobs in ``statuses`` that nobody holds; see ``Ledger``."""
+        query = (
+            "SELECT key FROM jobs WHERE manifest = %s AND status = ANY(%s)"
+            f" AND {claimable_where('%s')} ORDER BY {CLAIM_ORDER}"
+        )
+        params = [manifest, [s.value for s in statuses], self._store.now()]
+        with self._store.read() as conn:
+            return [str(r["key"]) for r in conn.execute(query, params).fetchall()]
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""
