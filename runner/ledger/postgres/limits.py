@@ -41,7 +41,7 @@ class AccountLimits:
         """Give job ``key`` one of ``account``'s slots if one is free (or it has one):
         ``limit``, or fewer when a manifest on the account with work left declared fewer;
         ``force`` takes it whatever the count (a generation already at the provider)."""
-        now = self._store.now()
+        now = self._store.server_now()  # leases are in the server's time
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["slots:" + account])
             smallest = conn.execute(
