@@ -187,3 +187,29 @@ def test_a_job_held_before_its_submit_gives_its_credits_back(
     out, err = second.communicate(timeout=HANG_GUARD + GUARD.total_seconds())
     assert server.state.stats()["generations_created"] == 3, out + err
     assert sorted(statuses(pg_url).values()).count(JobStatus.DOWNLOADED) == 3
+
+
+def test_a_total_cap_holds_across_workers(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str
+) -> None:
+    """Three workers on one enqueued manifest with `budget.max_total_credits` and 2 jobs of
+    it charged before: together they bring the manifest's charged credits to no more than the
+    cap (the mock's count of generations says so) — each worker alone would have sent as
+    much as the cap leaves — and exactly as many jobs as fit."""
+    server = mock_server_factory(MockOptions(latency_min=0.1, latency_max=0.2, seed=63))
+    cap = 7 * CREDITS_PER_JOB + 2  # room for 7 jobs, not 8: 2 charged before, 5 more
+    m = fleet_manifest(tmp_path / "m.yaml", server, jobs=20, concurrency=6, max_credits=cap)
+    m.write_text(m.read_text().replace("max_credits:", "max_total_credits:"))
+    env = fleet_env(pg_url)
+    enqueue(m, tmp_path, env)
+    with open_ledger(pg_url) as led:
+        for row in led.jobs()[:2]:
+            led.transition(row.key, JobStatus.SUBMITTING, detail="sent by an earlier run")
+            led.transition(row.key, JobStatus.FAILED, detail="a generation that expired",
+                           generation_id=f"g-{row.key}", error="expired")  # fmt: skip
+    procs = [guarded_worker(tmp_path, f"w{i}", env) for i in range(3)]
+    for proc in procs:
+        proc.communicate(timeout=HANG_GUARD + GUARD.total_seconds())
+    created = server.state.stats()["generations_created"]
+    assert (created + 2) * CREDITS_PER_JOB <= cap
+    assert created == 5

@@ -8,8 +8,8 @@ ask the ledger (``SharedLimits``) first, so the limits hold summed over every ho
   ``SHARED_RATE_SAFETY / rps`` apart in the server's time), then honours this process's pauses;
 - ``AccountGate``: a generation takes one of the account's slots before it is sent and
   frees it once the provider is done with it;
-- ``SharedBudget``: a run cap's credits are reserved in the database by every process that
-  shares the cap (the workers of one enqueued manifest).
+- ``SharedBudget``: a run cap's and a total cap's credits are reserved in the database by
+  every process that shares the caps (the workers of one enqueued manifest).
 """
 
 from __future__ import annotations
@@ -113,33 +113,62 @@ class AccountGate:
 
 @dataclass
 class SharedBudget(Budget):
-    """A ``Budget`` whose run cap is shared, through the database, by every process that
-    reserves under ``scope``; the total cap is checked as in ``Budget``."""
+    """A ``Budget`` whose caps are shared, through the database, by every process that
+    reserves under ``scope`` (the workers of one enqueued manifest): the run cap's credits
+    are reserved under ``scope``, the total cap's under ``scope|total``. That one starts at
+    what the manifest had charged when its first process reserved, and every process adds
+    what it sends and takes off what the provider did not charge, so credits charged before
+    and by every host since count once each, whichever host looks."""
 
     limits: SharedLimits | None = None
     scope: str = ""
 
+    @property
+    def total_scope(self) -> str:
+        return f"{self.scope}|total"
+
     def reserve(self, job: Priced) -> None:
-        """Reserve ``job``'s credits here and in the shared scope, or raise
+        """Reserve ``job``'s credits here and in the shared scopes, or raise
         ``BudgetExceededError`` with the numbers (and reserve nothing)."""
-        cap = self.run_cap
-        if self.limits is None or cap is None or not self.needs(job):
+        caps = self._shared_caps()
+        if self.limits is None or not caps or not self.needs(job):
             super().reserve(job)
             return
-        self.run_cap = None  # the shared cap stands for this process's
+        run_cap, total_cap = self.run_cap, self.total_cap
+        self.run_cap = self.total_cap = None  # the shared caps stand for this process's
         try:
             super().reserve(job)
         finally:
-            self.run_cap = cap
-        if self.limits.reserve_credits(self.scope, job.credits, cap) is None:
-            super().refund(job)
-            raise BudgetExceededError(
-                f"budget: job {job.key} ({job.credits:g} credits) would bring what every "
-                f"process sharing this cap submitted over its cap of {cap:g} credits"
-            )
+            self.run_cap, self.total_cap = run_cap, total_cap
+        taken: list[str] = []
+        for scope, cap, start, what in caps:
+            if self.limits.reserve_credits(scope, job.credits, cap, start=start) is None:
+                for done in taken:  # nothing reserved: a refusal leaves every scope as it was
+                    self.limits.refund_credits(done, job.credits)
+                super().refund(job)
+                raise BudgetExceededError(
+                    f"budget: job {job.key} ({job.credits:g} credits) would bring {what} "
+                    f"over its cap of {cap:g} credits"
+                )
+            taken.append(scope)
+
+    def _shared_caps(self) -> list[tuple[str, float, float, str]]:
+        """(scope, cap, what it starts at, what it counts) of each cap set."""
+        caps = []
+        if self.total_cap is not None:
+            what = "the manifest's total charged credits (every host's, orphaned jobs included)"
+            caps.append((self.total_scope, self.total_cap, self.charged_before, what))
+        if self.run_cap is not None:
+            what = "what every process sharing this cap submitted"
+            caps.append((self.scope, self.run_cap, 0.0, what))
+        return caps
 
     def refund(self, job: Priced) -> None:
-        """Give ``job``'s credits back, in the shared scope too."""
-        if self.limits is not None and self.run_cap is not None and job.key in self._reserved:
-            self.limits.refund_credits(self.scope, job.credits)
+        """Give ``job``'s credits back, in the shared scopes too: the total's whoever
+        reserved them (it counts every charged credit), the run cap's if this pass did."""
+        if self.limits is not None:
+            if self.total_cap is not None:
+                self.limits.refund_credits(self.total_scope, job.credits)
+            if self.run_cap is not None and job.key in self._reserved:
+                self.limits.refund_credits(self.scope, job.credits)
         super().refund(job)

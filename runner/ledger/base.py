@@ -50,9 +50,11 @@ class SharedLimits(Protocol):
         """Reserve ``account``'s next call turn; seconds from now until it."""
         ...
 
-    def reserve_credits(self, scope: str, credits: float, cap: float) -> float | None:
+    def reserve_credits(
+        self, scope: str, credits: float, cap: float, *, start: float = 0.0
+    ) -> float | None:
         """Add ``credits`` to ``scope``'s reservations if within ``cap``: the new total, or
-        ``None`` (nothing added)."""
+        ``None`` (nothing added); a scope's first use starts it at ``start``."""
         ...
 
     def refund_credits(self, scope: str, credits: float) -> None:

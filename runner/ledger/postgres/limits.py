@@ -110,12 +110,17 @@ class AccountLimits:
             )
         return turn - float(row["now"])
 
-    def reserve_credits(self, scope: str, credits: float, cap: float) -> float | None:
+    def reserve_credits(
+        self, scope: str, credits: float, cap: float, *, start: float = 0.0
+    ) -> float | None:
         """Add ``credits`` to what ``scope`` reserved if that stays within ``cap``: the new
-        total, or ``None`` (nothing added) when it would not."""
+        total, or ``None`` (nothing added) when it would not. A scope used for the first time
+        starts at ``start`` (credits charged before it)."""
         with self._store.write() as conn:
             conn.execute(
-                "INSERT INTO budgets (scope) VALUES (%s) ON CONFLICT (scope) DO NOTHING", [scope]
+                "INSERT INTO budgets (scope, reserved) VALUES (%s, %s)"
+                " ON CONFLICT (scope) DO NOTHING",
+                [scope, start],
             )
             row = conn.execute(
                 "UPDATE budgets SET reserved = reserved + %s WHERE scope = %s"
