@@ -1,5 +1,6 @@
 """What the processes of a fleet share through a PostgreSQL ledger beyond the job rows
-(SPEC §8): leases in the server's time, whatever the hosts' clocks say."""
+(SPEC §8): leases in the server's time, whatever the hosts' clocks say, and an account's
+Retry-After pause."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
 
+import anyio
+import psycopg
+
+from runner.engine.shared import SharedThrottle
 from runner.ledger import JobStatus, open_ledger
 from tests.test_ledger import MANIFEST, make_job
 
@@ -60,3 +65,41 @@ def test_leases_are_kept_in_the_servers_time_whatever_the_hosts_clocks(pg_url: s
         limits = later.shared_limits()
         assert limits is not None
         assert not limits.take_slot("acct", other.key, 1)  # job's slot stands: its lease holds
+
+
+def server_time(url: str) -> float:
+    """The database server's clock now (epoch seconds)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def test_a_retry_after_pauses_every_process_on_the_account(pg_url: str) -> None:
+    """Host A is told Retry-After: 1.5 s while host B's next call sleeps to its turn on the
+    same account: neither that call nor B's next goes before the pause has run out in the
+    server's time, though B never heard the Retry-After itself."""
+    with open_ledger(pg_url) as a_led, open_ledger(pg_url) as b_led:
+        a_limits, b_limits = a_led.shared_limits(), b_led.shared_limits()
+        assert a_limits is not None and b_limits is not None
+        a = SharedThrottle(2.0, limits=a_limits, account="acct")
+        b = SharedThrottle(2.0, limits=b_limits, account="acct")
+        sent: list[float] = []
+        paused_at: list[float] = []
+
+        async def b_calls() -> None:
+            for _ in range(3):  # the first at once, the next ones 0.625 s apart
+                await b.wait_turn()
+                sent.append(server_time(pg_url))
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(b_calls)
+                while not sent:
+                    await anyio.sleep(0.01)
+                paused_at.append(server_time(pg_url))
+                a.pause(1.5)  # B's second call is asleep to its turn by now
+
+        anyio.run(main)
+    assert len(sent) == 3
+    assert all(t >= paused_at[0] + 1.5 for t in sent[1:]), (sent, paused_at)

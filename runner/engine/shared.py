@@ -5,7 +5,8 @@ account's limits; where several processes on several hosts share an account, the
 ask the ledger (``SharedLimits``) first, so the limits hold summed over every host:
 
 - ``SharedThrottle``: each call takes the account's next turn from the database (spaced
-  ``SHARED_RATE_SAFETY / rps`` apart in the server's time), then honours this process's pauses;
+  ``SHARED_RATE_SAFETY / rps`` apart in the server's time, after the account's pause: a
+  Retry-After any process received holds them all);
 - ``AccountGate``: a generation takes one of the account's slots before it is sent and
   frees it once the provider is done with it;
 - ``SharedBudget``: a run cap's and a total cap's credits are reserved in the database by
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from runner.engine.budget import Budget, Priced
 from runner.engine.clock import SYSTEM_CLOCK, Clock
-from runner.engine.throttle import Throttle
+from runner.engine.throttle import MAX_PAUSE, Throttle
 from runner.errors import BudgetExceededError
 from runner.ledger import JobStatus
 from runner.ledger.base import SharedLimits
@@ -48,8 +49,8 @@ AT_PROVIDER = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class SharedThrottle(Throttle):
-    """A ``Throttle`` whose turns come from the database, shared by every process on the
-    account; pauses (Retry-After) stay this process's."""
+    """A ``Throttle`` whose turns and pauses (Retry-After) come from the database, shared by
+    every process on the account."""
 
     def __init__(
         self,
@@ -64,16 +65,27 @@ class SharedThrottle(Throttle):
         self.limits = limits
         self.account = account
 
+    def pause(self, seconds: float) -> None:
+        """Hold every call for ``seconds``: this process's, and (through the database) every
+        other process's on the account."""
+        super().pause(seconds)
+        self.limits.pause(self.account, min(seconds, MAX_PAUSE))
+
     async def wait_turn(self) -> None:
         """Return when this caller may send one request."""
         late = 0
         while True:
             while (left := self.paused_for) > 0:
                 await self.clock.sleep(left)
-            delay = self.limits.rate_turn(self.account, self.interval)
+            delay = self.limits.rate_turn(self.account, self.interval)  # after any pause
             due = self.clock.now() + delay
             await self.clock.sleep(delay)
             if self.paused_for > 0:
+                continue
+            # A pause another process recorded while this call slept to its turn holds it
+            # (and this process's other calls) too; a turn taken at once had no time to miss one.
+            if delay > 0 and (shared := self.limits.paused_for(self.account)) > 0:
+                Throttle.pause(self, shared)
                 continue
             # Woken well after its turn (a busy host), a call could arrive together with the
             # next ones: it takes a new turn instead (a few times at most, so it always goes).

@@ -47,7 +47,16 @@ class SharedLimits(Protocol):
         ...
 
     def rate_turn(self, account: str, interval: float) -> float:
-        """Reserve ``account``'s next call turn; seconds from now until it."""
+        """Reserve ``account``'s next call turn (after its pause, if any); seconds from now
+        until it."""
+        ...
+
+    def pause(self, account: str, seconds: float) -> None:
+        """Hold every process's calls on ``account`` for ``seconds`` (a Retry-After)."""
+        ...
+
+    def paused_for(self, account: str) -> float:
+        """Seconds left of ``account``'s pause (0 when none)."""
         ...
 
     def reserve_credits(

@@ -237,3 +237,12 @@ def m013_account_concurrency(conn: Connection) -> None:
         'CREATE TABLE account_concurrency (account text NOT NULL, manifest text COLLATE "C"'
         " NOT NULL, concurrency integer NOT NULL, PRIMARY KEY (account, manifest))"
     )
+
+
+@migration
+def m014_account_pauses(conn: Connection) -> None:
+    # Until when an account's calls wait (the server's epoch seconds), from a Retry-After any
+    # process received (runner/ledger/postgres/limits.py); 0: no pause.
+    conn.execute(
+        "ALTER TABLE account_rates ADD COLUMN paused_until double precision NOT NULL DEFAULT 0"
+    )

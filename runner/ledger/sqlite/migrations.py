@@ -226,3 +226,10 @@ def m013_account_concurrency(db: Database) -> None:
         pk=("account", "manifest"),
         not_null={"concurrency"},
     )
+
+
+@migration
+def m014_account_pauses(db: Database) -> None:
+    # Until when an account's calls wait, from a Retry-After any process received
+    # (PostgreSQL uses it: runner/ledger/postgres/limits.py); 0: no pause.
+    db.table("account_rates").add_column("paused_until", float, not_null_default=0.0)
