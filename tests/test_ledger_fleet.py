@@ -1,24 +1,51 @@
-"""What the processes of a fleet share through a PostgreSQL ledger beyond the job rows
-(SPEC §8): leases in the server's time, whatever the hosts' clocks say, and an account's
-Retry-After pause."""
+"""What the processes of a fleet share through a ledger beyond the job rows (SPEC §8): which
+jobs may be taken over (both implementations), and on PostgreSQL leases in the server's
+time, whatever the hosts' clocks say, and an account's Retry-After pause."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-
-import pytest
-
-pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+from pathlib import Path
 
 import anyio
-import psycopg
+import pytest
 
 from runner.engine.shared import SharedThrottle
 from runner.ledger import JobStatus, open_ledger
-from tests.test_ledger import MANIFEST, make_job
+from tests.test_ledger import BACKENDS, MANIFEST, Backend, HandClock, make_job
 
 S = JobStatus
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda backend: backend.name)
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger of each implementation."""
+    backend: Backend = request.param
+    return backend.fresh_url(request, tmp_path)
+
+
+def test_unclaimed_names_only_free_jobs_in_the_statuses_asked(ledger_url: str) -> None:
+    """``unclaimed``: the keys of the manifest's jobs in the given statuses that nobody holds
+    or whose lease has run out (what a waiting process may take over) — a live holder's job,
+    another status or another manifest's job is not named."""
+    clock = HandClock()
+    jobs = [make_job(index=i, n=i) for i in range(4)]
+    other = make_job(index=0, n=99, manifest="/work/other.yaml")
+    with open_ledger(ledger_url, clock=clock) as led:
+        led.record_plan(MANIFEST, jobs)
+        led.record_plan(other.manifest, [other])
+        for job in jobs[:3]:
+            led.transition(job.key, S.SUBMITTING)
+        led.transition(other.key, S.SUBMITTING)
+        led.transition(jobs[1].key, S.QUEUED, generation_id="g1")
+        led.claim(MANIFEST, "alive", lease=60, keys=[jobs[0].key])
+        led.claim(MANIFEST, "dying", lease=5, keys=[jobs[2].key])
+        in_flight = [S.SUBMITTING, S.QUEUED]
+        assert led.unclaimed(MANIFEST, in_flight) == [jobs[1].key]
+        assert led.unclaimed(MANIFEST, [S.PENDING]) == [jobs[3].key]
+        clock.now += timedelta(seconds=5)  # the dying holder's lease has run out
+        assert led.unclaimed(MANIFEST, in_flight) == [jobs[2].key, jobs[1].key]
 
 
 def skewed(hours: float) -> Callable[[], datetime]:
@@ -69,6 +96,8 @@ def test_leases_are_kept_in_the_servers_time_whatever_the_hosts_clocks(pg_url: s
 
 def server_time(url: str) -> float:
     """The database server's clock now (epoch seconds)."""
+    import psycopg  # only with a cluster (pg_url): the tests without one run without it
+
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
     assert row is not None
