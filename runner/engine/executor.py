@@ -153,10 +153,11 @@ class Executor(EarlierWork):
 
     def _start(self, row: JobRow, jobs: anyio.abc.TaskGroup, *, holds_slot: bool) -> None:
         """Start a job found past its submit: polled (holding a slot) or downloaded; or one
-        found mid-submit (taken over from a dead process): re-sent with its key, holding a
-        slot (the one its generation may already hold at the provider)."""
-        if row.status is JobStatus.SUBMITTING and self.settings.submit:
-            self._count_slot(row, holds_slot)
+        found mid-submit (its holder dead, or it was held): re-sent with its key, in the slot
+        its dead holder took (its generation may be at the provider) or a free one."""
+        if row.status is JobStatus.SUBMITTING and self.settings.submit and self._may_resend(row):
+            if not holds_slot:
+                self.slots.adopt()
             jobs.start_soon(self._drive, row, True)
         elif row.status in AT_PROVIDER and self.settings.download:
             self._adopt(row)
@@ -167,6 +168,11 @@ class Executor(EarlierWork):
         else:  # pending again (or --submit-only): let it go; a later pass may send it
             self._driven.discard(row.key)
             self._release(row)
+
+    def _may_resend(self, row: JobRow) -> bool:
+        """Whether an interrupted submit found free may be re-sent now: it keeps the slot its
+        dead holder took, else it needs a free one (a held submit let its slot go)."""
+        return self.gate is None or self.gate.enter(row.key)
 
     def _count_slot(self, row: JobRow, holds_slot: bool) -> None:
         """Count ``row``'s generation in flight here and in the account's slots."""
