@@ -161,7 +161,10 @@ class Executor(EarlierWork):
             jobs.start_soon(self._drive, row, True)
         elif row.status in AT_PROVIDER and self.settings.download:
             self._adopt(row)
-            self._count_slot(row, holds_slot)
+            if not holds_slot:
+                self.slots.adopt()
+            if self.gate is not None:
+                self.gate.adopt(row.key)
             jobs.start_soon(self._drive, row, True)
         elif row.status is JobStatus.COMPLETED and self.settings.download:
             jobs.start_soon(self._drive, row, False)
@@ -173,13 +176,6 @@ class Executor(EarlierWork):
         """Whether an interrupted submit found free may be re-sent now: it keeps the slot its
         dead holder took, else it needs a free one (a held submit let its slot go)."""
         return self.gate is None or self.gate.enter(row.key)
-
-    def _count_slot(self, row: JobRow, holds_slot: bool) -> None:
-        """Count ``row``'s generation in flight here and in the account's slots."""
-        if not holds_slot:
-            self.slots.adopt()
-        if self.gate is not None:
-            self.gate.adopt(row.key)
 
     def _take_over(self, jobs: anyio.abc.TaskGroup) -> None:
         """Start the jobs of this pass (not yet worked on here) that nobody holds any more
