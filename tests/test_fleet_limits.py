@@ -10,11 +10,14 @@ import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
 
+from runner import app
 from runner.app.execute import account_of
-from runner.ledger import JobStatus, open_ledger
+from runner.ledger import JobRow, JobStatus, Ledger, open_ledger
 from runner.manifest import load_manifest
 from runner.mock import MockOptions
 from runner.providers import Provider, make_provider
@@ -213,3 +216,52 @@ def test_a_total_cap_holds_across_workers(
     created = server.state.stats()["generations_created"]
     assert (created + 2) * CREDITS_PER_JOB <= cap
     assert created == 5
+
+
+def test_waiting_on_a_full_account_reads_no_pending_jobs(
+    tmp_path: Path, mock_server_factory: Factory, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account's one slot is held by a generation another process left (its lease runs
+    out 2 s in): the run waits on the account, looking every ~0.1 s for work to take over,
+    then takes that generation over and finishes it. Looking reads only the keys of jobs
+    nobody holds: the run reads its pass's rows (the pending ones) a fixed number of times,
+    however long it waited, never once per look."""
+    server = mock_server_factory(MockOptions(latency_min=0.1, latency_max=0.2, seed=64))
+    m = fleet_manifest(tmp_path / "m.yaml", server, jobs=30, concurrency=1, rps=50)
+    env = fleet_env(pg_url, RUNNER_LEASE="0.4")
+    app.enqueue([m], tmp_path / "q", ledger=pg_url)
+    provider = _provider(m, env)
+    with open_ledger(pg_url) as led:
+        [job] = led.claim(str(m), "otherhost/1/abcdef", lease=2, limit=1)
+        led.transition(job.key, JobStatus.SUBMITTING)
+        limits = led.shared_limits()
+        assert limits is not None
+        assert limits.take_slot("|".join(account_of(provider)), job.key, 1)
+
+    async def submit() -> str:
+        try:
+            return await provider.submit(job.request, idempotency_key=job.idempotency_key)
+        finally:
+            await provider.aclose()
+
+    with open_ledger(pg_url) as led:
+        led.transition(job.key, JobStatus.QUEUED, generation_id=anyio.run(submit))
+
+    from runner.ledger.postgres import PostgresLedger  # psycopg: there with pg_url
+
+    reads: list[int] = []
+    jobs = PostgresLedger.jobs
+
+    def counted(self: Ledger, *args: Any, **kwargs: Any) -> list[JobRow]:
+        rows = jobs(self, *args, **kwargs)
+        reads.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(PostgresLedger, "jobs", counted)
+    until = datetime.now(UTC) + timedelta(seconds=3)
+    env_ = app.Environment(environ=env)
+    app.run(m, tmp_path / "r", app.RunOptions(until=until), env_, ledger=pg_url)
+    with open_ledger(pg_url) as led:
+        done = led.get(job.key)
+    assert done is not None and done.status is JobStatus.DOWNLOADED
+    assert sum(n >= 20 for n in reads) <= 4, reads
