@@ -32,6 +32,9 @@ SHARED_RATE_SAFETY = 1.25
 #: ``SHARED_RATE_SAFETY`` leaves in a 1-second window), and how many times it may.
 MAX_LATENESS = (SHARED_RATE_SAFETY - 1) / 2
 MAX_LATE_TURNS = 3
+#: Seconds before its turn a call looks whether another process paused the account (a call
+#: whose turn comes sooner than that goes as it is, like one already on its way).
+PAUSE_LOOKAHEAD = 0.05
 
 #: A job let go in these statuses has a generation at the provider (left in flight for
 #: `collect`, or for the next process): its slot stays until someone polls it to the end. A
@@ -79,13 +82,17 @@ class SharedThrottle(Throttle):
                 await self.clock.sleep(left)
             delay = self.limits.rate_turn(self.account, self.interval)  # after any pause
             due = self.clock.now() + delay
-            await self.clock.sleep(delay)
+            if delay > PAUSE_LOOKAHEAD:
+                # A pause another process records while this call sleeps to its turn holds it
+                # (and this process's other calls) too. It is read a little before the turn,
+                # so that the read never makes the call late.
+                await self.clock.sleep(delay - PAUSE_LOOKAHEAD)
+                shared = self.limits.paused_for(self.account)
+                if shared > 0 and shared > due - self.clock.now():  # it outlasts the turn
+                    Throttle.pause(self, shared)
+                    continue
+            await self.clock.sleep(max(0.0, due - self.clock.now()))
             if self.paused_for > 0:
-                continue
-            # A pause another process recorded while this call slept to its turn holds it
-            # (and this process's other calls) too; a turn taken at once had no time to miss one.
-            if delay > 0 and (shared := self.limits.paused_for(self.account)) > 0:
-                Throttle.pause(self, shared)
                 continue
             # Woken well after its turn (a busy host), a call could arrive together with the
             # next ones: it takes a new turn instead (a few times at most, so it always goes).
