@@ -36,7 +36,7 @@ EXPECTED_COLUMNS = {
     "meta": {"name", "value"},
     # what processes sharing a PostgreSQL ledger share per account (m010)
     "account_slots": {"job_key", "account", "taken_at"},
-    "account_rates": {"account", "next_call"},
+    "account_rates": {"account", "next_call", "paused_until"},
     "budgets": {"scope", "reserved"},
     "account_concurrency": {"account", "manifest", "concurrency"},
     # what `run` and `enqueue` recorded for workers (m011)

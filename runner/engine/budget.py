@@ -136,6 +136,13 @@ class Budget:
         else:
             self.charged_before -= job.credits
 
+    def unreserve(self, job: Priced) -> None:
+        """Give back what this run reserved for ``job``, which it did not send after all
+        (held before its submit: it stays ``pending`` and is reserved again when it is sent);
+        nothing when this run reserved nothing for it."""
+        if job.key in self._reserved:
+            self.refund(job)
+
     def select(self, rows: Sequence[P], limit: int | None = None) -> tuple[list[P], str | None]:
         """What a run would send, as :meth:`reserve` decides it, and why it would stop (the
         dry run). Reserves as it goes, like the run."""

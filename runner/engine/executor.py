@@ -27,6 +27,10 @@ from runner.ledger import JobRow, JobStatus
 
 PROGRESS_INTERVAL = 0.5
 AFTER_SUBMIT = (*AT_PROVIDER, JobStatus.COMPLETED)  # generations under way or done
+# What a process takes over from a dead one while it waits for the account's slots: its
+# generations (they hold slots until polled to the end) and its interrupted submits (one may
+# hold a slot too; it is re-sent with its idempotency key).
+TAKE_OVER = (JobStatus.SUBMITTING, *AFTER_SUBMIT)
 
 
 class Executor(EarlierWork):
@@ -37,7 +41,7 @@ class Executor(EarlierWork):
     claims: Claims | None = None
     gate: AccountGate | None = None  # the account's slots across processes (PostgreSQL)
     _driven: set[str]  # keys this run has claimed (and so worked on)
-    _todo: Sequence[JobRow] = ()  # the jobs of the current pass
+    _todo: dict[str, JobRow]  # the jobs of the current pass, by key
 
     # --- control --------------------------------------------------------------------------
 
@@ -65,6 +69,7 @@ class Executor(EarlierWork):
         self.finishing = set(finishing)
         self.progress.start(rows)
         self._driven = set()
+        self._todo = {}
         try:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
@@ -78,7 +83,7 @@ class Executor(EarlierWork):
                             for row in self._take(r for r in todo if r.status in AFTER_SUBMIT):
                                 self._start(row, jobs, holds_slot=False)
                         if self.settings.submit:
-                            self._todo = todo
+                            self._todo = {r.key: r for r in todo}
                             await self._dispatch(submission_order(todo), jobs)
                     todo = await self._held_elsewhere(rows)
                 ticker.cancel()
@@ -120,7 +125,7 @@ class Executor(EarlierWork):
             while self.gate is not None and not self.gate.enter(row.key):
                 # The account is full. Generations a dead process left at the provider hold
                 # slots until someone polls them: take those over while waiting.
-                self._take_over(self._todo, jobs)
+                self._take_over(jobs)
                 await self.clock.sleep(self.gate.recheck)
                 stop = self._stop_reason()
                 if stop is not None:  # --until / --max-failures end the wait too
@@ -147,8 +152,14 @@ class Executor(EarlierWork):
             self.claims.release([row.key])
 
     def _start(self, row: JobRow, jobs: anyio.abc.TaskGroup, *, holds_slot: bool) -> None:
-        """Start a job found past its submit: polled (holding a slot) or downloaded."""
-        if row.status in AT_PROVIDER and self.settings.download:
+        """Start a job found past its submit: polled (holding a slot) or downloaded; or one
+        found mid-submit (its holder dead, or it was held): re-sent with its key, in the slot
+        its dead holder took (its generation may be at the provider) or a free one."""
+        if row.status is JobStatus.SUBMITTING and self.settings.submit and self._may_resend(row):
+            if not holds_slot:
+                self.slots.adopt()
+            jobs.start_soon(self._drive, row, True)
+        elif row.status in AT_PROVIDER and self.settings.download:
             self._adopt(row)
             if not holds_slot:
                 self.slots.adopt()
@@ -161,11 +172,21 @@ class Executor(EarlierWork):
             self._driven.discard(row.key)
             self._release(row)
 
-    def _take_over(self, rows: Sequence[JobRow], jobs: anyio.abc.TaskGroup) -> None:
-        """Start those of ``rows`` (not yet worked on here) found past their submit with
-        nobody holding them."""
-        left = [r.key for r in rows if r.key not in self._driven]
-        found = [r for r in self.ledger.jobs(keys=left) if r.status in AFTER_SUBMIT] if left else []
+    def _may_resend(self, row: JobRow) -> bool:
+        """Whether an interrupted submit found free may be re-sent now: it keeps the slot its
+        dead holder took, else it needs a free one (a held submit let its slot go)."""
+        return self.gate is None or self.gate.enter(row.key)
+
+    def _take_over(self, jobs: anyio.abc.TaskGroup) -> None:
+        """Start the jobs of this pass (not yet worked on here) that nobody holds any more
+        and that are mid-submit or past it. Called every few seconds while the account is
+        full, so it reads only the keys of such jobs (few: in a healthy fleet their holders
+        are alive and none is found), never the pass's pending jobs."""
+        if not self._todo:
+            return
+        manifest = next(iter(self._todo.values())).manifest
+        free = self.ledger.unclaimed(manifest, TAKE_OVER)
+        found = [self._todo[k] for k in free if k in self._todo and k not in self._driven]
         for row in self._take(found):
             self._start(row, jobs, holds_slot=False)
 

@@ -134,7 +134,10 @@ class JobStages:
         return new
 
     def _hold(self, row: JobRow, reason: str) -> Gone:
-        """Leave the job as it is for the next run, saying why (ledger and summary)."""
+        """Leave the job as it is for the next run, saying why (ledger and summary); one
+        held before its submit (nothing of it sent) gives back the credits reserved for it."""
+        if row.status is JobStatus.PENDING:
+            self.budget.unreserve(row)
         self.ledger.note(row.key, f"{reason}; the next run tries again")
         self.outcome.held[row.key] = reason
         return Gone()

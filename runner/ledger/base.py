@@ -47,12 +47,23 @@ class SharedLimits(Protocol):
         ...
 
     def rate_turn(self, account: str, interval: float) -> float:
-        """Reserve ``account``'s next call turn; seconds from now until it."""
+        """Reserve ``account``'s next call turn (after its pause, if any); seconds from now
+        until it."""
         ...
 
-    def reserve_credits(self, scope: str, credits: float, cap: float) -> float | None:
+    def pause(self, account: str, seconds: float) -> None:
+        """Hold every process's calls on ``account`` for ``seconds`` (a Retry-After)."""
+        ...
+
+    def paused_for(self, account: str) -> float:
+        """Seconds left of ``account``'s pause (0 when none)."""
+        ...
+
+    def reserve_credits(
+        self, scope: str, credits: float, cap: float, *, start: float = 0.0
+    ) -> float | None:
         """Add ``credits`` to ``scope``'s reservations if within ``cap``: the new total, or
-        ``None`` (nothing added)."""
+        ``None`` (nothing added); a scope's first use starts it at ``start``."""
         ...
 
     def refund_credits(self, scope: str, credits: float) -> None:
@@ -235,6 +246,11 @@ class Ledger(Protocol):
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds job ``key`` and until when, or ``None`` when nobody does."""
+        ...
+
+    def unclaimed(self, manifest: str, statuses: Collection[JobStatus]) -> list[str]:
+        """The keys of ``manifest``'s jobs in ``statuses`` that nobody holds (or whose
+        holder's lease has run out): what a process may take over. Reads only those rows."""
         ...
 
     def record_manifest(

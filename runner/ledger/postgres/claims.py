@@ -25,6 +25,7 @@ from runner.ledger.models import JobRow
 from runner.ledger.postgres.limits import AccountLimits
 from runner.ledger.postgres.souls import SoulsAndUploads
 from runner.ledger.rows import note_event
+from runner.ledger.status import JobStatus
 
 
 class JobClaims(SoulsAndUploads):
@@ -42,15 +43,16 @@ class JobClaims(SoulsAndUploads):
         """Claim up to ``limit`` claimable jobs of ``manifest`` (of ``keys``, if given) for
         ``holder`` for ``lease`` seconds; see ``Ledger.claim``."""
         now = self._store.now()
+        # Leases in the server's time: hosts' clocks need not agree (see Store.server_clock).
         wheres = ["manifest = %s", "status = ANY(%s)", claimable_where("%s")]
-        params: list[Any] = [manifest, [s.value for s in CLAIMABLE], now]
+        params: list[Any] = [manifest, [s.value for s in CLAIMABLE], self._store.server_now()]
         if keys is not None:
             wheres.append("key = ANY(%s)")
             params.append(list(keys))
         query = f"SELECT * FROM jobs WHERE {' AND '.join(wheres)} ORDER BY {CLAIM_ORDER}"
         if limit is not None:
             query += f" LIMIT {int(limit)}"
-        until = lease_end(self._store.clock, lease)
+        until = lease_end(self._store.server_clock, lease)
         with self._store.write() as conn:
             found = conn.execute(query + " FOR UPDATE SKIP LOCKED", params).fetchall()
             conn.execute(
@@ -76,7 +78,7 @@ class JobClaims(SoulsAndUploads):
         """Extend ``holder``'s lease on ``keys``; return those it still holds."""
         if not keys:
             return set()
-        until = lease_end(self._store.clock, lease)
+        until = lease_end(self._store.server_clock, lease)
         with self._store.write() as conn:
             rows = conn.execute(
                 "UPDATE jobs SET lease_until = %s WHERE claimed_by = %s AND key = ANY(%s)"
@@ -119,6 +121,16 @@ class JobClaims(SoulsAndUploads):
         with self._store.read() as conn:
             rows = conn.execute("SELECT * FROM manifests ORDER BY path").fetchall()
         return [ManifestRecord.from_row(dict(row)) for row in rows]
+
+    def unclaimed(self, manifest: str, statuses: Collection[JobStatus]) -> list[str]:
+        """Keys of ``manifest``'s jobs in ``statuses`` that nobody holds; see ``Ledger``."""
+        query = (
+            "SELECT key FROM jobs WHERE manifest = %s AND status = ANY(%s)"
+            f" AND {claimable_where('%s')} ORDER BY {CLAIM_ORDER}"
+        )
+        params = [manifest, [s.value for s in statuses], self._store.server_now()]
+        with self._store.read() as conn:
+            return [str(r["key"]) for r in conn.execute(query, params).fetchall()]
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""

@@ -8,13 +8,17 @@ come from, so the processes of a fleet keep those counts here, under row locks:
   counts the generation); it is freed when the job leaves the provider, and a slot whose job
   is back to ``pending`` with nobody holding it (its process died before sending) is dropped.
 - ``account_rates``: when the account's next call may go, in the database server's time, so
-  hosts' clocks need not agree: each caller reserves the next turn and sleeps until it.
+  hosts' clocks need not agree: each caller reserves the next turn and sleeps until it; and
+  until when a Retry-After that any process received holds every process's calls.
 - ``budgets``: credits reserved against a cap by every process sharing it, checked and added
   in one statement.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from runner.ledger.postgres.migrations import Connection
 from runner.ledger.postgres.store import Store
 
 #: Statuses whose generation the provider counts (or may count) against the account.
@@ -41,7 +45,7 @@ class AccountLimits:
         """Give job ``key`` one of ``account``'s slots if one is free (or it has one):
         ``limit``, or fewer when a manifest on the account with work left declared fewer;
         ``force`` takes it whatever the count (a generation already at the provider)."""
-        now = self._store.now()
+        now = self._store.server_now()  # leases are in the server's time
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["slots:" + account])
             smallest = conn.execute(
@@ -89,33 +93,64 @@ class AccountLimits:
         return int(row["n"]) if row is not None else 0
 
     def rate_turn(self, account: str, interval: float) -> float:
-        """Reserve ``account``'s next call turn, ``interval`` seconds after the one before;
-        return how many seconds from now it is."""
+        """Reserve ``account``'s next call turn, ``interval`` seconds after the one before
+        and not before the account's pause ends; return how many seconds from now it is."""
         with self._store.write() as conn:
-            conn.execute(
-                "INSERT INTO account_rates (account, next_call) VALUES (%s, 0)"
-                " ON CONFLICT (account) DO NOTHING",
-                [account],
-            )
-            row = conn.execute(
-                "SELECT next_call, extract(epoch FROM clock_timestamp())::float8 AS now"
-                " FROM account_rates WHERE account = %s FOR UPDATE",
-                [account],
-            ).fetchone()
-            assert row is not None
-            turn = max(float(row["now"]), float(row["next_call"]))
+            row = self._rates_row(conn, account)
+            turn = max(float(row["now"]), float(row["next_call"]), float(row["paused_until"]))
             conn.execute(
                 "UPDATE account_rates SET next_call = %s WHERE account = %s",
                 [turn + interval, account],
             )
         return turn - float(row["now"])
 
-    def reserve_credits(self, scope: str, credits: float, cap: float) -> float | None:
+    def pause(self, account: str, seconds: float) -> None:
+        """Hold every call on ``account``, from every process, ``seconds`` from now (in the
+        server's time; an earlier, longer pause is kept)."""
+        with self._store.write() as conn:
+            row = self._rates_row(conn, account)
+            conn.execute(
+                "UPDATE account_rates SET paused_until = greatest(paused_until, %s)"
+                " WHERE account = %s",
+                [float(row["now"]) + seconds, account],
+            )
+
+    def paused_for(self, account: str) -> float:
+        """Seconds left of ``account``'s pause (0 when none)."""
+        with self._store.read() as conn:
+            row = conn.execute(
+                "SELECT paused_until - extract(epoch FROM clock_timestamp())::float8 AS left"
+                " FROM account_rates WHERE account = %s",
+                [account],
+            ).fetchone()
+        return max(0.0, float(row["left"])) if row is not None else 0.0
+
+    def _rates_row(self, conn: Connection, account: str) -> dict[str, Any]:
+        """``account``'s rate row, locked for this transaction, with the server's ``now``."""
+        conn.execute(
+            "INSERT INTO account_rates (account, next_call) VALUES (%s, 0)"
+            " ON CONFLICT (account) DO NOTHING",
+            [account],
+        )
+        row = conn.execute(
+            "SELECT next_call, paused_until, extract(epoch FROM clock_timestamp())::float8"
+            " AS now FROM account_rates WHERE account = %s FOR UPDATE",
+            [account],
+        ).fetchone()
+        assert row is not None
+        return row
+
+    def reserve_credits(
+        self, scope: str, credits: float, cap: float, *, start: float = 0.0
+    ) -> float | None:
         """Add ``credits`` to what ``scope`` reserved if that stays within ``cap``: the new
-        total, or ``None`` (nothing added) when it would not."""
+        total, or ``None`` (nothing added) when it would not. A scope used for the first time
+        starts at ``start`` (credits charged before it)."""
         with self._store.write() as conn:
             conn.execute(
-                "INSERT INTO budgets (scope) VALUES (%s) ON CONFLICT (scope) DO NOTHING", [scope]
+                "INSERT INTO budgets (scope, reserved) VALUES (%s, %s)"
+                " ON CONFLICT (scope) DO NOTHING",
+                [scope, start],
             )
             row = conn.execute(
                 "UPDATE budgets SET reserved = reserved + %s WHERE scope = %s"

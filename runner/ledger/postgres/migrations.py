@@ -245,3 +245,12 @@ def m014_manifest_resolved(conn: Connection) -> None:
     # ``Resolved``, as JSON): its local files' public URLs, its souls' images, its finishing
     # jobs; NULL on older records.
     conn.execute("ALTER TABLE manifests ADD COLUMN resolved text")
+
+
+@migration
+def m015_account_pauses(conn: Connection) -> None:
+    # Until when an account's calls wait (the server's epoch seconds), from a Retry-After any
+    # process received (runner/ledger/postgres/limits.py); 0: no pause.
+    conn.execute(
+        "ALTER TABLE account_rates ADD COLUMN paused_until double precision NOT NULL DEFAULT 0"
+    )

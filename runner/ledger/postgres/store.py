@@ -10,9 +10,10 @@ one job take turns, each checking its change against what the previous one commi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -37,6 +38,7 @@ from runner.ledger.urls import masked_url, passwords_in, scrub
 
 CONNECT_TIMEOUT = 10  # seconds to reach the server, unless the URL says connect_timeout=
 APPLICATION_NAME = "runner"  # what pg_stat_activity shows, unless the URL says otherwise
+SKEW_CHECK = 300.0  # seconds between measurements of the clock's offset from the server's
 
 
 class _IsoTimestampLoader(TimestamptzLoader):
@@ -67,6 +69,7 @@ class Store:
         self.clock = clock
         self._migrations = migrations
         self._schema_ready = readonly  # a read-only store was checked up to date when opened
+        self._skew: tuple[float, float] | None = None  # (server - clock seconds, when measured)
 
     @classmethod
     def open(
@@ -127,6 +130,27 @@ class Store:
     def now(self) -> str:
         """The clock's time as stored: UTC, ISO 8601, microseconds."""
         return timestamp(self.clock)
+
+    def server_clock(self) -> datetime:
+        """Now on the database server's clock: this store's clock moved by its offset from
+        the server's (measured when first needed and every ``SKEW_CHECK`` seconds after).
+        Leases are written and compared in this time, so hosts whose clocks disagree still
+        agree on when a lease runs out (the per-account rate uses the server's clock too)."""
+        if self._skew is None or time.monotonic() - self._skew[1] > SKEW_CHECK:
+            before = self.clock()
+            with self._errors("read"):
+                row = self.conn.execute(
+                    "SELECT extract(epoch FROM clock_timestamp())::float8 AS t"
+                ).fetchone()
+            after = self.clock()
+            assert row is not None
+            here = before + (after - before) / 2
+            self._skew = (float(row["t"]) - here.timestamp(), time.monotonic())
+        return self.clock() + timedelta(seconds=self._skew[0])
+
+    def server_now(self) -> str:
+        """:meth:`server_clock` as stored."""
+        return timestamp(self.server_clock)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -23,6 +23,7 @@ from runner.ledger.claims import (
 from runner.ledger.models import JobRow
 from runner.ledger.rows import note_event
 from runner.ledger.sqlite.souls import SoulsAndUploads
+from runner.ledger.status import JobStatus
 
 
 def _in(keys: Collection[str]) -> tuple[str, str]:
@@ -138,6 +139,16 @@ class JobClaims(SoulsAndUploads):
         with self._store.read() as db:
             rows = list(db.query("SELECT * FROM manifests ORDER BY path"))
         return [ManifestRecord.from_row(dict(row)) for row in rows]
+
+    def unclaimed(self, manifest: str, statuses: Collection[JobStatus]) -> list[str]:
+        """Keys of ``manifest``'s jobs in ``statuses`` that nobody holds; see ``Ledger``."""
+        query = (
+            "SELECT key FROM jobs WHERE manifest = ? AND status IN (SELECT value FROM"
+            f" json_each(?)) AND {claimable_where('?')} ORDER BY {CLAIM_ORDER}"
+        )
+        params = [manifest, json.dumps([s.value for s in statuses]), self._store.now()]
+        with self._store.read() as db:
+            return [str(r["key"]) for r in db.query(query, params)]
 
     def claim_of(self, key: str) -> Claim | None:
         """Who holds the job ``key`` and until when, or ``None`` if nobody does."""

@@ -234,3 +234,10 @@ def m014_manifest_resolved(db: Database) -> None:
     # ``Resolved``, as JSON): its local files' public URLs, its souls' images, its finishing
     # jobs; NULL on older records.
     db.table("manifests").add_column("resolved", str)
+
+
+@migration
+def m015_account_pauses(db: Database) -> None:
+    # Until when an account's calls wait, from a Retry-After any process received
+    # (PostgreSQL uses it: runner/ledger/postgres/limits.py); 0: no pause.
+    db.table("account_rates").add_column("paused_until", float, not_null_default=0.0)
