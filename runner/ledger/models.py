@@ -94,6 +94,12 @@ class JobRow:
         object.__setattr__(row, "__dict__", state)
         return row
 
+    def stored_json(self, name: str) -> str | None:
+        """The text of JSON column ``name`` as read, while it is not decoded yet (a row of
+        :meth:`from_values`); ``None`` otherwise (then compare :attr:`request` etc.)."""
+        text = self.__dict__.get(_RAW + name)
+        return text if isinstance(text, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
         doc = {name: getattr(self, name) for name in JOB_COLUMNS}
@@ -172,6 +178,12 @@ class EventRow:
             to_status=JobStatus(row["to_status"]),
             detail=row["detail"],
         )
+
+    def stored_json(self, name: str) -> str | None:
+        """The text of JSON column ``name`` as read, while it is not decoded yet (a row of
+        :meth:`from_values`); ``None`` otherwise (then compare :attr:`request` etc.)."""
+        text = self.__dict__.get(_RAW + name)
+        return text if isinstance(text, str) else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values."""

@@ -17,7 +17,6 @@ from runner.ledger.models import JobRow, PlanDiff
 from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
-_JSON_COLUMNS = frozenset({"tags", "request", "vars"})
 # json.dumps(value, ensure_ascii=False), without making an encoder for every value
 _json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -137,7 +136,10 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
 
 
 def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
-    """Columns of a known job that the manifest now describes differently (never status)."""
+    """Columns of a known job that the manifest now describes differently (never status).
+
+    A JSON column is first compared as the text the ledger holds (``JobRow.stored_json``):
+    the same text is the same value, so the usual no-op plan decodes none of them."""
     wanted: dict[str, tuple[Any, Any]] = {
         "manifest": (row.manifest, manifest),
         "campaign": (row.campaign, job.campaign),
@@ -147,15 +149,16 @@ def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
         "priced_by": (row.priced_by, job.priced_by),
         "soul": (row.soul, job.soul),
         "variant": (row.variant, job.variant),
-        "tags": (list(row.tags), list(job.tags)),
-        "request": (row.request, job.request),
-        "vars": (row.vars, job.vars),
     }
-    return {
-        column: _json(new) if column in _JSON_COLUMNS else new
-        for column, (old, new) in wanted.items()
-        if old != new
-    }
+    changes = {column: new for column, (old, new) in wanted.items() if old != new}
+    for column, value in (("tags", list(job.tags)), ("request", job.request), ("vars", job.vars)):
+        text = _json(value)
+        if text == row.stored_json(column):
+            continue
+        old = getattr(row, column)
+        if (list(old) if column == "tags" else old) != value:
+            changes[column] = text
+    return changes
 
 
 @dataclass(frozen=True)
