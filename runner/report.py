@@ -28,7 +28,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -62,38 +62,37 @@ class ReportSummary:
     copied: int = 0  # video files copied into a bundle by this call
 
 
-@dataclass
 class _Card:
-    row: JobRow
-    src: str | None = None  # the player's URL
-    file: str = ""  # the video's name as the page refers to it, for messages
-    missing: str | None = None  # where a downloaded video was expected but is not
-    fields: list[tuple[str, str]] = field(default_factory=list)
-    ids: list[tuple[str, str]] = field(default_factory=list)
+    """What the template shows of one job, worked out once (it reads most of it twice or
+    more, and a page may hold 100,000 cards)."""
 
-    def __getattr__(self, name: str) -> Any:  # the template reads the row's columns too
-        return getattr(self.row, name)
+    __slots__ = ("campaign", "error", "fields", "file", "ids", "key", "missing", "prompt", "row",
+                 "soul", "src", "status", "tags", "variant_label")  # fmt: skip
 
-    @property
-    def status(self) -> str:
-        return self.row.status.value
+    def __init__(self, row: JobRow) -> None:
+        self.row = row
+        self.key = row.key
+        self.campaign = row.campaign
+        self.status = row.status.value
+        self.tags = row.tags
+        self.soul = row.soul
+        prompt = row.request.get("prompt")
+        self.prompt = None if prompt is None else _text(prompt)
+        self.error = tidy_error(row.error)
+        self.variant_label = _variant_label(row)
+        self.fields = _fields(row)
+        self.ids = _ids(row)
+        self.src: str | None = None  # the player's URL
+        self.file = ""  # the video's name as the page refers to it, for messages
+        self.missing: str | None = None  # where a downloaded video was expected but is not
 
-    @property
-    def prompt(self) -> str | None:
-        prompt = self.row.request.get("prompt")
-        return None if prompt is None else _text(prompt)
 
-    @property
-    def error(self) -> str | None:
-        return tidy_error(self.row.error)
-
-    @property
-    def variant_label(self) -> str | None:
-        """What tells this job from its seed or variant twins."""
-        seed = self.row.request.get("seed")
-        if self.row.variant is not None:
-            return f"variant {self.row.variant}" + (f" · seed {seed}" if seed is not None else "")
-        return None if seed is None else f"seed {seed}"
+def _variant_label(row: JobRow) -> str | None:
+    """What tells a job from its seed or variant twins."""
+    seed = row.request.get("seed")
+    if row.variant is not None:
+        return f"variant {row.variant}" + (f" · seed {seed}" if seed is not None else "")
+    return None if seed is None else f"seed {seed}"
 
 
 def build_report(
@@ -234,7 +233,7 @@ class _Bundle:
 def _card(
     row: JobRow, report_dir: Path, presign_expiry: timedelta, bundle: _Bundle | None
 ) -> _Card:
-    card = _Card(row, fields=_fields(row), ids=_ids(row))
+    card = _Card(row)
     location = row.location
     if row.status is not JobStatus.DOWNLOADED:
         return card
@@ -244,24 +243,29 @@ def _card(
         else:
             card.missing = location
         return card
-    file = Path(location) if location else None
-    if file is None or not file.is_file():
+    if not location or not os.path.isfile(location):
         card.missing = location or row.path
         return card
-    if bundle is not None:
-        file = bundle.add(row, file)
-    card.src = _relative_url(file, report_dir)
-    card.file = os.path.relpath(file, report_dir) if card.src != file.as_uri() else str(file)
+    file = str(bundle.add(row, Path(location))) if bundle is not None else location
+    try:
+        relative = _relative_path(file, str(report_dir))
+    except ValueError:  # another drive (Windows): only an absolute URL can reach it
+        card.src, card.file = Path(file).as_uri(), file
+        return card
+    card.src, card.file = quote(relative.replace(os.sep, "/")), relative  # percent-encoded
     return card
 
 
-def _relative_url(file: Path, report_dir: Path) -> str:
-    """The file's URL relative to the report's folder, percent-encoded."""
-    try:
-        relative = os.path.relpath(file, report_dir)
-    except ValueError:  # another drive (Windows): only an absolute URL can reach it
-        return file.as_uri()
-    return quote(Path(relative).as_posix())
+def _relative_path(file: str, start: str) -> str:
+    """``os.path.relpath(file, start)``, the folder's part worked out once per folder."""
+    folder, name = os.path.split(os.path.abspath(file))
+    relative = _relative_folder(folder, start)
+    return name if relative == os.curdir else os.path.join(relative, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative_folder(folder: str, start: str) -> str:
+    return os.path.relpath(folder, start)
 
 
 @functools.cache

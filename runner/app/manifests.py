@@ -75,7 +75,7 @@ def plan(
             diff = opened.diff(str(manifest.path), jobs)
             statuses, orphaned = diff.statuses, diff.orphaned
             finishing = len(diff.finishing_keys)
-            charged = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
+            charged = charged_credits(opened.briefs(manifest=str(manifest.path)))
     doc = plan_document(jobs, statuses, orphaned, finishing)
     summary = doc["summary"]
     summary["charged_credits"] = number(charged)

@@ -125,7 +125,7 @@ def run_many(
             raise _single_error(group) from None
         for x, work, outcome in zip(loaded, works, outcomes, strict=True):
             counts: dict[str, int] = {}
-            for r in opened.iter_jobs(keys=[r.key for r in work.rows]):
+            for r in opened.briefs(keys=[r.key for r in work.rows]):
                 counts[r.status.value] = counts.get(r.status.value, 0) + 1
             results[x.path] = RunResult(
                 str(work.manifest.path), len(work.rows), outcome, work.store.root, counts
@@ -178,7 +178,7 @@ def _prepare(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> tuple[list
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
-    spent = charged_credits(ledger.iter_jobs(manifest=str(loaded.manifest.path)))
+    spent = charged_credits(ledger.briefs(manifest=str(loaded.manifest.path)))
     return budget(loaded.manifest, options, spent)
 
 
@@ -221,7 +221,7 @@ def _relocate(ledger: Ledger, store: OutputStore, jobs: Sequence[Job]) -> None:
     """When ``output.filename`` or ``output.dir`` changes, downloaded videos move with it
     instead of being downloaded (or, if their URLs have expired, failed) again."""
     planned = {j.key: j.path for j in jobs}
-    for row in ledger.jobs(keys=list(planned), status=JobStatus.DOWNLOADED):
+    for row in list(ledger.briefs(keys=list(planned), status=JobStatus.DOWNLOADED)):
         old = row.location or store.location(row.path)
         new = store.relocate(old, planned[row.key])
         if new is not None:
@@ -267,7 +267,7 @@ def _dry_run(
     with reading(state_dir, ledger) as opened:
         if opened is not None:
             statuses = opened.diff(str(manifest.path), jobs).statuses
-            spent = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
+            spent = charged_credits(opened.briefs(manifest=str(manifest.path)))
     candidates = []
     for job in selected:
         status = JobStatus(statuses.get(job.key, JobStatus.PENDING.value))
