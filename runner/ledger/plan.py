@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from runner.jobs import Job
 from runner.ledger.models import JobRow, PlanDiff
@@ -21,24 +21,39 @@ from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 _json = json.JSONEncoder(ensure_ascii=False).encode
 
 
+class Recorded(Protocol):
+    """What a plan reads of a ledger's job: a ``JobRow`` to record it (``plan_writes``), a
+    ``JobBrief`` is enough for the diff alone."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def manifest(self) -> str: ...
+    @property
+    def status(self) -> JobStatus: ...
+
+
+R = TypeVar("R", bound=Recorded)
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(Generic[R]):
     """A diff plus what ``record_plan`` needs to carry it out."""
 
     diff: PlanDiff
     produced: dict[str, Job]  # by key, first occurrence, manifest order
-    existing: dict[str, JobRow]  # the produced jobs the ledger already has
+    existing: dict[str, R]  # the produced jobs the ledger already has
     # the manifest's ledger jobs it no longer produces, not yet orphaned and not in flight
-    to_orphan: list[JobRow]
+    to_orphan: list[R]
 
 
 def gather_plan(
     manifest: str,
     jobs: Sequence[Job],
     *,
-    read_rows: Callable[[list[str], str], Iterable[JobRow]],
+    read_rows: Callable[[list[str], str], Iterable[R]],
     restore: Callable[[str], JobStatus],
-) -> Plan:
+) -> Plan[R]:
     """The plan for a manifest's ``jobs`` (the first of each key counts).
 
     ``read_rows(keys, manifest)`` gives the ledger's jobs that have one of these keys or
@@ -48,7 +63,7 @@ def gather_plan(
     produced: dict[str, Job] = {}
     for job in jobs:
         produced.setdefault(job.key, job)
-    rows: dict[str, JobRow] = {}
+    rows: dict[str, R] = {}
     for row in read_rows(list(produced), manifest):
         rows.setdefault(row.key, row)
     existing = {key: rows[key] for key in produced if key in rows}
@@ -59,10 +74,10 @@ def gather_plan(
 
 def compute_plan(
     produced: dict[str, Job],
-    existing: dict[str, JobRow],
-    gone: list[JobRow],
+    existing: dict[str, R],
+    gone: list[R],
     restore: Mapping[str, JobStatus],
-) -> Plan:
+) -> Plan[R]:
     """The plan for ``produced`` jobs, given the ones the ledger has (``existing``), the
     manifest's ledger jobs it no longer produces (``gone``), and for each orphaned job it
     produces again the status it goes back to (``restore``).
@@ -173,7 +188,7 @@ class PlanWrites:
     moves: list[tuple[JobRow, JobStatus, str]]
 
 
-def plan_writes(plan: Plan, manifest: str, now: str, ledger_id: str) -> PlanWrites:
+def plan_writes(plan: Plan[JobRow], manifest: str, now: str, ledger_id: str) -> PlanWrites:
     """The writes that record ``plan`` for ``manifest`` at time ``now``."""
     new_jobs = [
         new_row(job, manifest, now, ledger_id)

@@ -382,7 +382,7 @@ class PostgresLedger(JobClaims):
                 self._apply(row, to, detail, {})
         return plan.diff
 
-    def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan:
+    def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan[JobRow]:
         return gather_plan(
             manifest,
             jobs,

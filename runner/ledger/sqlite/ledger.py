@@ -339,8 +339,16 @@ class SqliteLedger(JobClaims):
 
     def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """What :meth:`record_plan` would do with these jobs, without writing anything."""
+        manifest = str(manifest_path)
         with self._store.read():
-            return self._plan(str(manifest_path), jobs).diff
+            return gather_plan(
+                manifest,
+                jobs,
+                read_rows=lambda keys, of: self._planned(
+                    keys, of, BRIEF_COLUMNS, JobBrief.from_values
+                ),
+                restore=self._status_before_orphaning,
+            ).diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff.
@@ -370,18 +378,22 @@ class SqliteLedger(JobClaims):
                 self._apply(row, to, detail, {})
         return plan.diff
 
-    def _plan_rows(self, keys: list[str], manifest: str) -> Iterator[JobRow]:
-        """The jobs with one of these keys or recorded for this manifest (see ``_job_filter``
-        for why many keys are looked up in Python)."""
+    def _planned(
+        self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], T]
+    ) -> Iterator[T]:
+        """The jobs with one of these keys or recorded for this manifest (see ``job_filter``
+        for why many keys are looked up in Python), made by ``make`` from these columns."""
+        select = f"SELECT {', '.join(columns)} FROM jobs"
         if len(keys) <= KEYS_IN_SQL:
-            return self._job_rows(f"{in_json('key')} OR manifest = ?", [json_text(keys), manifest])
-        wanted = set(keys)
-        return self._job_rows(None, [], lambda row: row[0] in wanted or row[2] == manifest)
+            where = f"{in_json('key')} OR manifest = ?"
+            return self._rows(select, make, where, [json_text(keys), manifest])
+        wanted, at = set(keys), columns.index("manifest")
+        return self._rows(select, make, None, [], lambda v: v[0] in wanted or v[at] == manifest)
 
-    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
+    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan[JobRow]:
         return gather_plan(
             manifest,
             jobs,
-            read_rows=self._plan_rows,
+            read_rows=lambda keys, of: self._planned(keys, of, JOB_COLUMNS, JobRow.from_values),
             restore=self._status_before_orphaning,
         )
