@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from runner.app.common import reading
+from runner.app.common import bulk, reading
 from runner.app.queries import redacting
 from runner.engine import charged, charged_credits
 from runner.ledger import JobRow, JobStatus, utcnow
@@ -121,6 +121,7 @@ def _variant_label(row: JobRow, request: dict[str, Any]) -> str | None:
     return None if seed is None else f"seed {seed}"
 
 
+@bulk()  # 100,000 rows and their links live through it: see bulk
 def build_report(
     state_dir: Path,
     manifest_path: str | Path | None = None,

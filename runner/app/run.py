@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from runner.app.common import Environment, executing, reading, select
+from runner.app.common import Environment, bulk, executing, reading, select
 from runner.app.execute import Work, execute
 from runner.app.worker import record
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
@@ -100,25 +100,33 @@ def run_many(
     loaded: list[_Loaded] = []
     failed: dict[str, RunResult] = {}
     api_client = None
-    for path in manifest_paths:
-        try:
-            loaded.append(_load(path, state_dir, options, env, dry=options.dry_run))
-        except (ManifestError, UsageError) as err:
-            if not options.collect:
-                raise
-            failed[str(path)] = RunResult(str(path), 0, Outcome(), str(state_dir), error=str(err))
-    if options.dry_run:
-        return [_dry_run(x, state_dir, options, ledger) for x in loaded]
+    with bulk():
+        for path in manifest_paths:
+            try:
+                loaded.append(_load(path, state_dir, options, env, dry=options.dry_run))
+            except (ManifestError, UsageError) as err:
+                if not options.collect:
+                    raise
+                failed[str(path)] = RunResult(
+                    str(path), 0, Outcome(), str(state_dir), error=str(err)
+                )
+        if options.dry_run:
+            return [_dry_run(x, state_dir, options, ledger) for x in loaded]
     if loaded:
         api_client = env.api_client() if env.api_client else None
     results = {str(p): failed.get(str(p)) for p in manifest_paths}
     with executing(state_dir, ledger) as opened:
         works = []
-        for x in loaded:
-            rows, finishing = _prepare(opened, x, options)
-            provider = make_provider(x.provider_settings, client=api_client, environ=env.environ)
-            money = _budget(opened, x, options)
-            works.append(Work(x.manifest, provider, rows, x.store, x.settings, money, finishing))
+        with bulk():
+            for x in loaded:
+                rows, finishing = _prepare(opened, x, options)
+                provider = make_provider(
+                    x.provider_settings, client=api_client, environ=env.environ
+                )
+                money = _budget(opened, x, options)
+                works.append(
+                    Work(x.manifest, provider, rows, x.store, x.settings, money, finishing)
+                )
         try:
             outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
