@@ -28,14 +28,14 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from runner.app.common import reading
+from runner.app.common import bulk, reading
 from runner.app.queries import redacting
 from runner.engine import charged, charged_credits
 from runner.ledger import JobRow, JobStatus, utcnow
@@ -62,40 +62,66 @@ class ReportSummary:
     copied: int = 0  # video files copied into a bundle by this call
 
 
-@dataclass
+# A job's video as its card shows it: the player's URL, the video's name as the page refers
+# to it (for messages), and where a downloaded video was expected but is not.
+_Link = tuple[str | None, str, str | None]
+_NO_LINK: _Link = (None, "", None)
+
+
 class _Card:
-    row: JobRow
-    src: str | None = None  # the player's URL
-    file: str = ""  # the video's name as the page refers to it, for messages
-    missing: str | None = None  # where a downloaded video was expected but is not
-    fields: list[tuple[str, str]] = field(default_factory=list)
-    ids: list[tuple[str, str]] = field(default_factory=list)
+    """What the template shows of one job, worked out once (it reads most of it twice or
+    more). Made as the page is written, and dropped once written: a page may hold 100,000."""
 
-    def __getattr__(self, name: str) -> Any:  # the template reads the row's columns too
-        return getattr(self.row, name)
+    __slots__ = ("campaign", "error", "fields", "file", "ids", "key", "missing", "prompt", "row",
+                 "soul", "src", "status", "tags", "variant_label")  # fmt: skip
 
-    @property
-    def status(self) -> str:
-        return self.row.status.value
-
-    @property
-    def prompt(self) -> str | None:
-        prompt = self.row.request.get("prompt")
-        return None if prompt is None else _text(prompt)
-
-    @property
-    def error(self) -> str | None:
-        return tidy_error(self.row.error)
-
-    @property
-    def variant_label(self) -> str | None:
-        """What tells this job from its seed or variant twins."""
-        seed = self.row.request.get("seed")
-        if self.row.variant is not None:
-            return f"variant {self.row.variant}" + (f" · seed {seed}" if seed is not None else "")
-        return None if seed is None else f"seed {seed}"
+    def __init__(self, row: JobRow, link: _Link) -> None:
+        request, matrix = _decoded(row, "request"), _decoded(row, "vars")
+        self.row = row
+        self.key = row.key
+        self.campaign = row.campaign
+        self.status = row.status.value
+        self.tags = row.tags
+        self.soul = row.soul
+        prompt = request.get("prompt")
+        self.prompt = None if prompt is None else _text(prompt)
+        self.error = tidy_error(row.error)
+        self.variant_label = _variant_label(row, request)
+        self.fields = _fields(row, request, matrix)
+        self.ids = _ids(row)
+        self.src, self.file, self.missing = link
 
 
+class _Cards:
+    """One section's cards, made one at a time as the template reads them."""
+
+    def __init__(self, rows: Sequence[JobRow], links: Sequence[_Link], picked: list[int]):
+        self.rows, self.links, self.picked = rows, links, picked
+
+    def __len__(self) -> int:
+        return len(self.picked)
+
+    def __iter__(self) -> Iterator[_Card]:
+        for i in self.picked:
+            yield _Card(self.rows[i], self.links[i])
+
+
+def _decoded(row: JobRow, column: str) -> Any:
+    """A JSON column of ``row`` decoded for its card only (the row keeps its text: a page's
+    rows stay small)."""
+    text = row.stored_json(column)
+    return json.loads(text) if text is not None else getattr(row, column)
+
+
+def _variant_label(row: JobRow, request: dict[str, Any]) -> str | None:
+    """What tells a job from its seed or variant twins."""
+    seed = request.get("seed")
+    if row.variant is not None:
+        return f"variant {row.variant}" + (f" · seed {seed}" if seed is not None else "")
+    return None if seed is None else f"seed {seed}"
+
+
+@bulk()  # 100,000 rows and their links live through it: see bulk
 def build_report(
     state_dir: Path,
     manifest_path: str | Path | None = None,
@@ -133,10 +159,9 @@ def build_report(
     redacted = redacting()
     rows = [redacted(r) for r in rows if not tags or set(tags) & set(r.tags)]
     copier = _Bundle(out_file.parent) if bundle else None
-    cards = [_card(row, out_file.parent, presign_expiry, copier) for row in rows]
-    page = _render(cards, now or utcnow(), manifest)
-    _write_atomically(out_file, page)
-    videos = sum(card.src is not None for card in cards)
+    links = [_link(row, out_file.parent, presign_expiry, copier) for row in rows]
+    videos = sum(link[0] is not None for link in links)
+    _write_atomically(out_file, _render(rows, links, videos, now or utcnow(), manifest))
     return ReportSummary(out_file, len(rows), _counts(rows), videos, copier.copied if copier else 0)
 
 
@@ -172,17 +197,19 @@ def _image_name(url: str) -> str:
     return PurePosixPath(path).name or "image"
 
 
-def _fields(row: JobRow) -> list[tuple[str, str]]:
+def _fields(
+    row: JobRow, request: dict[str, Any], matrix: dict[str, Any]
+) -> list[tuple[str, str]]:
     """What a reviewer compares between cards: the matrix row, the request's shape, the
     soul and source image, the credits."""
-    fields = [(name, _text(value)) for name, value in row.vars.items()]
+    fields = [(name, _text(value)) for name, value in matrix.items()]
     for name, label in REQUEST_SHOWN:
-        value = row.request.get(name)
-        if value is not None and name not in row.vars:  # a matrix value shows once
+        value = request.get(name)
+        if value is not None and name not in matrix:  # a matrix value shows once
             fields.append((label, f"{value} s" if name == "duration" else _text(value)))
     if row.soul:
         fields.append(("soul", row.soul))
-    image = row.request.get("image_url")
+    image = request.get("image_url")
     if isinstance(image, str) and image:
         fields.append(("source image", _image_name(image)))
     refunded = row.status is JobStatus.FAILED and row.generation_id and not charged(row)
@@ -231,37 +258,37 @@ class _Bundle:
         return target
 
 
-def _card(
+def _link(
     row: JobRow, report_dir: Path, presign_expiry: timedelta, bundle: _Bundle | None
-) -> _Card:
-    card = _Card(row, fields=_fields(row), ids=_ids(row))
+) -> _Link:
+    """How the card of ``row`` shows its video (the video checked, or copied into a bundle)."""
     location = row.location
     if row.status is not JobStatus.DOWNLOADED:
-        return card
+        return _NO_LINK
     if location is not None and is_remote(location):
         if exists(location, row.bytes):
-            card.src, card.file = presign(location, presign_expiry), location
-        else:
-            card.missing = location
-        return card
-    file = Path(location) if location else None
-    if file is None or not file.is_file():
-        card.missing = location or row.path
-        return card
-    if bundle is not None:
-        file = bundle.add(row, file)
-    card.src = _relative_url(file, report_dir)
-    card.file = os.path.relpath(file, report_dir) if card.src != file.as_uri() else str(file)
-    return card
-
-
-def _relative_url(file: Path, report_dir: Path) -> str:
-    """The file's URL relative to the report's folder, percent-encoded."""
+            return presign(location, presign_expiry), location, None
+        return None, "", location
+    if not location or not os.path.isfile(location):
+        return None, "", location or row.path
+    file = str(bundle.add(row, Path(location))) if bundle is not None else location
     try:
-        relative = os.path.relpath(file, report_dir)
+        relative = _relative_path(file, str(report_dir))
     except ValueError:  # another drive (Windows): only an absolute URL can reach it
-        return file.as_uri()
-    return quote(Path(relative).as_posix())
+        return Path(file).as_uri(), file, None
+    return quote(relative.replace(os.sep, "/")), relative, None  # the URL percent-encoded
+
+
+def _relative_path(file: str, start: str) -> str:
+    """``os.path.relpath(file, start)``, the folder's part worked out once per folder."""
+    folder, name = os.path.split(os.path.abspath(file))
+    relative = _relative_folder(folder, start)
+    return name if relative == os.curdir else os.path.join(relative, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative_folder(folder: str, start: str) -> str:
+    return os.path.relpath(folder, start)
 
 
 @functools.cache
@@ -280,21 +307,22 @@ def _asset(name: str) -> str:
     return resources.files("runner").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _render(cards: list[_Card], now: datetime, manifest: Manifest | None) -> Iterator[str]:
+def _render(
+    rows: list[JobRow], links: list[_Link], videos: int, now: datetime, manifest: Manifest | None
+) -> Iterator[str]:
     """The whole document, a piece at a time (a page of 100,000 jobs is 100+ MB)."""
-    rows = [card.row for card in cards]
-    groups: dict[tuple[str, str], list[_Card]] = {}
-    for card in cards:  # the ledger's order: by manifest, then manifest order
-        groups.setdefault((card.row.manifest, card.row.campaign), []).append(card)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, row in enumerate(rows):  # the ledger's order: by manifest, then manifest order
+        groups.setdefault((row.manifest, row.campaign), []).append(i)
     several = len({m for m, _ in groups}) > 1
     sections = [
         {
             "id": f"c{i}-{campaign}",
             "campaign": campaign,
             "manifest": manifest_file if several else None,
-            "cards": group,
-            "counts": _counts(c.row for c in group),
-            "credits": _credits(charged_credits(c.row for c in group)),
+            "cards": _Cards(rows, links, group),
+            "counts": _counts(rows[i] for i in group),
+            "credits": _credits(charged_credits(rows[i] for i in group)),
         }
         for i, ((manifest_file, campaign), group) in enumerate(groups.items())
     ]
@@ -316,7 +344,7 @@ def _render(cards: list[_Card], now: datetime, manifest: Manifest | None) -> Ite
             generated=now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             span=_span(rows),
             jobs=len(rows),
-            videos=sum(card.src is not None for card in cards),
+            videos=videos,
             totals=_counts(rows),
             credits={
                 "charged": _credits(charged_credits(rows)),

@@ -30,6 +30,7 @@ from runner.jobs import Job
 from runner.ledger import (
     TRANSITION_COLUMNS,
     TRANSITIONS,
+    JobBrief,
     JobStatus,
     Ledger,
     Transition,
@@ -636,6 +637,37 @@ def test_jobs_filters_and_order(ledger: Ledger) -> None:
     assert ledger.jobs(keys=[]) == []
     row = ledger.jobs(status="failed")[0]
     assert (row.error, row.vars, row.request["prompt"]) == ("nope", {"x": 2}, "2")
+
+
+def test_briefs_are_the_rows_of_jobs_in_a_few_columns(ledger: Ledger) -> None:
+    """briefs() takes the filters of jobs() and gives the same jobs in the same order, each
+    with its key, manifest, campaign, status, path, location, bytes, credits, generation id
+    and error as jobs() has them; many keys are filtered as well as few."""
+    a = matrix_jobs("a", "{x}", x=[1, 2, 3])
+    b = matrix_jobs("b", "{x}", start=3, x=[1, 2])
+    ledger.record_plan(MANIFEST, list(reversed(a + b)))
+    ledger.record_plan("/other.yaml", [make_job("z", 0, manifest="/other.yaml", x=9)])
+    walk(ledger, a[0].key, PATHS["completed"])
+    ledger.transition(a[0].key, "downloaded", bytes=1, location="/v/a.mp4")
+    ledger.transition(b[1].key, "failed", error="nope")
+    many = [j.key for j in a + b] + [f"absent{i}" for i in range(1500)]
+    filters: list[dict[str, Any]] = [
+        {},
+        {"manifest": MANIFEST},
+        {"status": ["downloaded", "failed"]},
+        {"campaign": "b", "status": "failed"},
+        {"keys": [b[0].key, a[2].key]},
+        {"keys": many},
+        {"keys": []},
+    ]
+    for where in filters:
+        rows = ledger.jobs(**where)
+        briefs = list(ledger.briefs(**where))
+        assert [tuple(getattr(r, c) for c in JobBrief._fields) for r in rows] == briefs, where
+        assert all(isinstance(x.status, S) for x in briefs)
+    assert [x.key for x in ledger.briefs(keys=many)] == [j.key for j in a + b]
+    done = next(ledger.briefs(status="downloaded"))
+    assert (done.key, done.bytes, done.location) == (a[0].key, 1, "/v/a.mp4")
 
 
 def test_counts_per_campaign_and_status(ledger: Ledger) -> None:

@@ -20,6 +20,7 @@ import pytest
 from sqlite_utils import Database
 
 from runner.errors import LedgerError, LedgerLockedError
+from runner.jobs import Job
 from runner.ledger import ExecutorLock, SqliteLedger, default_ledger_url, open_ledger
 from runner.ledger.sqlite.migrations import MIGRATIONS, applied_migrations, migrate
 from tests.test_ledger import JOB_COLUMNS, MANIFEST, make_job
@@ -426,3 +427,36 @@ def test_claims_left_by_a_dead_executor_are_void_under_the_lock(state: Path) -> 
         with led.executor_lock():
             assert led.claim_of(job.key) is None
             assert [r.key for r in led.claim(MANIFEST, "me", lease=60)] == [job.key]
+
+
+def test_a_plan_rewrites_json_columns_only_when_their_values_change(state: Path) -> None:
+    """A known job's request, vars and tags are compared by the values they hold: the same
+    values stored another way (other key order, escaped text) stay as stored; a changed value
+    is rewritten."""
+    job = make_job(prompt="café {x}", x=1, tags=("t",))
+    with open_ledger(url_of(state)) as led:
+        led.record_plan(MANIFEST, [job])
+    other_way = json.dumps(dict(reversed(list(job.request.items()))))  # "caf\u00e9", reordered
+    db = state / "ledger.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE jobs SET request = ? WHERE key = ?", [other_way, job.key])
+
+    def stored() -> tuple[str, str, str, str]:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute(
+                "SELECT request, vars, tags, updated_at FROM jobs WHERE key = ?", [job.key]
+            ).fetchone()
+        return row  # type: ignore[no-any-return]
+
+    before = stored()
+    with open_ledger(url_of(state)) as led:
+        led.record_plan(MANIFEST, [job])
+    assert stored() == before  # nothing to refresh: not even updated_at
+    changed = Job(**{**job.__dict__, "request": {**job.request, "duration": 5}, "tags": ()})
+    with open_ledger(url_of(state)) as led:
+        led.record_plan(MANIFEST, [changed])
+        row = led.get(job.key)
+    request, matrix, tags, _ = stored()
+    assert request == json.dumps(changed.request, ensure_ascii=False)
+    assert (matrix, tags) == (before[1], "[]")
+    assert row is not None and (row.request, row.tags) == (changed.request, ())

@@ -3,8 +3,12 @@ must still do when they are batched — observable results only, never timings."
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
+import pytest
+
+from runner.app.common import bulk
 from runner.ledger import EventRow, JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions
 from tests.test_executor import FAST_LIMITS, Harness, assert_files_match_mock
@@ -58,3 +62,22 @@ def test_rechecking_many_missing_files_sends_each_back_once(tmp_path: Path) -> N
             assert len(completed(row.key)) == 1
             assert ledger.get(row.key) == row
     assert_files_match_mock(h)
+
+
+def test_bulk_steps_pause_garbage_collection_and_restore_it() -> None:
+    """bulk() pauses cyclic collection inside (the rows it builds hold no cycles) and leaves
+    it as it found it, on or off, an error or not."""
+    assert gc.isenabled()
+    with bulk():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KeyError), bulk():
+        raise KeyError("x")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with bulk():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

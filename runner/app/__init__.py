@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from runner.app.common import Environment, select
 from runner.app.manifests import Planned, Validated, plan, validate
-from runner.app.queries import Shown, iter_jobs, jobs, manifest_column, show, status
+from runner.app.queries import (
+    Shown,
+    iter_jobs,
+    jobs,
+    manifest_column,
+    selection_counts,
+    show,
+    status,
+)
 from runner.app.run import RunResult, collect, run, run_many
 from runner.app.souls import Cancelled, SoulsResult, cancel, retry, train_souls
 from runner.app.worker import WorkerResult, enqueue, worker
@@ -36,6 +44,7 @@ __all__ = [
     "run",
     "run_many",
     "select",
+    "selection_counts",
     "show",
     "status",
     "train_souls",

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from runner.app.common import Environment, provider_calls, reading
+from runner.app.common import Environment, bulk, provider_calls, reading
 from runner.engine import charged_credits
 from runner.errors import ManifestError, UsageError
 from runner.jobs import Job, expand, number, plan_document
@@ -35,7 +35,8 @@ def validate(paths: Sequence[Path], state_dir: Path | None = None) -> list[Valid
     results = []
     for path in paths:
         try:
-            jobs = expand(load_manifest(path), state_dir=state_dir)
+            with bulk():
+                jobs = expand(load_manifest(path), state_dir=state_dir)
             results.append(Validated(path, jobs=len(jobs)))
         except ManifestError as err:
             results.append(Validated(path, error=err))
@@ -64,19 +65,20 @@ def plan(
     writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
     the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
     manifest = load_manifest(manifest_path)
-    jobs = expand(manifest, state_dir=state_dir)
+    with bulk():
+        jobs = expand(manifest, state_dir=state_dir)
     if estimate:
         jobs = estimated(manifest, jobs, env or Environment())
     statuses: dict[str, str] = {}
     orphaned = finishing = 0
     charged = 0.0
-    with reading(state_dir, ledger) as opened:
+    with bulk(), reading(state_dir, ledger) as opened:
         if opened is not None:
             diff = opened.diff(str(manifest.path), jobs)
             statuses, orphaned = diff.statuses, diff.orphaned
             finishing = len(diff.finishing_keys)
-            charged = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
-    doc = plan_document(jobs, statuses, orphaned, finishing)
+            charged = charged_credits(opened.briefs(manifest=str(manifest.path)))
+        doc = plan_document(jobs, statuses, orphaned, finishing)
     summary = doc["summary"]
     summary["charged_credits"] = number(charged)
     summary["estimated_total_credits"] = number(charged + summary["estimated_credits"])

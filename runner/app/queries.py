@@ -1,5 +1,6 @@
-"""The read-only use cases: ``status``, ``jobs``, ``show``, ``export``. They never take the
-executor lock, never write, and work during a run or on a ledger in a read-only folder.
+"""The read-only use cases: ``status``, ``jobs``, ``show``, ``export``, a run's counts. They
+never take the executor lock, never write, and work during a run or on a ledger in a read-only
+folder.
 
 What they return is redacted: a ledger written before redaction existed may hold a key the
 provider echoed into a video URL or an error text; the credentials in ``environ`` are masked
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.app.common import reading
 from runner.errors import LedgerError
-from runner.ledger import EventRow, JobRow, JobStatus
+from runner.ledger import EventRow, JobBrief, JobRow, JobStatus
 from runner.providers import redactor
 
 
@@ -118,6 +119,33 @@ def redacting(environ: Mapping[str, str] | None = None) -> Callable[[JobRow], Jo
         return dataclasses.replace(row, video_url=video_url, error=error)
 
     return redacted
+
+
+def selection_counts(
+    state_dir: Path,
+    manifest: str,
+    *,
+    campaigns: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    ledger: str | None = None,
+) -> dict[str, int]:
+    """How many of a manifest's jobs (``manifest`` as the ledger names it) have each status,
+    orphaned ones left out: those in ``campaigns`` and with one of ``tags``, if given. Statuses
+    in the order the jobs first have them (manifest order)."""
+    counts: dict[str, int] = {}
+    with reading(state_dir, ledger) as opened:
+        if opened is None:
+            return counts
+        rows: Iterable[JobBrief | JobRow]
+        if tags:  # only whole rows have them
+            jobs = opened.iter_jobs(manifest=manifest, campaign=list(campaigns) or None)
+            rows = (r for r in jobs if set(tags) & set(r.tags))
+        else:
+            rows = opened.briefs(manifest=manifest, campaign=list(campaigns) or None)
+        for row in rows:
+            if row.status is not JobStatus.ORPHANED:
+                counts[row.status.value] = counts.get(row.status.value, 0) + 1
+    return counts
 
 
 def manifest_column(manifest: Path) -> str:

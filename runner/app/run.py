@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from runner.app.common import Environment, executing, reading, select
+from runner.app.common import Environment, bulk, executing, reading, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
@@ -100,34 +100,40 @@ def run_many(
     loaded: list[_Loaded] = []
     failed: dict[str, RunResult] = {}
     api_client = None
-    for path in manifest_paths:
-        try:
-            loaded.append(_load(path, state_dir, options, env, dry=options.dry_run))
-        except (ManifestError, UsageError) as err:
-            if not options.collect:
-                raise
-            failed[str(path)] = RunResult(str(path), 0, Outcome(), str(state_dir), error=str(err))
-    if options.dry_run:
-        return [_dry_run(x, state_dir, options, ledger) for x in loaded]
+    with bulk():
+        for path in manifest_paths:
+            try:
+                loaded.append(_load(path, state_dir, options, env, dry=options.dry_run))
+            except (ManifestError, UsageError) as err:
+                if not options.collect:
+                    raise
+                failed[str(path)] = RunResult(
+                    str(path), 0, Outcome(), str(state_dir), error=str(err)
+                )
+        if options.dry_run:
+            return [_dry_run(x, state_dir, options, ledger) for x in loaded]
     if loaded:
         api_client = env.api_client() if env.api_client else None
     results = {str(p): failed.get(str(p)) for p in manifest_paths}
     with executing(state_dir, ledger) as opened:
         works = []
-        for x in loaded:
-            rows, finishing, files = _prepare(opened, x, options, env)
-            provider = make_provider(x.provider_settings, client=api_client, environ=env.environ)
-            money = _budget(opened, x, options)
-            works.append(
-                Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
-            )
+        with bulk():
+            for x in loaded:
+                rows, finishing, files = _prepare(opened, x, options, env)
+                provider = make_provider(
+                    x.provider_settings, client=api_client, environ=env.environ
+                )
+                money = _budget(opened, x, options)
+                works.append(
+                    Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
+                )
         try:
             outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
             raise _single_error(group) from None
         for x, work, outcome in zip(loaded, works, outcomes, strict=True):
             counts: dict[str, int] = {}
-            for r in opened.iter_jobs(keys=[r.key for r in work.rows]):
+            for r in opened.briefs(keys=[r.key for r in work.rows]):
                 counts[r.status.value] = counts.get(r.status.value, 0) + 1
             results[x.path] = RunResult(
                 str(work.manifest.path), len(work.rows), outcome, work.store.root, counts
@@ -185,7 +191,7 @@ def _prepare(
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
-    spent = charged_credits(ledger.iter_jobs(manifest=str(loaded.manifest.path)))
+    spent = charged_credits(ledger.briefs(manifest=str(loaded.manifest.path)))
     return budget(loaded.manifest, options, spent)
 
 
@@ -228,7 +234,7 @@ def _relocate(ledger: Ledger, store: OutputStore, jobs: Sequence[Job]) -> None:
     """When ``output.filename`` or ``output.dir`` changes, downloaded videos move with it
     instead of being downloaded (or, if their URLs have expired, failed) again."""
     planned = {j.key: j.path for j in jobs}
-    for row in ledger.jobs(keys=list(planned), status=JobStatus.DOWNLOADED):
+    for row in list(ledger.briefs(keys=list(planned), status=JobStatus.DOWNLOADED)):
         old = row.location or store.location(row.path)
         new = store.relocate(old, planned[row.key])
         if new is not None:
@@ -274,7 +280,7 @@ def _dry_run(
     with reading(state_dir, ledger) as opened:
         if opened is not None:
             statuses = opened.diff(str(manifest.path), jobs).statuses
-            spent = charged_credits(opened.iter_jobs(manifest=str(manifest.path)))
+            spent = charged_credits(opened.briefs(manifest=str(manifest.path)))
     candidates = []
     for job in selected:
         status = JobStatus(statuses.get(job.key, JobStatus.PENDING.value))

@@ -4,7 +4,6 @@ logging, and the small helpers of every renderer (plurals, examples, selections)
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import shlex
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from runner.cli.jsonout import iter_indented
 from runner.errors import (
     EXIT_FAILED,
     EXIT_FATAL,
@@ -275,10 +275,10 @@ def echo_error(err: RunnerError) -> None:
 
 def echo_json(doc: Any) -> None:
     """Print exactly one JSON document on stdout (written as it is encoded, a batch of pieces
-    at a time: the document of 100,000 jobs is never one string in memory)."""
-    encoder = json.JSONEncoder(indent=2, ensure_ascii=False, default=str)
+    at a time: the document of 100,000 jobs is never one string in memory); the bytes are
+    ``json.dumps(doc, indent=2, ensure_ascii=False, default=str)``'s."""
     batch: list[str] = []
-    for piece in encoder.iterencode(doc):
+    for piece in iter_indented(doc):
         batch.append(piece)
         if len(batch) == 4096:
             click.echo("".join(batch), nl=False)

@@ -255,8 +255,8 @@ def export(
     spreadsheets and scripts."""
     import csv
     import dataclasses
-    import textwrap
 
+    from runner.cli.jsonout import iter_indented
     from runner.ledger import JobRow
 
     rows = filtered(statuses=statuses, only=only, tags=tags)
@@ -264,8 +264,8 @@ def export(
     if fmt == "json":  # echo_json's document, written a job at a time
         first = True
         for row in rows:
-            text = json.dumps(row.to_dict(), indent=2, ensure_ascii=False, default=str)
-            out.write(("[\n" if first else ",\n") + textwrap.indent(text, "  "))
+            text = "".join(iter_indented(row.to_dict(), 1))
+            out.write(("[\n  " if first else ",\n  ") + text)
             first = False
         out.write("[]\n" if first else "\n]\n")
         return

@@ -25,7 +25,7 @@ from runner.cli.base import (
     selection_options,
 )
 from runner.cli.progress import PLAIN_EVERY, ProgressView, activity
-from runner.cli.summary import Ending, document, print_summary, selection_counts, write_document
+from runner.cli.summary import Ending, document, print_summary, write_document
 from runner.errors import UsageError
 
 if TYPE_CHECKING:
@@ -83,13 +83,9 @@ def _selection(manifest: str, options: RunOptions) -> dict[str, int]:
     after it: what is done and what is left, --limit or not."""
     from runner import app
 
-    rows = app.iter_jobs(get_ctx().state_dir, campaigns=options.only, ledger=get_ctx().ledger_url)
-    return selection_counts(
-        r
-        for r in rows
-        if r.manifest == manifest
-        and r.status.value != "orphaned"
-        and (not options.tags or set(options.tags) & set(r.tags))
+    ctx = get_ctx()
+    return app.selection_counts(
+        ctx.state_dir, manifest, campaigns=options.only, tags=options.tags, ledger=ctx.ledger_url
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -192,11 +191,3 @@ def _print_result(result: RunResult, ending: Ending, *, stdout: bool) -> None:
             f"{plural(failed, 'job')} failed: `runner jobs --status failed` lists them, "
             f"`{ending.retry}` puts them back for the next run"
         )
-
-
-def selection_counts(rows: Iterable[Any]) -> dict[str, int]:
-    """Statuses of ledger rows, counted."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.status.value] = counts.get(row.status.value, 0) + 1
-    return counts

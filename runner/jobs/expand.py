@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.jobs.keys import Job, canonical_json, job_key, variant_seed
+from runner.jobs.keys import Job, canonical_json, key_prefix, row_key, variant_seed
 from runner.jobs.paths import check_paths
 from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, FieldPath, Manifest, Row, Where
 from runner.manifest.matrix import expand_matrix, row_bound, same
-from runner.manifest.template import render, render_path
+from runner.manifest.template import path_renderer, render
 
 # The platform's model ids: owner/name[/...] (runner.providers.platform.MODEL_ID, two or
 # more segments); these first segments are its own endpoints, never models.
@@ -97,6 +97,7 @@ class _Scope:
         self.base: FieldPath = ("campaigns", ci)
         self.whole = self.where(self.base)
         self.filename_where = self.where(("output", "filename"))
+        self.render_path = path_renderer(m.output.filename, self.filename_where)
         self.manifest_path = str(m.path)
         # defaults < campaign; a row's values go on top of these
         self.request: dict[str, Any] = {}
@@ -171,6 +172,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
         plan = [(None, None)]
     out: list[tuple[Job, Where]] = []
     row_vars = dict(row.values)  # shared by the row's jobs, never changed
+    prefix = key_prefix(c.name, row_vars)
     names = {**m.vars, **row.values, "campaign": c.name}
     # request order: the known fields first, then the rest; a seed goes where REQUEST_FIELDS
     # puts it
@@ -182,7 +184,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
             body = {k: request[k] for k in order}
         else:
             body = {k: seed if k == "seed" else request[k] for k in with_seed}
-        key = job_key(c.name, row_vars, body, variant, c.soul)
+        key = row_key(prefix, body, variant, c.soul)
         names["key"] = key
         names["seed"] = body.get("seed")
         names["variant"] = variant
@@ -193,7 +195,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
             index=index + len(out),
             vars=row_vars,
             request=body,
-            path=render_path(m.output.filename, names, scope.filename_where),
+            path=scope.render_path(names),
             **scope.credits(body, origin),
             variant=variant,
             soul=c.soul,

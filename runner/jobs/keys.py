@@ -54,10 +54,23 @@ def job_key(
     soul: str | None = None,
 ) -> str:
     """The job's identity in the ledger (see the module docstring)."""
-    material: list[Any] = [campaign, dict(row), dict(request), variant]
-    if soul is not None:
-        material.append(soul)
-    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()[:16]
+    return row_key(key_prefix(campaign, row), request, variant, soul)
+
+
+def key_prefix(campaign: str, row: Mapping[str, Any]) -> str:
+    """What the keys of one campaign row's jobs start from: :func:`row_key` takes it, and the
+    canonical JSON of the campaign and row is made once for all of them."""
+    return "[" + canonical_json(campaign) + "," + canonical_json(dict(row)) + ","
+
+
+def row_key(
+    prefix: str, request: Mapping[str, Any], variant: int | None = None, soul: str | None = None
+) -> str:
+    """:func:`job_key` of the row whose :func:`key_prefix` is ``prefix``: the canonical JSON of
+    ``[campaign, row, request, variant(, soul)]``, put together."""
+    text = prefix + canonical_json(dict(request)) + "," + canonical_json(variant)
+    text += ("," + canonical_json(soul) if soul is not None else "") + "]"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def variant_seed(

@@ -38,8 +38,12 @@ def _fold(path: str) -> str:
 def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
     """Refuse output paths that would collide or could never be written (linear time)."""
     at = m.where(("output", "filename"))
+    folded_paths = [_fold(job.path) for job in jobs]
+    # A temporary file can only stand where another job's video is if a video's name ends
+    # like one: unless one does, comparing the videos' own names is enough.
+    temporary = any(p.endswith(TEMPORARY_SUFFIXES) for p in folded_paths)
     files: dict[str, tuple[str, Job]] = {}  # folded name → (name, job), .part files included
-    for job in jobs:
+    for job, folded_path in zip(jobs, folded_paths, strict=True):
         segments = job.path.split("/")
         if _fold(segments[-1]) in STATE_FILES:
             # Wherever output.dir is, it may be the state directory (or be made it by --state).
@@ -47,8 +51,12 @@ def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) 
                 f"job {job.key} would be written to {job.path!r}: {segments[-1]!r} is a name "
                 "of the runner's own state files (the ledger, its lock); rename it"
             )
-        folded_path = _fold(job.path)
-        for name, suffix in ((job.path, ""), *((job.path + s, s) for s in TEMPORARY_SUFFIXES)):
+        names = (
+            ((job.path, ""), *((job.path + s, s) for s in TEMPORARY_SUFFIXES))
+            if temporary
+            else ((job.path, ""),)
+        )
+        for name, suffix in names:
             folded = folded_path + suffix  # the suffixes are ASCII: they fold to themselves
             if folded in files and files[folded][1].key != job.key:
                 other_name, other = files[folded]

@@ -16,7 +16,15 @@ from urllib.parse import unquote
 
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, Ledger, utcnow
-from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow, Transition
+from runner.ledger.models import (
+    EventRow,
+    GenerationTime,
+    JobBrief,
+    JobRow,
+    PlanDiff,
+    SoulRow,
+    Transition,
+)
 from runner.ledger.sqlite import (
     BUSY_TIMEOUT,
     LEDGER_FILE,
@@ -40,6 +48,7 @@ __all__ = [
     "EventRow",
     "ExecutorLock",
     "GenerationTime",
+    "JobBrief",
     "JobRow",
     "JobStatus",
     "Ledger",

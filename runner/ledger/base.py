@@ -16,7 +16,15 @@ from typing import Any, Protocol, Self
 
 from runner.jobs import Job
 from runner.ledger.claims import Claim, ManifestRecord, Resolved
-from runner.ledger.models import EventRow, GenerationTime, JobRow, PlanDiff, SoulRow, Transition
+from runner.ledger.models import (
+    EventRow,
+    GenerationTime,
+    JobBrief,
+    JobRow,
+    PlanDiff,
+    SoulRow,
+    Transition,
+)
 from runner.ledger.status import JobStatus
 
 Clock = Callable[[], datetime]
@@ -160,6 +168,19 @@ class Ledger(Protocol):
     ) -> Iterator[JobRow]:
         """:meth:`jobs`, streamed from one snapshot: memory stays flat however many there
         are. Consume it before the next call on this ledger (it holds a read transaction)."""
+        ...
+
+    def briefs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobBrief]:
+        """:meth:`iter_jobs`, only the columns of ``JobBrief`` (key, manifest, campaign,
+        status, path, location, bytes, credits, generation id, error): for counts, budgets
+        and file checks over many jobs. Consume it before the next call on this ledger."""
         ...
 
     def events(self, key: str) -> list[EventRow]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from runner.ledger.status import JobStatus
 
@@ -94,6 +94,12 @@ class JobRow:
         object.__setattr__(row, "__dict__", state)
         return row
 
+    def stored_json(self, name: str) -> str | None:
+        """The text of JSON column ``name`` as read, while it is not decoded yet (a row of
+        :meth:`from_values`); ``None`` otherwise (then compare :attr:`request` etc.)."""
+        text = self.__dict__.get(_RAW + name)
+        return text if isinstance(text, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
         doc = {name: getattr(self, name) for name in JOB_COLUMNS}
@@ -148,6 +154,32 @@ _STORED = tuple(_RAW + name if name in _LAZY_JSON else name for name in JOB_COLU
 setattr(JobRow, "request", _LazyJSON("request", dict, lambda v: v))  # noqa: B010
 setattr(JobRow, "vars", _LazyJSON("vars", dict, lambda v: v))  # noqa: B010
 setattr(JobRow, "tags", _LazyJSON("tags", tuple, tuple))  # noqa: B010
+
+
+class JobBrief(NamedTuple):
+    """The columns of a job that counts, budgets and file checks read (``Ledger.briefs``):
+    far cheaper to read than a ``JobRow`` when there are 100,000 of them."""
+
+    key: str
+    manifest: str
+    campaign: str
+    status: JobStatus
+    path: str
+    location: str | None
+    bytes: int | None
+    credits: float
+    generation_id: str | None
+    error: str | None
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> JobBrief:
+        """Build from the values of :data:`BRIEF_COLUMNS`, in that order."""
+        key, manifest, campaign, status, *rest = values
+        return cls(key, manifest, campaign, _STATUSES.get(status) or JobStatus(status), *rest)
+
+
+#: The ``jobs`` columns of a :class:`JobBrief`, in its order.
+BRIEF_COLUMNS: tuple[str, ...] = JobBrief._fields
 
 
 @dataclass(frozen=True)

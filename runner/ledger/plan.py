@@ -10,36 +10,50 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from runner.jobs import Job
 from runner.ledger.models import JobRow, PlanDiff
 from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
-_JSON_COLUMNS = frozenset({"tags", "request", "vars"})
 # json.dumps(value, ensure_ascii=False), without making an encoder for every value
 _json = json.JSONEncoder(ensure_ascii=False).encode
 
 
+class Recorded(Protocol):
+    """What a plan reads of a ledger's job: a ``JobRow`` to record it (``plan_writes``), a
+    ``JobBrief`` is enough for the diff alone."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def manifest(self) -> str: ...
+    @property
+    def status(self) -> JobStatus: ...
+
+
+R = TypeVar("R", bound=Recorded)
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(Generic[R]):
     """A diff plus what ``record_plan`` needs to carry it out."""
 
     diff: PlanDiff
     produced: dict[str, Job]  # by key, first occurrence, manifest order
-    existing: dict[str, JobRow]  # the produced jobs the ledger already has
+    existing: dict[str, R]  # the produced jobs the ledger already has
     # the manifest's ledger jobs it no longer produces, not yet orphaned and not in flight
-    to_orphan: list[JobRow]
+    to_orphan: list[R]
 
 
 def gather_plan(
     manifest: str,
     jobs: Sequence[Job],
     *,
-    read_rows: Callable[[list[str], str], Iterable[JobRow]],
+    read_rows: Callable[[list[str], str], Iterable[R]],
     restore: Callable[[str], JobStatus],
-) -> Plan:
+) -> Plan[R]:
     """The plan for a manifest's ``jobs`` (the first of each key counts).
 
     ``read_rows(keys, manifest)`` gives the ledger's jobs that have one of these keys or
@@ -49,7 +63,7 @@ def gather_plan(
     produced: dict[str, Job] = {}
     for job in jobs:
         produced.setdefault(job.key, job)
-    rows: dict[str, JobRow] = {}
+    rows: dict[str, R] = {}
     for row in read_rows(list(produced), manifest):
         rows.setdefault(row.key, row)
     existing = {key: rows[key] for key in produced if key in rows}
@@ -60,10 +74,10 @@ def gather_plan(
 
 def compute_plan(
     produced: dict[str, Job],
-    existing: dict[str, JobRow],
-    gone: list[JobRow],
+    existing: dict[str, R],
+    gone: list[R],
     restore: Mapping[str, JobStatus],
-) -> Plan:
+) -> Plan[R]:
     """The plan for ``produced`` jobs, given the ones the ledger has (``existing``), the
     manifest's ledger jobs it no longer produces (``gone``), and for each orphaned job it
     produces again the status it goes back to (``restore``).
@@ -137,7 +151,10 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
 
 
 def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
-    """Columns of a known job that the manifest now describes differently (never status)."""
+    """Columns of a known job that the manifest now describes differently (never status).
+
+    A JSON column is first compared as the text the ledger holds (``JobRow.stored_json``):
+    the same text is the same value, so the usual no-op plan decodes none of them."""
     wanted: dict[str, tuple[Any, Any]] = {
         "manifest": (row.manifest, manifest),
         "campaign": (row.campaign, job.campaign),
@@ -147,15 +164,16 @@ def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
         "priced_by": (row.priced_by, job.priced_by),
         "soul": (row.soul, job.soul),
         "variant": (row.variant, job.variant),
-        "tags": (list(row.tags), list(job.tags)),
-        "request": (row.request, job.request),
-        "vars": (row.vars, job.vars),
     }
-    return {
-        column: _json(new) if column in _JSON_COLUMNS else new
-        for column, (old, new) in wanted.items()
-        if old != new
-    }
+    changes = {column: new for column, (old, new) in wanted.items() if old != new}
+    for column, value in (("tags", list(job.tags)), ("request", job.request), ("vars", job.vars)):
+        text = _json(value)
+        if text == row.stored_json(column):
+            continue
+        old = getattr(row, column)
+        if (list(old) if column == "tags" else old) != value:
+            changes[column] = text
+    return changes
 
 
 @dataclass(frozen=True)
@@ -170,7 +188,7 @@ class PlanWrites:
     moves: list[tuple[JobRow, JobStatus, str]]
 
 
-def plan_writes(plan: Plan, manifest: str, now: str, ledger_id: str) -> PlanWrites:
+def plan_writes(plan: Plan[JobRow], manifest: str, now: str, ledger_id: str) -> PlanWrites:
     """The writes that record ``plan`` for ``manifest`` at time ``now``."""
     new_jobs = [
         new_row(job, manifest, now, ledger_id)

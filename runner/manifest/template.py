@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from runner.manifest.positions import Where
@@ -86,6 +86,16 @@ def render(
         pieces = parse(template)
     except TemplateSyntaxError as err:
         raise where.error(str(err)) from None
+    return _fill(pieces, context, where, empty_when_null)
+
+
+def _fill(
+    pieces: tuple[tuple[str, str], ...],
+    context: Mapping[str, Any],
+    where: Where,
+    empty_when_null: frozenset[str],
+) -> str:
+    """:func:`render` of a parsed template."""
     out: list[str] = []
     for kind, value in pieces:
         if kind == "text":
@@ -171,11 +181,21 @@ def sanitize_segment(text: str) -> str:
 
 def render_path(template: str, context: Mapping[str, Any], where: Where) -> str:
     """A relative output path: each segment of the template rendered, then made portable."""
+    return path_renderer(template, where)(context)
+
+
+def path_renderer(template: str, where: Where) -> Callable[[Mapping[str, Any]], str]:
+    """:func:`render_path` of one template, checked and parsed once (for the many jobs of a
+    campaign)."""
     check_path_template(template, where)
-    return "/".join(
-        sanitize_segment(render(s, context, where, empty_when_null=OPTIONAL_IN_PATHS))
-        for s in _segments(template)
-    )
+    segments = [parse(segment) for segment in _segments(template)]
+
+    def render_one(context: Mapping[str, Any]) -> str:
+        return "/".join(
+            [sanitize_segment(_fill(s, context, where, OPTIONAL_IN_PATHS)) for s in segments]
+        )
+
+    return render_one
 
 
 @functools.lru_cache(maxsize=256)

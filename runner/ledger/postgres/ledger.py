@@ -15,9 +15,9 @@ before locking theirs, so two of them never deadlock or insert the same new job 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import sql
 from psycopg.rows import tuple_row
@@ -25,9 +25,19 @@ from psycopg.rows import tuple_row
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import JOB_COLUMNS, EventRow, GenerationTime, JobRow, PlanDiff, Transition
+from runner.ledger.models import (
+    BRIEF_COLUMNS,
+    JOB_COLUMNS,
+    EventRow,
+    GenerationTime,
+    JobBrief,
+    JobRow,
+    PlanDiff,
+    Transition,
+)
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.postgres.claims import JobClaims
+from runner.ledger.postgres.filters import JOB_ORDER, job_filter
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
 from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
 from runner.ledger.rows import (
@@ -39,15 +49,11 @@ from runner.ledger.rows import (
     note_event,
     retry_change,
     status_change,
-    status_values,
 )
 from runner.ledger.status import JobStatus, restored_status
 
 #: The advisory lock that writers of many rows take in turn: "runner", then 2.
 PLAN_LOCK = 0x72756E6E65720002
-
-_JOB_ORDER = "ORDER BY manifest, job_index, key"
-
 
 def _insert(table: str, columns: Iterable[str]) -> sql.Composed:
     names = list(columns)
@@ -66,31 +72,9 @@ def _update_job(columns: Iterable[str], returning: bool = False) -> sql.Composed
 
 
 _SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
+T = TypeVar("T")
 STREAM_BATCH = 2000  # rows fetched at a time by iter_jobs
-
-
-def _job_filter(
-    status: StatusFilter | None,
-    campaign: str | Iterable[str] | None,
-    manifest: str | None,
-    keys: Collection[str] | None,
-) -> tuple[str | None, list[Any]]:
-    """The WHERE clause (``None``: every job) and its parameters of a ``jobs()`` filter."""
-    wheres: list[str] = []
-    params: list[Any] = []
-    if status is not None:
-        wheres.append("status = ANY(%s)")
-        params.append(status_values(status))
-    if campaign is not None:
-        wheres.append("campaign = ANY(%s)")
-        params.append(name_values(campaign))
-    if manifest is not None:
-        wheres.append("manifest = %s")
-        params.append(manifest)
-    if keys is not None:
-        wheres.append("key = ANY(%s)")
-        params.append(list(keys))
-    return " AND ".join(wheres) or None, params
 
 
 class PostgresLedger(JobClaims):
@@ -163,7 +147,7 @@ class PostgresLedger(JobClaims):
     def _select_jobs(
         self, where: str | None = None, params: Sequence[Any] = (), *, lock: bool = False
     ) -> list[JobRow]:
-        query = _SELECT_JOBS + (f" WHERE {where} " if where else " ") + _JOB_ORDER
+        query = _SELECT_JOBS + (f" WHERE {where} " if where else " ") + JOB_ORDER
         with self._store.read() as conn, conn.cursor(row_factory=tuple_row) as cursor:
             rows = cursor.execute(query + (" FOR UPDATE" if lock else ""), params).fetchall()
         return [JobRow.from_values(row) for row in rows]
@@ -201,7 +185,7 @@ class PostgresLedger(JobClaims):
         keys: Collection[str] | None = None,
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order."""
-        return self._select_jobs(*_job_filter(status, campaign, manifest, keys))
+        return self._select_jobs(*job_filter(status, campaign, manifest, keys))
 
     def iter_jobs(
         self,
@@ -212,8 +196,25 @@ class PostgresLedger(JobClaims):
         keys: Collection[str] | None = None,
     ) -> Iterator[JobRow]:
         """:meth:`jobs`, a batch of rows at a time (a server-side cursor) from one snapshot."""
-        where, params = _job_filter(status, campaign, manifest, keys)
-        query = _SELECT_JOBS + (f" WHERE {where} " if where else " ") + _JOB_ORDER
+        where = job_filter(status, campaign, manifest, keys)
+        return self._stream(_SELECT_JOBS, *where, make=JobRow.from_values)
+
+    def briefs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobBrief]:
+        """:meth:`iter_jobs`, only the columns of ``JobBrief``."""
+        where = job_filter(status, campaign, manifest, keys)
+        return self._stream(_SELECT_BRIEFS, *where, make=JobBrief.from_values)
+
+    def _stream(
+        self, select: str, where: str | None, params: list[Any], *, make: Callable[[Any], T]
+    ) -> Iterator[T]:
+        query = select + (f" WHERE {where} " if where else " ") + JOB_ORDER
         with (
             self._store.read() as conn,
             conn.cursor("runner_jobs", row_factory=tuple_row) as cursor,
@@ -221,7 +222,7 @@ class PostgresLedger(JobClaims):
             cursor.itersize = STREAM_BATCH
             cursor.execute(query, params)
             for row in cursor:
-                yield JobRow.from_values(row)
+                yield make(row)
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -381,7 +382,7 @@ class PostgresLedger(JobClaims):
                 self._apply(row, to, detail, {})
         return plan.diff
 
-    def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan:
+    def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan[JobRow]:
         return gather_plan(
             manifest,
             jobs,

@@ -7,78 +7,45 @@ souls.py, the base class.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner.errors import LedgerError
 from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
-from runner.ledger.models import JOB_COLUMNS, EventRow, GenerationTime, JobRow, PlanDiff, Transition
+from runner.ledger.models import (
+    BRIEF_COLUMNS,
+    JOB_COLUMNS,
+    EventRow,
+    GenerationTime,
+    JobBrief,
+    JobRow,
+    PlanDiff,
+    Transition,
+)
 from runner.ledger.plan import Plan, gather_plan, plan_writes
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
     grouped_counts,
     matched_key,
-    name_values,
     note_event,
     retry_change,
     status_change,
-    status_values,
 )
 from runner.ledger.sqlite.claims import JobClaims
+from runner.ledger.sqlite.filters import JOB_ORDER, KEYS_IN_SQL, in_json, job_filter, json_text
 from runner.ledger.sqlite.lock import ExecutorLock
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
 from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
 from runner.ledger.status import JobStatus, restored_status
 
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _in_json(column: str) -> str:
-    # One JSON parameter instead of one "?" per value: no limit on how many keys a filter holds.
-    return f"{column} IN (SELECT value FROM json_each(?))"
-
-
 _SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
-_JOB_ORDER = "ORDER BY manifest, job_index, key"
-KEYS_IN_SQL = 1000  # a keys filter longer than this is applied to the rows read
-
-
-def _job_filter(
-    status: StatusFilter | None,
-    campaign: str | Iterable[str] | None,
-    manifest: str | None,
-    keys: Collection[str] | None,
-) -> tuple[str | None, list[Any], Callable[[Any], bool] | None]:
-    """The WHERE clause (``None``: every job), its parameters, and what to keep of the rows it
-    gives, of a ``jobs()`` filter. Many keys are looked up in Python, not in the query: SQLite
-    then reads the rows in index order instead of sorting them all again."""
-    wheres: list[str] = []
-    params: list[Any] = []
-    if status is not None:
-        wheres.append(_in_json("status"))
-        params.append(_json(status_values(status)))
-    if campaign is not None:
-        wheres.append(_in_json("campaign"))
-        params.append(_json(name_values(campaign)))
-    if manifest is not None:
-        wheres.append("manifest = ?")
-        params.append(manifest)
-    keep = None
-    if keys is not None and len(keys) > KEYS_IN_SQL:
-        wanted = set(keys)
-        keep = lambda values: values[0] in wanted  # noqa: E731  (values[0] is the key)
-    elif keys is not None:
-        wheres.append(_in_json("key"))
-        params.append(_json(list(keys)))
-    return " AND ".join(wheres) or None, params, keep
+_SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
+T = TypeVar("T")
 
 
 class SqliteLedger(JobClaims):
@@ -158,11 +125,23 @@ class SqliteLedger(JobClaims):
     ) -> Iterator[JobRow]:
         """The rows as the cursor yields them, those ``keep(values)`` accepts if given; the
         caller holds a read (or write) transaction."""
-        query = _SELECT_JOBS + (f" WHERE {where}" if where else "") + " " + _JOB_ORDER
+        return self._rows(_SELECT_JOBS, JobRow.from_values, where, params, keep)
+
+    def _rows(
+        self,
+        select: str,
+        make: Callable[[Any], T],
+        where: str | None,
+        params: Sequence[Any],
+        keep: Callable[[Any], bool] | None = None,
+    ) -> Iterator[T]:
+        """:meth:`_job_rows` of another ``select`` (its first column the key), each made by
+        ``make`` from its values."""
+        query = select + (f" WHERE {where}" if where else "") + " " + JOB_ORDER
         try:
             for values in self._store.conn.execute(query, list(params)):
                 if keep is None or keep(values):
-                    yield JobRow.from_values(values)
+                    yield make(values)
         except sqlite3.Error as err:
             raise LedgerError(f"cannot read the ledger {self.url}: {err}") from err
 
@@ -203,7 +182,7 @@ class SqliteLedger(JobClaims):
     ) -> list[JobRow]:
         """Jobs matching every given filter, ordered by manifest, then manifest order."""
         with self._store.read():
-            return list(self._job_rows(*_job_filter(status, campaign, manifest, keys)))
+            return list(self._job_rows(*job_filter(status, campaign, manifest, keys)))
 
     def iter_jobs(
         self,
@@ -215,7 +194,20 @@ class SqliteLedger(JobClaims):
     ) -> Iterator[JobRow]:
         """:meth:`jobs`, one row at a time from one snapshot (memory stays flat)."""
         with self._store.read():
-            yield from self._job_rows(*_job_filter(status, campaign, manifest, keys))
+            yield from self._job_rows(*job_filter(status, campaign, manifest, keys))
+
+    def briefs(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+        keys: Collection[str] | None = None,
+    ) -> Iterator[JobBrief]:
+        """:meth:`iter_jobs`, only the columns of ``JobBrief``."""
+        where, params, keep = job_filter(status, campaign, manifest, keys)
+        with self._store.read():
+            yield from self._rows(_SELECT_BRIEFS, JobBrief.from_values, where, params, keep)
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -347,8 +339,16 @@ class SqliteLedger(JobClaims):
 
     def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """What :meth:`record_plan` would do with these jobs, without writing anything."""
+        manifest = str(manifest_path)
         with self._store.read():
-            return self._plan(str(manifest_path), jobs).diff
+            return gather_plan(
+                manifest,
+                jobs,
+                read_rows=lambda keys, of: self._planned(
+                    keys, of, BRIEF_COLUMNS, JobBrief.from_values
+                ),
+                restore=self._status_before_orphaning,
+            ).diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff.
@@ -378,18 +378,22 @@ class SqliteLedger(JobClaims):
                 self._apply(row, to, detail, {})
         return plan.diff
 
-    def _plan_rows(self, keys: list[str], manifest: str) -> Iterator[JobRow]:
-        """The jobs with one of these keys or recorded for this manifest (see ``_job_filter``
-        for why many keys are looked up in Python)."""
+    def _planned(
+        self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], T]
+    ) -> Iterator[T]:
+        """The jobs with one of these keys or recorded for this manifest (see ``job_filter``
+        for why many keys are looked up in Python), made by ``make`` from these columns."""
+        select = f"SELECT {', '.join(columns)} FROM jobs"
         if len(keys) <= KEYS_IN_SQL:
-            return self._job_rows(f"{_in_json('key')} OR manifest = ?", [_json(keys), manifest])
-        wanted = set(keys)
-        return self._job_rows(None, [], lambda row: row[0] in wanted or row[2] == manifest)
+            where = f"{in_json('key')} OR manifest = ?"
+            return self._rows(select, make, where, [json_text(keys), manifest])
+        wanted, at = set(keys), columns.index("manifest")
+        return self._rows(select, make, None, [], lambda v: v[0] in wanted or v[at] == manifest)
 
-    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan:
+    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan[JobRow]:
         return gather_plan(
             manifest,
             jobs,
-            read_rows=self._plan_rows,
+            read_rows=lambda keys, of: self._planned(keys, of, JOB_COLUMNS, JobRow.from_values),
             restore=self._status_before_orphaning,
         )

@@ -1,0 +1,59 @@
+"""The CLI's indented JSON (``plan --json``, ``export --format json``, every ``--json``) is
+``json.dumps(doc, indent=2, ensure_ascii=False, default=str)``, byte for byte."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import pytest
+
+from runner.cli.jsonout import STREAMED, iter_indented
+
+JOBS = [
+    {
+        "key": f"k{i}",
+        "status": "new",
+        "vars": {"a": f"é{i}", "n": i},
+        "request": {"prompt": 'say "hi"\n', "seed": i, "ratio": 1.5, "on": True, "x": None},
+        "tags": [] if i % 2 else ["night", "v2"],
+        "nested": {"list": [[1, 2], {"k": []}], "empty": {}},
+    }
+    for i in range(STREAMED + 5)
+]
+DOCS: list[Any] = [
+    {}, [], (), "text", 1, 2.5, None, False, float("nan"), float("inf"),
+    {"a": {}, "b": [], "c": [{}], "d": [[]]},
+    {7: "int key", 2.5: "float key", True: "bool key", None: "null key"},
+    {7: [1], False: {"x": 1}, "s": []},
+    {"when": datetime.date(2026, 1, 2), "tuple": (1, ("a", "b"))},
+    {"summary": {"total": 3}, "jobs": JOBS},
+    JOBS,
+    {str(i): {"x": [i]} for i in range(STREAMED + 3)},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=range(len(DOCS)))
+def test_same_bytes_as_the_indenting_encoder(doc: Any) -> None:
+    expected = json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+    assert "".join(iter_indented(doc)) == expected
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=range(len(DOCS)))
+def test_nested_as_if_inside_a_list(doc: Any) -> None:
+    """At level 1 it is the same text indented once more (export writes rows that way)."""
+    expected = json.dumps([doc], indent=2, ensure_ascii=False, default=str)
+    assert "[\n  " + "".join(iter_indented(doc, 1)) + "\n]" == expected
+
+
+def test_a_long_list_of_containers_comes_a_piece_per_item() -> None:
+    pieces = list(iter_indented({"jobs": JOBS}))
+    assert len(pieces) >= len(JOBS)
+
+
+def test_keys_it_cannot_write_are_refused_as_json_refuses_them() -> None:
+    with pytest.raises(TypeError):
+        "".join(iter_indented({(1, 2): [{}]}))
+    with pytest.raises(TypeError):
+        json.dumps({(1, 2): [{}]}, indent=2)
