@@ -147,7 +147,8 @@ async def _store(chunks: AsyncIterator[bytes], fh: BinaryIO, digest: Hash | None
     is written before this returns or raises, so a body cut short leaves them all for a Range
     resume; the body's error (or the disk's) is raised after that."""
     send, receive = anyio.create_memory_object_stream[list[bytes]](1)
-    failed: list[Exception] = []  # the disk's error, then the body's
+    disk: list[OSError] = []  # the disk's error: nothing more is written
+    cut: list[Exception] = []  # the body's error, raised once what came is written
 
     def put(block: list[bytes]) -> None:
         for chunk in block:
@@ -158,11 +159,11 @@ async def _store(chunks: AsyncIterator[bytes], fh: BinaryIO, digest: Hash | None
     async def writer() -> None:
         async with receive:
             async for block in receive:
-                if not failed:
+                if not disk:
                     try:
                         await anyio.to_thread.run_sync(put, block)
                     except OSError as err:
-                        failed.append(err)
+                        disk.append(err)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)
@@ -176,13 +177,13 @@ async def _store(chunks: AsyncIterator[bytes], fh: BinaryIO, digest: Hash | None
                     if held >= BLOCK:
                         await send.send(block)
                         block, held = [], 0
-                        if failed:
+                        if disk:
                             break
             except Exception as err:  # a cut body: what came is written all the same
-                failed.append(err)
+                cut.append(err)
             await send.send(block)
-    if failed:
-        raise failed[0]
+    if disk or cut:
+        raise (disk or cut)[0]
 
 
 def _finish(part: Path, dest: Path, tag: Path, digest: Hash | None) -> str:
