@@ -29,7 +29,7 @@ import httpx
 
 from runner.errors import UnsafeURLError
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
-from runner.outputs.pools import ShardedTransport
+from runner.outputs.pools import LargeReads, ShardedTransport
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 """``await resolver(host, port)``: every address ``host`` resolves to (an ``OSError`` when it
@@ -102,13 +102,14 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in await self.addresses(host, port, timeout):
             try:
-                return await self.inner.connect_tcp(
+                stream = await self.inner.connect_tcp(
                     str(address),
                     port,
                     timeout=timeout,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                return LargeReads(stream)  # videos: fewer, larger chunks (pools.py)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as err:
                 last = err
         assert last is not None

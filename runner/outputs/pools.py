@@ -6,16 +6,52 @@ socket attributes built), so a request through a pool of N connections costs O(N
 thousand generations in flight that was most of the runner's CPU. :class:`ShardedTransport`
 holds as many connections in several small pools: a request goes to the pool with the fewest
 requests under way, and costs O(``PER_SHARD``).
+
+:class:`LargeReads` lets a download read what the socket has, up to ``READ_SIZE``, where
+httpcore asks for 64 KiB at a time: the event loop then handles a quarter of the chunks and
+no longer splits each 256 KiB the socket gives into four copies.
 """
 
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import httpcore
 import httpx
 
 PER_SHARD = 8  # connections per pool: a request's bookkeeping looks at these only
+READ_SIZE = 1024 * 1024  # the most a download reads from its socket at once
+
+
+class LargeReads(httpcore.AsyncNetworkStream):
+    """A connection whose reads take up to ``READ_SIZE`` bytes, whatever httpcore asks for
+    (its HTTP parser takes any amount); everything else is the wrapped stream's."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return LargeReads(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 class _Counted(httpx.AsyncByteStream):
