@@ -15,6 +15,10 @@ seconds), so the runner under test has the machine's other core. Rows (median of
 - C=1,000:     N=5,000 C=1,000 L=5 s rps 500: makespan / bound; generations in flight (from
                their submit to the status call that found them done, at the mock): peak, and
                the average while submissions go on.
+- CPU:         1,000 instant generations at C=100: the process CPU time of the run against
+               that of a bare httpx script making the same calls (``run_bare``), same mock.
+- download:    a 1 GiB video from a fast local server: the runner's fetch against curl, and
+               its peak RSS (bench/download.py).
 - SDK:         the official SDK (`higgsfield-client`, AsyncClient.subscribe, its own 0.5 s
                polling) under a semaphore of C against the same mock's platform dialect, then
                one GET of each video: the same ratios. Skipped, saying why, when not installed.
