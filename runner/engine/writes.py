@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 
-from runner.errors import LedgerError
 from runner.ledger import JobRow, JobStatus, Ledger
 from runner.ledger.models import Transition
 
@@ -53,8 +52,10 @@ class GroupCommit:
                 try:
                     await anyio.sleep(0)  # the rest of this turn's changes join the batch
                 finally:
-                    self._commit()
-                    done.set()
+                    try:
+                        self._commit()
+                    finally:
+                        done.set()  # never leaves a waiter behind
             else:
                 await self._done.wait()
         if change.error is not None:
@@ -67,7 +68,7 @@ class GroupCommit:
         try:
             rows = self.ledger.transition_many([c.transition for c in batch])
             self.commits += 1
-        except (LedgerError, TypeError, ValueError):
+        except Exception:
             # One refused change must not take the others with it: each on its own, and
             # each caller gets its own answer (a database error reaches every caller).
             for change in batch:
@@ -77,7 +78,7 @@ class GroupCommit:
                         t.key, t.to, detail=t.detail, **dict(t.columns)
                     )
                     self.commits += 1
-                except (LedgerError, TypeError, ValueError) as err:
+                except Exception as err:  # its caller raises it, as Ledger.transition would
                     change.error = err
             self.changes += sum(c.row is not None for c in batch)
             return
