@@ -15,6 +15,10 @@ seconds), so the runner under test has the machine's other core. Rows (median of
 - C=1,000:     N=5,000 C=1,000 L=5 s rps 500: makespan / bound; generations in flight (from
                their submit to the status call that found them done, at the mock): peak, and
                the average while submissions go on.
+- CPU:         1,000 instant generations at C=100: the process CPU time of the run against
+               that of a bare httpx script making the same calls (``run_bare``), same mock.
+- download:    a 1 GiB video from a fast local server: the runner's fetch against curl, and
+               its peak RSS (bench/download.py).
 - SDK:         the official SDK (`higgsfield-client`, AsyncClient.subscribe, its own 0.5 s
                polling) under a semaphore of C against the same mock's platform dialect, then
                one GET of each video: the same ratios. Skipped, saying why, when not installed.
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from download import row as download_row  # bench/ is on sys.path: `python bench/throughput.py`
 
 from runner import app
 from runner.mock import base_urls
@@ -271,7 +276,59 @@ def throughput_rows(tmp: Path, reps: int = 3) -> list[tuple[str, str, str, str]]
         "N=5,000 C=1,000 L=5 s (rps 500): makespan / bound; in flight peak, average",
         f"{got.makespan / big.bound:.2f}×; {peak}, {average:.0f}", "—", "≤ 1.3×; ≥ 950 held",
     ))  # fmt: skip
+    rows.append(cpu_row(reps))
+    rows.append(download_row(reps=reps))
     return rows
+
+
+def run_bare(mock: Mock, shape: Shape, tag: str) -> Measured:
+    """A bare httpx script making the runner's calls: submit, status until done, one GET of
+    the video; C at a time, no ledger, no files."""
+    base = base_urls(mock.origin)["higgsfieldapi"]
+    auth = {"Authorization": f"Bearer {MOCK_ENV['HIGGSFIELD_API_KEY']}"}
+
+    async def one(client: httpx.AsyncClient, i: int, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            body = {"type": "text-to-video", "prompt": f"shot {i} of {tag}", "duration": 5}
+            answer = await client.post(f"{base}/generate", json=body, headers=auth)
+            generation = answer.json()["generation_id"]
+            await asyncio.sleep(shape.poll_initial)
+            while not (status := (await client.get(f"{base}/status/{generation}", headers=auth))
+                       .json()).get("video_url"):  # fmt: skip
+                await asyncio.sleep(shape.poll_initial)
+        await client.get(status["video_url"])
+
+    async def main() -> None:
+        gate = asyncio.Semaphore(shape.c)
+        async with httpx.AsyncClient(timeout=60) as client:
+            await asyncio.gather(*(one(client, i, gate) for i in range(shape.n)))
+
+    before = len(mock.log())
+    start = time.process_time()
+    asyncio.run(main())
+    return Measured(time.process_time() - start, mock.log()[before:], shape.n)
+
+
+def cpu_row(reps: int) -> tuple[str, str, str, str]:
+    """Process CPU time of a runner run of 1,000 instant generations against the same calls
+    made by a bare httpx script (``run_bare``), both in this process, on one mock."""
+    shape = Shape(n=1000, c=100, latency=0.0, rps=100_000, poll_initial=0.05, poll_max=0.05)
+    ours, bare = [], []
+    with tempfile.TemporaryDirectory() as tmpdir, Mock(shape.latency) as mock:
+        for i in range(reps):
+            start = time.process_time()
+            got = run_runner(mock, shape, Path(tmpdir) / f"cpu{i}" / "state", f"c{i}")
+            ours.append(time.process_time() - start)
+            calls = got.status_per_job()
+            bare.append(run_bare(mock, shape, f"b{i}").makespan)  # its CPU seconds
+    runner_s, bare_s = median(ours), median(bare)
+    return (
+        "CPU per 1,000 jobs (instant generations, C=100) vs a bare httpx script making the "
+        "same calls",
+        f"{runner_s / bare_s:.2f}× ({runner_s:.1f} s vs {bare_s:.1f} s; {calls:.1f} polls/job)",
+        "—",
+        "≤ 1.1×",
+    )
 
 
 def print_rows(rows: list[tuple[str, str, str, str]]) -> None:

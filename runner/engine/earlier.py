@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import logging
 
-from runner.engine.stages import Gone, JobStages, iso
+from runner.engine.polling import iso
+from runner.engine.stages import Gone, JobStages
 from runner.errors import DeadlineError, ExhaustedError, PermanentError
 from runner.ledger import JobRow, JobStatus, Ledger
 from runner.providers import canceller

@@ -54,7 +54,7 @@ class Executor(EarlierWork):
 
     def abort(self) -> None:
         """Second Ctrl-C: stop at once, calls under way included. The ledger stays consistent
-        because every status change is its own transaction."""
+        because every status change is a transaction, committed whole or not at all."""
         self.stop()
         self.calls.shields.drop()
 

@@ -8,6 +8,7 @@ that jobs submitted together do not poll in lockstep.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,16 @@ T = TypeVar("T")
 POLL_GROWTH = 1.5
 MIN_STEP = 0.01  # seconds: the smallest wait after the first
 JITTER = 0.1  # each wait is drawn from [1 - JITTER, 1 + JITTER] of its nominal value
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A provider's expiry as the ledger stores it."""
+    return moment.isoformat() if moment is not None else None
+
+
+def expiry(stored: str | None) -> float:
+    """A stored expiry as a download priority: its POSIX time, or last when there is none."""
+    return datetime.fromisoformat(stored).timestamp() if stored else math.inf
 
 
 def deadline(timeout: float | None, since: str | None, clock: Clock) -> float | None:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +26,12 @@ from runner.engine.budget import Budget, expired
 from runner.engine.calls import Calls
 from runner.engine.clock import SYSTEM_CLOCK, Clock
 from runner.engine.learning import GenerationTimes, completion_detail
-from runner.engine.polling import age, deadline
+from runner.engine.polling import age, deadline, expiry, iso
 from runner.engine.progress import Outcome, Progress
 from runner.engine.settings import EngineSettings
 from runner.engine.throttle import AdaptiveSlots, PriorityGate, Throttle
 from runner.engine.uploads import inside, is_local, public_url
+from runner.engine.writes import GroupCommit
 from runner.errors import (
     DeadlineError,
     DownloadError,
@@ -51,16 +50,6 @@ from runner.providers import GenerationStatus, Provider
 log = logging.getLogger(__name__)
 
 AT_PROVIDER = (JobStatus.QUEUED, JobStatus.RUNNING)  # generations the provider is working on
-
-
-def iso(moment: datetime | None) -> str | None:
-    """A provider's expiry as the ledger stores it."""
-    return moment.isoformat() if moment is not None else None
-
-
-def expiry(stored: str | None) -> float:
-    """A stored expiry as a download priority: its POSIX time, or last when there is none."""
-    return datetime.fromisoformat(stored).timestamp() if stored else math.inf
 
 
 class Gone(Exception):
@@ -119,11 +108,24 @@ class JobStages:
         self.files: Mapping[str, str] = {}  # local file → URL, as recorded (ledger.Resolved)
         self._submitted: dict[str, float] = {}  # key → when its generation was accepted (clock)
         self.times = GenerationTimes(ledger)  # how long generations take, to poll where they end
+        self.writes = GroupCommit(ledger)  # the hot status changes, committed per loop turn
 
     # --- ledger moves ---------------------------------------------------------------------
 
     def _move(self, row: JobRow, to: JobStatus, detail: str | None = None, **cols: Any) -> JobRow:
+        """A status change in a transaction of its own (the rare ones)."""
         new = self.ledger.transition(row.key, to, detail=detail, **cols)
+        return self._moved(row, new, to, detail)
+
+    async def _commit(
+        self, row: JobRow, to: JobStatus, detail: str | None = None, **cols: Any
+    ) -> JobRow:
+        """A status change committed with the others of this loop turn (``writes``); durable
+        when this returns, like ``_move``."""
+        new = await self.writes.transition(row.key, to, detail=detail, **cols)
+        return self._moved(row, new, to, detail)
+
+    def _moved(self, row: JobRow, new: JobRow, to: JobStatus, detail: str | None) -> JobRow:
         log.info("%s %s: %s -> %s: %s", row.campaign, row.key, row.status, to, detail or "")
         if to is JobStatus.FAILED:
             self.progress.failed += 1
@@ -179,7 +181,7 @@ class JobStages:
         request = await self._with_public_image(row)
         key = row.idempotency_key
         verb = "submitting with" if row.status is JobStatus.PENDING else "resending with the same"
-        row = self._move(row, JobStatus.SUBMITTING, f"{verb} idempotency key {key}")
+        row = await self._commit(row, JobStatus.SUBMITTING, f"{verb} idempotency key {key}")
 
         def count(err: TransientError, attempts: int) -> None:
             nonlocal row
@@ -198,7 +200,7 @@ class JobStages:
             self._submitted[row.key] = self.clock.now()
             self.progress.submitted += 1
             self.outcome.submitted += 1
-            return self._move(
+            return await self._commit(
                 row,
                 JobStatus.QUEUED,
                 f"accepted as generation {generation_id}",
@@ -289,7 +291,7 @@ class JobStages:
             seen = self.clock.now() - submitted
             if status.state == "completed":
                 self.times.observe(row.request, unfinished, seen)
-                return self._move(
+                return await self._commit(
                     row,
                     JobStatus.COMPLETED,
                     completion_detail(unfinished, seen),
@@ -302,7 +304,7 @@ class JobStages:
                 refund = not expired(status.error)
                 raise self._fail(row, f"generation {status.error or status.raw}", refund=refund)
             if status.state == "running" and row.status is not JobStatus.RUNNING:
-                row = self._move(row, JobStatus.RUNNING, f"provider says {status.raw}")
+                row = await self._commit(row, JobStatus.RUNNING, f"provider says {status.raw}")
             unfinished = seen
             return None
 
@@ -372,7 +374,7 @@ class JobStages:
             raise
         except DownloadError as err:  # a body that failed its checks is worth another try
             raise TransientError(str(err)) from err
-        self._move(
+        await self._commit(
             row,
             JobStatus.DOWNLOADED,
             f"saved {saved.bytes} bytes",

@@ -10,7 +10,9 @@ import hashlib
 import os
 import shutil
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 import httpx
@@ -18,6 +20,11 @@ import httpx
 from runner.errors import UnsafeURLError
 from runner.outputs import Saved
 from runner.outputs.fetch import CHUNK_SIZE, DownloadPolicy, fetch
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
+
+BLOCK = 4 * 1024 * 1024  # bytes of a body written (and hashed) in one hand-off to a thread
 
 
 def safe_destination(output_dir: Path, relative: str) -> Path:
@@ -125,10 +132,7 @@ async def download(
         with open(part, "r+b" if body.start else "wb") as fh:
             fh.seek(body.start)
             fh.truncate()
-            async for chunk in body.chunks():
-                fh.write(chunk)
-                if digest is not None:
-                    digest.update(chunk)
+            await _store(body.chunks(), fh, digest)
             size = fh.tell()
     # The syncs (and a resumed file's hash) wait on the disk: one hand-off to a thread, so
     # the event loop goes on serving every other job meanwhile.
@@ -136,7 +140,53 @@ async def download(
     return Saved(location=str(dest), bytes=size, sha256=sha256)
 
 
-def _finish(part: Path, dest: Path, tag: Path, digest: hashlib._Hash | None) -> str:
+async def _store(chunks: AsyncIterator[bytes], fh: BinaryIO, digest: Hash | None) -> None:
+    """Write (and hash) a body as it arrives: a ``BLOCK`` at a time in a thread, while the
+    event loop receives the next one (so neither the disk nor the hash holds up the socket,
+    nor the other jobs). At most two blocks are held: memory stays flat. Every byte received
+    is written before this returns or raises, so a body cut short leaves them all for a Range
+    resume; the body's error (or the disk's) is raised after that."""
+    send, receive = anyio.create_memory_object_stream[list[bytes]](1)
+    disk: list[OSError] = []  # the disk's error: nothing more is written
+    cut: list[Exception] = []  # the body's error, raised once what came is written
+
+    def put(block: list[bytes]) -> None:
+        for chunk in block:
+            fh.write(chunk)
+            if digest is not None:
+                digest.update(chunk)  # releases the GIL: hashed beside the event loop
+
+    async def writer() -> None:
+        async with receive:
+            async for block in receive:
+                if not disk:
+                    try:
+                        await anyio.to_thread.run_sync(put, block)
+                    except OSError as err:
+                        disk.append(err)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        async with send:
+            block: list[bytes] = []
+            held = 0
+            try:
+                async for chunk in chunks:
+                    block.append(chunk)
+                    held += len(chunk)
+                    if held >= BLOCK:
+                        await send.send(block)
+                        block, held = [], 0
+                        if disk:
+                            break
+            except Exception as err:  # a cut body: what came is written all the same
+                cut.append(err)
+            await send.send(block)
+    if disk or cut:
+        raise (disk or cut)[0]
+
+
+def _finish(part: Path, dest: Path, tag: Path, digest: Hash | None) -> str:
     """Make the complete ``.part`` file durable, rename it into place and make the rename
     durable; its sha256 (``digest``, or read back from the file when it was resumed)."""
     with open(part, "rb") as fh:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ import httpx
 
 from runner.errors import UnsafeURLError
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
+from runner.outputs.pools import LargeReads, ShardedTransport
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 """``await resolver(host, port)``: every address ``host`` resolves to (an ``OSError`` when it
@@ -100,13 +102,14 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in await self.addresses(host, port, timeout):
             try:
-                return await self.inner.connect_tcp(
+                stream = await self.inner.connect_tcp(
                     str(address),
                     port,
                     timeout=timeout,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                return LargeReads(stream)  # videos: fewer, larger chunks (pools.py)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as err:
                 last = err
         assert last is not None
@@ -189,11 +192,12 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         verify: bool = True,
         limits: httpx.Limits = DEFAULT_LIMITS,
         http2: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy or URLPolicy()
         self._resolver = resolver
         self._inner = network_backend
-        self._ssl = httpx.create_ssl_context(verify=verify, trust_env=False)
+        self._ssl = ssl_context or httpx.create_ssl_context(verify=verify, trust_env=False)
         self._limits = limits
         self._http2 = http2
         self._pools: dict[URLPolicy, httpcore.AsyncConnectionPool] = {}
@@ -259,11 +263,19 @@ def pinned_client(
     For downloads and uploads: the engine's download client should be one of these (each
     download names its policy with ``extensions={POLICY_EXTENSION: policy}``).
     """
-    transport = PinnedTransport(
-        policy, resolver=resolver, network_backend=network_backend, limits=limits
-    )
+    context = httpx.create_ssl_context(trust_env=False)  # one for every pool: it is costly
+
+    def shard(one: httpx.Limits) -> PinnedTransport:
+        return PinnedTransport(
+            policy,
+            resolver=resolver,
+            network_backend=network_backend,
+            limits=one,
+            ssl_context=context,
+        )
+
     return httpx.AsyncClient(
-        transport=transport,
+        transport=ShardedTransport(limits, shard),  # cheap at many connections (pools.py)
         trust_env=False,
         follow_redirects=False,
         timeout=timeout if timeout is not None else httpx.Timeout(30.0, connect=10.0),

@@ -26,6 +26,7 @@ from runner.errors import (
 )
 from runner.outputs.pinned import POLICY_EXTENSION, pinned_client
 from runner.outputs.policy import URLPolicy, check_url
+from runner.outputs.pools import ShardedTransport
 from runner.providers.classify import (
     raise_for_status,
     raise_for_transport,
@@ -46,8 +47,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(
 # Every call has waited for its turn (rate, concurrency slots) before it reaches the pool, and
 # how many are under way at once is about rps × the answer's latency. httpx keeps only 20
 # connections alive by default, so each call beyond 20 at once would open and close one of its
-# own; a pool much bigger than needed costs too, as httpcore scans every connection it holds
-# for each request.
+# own. httpcore scans every connection of a pool for each request: they are held as several
+# small pools (``ShardedTransport``), so a request costs the same at 100 as at 8.
 API_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
 USER_AGENT = f"runner/{__version__}"
 MIN_REDACTED_PART = 4  # redacting shorter fragments would garble messages for no safety gain
@@ -172,7 +173,9 @@ class HttpProvider(abc.ABC):
         self.account = credential.fingerprint()
         self._timeout = timeout
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=API_LIMITS)
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout, transport=ShardedTransport(API_LIMITS)
+        )
         self._upload_client = upload_client
         self._owns_upload_client = False
         self._url_policy = url_policy

@@ -47,7 +47,10 @@ class JobClaims(SoulsAndUploads):
         ``holder`` for ``lease`` seconds; see ``Ledger.claim``."""
         now = self._store.now()
         statuses = json.dumps([s.value for s in CLAIMABLE])
-        wheres = ["manifest = ?", "status IN (SELECT value FROM json_each(?))"]
+        # With keys, "+manifest" keeps SQLite on the key index: by the manifest's it would
+        # read every job of the manifest for each claim (O(jobs) each; 20 ms at 20,000).
+        by = "+manifest" if keys is not None else "manifest"
+        wheres = [f"{by} = ?", "status IN (SELECT value FROM json_each(?))"]
         params: list[object] = [manifest, statuses]
         wheres.append(claimable_where("?"))
         params.append(now)

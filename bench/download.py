@@ -1,0 +1,116 @@
+"""`make bench` (download row; also `python bench/download.py [MiB]`): one large video fetched
+from a fast local server by the runner's download path (``runner.outputs.local.download``:
+policy checks, Content-Length, sha256, ``.part`` file, fsync, rename) against curl fetching
+the same URL to a file, and the runner's peak RSS.
+
+The server is a process of its own answering every GET with ``socket.sendfile`` from a
+sparse file (the page cache, no disk), so neither side waits on it. Each side runs in a
+process of its own; the figure is the median of ``reps`` runs of each.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVE = r"""
+import socket, sys, threading
+path, size = sys.argv[1], int(sys.argv[2])
+sock = socket.create_server(("127.0.0.1", 0))
+print(f"http://127.0.0.1:{sock.getsockname()[1]}/video.mp4", flush=True)
+def answer(conn):
+    with conn, open(path, "rb") as fh:
+        while conn.recv(65536).find(b"\r\n\r\n") < 0:
+            pass
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % size)
+        conn.sendfile(fh)
+while True:
+    threading.Thread(target=answer, args=(sock.accept()[0],), daemon=True).start()
+"""
+
+FETCH = r"""
+import json, resource, sys, time
+from pathlib import Path
+import anyio
+from runner.outputs.local import download
+from runner.outputs.pinned import pinned_client
+from runner.outputs.policy import DownloadPolicy
+url, dest = sys.argv[1], Path(sys.argv[2])
+async def main():
+    async with pinned_client() as client:
+        policy = DownloadPolicy.for_base_url(url)
+        return await download(client, url, dest, policy=policy)
+start, cpu = time.perf_counter(), time.process_time()
+saved = anyio.run(main)
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                  "bytes": saved.bytes,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure(mib: int = 1024, reps: int = 3) -> dict[str, float]:
+    """Runner and curl fetch times (median), their ratio, the runner's peak RSS."""
+    curl = shutil.which("curl")
+    if curl is None:
+        raise SystemExit("curl is not installed (apt-get install -y curl)")
+    size = mib * 1024 * 1024
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        source = tmp / "source.mp4"
+        with open(source, "wb") as fh:
+            fh.truncate(size)  # sparse: served from the page cache
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVE, str(source), str(size)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip()
+            ours, theirs, rss = [], [], []
+            for i in range(reps):
+                out = tmp / f"runner{i}.mp4"
+                got = json.loads(
+                    subprocess.run(
+                        [sys.executable, "-c", FETCH, url, str(out)],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                )
+                assert got["bytes"] == size, got
+                ours.append(got["seconds"])
+                rss.append(got["rss_mb"])
+                out.unlink()
+                start = time.perf_counter()
+                subprocess.run([curl, "-sS", "-o", str(tmp / "curl.mp4"), url], check=True)
+                theirs.append(time.perf_counter() - start)
+                (tmp / "curl.mp4").unlink()
+        finally:
+            server.terminate()
+            server.wait()
+    runner_s, curl_s = statistics.median(ours), statistics.median(theirs)
+    return {"runner_s": runner_s, "curl_s": curl_s, "ratio": runner_s / curl_s, "rss_mb": max(rss)}
+
+
+def row(mib: int = 1024, reps: int = 3) -> tuple[str, str, str, str]:
+    """The (measure, runner, official SDK, goal) row of bench/throughput.py's table."""
+    got = measure(mib, reps)
+    return (
+        f"{mib / 1024:g} GiB download from a fast local server: time vs curl; peak RSS",
+        f"{got['ratio']:.2f}× ({got['runner_s']:.2f} s vs {got['curl_s']:.2f} s); "
+        f"{got['rss_mb']:.0f} MB",
+        "—",
+        "≤ 1.3×, RSS flat",
+    )
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 1024), indent=2))

@@ -1,0 +1,120 @@
+"""Connection pools that stay cheap at hundreds of connections.
+
+httpcore looks at every connection of its pool each time a request starts or ends (and, for
+each idle one, asks the socket whether the server closed it: two system calls and a dict of
+socket attributes built), so a request through a pool of N connections costs O(N) — at a
+thousand generations in flight that was most of the runner's CPU. :class:`ShardedTransport`
+holds as many connections in several small pools: a request goes to the pool with the fewest
+requests under way, and costs O(``PER_SHARD``).
+
+:class:`LargeReads` lets a download read what the socket has, up to ``READ_SIZE``, where
+httpcore asks for 64 KiB at a time: the event loop then handles a quarter of the chunks and
+no longer splits each 256 KiB the socket gives into four copies.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpcore
+import httpx
+
+PER_SHARD = 8  # connections per pool: a request's bookkeeping looks at these only
+READ_SIZE = 1024 * 1024  # the most a download reads from its socket at once
+
+
+class LargeReads(httpcore.AsyncNetworkStream):
+    """A connection whose reads take up to ``READ_SIZE`` bytes, whatever httpcore asks for
+    (its HTTP parser takes any amount); everything else is the wrapped stream's."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return LargeReads(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Counted(httpx.AsyncByteStream):
+    """A response body that gives its pool's count back once closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, done: Callable[[], None]) -> None:
+        self._inner = inner
+        self._done: Callable[[], None] | None = done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if self._done is not None:
+                self._done()
+                self._done = None
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """``limits.max_connections`` connections as pools of ``per_shard`` each, made by
+    ``make(limits_of_one_pool)``; see the module's docstring."""
+
+    def __init__(
+        self,
+        limits: httpx.Limits,
+        make: Callable[[httpx.Limits], httpx.AsyncBaseTransport] | None = None,
+        per_shard: int = PER_SHARD,
+    ) -> None:
+        total = limits.max_connections or per_shard
+        keep = limits.max_keepalive_connections
+        shards = max(1, math.ceil(total / per_shard))
+        one = httpx.Limits(
+            max_connections=math.ceil(total / shards),
+            max_keepalive_connections=None if keep is None else math.ceil(keep / shards),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        if make is None:
+            context = httpx.create_ssl_context()  # one for every pool: it is costly to make
+            make = lambda one: httpx.AsyncHTTPTransport(verify=context, limits=one)  # noqa: E731
+        self._shards = [make(one) for _ in range(shards)]
+        self._busy = [0] * shards
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        busy = self._busy
+        i = busy.index(min(busy))
+
+        def done() -> None:
+            busy[i] -= 1
+
+        busy[i] += 1
+        try:
+            response = await self._shards[i].handle_async_request(request)
+        except BaseException:
+            done()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Counted(response.stream, done)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()

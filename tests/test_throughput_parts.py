@@ -1,0 +1,141 @@
+"""The parts that keep thousands of jobs in flight cheap: status changes committed per loop
+turn (engine/writes.py), connections held as several small pools (outputs/pools.py), and
+bodies written a block at a time beside the event loop (outputs/local.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from runner.engine.writes import GroupCommit
+from runner.errors import TransientError, TransitionError
+from runner.ledger import JobStatus, open_ledger
+from runner.outputs import local
+from runner.outputs.pools import ShardedTransport
+from tests.test_ledger import MANIFEST, make_job
+
+
+def test_changes_of_one_loop_turn_commit_together_and_each_is_durable(tmp_path: Path) -> None:
+    jobs = [make_job(index=i, n=i) for i in range(20)]
+    with open_ledger(str(tmp_path / "ledger.db")) as led, led.executor_lock():
+        led.record_plan(MANIFEST, jobs)
+        writes = GroupCommit(led)
+        seen: dict[str, JobStatus] = {}
+
+        async def move(key: str) -> None:
+            row = await writes.transition(key, JobStatus.SUBMITTING, detail="sending")
+            # Returned only once committed: another connection sees it already.
+            with open_ledger(str(tmp_path / "ledger.db"), readonly=True) as other:
+                found = other.get(key)
+                assert found is not None
+                seen[key] = found.status
+            assert row.status is JobStatus.SUBMITTING
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                for job in jobs:
+                    tg.start_soon(move, job.key)
+
+        anyio.run(main)
+        assert seen == {job.key: JobStatus.SUBMITTING for job in jobs}
+        assert writes.changes == 20
+        assert writes.commits < 5  # one transaction for the turn, not one per change
+        assert [e.to_status for e in led.events(jobs[0].key)][-1] is JobStatus.SUBMITTING
+
+
+def test_a_refused_change_fails_alone_in_its_batch(tmp_path: Path) -> None:
+    jobs = [make_job(index=i, n=i) for i in range(3)]
+    with open_ledger(str(tmp_path / "ledger.db")) as led, led.executor_lock():
+        led.record_plan(MANIFEST, jobs)
+        writes = GroupCommit(led)
+        results: dict[str, object] = {}
+
+        async def move(key: str, to: JobStatus) -> None:
+            try:
+                results[key] = (await writes.transition(key, to)).status
+            except TransitionError as err:
+                results[key] = err
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(move, jobs[0].key, JobStatus.SUBMITTING)
+                tg.start_soon(move, jobs[1].key, JobStatus.DOWNLOADED)  # pending → downloaded
+                tg.start_soon(move, jobs[2].key, JobStatus.SUBMITTING)
+
+        anyio.run(main)
+        assert results[jobs[0].key] is JobStatus.SUBMITTING
+        assert isinstance(results[jobs[1].key], TransitionError)
+        assert results[jobs[2].key] is JobStatus.SUBMITTING
+        statuses = [led.get(j.key).status for j in jobs]  # type: ignore[union-attr]
+        assert statuses == [JobStatus.SUBMITTING, JobStatus.PENDING, JobStatus.SUBMITTING]
+
+
+class _Streamed(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"x" * 10
+
+
+def test_sharded_transport_spreads_requests_and_counts_them_back() -> None:
+    served: list[int] = []
+
+    def shard(index: int) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            served.append(index)
+            return httpx.Response(200, stream=_Streamed())  # not read ahead, as over a socket
+
+        return httpx.MockTransport(answer)
+
+    made = iter(range(100))
+    limits = httpx.Limits(max_connections=24, max_keepalive_connections=24)
+    transport = ShardedTransport(limits, lambda _one: shard(next(made)), per_shard=8)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            streams = [
+                await client.send(client.build_request("GET", "http://x/"), stream=True)
+                for _ in range(6)
+            ]
+            assert sorted(served) == [0, 0, 1, 1, 2, 2]  # the least busy pool each time
+            for response in streams:
+                assert await response.aread() == b"x" * 10
+                await response.aclose()
+            served.clear()
+            for _ in range(3):
+                await client.get("http://x/")
+            assert served == [0, 0, 0]  # every count given back: the first pool again
+
+    anyio.run(main)
+
+
+async def _body(chunks: list[bytes], cut: bool) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+    if cut:
+        raise TransientError("video body cut short")
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_body_is_written_whole_even_when_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: bool
+) -> None:
+    monkeypatch.setattr(local, "BLOCK", 1000)  # several hand-offs
+    chunks = [bytes([i % 251]) * 300 for i in range(37)]
+    digest = hashlib.sha256()
+
+    async def main() -> None:
+        with open(tmp_path / "v.part", "wb") as fh:
+            await local._store(_body(chunks, cut), fh, digest)
+
+    if cut:
+        with pytest.raises(TransientError):
+            anyio.run(main)
+    else:
+        anyio.run(main)
+    whole = b"".join(chunks)
+    assert (tmp_path / "v.part").read_bytes() == whole  # every byte received is kept
+    assert digest.hexdigest() == hashlib.sha256(whole).hexdigest()
