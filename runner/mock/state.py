@@ -84,6 +84,9 @@ class MockState(VideoUploads):
     counters: Counter[str] = field(default_factory=Counter)
     log: list[dict[str, Any]] = field(default_factory=list)
     max_in_flight: int = 0
+    creations: list[tuple[float, str, int]] = field(default_factory=list)
+    """Each generation created: (app-clock time, account, its account's generations in flight
+    with it), so a test can hold the in-flight count to the limit that applied at the time."""
     wall_offset: float = field(init=False)
     """Wall-clock epoch seconds minus app-clock seconds, fixed when the state is made."""
     _queues: dict[str, AccountQueue] = field(default_factory=dict)
@@ -195,6 +198,7 @@ class MockState(VideoUploads):
             self._queue(account, dialect).add(generation)
             self._queue(account, dialect).advance(now)
             self.max_in_flight = max(self.max_in_flight, active + 1)
+            self.creations.append((now, account, active + 1))
             return SubmitResult("created", generation, active + 1)
 
     def cancel(self, generation: Generation) -> Literal["canceled", "already", "started"]:
