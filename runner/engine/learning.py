@@ -46,9 +46,14 @@ HISTORY = 200  # most recent generations of a shape that are learned from
 FIRST_QUANTILE = 0.4
 HAZARD = 0.6
 LAG_FRACTION = 0.1
-MIN_STEP_FRACTION = 0.02  # no two learned polls closer than this share of the time elapsed
-FASTER_AFTER = 10  # generations in a row done at their first poll: the history before is old
-EM_ROUNDS = 100
+MIN_STEP_FRACTION = 0.03  # no two learned polls closer than this share of the time elapsed
+HALF_LIFE = 25  # generations: one this many generations older counts half as much
+REFIT_SHARE = 16  # refitted when the history has grown by this share (at most 200 / 16 = 12)
+DESCENT = 0.7  # below the lowest end point seen, mass goes no lower than this share of it
+PROBES = 0.25  # the share of generations polled once before the first poll, lower down, ...
+PROBE_MARGIN = 0.15  # ... while this much more than FIRST_QUANTILE were done at the first
+LAG_GROWTH = 2.0  # each poll that finds a generation unfinished may lag twice the last
+EM_ROUNDS = 40
 EM_TOLERANCE = 1e-5
 
 _BOUNDS = re.compile(r"(?:unfinished at (?P<lower>[\d.]+) s, )?done by (?P<upper>[\d.]+) s")
@@ -81,8 +86,12 @@ class Estimate:
     cumulative: tuple[float, ...]  # F at each point
 
     @classmethod
-    def fit(cls, intervals: Sequence[tuple[float, float]]) -> Estimate:
-        """The Turnbull estimate from ``(lower, upper]`` intervals."""
+    def fit(
+        cls, intervals: Sequence[tuple[float, float]], weights: Sequence[float] | None = None
+    ) -> Estimate:
+        """The Turnbull estimate from ``(lower, upper]`` intervals, each counting its weight
+        (1 without ``weights``): the weighted self-consistency iteration."""
+        weights = [1.0] * len(intervals) if weights is None else weights
         points = sorted({0.0, *(x for lo, up in intervals for x in (lo, max(lo, up)))})
         if len(points) == 1:
             points.append(MIN_STEP)
@@ -92,30 +101,31 @@ class Estimate:
             first = bisect.bisect_left(points, lo)
             last = max(first + 1, bisect.bisect_left(points, up))
             spans.append((first, last))  # cells first .. last-1
+        whole = sum(weights) or 1.0
         mass = [1.0 / cells] * cells
         for _ in range(EM_ROUNDS):
             prefix = [0.0]
             for m in mass:
                 prefix.append(prefix[-1] + m)
-            weights = [0.0] * (cells + 1)
-            for first, last in spans:
+            pull = [0.0] * (cells + 1)
+            for (first, last), weight in zip(spans, weights, strict=True):
                 share = prefix[last] - prefix[first]
                 if share > 0:
-                    weights[first] += 1.0 / share
-                    weights[last] -= 1.0 / share
+                    pull[first] += weight / share
+                    pull[last] -= weight / share
             running, new = 0.0, []
             for j in range(cells):
-                running += weights[j]
-                new.append(mass[j] * running / len(spans))
+                running += pull[j]
+                new.append(mass[j] * running / whole)
             change = max(abs(a - b) for a, b in zip(mass, new, strict=True))
             mass = new
             if change < EM_TOLERANCE:
                 break
         total = sum(mass) or 1.0
-        cumulative = [0.0]
+        cumulative = [0.0, 0.0]  # the lowest cell's mass lies in its top DESCENT (module doc)
         for m in mass:
             cumulative.append(min(1.0, cumulative[-1] + m / total))
-        return cls(tuple(points), tuple(cumulative))
+        return cls((0.0, DESCENT * points[1], *points[1:]), tuple(cumulative))
 
     @property
     def last(self) -> float:
@@ -144,22 +154,26 @@ class Estimate:
 
 
 def learned_times(
-    estimate: Estimate, limits: PollSchedule, elapsed: float = 0.0
+    estimate: Estimate, limits: PollSchedule, elapsed: float = 0.0, probe: bool = False
 ) -> Iterator[float]:
     """The poll times (seconds after the submit, before jitter) for ``estimate``; the first
-    after ``elapsed`` (a generation found in flight is part way through)."""
+    after ``elapsed`` (a generation found in flight is part way through). A ``probe`` is
+    polled once more, before the first poll, at ``DESCENT`` of it."""
     t = max(limits.initial, estimate.quantile(FIRST_QUANTILE))
-    step = 0.0
+    if probe and elapsed < DESCENT * t and limits.initial <= DESCENT * t:
+        yield DESCENT * t
+    step, hazard, lag = 0.0, HAZARD, LAG_FRACTION
     while True:
         if t > elapsed:
             yield t
         done = estimate.cdf(t)
         if done < 1.0:
-            target = estimate.quantile(done + HAZARD * (1.0 - done))
-            step = min(target - t, LAG_FRACTION * t, limits.maximum)
-            step = max(step, MIN_STEP_FRACTION * t, MIN_STEP)
+            target = estimate.quantile(done + hazard * (1.0 - done))
+            step = max(min(target - t, lag * t), lag * MIN_STEP_FRACTION / LAG_FRACTION * t)
+            step = max(min(step, limits.maximum), MIN_STEP)
         else:  # past everything seen: back off as the fallback does
-            step = min(limits.maximum, max(step * limits.growth, LAG_FRACTION * t, MIN_STEP))
+            step = min(limits.maximum, max(step * limits.growth, lag * t, MIN_STEP))
+        hazard, lag = 1.0 - (1.0 - hazard) * (1.0 - HAZARD), lag * LAG_GROWTH
         t += step
 
 
@@ -172,6 +186,13 @@ def jittered(times: Iterator[float], rng: random.Random, elapsed: float = 0.0) -
         previous, spread = t, JITTER
 
 
+@dataclass(frozen=True)
+class _Fit:
+    added: int  # observations of the shape, ever, when fitted
+    estimate: Estimate
+    probes: float  # the share of generations to probe
+
+
 @dataclass
 class GenerationTimes:
     """What one executor knows of how long generations take: the ledger's history, read once
@@ -179,7 +200,7 @@ class GenerationTimes:
 
     ledger: Ledger
     intervals: dict[tuple[Any, ...], list[tuple[float, float]]] = field(default_factory=dict)
-    _fits: dict[tuple[Any, ...], tuple[int, Estimate]] = field(default_factory=dict)
+    _fits: dict[tuple[Any, ...], _Fit] = field(default_factory=dict)
     _added: dict[tuple[Any, ...], int] = field(default_factory=dict)  # observations, ever
 
     def _history(self, request: Mapping[str, Any]) -> list[tuple[float, float]]:
@@ -208,16 +229,13 @@ class GenerationTimes:
         shape = shape_of(request)
         fitted = self._fits.get(shape)
         added = self._added[shape]
-        recent = seen[-FASTER_AFTER:]
-        faster = len(seen) > FASTER_AFTER and all(lower == 0 for lower, _ in recent)
-        if faster:
-            # Done at the first poll every time: they got faster than the history says, and
-            # older history would hold the first poll where it is (see the module doc).
-            seen[:] = recent
-        if faster or fitted is None or added - fitted[0] >= max(1, min(fitted[0], HISTORY) // 4):
-            fitted = (added, Estimate.fit(seen))
+        if fitted is None or added - fitted.added >= max(1, min(fitted.added, HISTORY) // REFIT_SHARE):
+            weights = [0.5 ** (age / HALF_LIFE) for age in range(len(seen) - 1, -1, -1)]
+            first = sum(w for (lower, _), w in zip(seen, weights, strict=True) if lower == 0)
+            probes = PROBES if first > (FIRST_QUANTILE + PROBE_MARGIN) * sum(weights) else 0.0
+            fitted = _Fit(added, Estimate.fit(seen, weights), probes)
             self._fits[shape] = fitted
-        return fitted[1]
+        return fitted.estimate
 
     def delays(
         self,
@@ -230,4 +248,5 @@ class GenerationTimes:
         estimate = self.estimate(request)
         if estimate is None:
             return schedule.delays(rng)
-        return jittered(learned_times(estimate, schedule, elapsed), rng, elapsed)
+        probe = rng.random() < self._fits[shape_of(request)].probes
+        return jittered(learned_times(estimate, schedule, elapsed, probe), rng, elapsed)
