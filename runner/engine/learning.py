@@ -49,7 +49,8 @@ LAG_FRACTION = 0.1
 MIN_STEP_FRACTION = 0.03  # no two learned polls closer than this share of the time elapsed
 HALF_LIFE = 25  # generations: one this many generations older counts half as much
 REFIT_SHARE = 16  # refitted when the history has grown by this share (at most 200 / 16 = 12)
-DESCENT = 0.7  # below the lowest end point seen, mass goes no lower than this share of it
+DESCENT = 0.7  # a probe is polled at this share of the first poll
+SPREAD = 0.1  # a cell's mass lies in its last tenth (the last LAG_FRACTION of the time)
 PROBES = 0.25  # the share of generations polled once before the first poll, lower down, ...
 PROBE_MARGIN = 0.15  # ... while this much more than FIRST_QUANTILE were done at the first
 LAG_GROWTH = 2.0  # each poll that finds a generation unfinished may lag twice the last
@@ -122,10 +123,14 @@ class Estimate:
             if change < EM_TOLERANCE:
                 break
         total = sum(mass) or 1.0
-        cumulative = [0.0, 0.0]  # the lowest cell's mass lies in its top DESCENT (module doc)
-        for m in mass:
+        ends, cumulative = [0.0], [0.0]
+        for lo, up, m in zip(points, points[1:], mass, strict=False):
+            if lo < (1 - SPREAD) * up:  # a wide cell's mass lies in its top SPREAD (module doc)
+                ends.append((1 - SPREAD) * up)
+                cumulative.append(cumulative[-1])
+            ends.append(up)
             cumulative.append(min(1.0, cumulative[-1] + m / total))
-        return cls((0.0, DESCENT * points[1], *points[1:]), tuple(cumulative))
+        return cls(tuple(ends), tuple(cumulative))
 
     @property
     def last(self) -> float:
@@ -169,8 +174,8 @@ def learned_times(
         done = estimate.cdf(t)
         if done < 1.0:
             target = estimate.quantile(done + hazard * (1.0 - done))
-            step = max(min(target - t, lag * t), lag * MIN_STEP_FRACTION / LAG_FRACTION * t)
-            step = max(min(step, limits.maximum), MIN_STEP)
+            least = min(lag * MIN_STEP_FRACTION / LAG_FRACTION * t, estimate.last - t)
+            step = max(min(target - t, lag * t, limits.maximum), least, MIN_STEP)
         else:  # past everything seen: back off as the fallback does
             step = min(limits.maximum, max(step * limits.growth, lag * t, MIN_STEP))
         hazard, lag = 1.0 - (1.0 - hazard) * (1.0 - HAZARD), lag * LAG_GROWTH
