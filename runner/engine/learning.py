@@ -11,21 +11,40 @@ without them count as ``(0, seconds between the accepted and completed events]``
 
 How it is estimated. The distribution that best explains the intervals is the Turnbull
 nonparametric maximum-likelihood estimate, found by its self-consistency (EM) iteration on the
-cells between the intervals' end points; within a cell the mass is spread evenly. First polls
-are jittered, so the "already done at the first poll" answers of many jobs, taken at slightly
-different times, tell where the low end of the distribution is: when generations get faster,
-the mass moves below the first polls and the next schedule starts sooner. An estimate cannot
-put mass below every end point it has seen, though, so when ``FASTER_AFTER`` generations in a
-row were done at their first poll (at ``FIRST_QUANTILE`` that happens about once in ten
-thousand by chance) the older history is dropped and the estimate starts again from them.
+cells between the intervals' end points (rounded to ``GRAIN``, half a percent, so that a fit of
+200 takes ~2 ms). Recent generations count more: an interval ``age`` generations older than the
+newest of its shape weighs ``2 ** (-age / HALF_LIFE)``, and each step of the iteration
+multiplies an interval's pull on its cells by its weight and divides by the weights' total. A
+change of speed thus outweighs the older history within a few dozen generations, and no
+history is ever dropped at once. Where in a cell its mass lies the intervals do not say; the
+estimate puts it in the cell's last ``SPREAD`` (a tenth of its upper end), late rather than
+early. Spread evenly from 0 instead, the mass of generations all done at their first poll,
+``(0, first poll]``, put the next first poll at 0.4 of the last, and the polls after it walked
+back up in steps of 10 %: 9 to 15 polls for a generation.
 
-Where to poll. The first poll is at the ``FIRST_QUANTILE`` of the estimate; each next one
-where a further ``HAZARD`` of the generations still unfinished are expected to be done, but
-at most ``LAG_FRACTION`` of the time elapsed later (so a wide distribution is still noticed
-within a small fraction of its generation time). Past the last finish ever seen the waits back
-off like the fallback schedule. ``poll_initial`` is the least first wait and ``poll_max`` the
-longest wait after it; with fewer than ``MIN_HISTORY`` generations of a shape (provider, model,
-type, duration, resolution), the fallback schedule (``PollSchedule.delays``) is used as is.
+Faster generations. A generation done at its first poll says only that it took less, so the
+estimate places it just under the first poll, where the older history has mass: by itself it
+would never learn that generations got faster. Probes do. While the weighted share of
+generations done at their first poll is over ``FIRST_QUANTILE`` + ``PROBE_MARGIN`` (the first
+poll catches more than it should), ``PROBES`` of the generations are polled once more before
+it, at ``DESCENT`` of it. Found done there, they put mass below the first poll, which steps
+down by about ``DESCENT`` every batch or two until it meets the new times (a 3× speed-up is
+followed in 3 to 5 batches of 20); when nothing got faster, a probe costs one poll.
+
+Where to poll. The first poll is at the ``FIRST_QUANTILE`` of the estimate. The k-th poll
+after it goes where a share ``1 - (1 - HAZARD) ** k`` of the generations still unfinished are
+expected to be done, but at most ``LAG_FRACTION * LAG_GROWTH ** (k - 1)`` of the time elapsed
+later and at least ``MIN_STEP_FRACTION * LAG_GROWTH ** (k - 1)`` of it (no more, though, than
+reaches the longest time seen or ``LAG_FRACTION`` further, whichever is later). That is the
+trade-off between polls and lag: most generations end by the second or third poll, which are
+close (a lag of at most 10 %, then 20 %, of their time); a generation still unfinished after
+several polls is one the estimate got wrong (its tail, or a change of speed), and for it each
+further poll buys more waiting time: a wrong estimate costs lag rather than polls, at most 5
+polls (one a probe) per generation of a steady 51–69 s against ~2 on average. Past the longest
+time seen the waits back off like the fallback schedule's, to ``poll_max``. ``poll_initial``
+is the least first wait and ``poll_max`` the longest wait after it; with fewer than
+``MIN_HISTORY`` generations of a shape (provider, model, type, duration, resolution), the
+fallback schedule (``PollSchedule.delays``) is used as is.
 """
 
 from __future__ import annotations
@@ -46,17 +65,17 @@ from runner.ledger import Ledger
 SHAPE_FIELDS = ("model", "type", "duration", "resolution")
 MIN_HISTORY = 5  # generations of a shape before its schedule is learned
 HISTORY = 200  # most recent generations of a shape that are learned from
-FIRST_QUANTILE = 0.4
-HAZARD = 0.6
-LAG_FRACTION = 0.1
-MIN_STEP_FRACTION = 0.03  # no two learned polls closer than this share of the time elapsed
-HALF_LIFE = 25  # generations: one this many generations older counts half as much
-REFIT_SHARE = 16  # refitted when the history has grown by this share (at most 200 / 16 = 12)
-DESCENT = 0.7  # a probe is polled at this share of the first poll
-SPREAD = 0.1  # a cell's mass lies in its last tenth (the last LAG_FRACTION of the time)
-PROBES = 0.25  # the share of generations polled once before the first poll, lower down, ...
-PROBE_MARGIN = 0.15  # ... while this much more than FIRST_QUANTILE were done at the first
-LAG_GROWTH = 2.0  # each poll that finds a generation unfinished may lag twice the last
+FIRST_QUANTILE = 0.4  # the first poll: where this share of generations is done
+HAZARD = 0.6  # each next poll: where this share of those unfinished is done, then more
+LAG_FRACTION = 0.1  # the first step after the first poll: at most this share of the time
+MIN_STEP_FRACTION = 0.03  # ... and at least this share
+LAG_GROWTH = 2.0  # each further step: both shares twice the last's
+HALF_LIFE = 25  # generations: one this many generations older than the newest weighs half
+REFIT_SHARE = 16  # refitted when the history has grown by this share (12 of 200)
+SPREAD = 0.1  # a cell's mass lies in its last tenth
+PROBES = 0.25  # the share of generations polled once before the first poll, at DESCENT of it,
+PROBE_MARGIN = 0.15  # while this much more than FIRST_QUANTILE were done at the first poll
+DESCENT = 0.7
 GRAIN = 0.005  # end points are rounded to 1/2 % of their time: ~60 cells from 51 to 69 s
 EM_ROUNDS = 40
 EM_TOLERANCE = 1e-5
@@ -182,7 +201,8 @@ def learned_times(
         done = estimate.cdf(t)
         if done < 1.0:
             target = estimate.quantile(done + hazard * (1.0 - done))
-            least = min(lag * MIN_STEP_FRACTION / LAG_FRACTION * t, max(estimate.last - t, LAG_FRACTION * t))
+            least = lag * MIN_STEP_FRACTION / LAG_FRACTION * t
+            least = min(least, max(estimate.last - t, LAG_FRACTION * t))
             step = max(min(target - t, lag * t, limits.maximum), least, MIN_STEP)
         else:  # past everything seen: back off as the fallback does
             step = min(limits.maximum, max(step * limits.growth, lag * t, MIN_STEP))
@@ -234,15 +254,16 @@ class GenerationTimes:
 
     def estimate(self, request: Mapping[str, Any]) -> Estimate | None:
         """The learned distribution for this request's shape; ``None`` without enough history.
-        Refitted when the history has grown by a quarter since the last fit (a fit of 200
-        takes ~15 ms of the event loop)."""
+        Refitted when the history has grown by a sixteenth since the last fit (12 of 200; a
+        fit of 200 takes ~2 ms of the event loop)."""
         seen = self._history(request)
         if len(seen) < MIN_HISTORY:
             return None
         shape = shape_of(request)
         fitted = self._fits.get(shape)
         added = self._added[shape]
-        if fitted is None or added - fitted.added >= max(1, min(fitted.added, HISTORY) // REFIT_SHARE):
+        grown = added - fitted.added if fitted is not None else 0
+        if fitted is None or grown >= max(1, min(fitted.added, HISTORY) // REFIT_SHARE):
             weights = [0.5 ** (age / HALF_LIFE) for age in range(len(seen) - 1, -1, -1)]
             first = sum(w for (lower, _), w in zip(seen, weights, strict=True) if lower == 0)
             probes = PROBES if first > (FIRST_QUANTILE + PROBE_MARGIN) * sum(weights) else 0.0
