@@ -205,7 +205,7 @@ def learned_times(
             least = min(least, max(estimate.last - t, LAG_FRACTION * t))
             step = max(min(target - t, lag * t, limits.maximum), least, MIN_STEP)
         else:  # past everything seen: back off as the fallback does
-            step = min(limits.maximum, max(step * limits.growth, lag * t, MIN_STEP))
+            step = min(limits.maximum, max(step * limits.growth, LAG_FRACTION * t, MIN_STEP))
         hazard, lag = 1.0 - (1.0 - hazard) * (1.0 - HAZARD), lag * LAG_GROWTH
         t += step
 
