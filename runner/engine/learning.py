@@ -14,7 +14,9 @@ nonparametric maximum-likelihood estimate, found by its self-consistency (EM) it
 cells between the intervals' end points (rounded to ``GRAIN``, half a percent, so that a fit of
 200 takes ~2 ms). Recent generations count more: an interval ``age`` generations older than the
 newest of its shape weighs ``2 ** (-age / HALF_LIFE)``, and each step of the iteration
-multiplies an interval's pull on its cells by its weight and divides by the weights' total. A
+multiplies an interval's pull on its cells by its weight and divides by the weights' total
+(the iteration starts from each interval's weight spread evenly along it, so that the many
+short cells between the end points of a few wide intervals do not start with most mass). A
 change of speed thus outweighs the older history within a few dozen generations, and no
 history is ever dropped at once. Where in a cell its mass lies the intervals do not say; the
 estimate puts it in the cell's last ``SPREAD`` (a tenth of its upper end), late rather than
@@ -41,7 +43,9 @@ close (a lag of at most 10 %, then 20 %, of their time); a generation still unfi
 several polls is one the estimate got wrong (its tail, or a change of speed), and for it each
 further poll buys more waiting time: a wrong estimate costs lag rather than polls, at most 5
 polls (one a probe) per generation of a steady 51–69 s against ~2 on average. Past the longest
-time seen the waits back off like the fallback schedule's, to ``poll_max``. ``poll_initial``
+time seen, or its last ``TAIL`` (a generation there is one the estimate barely expects), the
+waits back off like the fallback schedule's, from ``LAG_FRACTION`` of the time elapsed up to
+``poll_max``: close at first, since a generation at the body's edge lands there. ``poll_initial``
 is the least first wait and ``poll_max`` the longest wait after it; with fewer than
 ``MIN_HISTORY`` generations of a shape (provider, model, type, duration, resolution), the
 fallback schedule (``PollSchedule.delays``) is used as is.
@@ -76,6 +80,7 @@ SPREAD = 0.1  # a cell's mass lies in its last tenth
 PROBES = 0.25  # the share of generations polled once before the first poll, at DESCENT of it,
 PROBE_MARGIN = 0.15  # while this much more than FIRST_QUANTILE were done at the first poll
 DESCENT = 0.7
+TAIL = 0.02  # past all but this share of the estimate, the waits back off as the fallback's
 GRAIN = 0.005  # end points are rounded to 1/2 % of their time: ~60 cells from 51 to 69 s
 EM_ROUNDS = 40
 EM_TOLERANCE = 1e-5
@@ -128,7 +133,12 @@ class Estimate:
             pooled[span] = pooled.get(span, 0.0) + weight
         spans, weights = list(pooled), list(pooled.values())
         whole = sum(weights) or 1.0
-        mass = [1.0 / cells] * cells
+        density = [0.0] * (cells + 1)  # the start: each interval's weight even along it
+        for (first, last), weight in zip(spans, weights, strict=True):
+            density[first] += weight / (points[last] - points[first])
+            density[last] -= weight / (points[last] - points[first])
+        widths = [up - lo for lo, up in itertools.pairwise(points)]
+        mass = [d * w / whole for d, w in zip(itertools.accumulate(density), widths, strict=False)]
         for _ in range(EM_ROUNDS):
             prefix = [0.0, *itertools.accumulate(mass)]
             pull = [0.0] * (cells + 1)
@@ -142,14 +152,15 @@ class Estimate:
             mass = new
             if change < EM_TOLERANCE:
                 break
-        total = sum(mass) or 1.0
+        running = list(itertools.accumulate(mass))
+        total = running[-1] or 1.0  # so that the last is 1.0 exactly
         ends, cumulative = [0.0], [0.0]
-        for lo, up, m in zip(points, points[1:], mass, strict=False):
+        for lo, up, below in zip(points, points[1:], running, strict=False):
             if lo < (1 - SPREAD) * up:  # a wide cell's mass lies in its top SPREAD (module doc)
                 ends.append((1 - SPREAD) * up)
                 cumulative.append(cumulative[-1])
             ends.append(up)
-            cumulative.append(min(1.0, cumulative[-1] + m / total))
+            cumulative.append(min(1.0, below / total))
         return cls(tuple(ends), tuple(cumulative))
 
     @property
@@ -199,12 +210,12 @@ def learned_times(
         if t > elapsed:
             yield t
         done = estimate.cdf(t)
-        if done < 1.0:
+        if done < 1.0 - TAIL:
             target = estimate.quantile(done + hazard * (1.0 - done))
             least = lag * MIN_STEP_FRACTION / LAG_FRACTION * t
             least = min(least, max(estimate.last - t, LAG_FRACTION * t))
             step = max(min(target - t, lag * t, limits.maximum), least, MIN_STEP)
-        else:  # past everything seen: back off as the fallback does
+        else:  # past (almost) everything seen: back off as the fallback does
             step = min(limits.maximum, max(step * limits.growth, LAG_FRACTION * t, MIN_STEP))
         hazard, lag = 1.0 - (1.0 - hazard) * (1.0 - HAZARD), lag * LAG_GROWTH
         t += step
