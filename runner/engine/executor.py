@@ -27,6 +27,7 @@ from runner.ledger import JobRow, JobStatus
 
 PROGRESS_INTERVAL = 0.5
 AFTER_SUBMIT = (*AT_PROVIDER, JobStatus.COMPLETED)  # generations under way or done
+ENDED = frozenset({JobStatus.DOWNLOADED, JobStatus.FAILED, JobStatus.ORPHANED})
 # What a process takes over from a dead one while it waits for the account's slots: its
 # generations (they hold slots until polled to the end) and its interrupted submits (one may
 # hold a slot too; it is re-sent with its idempotency key).
@@ -195,18 +196,22 @@ class Executor(EarlierWork):
         wait, as they are now); empty when there are none or the run is stopping."""
         if self.claims is None or self.outcome.fatal is not None or self.outcome.interrupted:
             return []
-        left = [r.key for r in rows if r.key not in self._driven]
-        wanted = [r for r in self.ledger.jobs(keys=left) if self._wants(r)] if left else []
+        # A job that had ended when the run began stays out of it; the others are read
+        # briefly first, and in full only when this run still wants them.
+        left = [r.key for r in rows if r.key not in self._driven and r.status not in ENDED]
+        briefs = self.ledger.briefs(keys=left) if left else iter(())
+        again = [b.key for b in briefs if self._wants(b.status)]
+        wanted = [r for r in self.ledger.jobs(keys=again) if self._wants(r.status)] if again else []
         if wanted:
             await self.clock.sleep(self.claims.recheck)
         return wanted
 
-    def _wants(self, row: JobRow) -> bool:
-        """Whether this run would still do something with ``row``."""
-        if row.status in (JobStatus.PENDING, JobStatus.SUBMITTING):
+    def _wants(self, status: JobStatus) -> bool:
+        """Whether this run would still do something with a job in ``status``."""
+        if status in (JobStatus.PENDING, JobStatus.SUBMITTING):
             stopped = self.outcome.stopped or self.outcome.budget_stop
             return self.settings.submit and not stopped
-        return row.status in AFTER_SUBMIT and self.settings.download
+        return status in AFTER_SUBMIT and self.settings.download
 
     def _stop_reason(self) -> str | None:
         """Why no new submission may start now, if one may not."""
@@ -280,7 +285,7 @@ class Executor(EarlierWork):
 
     def _count_unfinished(self, rows: Sequence[JobRow]) -> None:
         keys = [r.key for r in rows]
-        done: set[JobStatus] = {JobStatus.DOWNLOADED, JobStatus.FAILED, JobStatus.ORPHANED}
+        done: set[JobStatus] = set(ENDED)
         if not self.settings.download:
             done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
-        self.outcome.unfinished = sum(r.status not in done for r in self.ledger.jobs(keys=keys))
+        self.outcome.unfinished = sum(b.status not in done for b in self.ledger.briefs(keys=keys))
