@@ -7,6 +7,7 @@ waiting for real seconds to pass.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -85,7 +86,7 @@ class VirtualClock:
 
     async def _drive(self) -> None:
         while True:
-            await anyio.wait_all_tasks_blocked()
+            await _all_tasks_blocked()
             # A task waiting for a worker thread (a file's fsync, its hash) counts as blocked,
             # but its work takes no virtual time: time jumps only once no thread is busy, so a
             # loaded machine's slow threads cannot move a run's virtual timeline.
@@ -106,6 +107,22 @@ class VirtualClock:
                 yield self
             finally:
                 tg.cancel_scope.cancel()
+
+
+async def _all_tasks_blocked() -> None:
+    """Return once every other task waits on something (as ``anyio.wait_all_tasks_blocked``,
+    which looks again only after 0.1 s of real time whenever a task is ready to run: a run's
+    many ``sleep(0)`` turns made virtual-time tests spend most of their time in those waits)."""
+    this = asyncio.current_task()
+    while True:
+        await anyio.lowlevel.checkpoint()
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)  # what the task awaits (asyncio's own)
+            if task is not this and (waiter is None or waiter.done()):
+                await anyio.sleep(_IDLE_POLL)
+                break
+        else:
+            return
 
 
 def _threads_busy() -> bool:
