@@ -36,13 +36,17 @@ while True:
 """
 
 FETCH = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import anyio
 from runner.outputs.local import download
 from runner.outputs.pinned import pinned_client
 from runner.outputs.policy import DownloadPolicy
 url, dest = sys.argv[1], Path(sys.argv[2])
+def peak_mb():  # VmHWM: ru_maxrss would count the parent's peak (Linux keeps it across exec)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 async def main():
     async with pinned_client() as client:
         policy = DownloadPolicy.for_base_url(url)
@@ -51,7 +55,7 @@ start, cpu = time.perf_counter(), time.process_time()
 saved = anyio.run(main)
 print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
                   "bytes": saved.bytes,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": peak_mb()}))
 """
 
 
