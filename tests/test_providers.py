@@ -7,10 +7,13 @@ import email.utils
 import gzip
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -1234,3 +1237,41 @@ async def test_an_id_carrying_the_key_is_refused(name: str) -> None:
     with pytest.raises(PermanentError, match="carries the API key") as info:
         await provider.submit({"prompt": "p", "model": "a/b"}, idempotency_key="k-1")
     assert secret not in str(info.value)
+
+
+def test_api_calls_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With HTTP_PROXY set, the API client a provider makes for itself sends through that
+    proxy (httpx ignores the environment's proxies when it is handed a transport, so the
+    small pools give way to httpx's own). The proxy is a recorder on loopback, and so is
+    the address asked for (refused if the call went there directly)."""
+    seen: list[str] = []
+    proxy = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = proxy.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            seen.append(data.split(b"\r\n", 1)[0].decode())
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    threading.Thread(target=serve, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    provider = make_provider(ProviderSettings(), environ=ENV, url_policy=URLPolicy())
+    assert isinstance(provider, HttpProvider)
+
+    async def call() -> httpx.Response:
+        client = provider._client
+        try:
+            return await client.get("http://127.0.0.2:9/v1/ping")
+        finally:
+            await client.aclose()
+
+    with proxy:
+        assert anyio.run(call).status_code == 200
+    assert seen == ["GET http://127.0.0.2:9/v1/ping HTTP/1.1"]

@@ -130,7 +130,9 @@ class Executor(EarlierWork):
                 await self.clock.sleep(self.gate.recheck)
                 stop = self._stop_reason()
                 if stop is not None:  # --until / --max-failures end the wait too
-                    self.budget.refund(row)
+                    # What this pass reserved goes back; an interrupted submit reserved
+                    # nothing (it may be charged already) and keeps its count.
+                    self.budget.unreserve(row)
                     await self.slots.release(succeeded=False)
                     self._release(row)
                     self.outcome.stopped = stop

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote, quote_plus
+from urllib.request import getproxies
 
 import anyio
 import httpx
@@ -173,9 +174,7 @@ class HttpProvider(abc.ABC):
         self.account = credential.fingerprint()
         self._timeout = timeout
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout, transport=ShardedTransport(API_LIMITS)
-        )
+        self._client = client or _api_client(timeout)
         self._upload_client = upload_client
         self._owns_upload_client = False
         self._url_policy = url_policy
@@ -362,3 +361,11 @@ async def _read_capped(response: httpx.Response, what: str) -> httpx.Response:
         request=response.request,
         extensions=response.extensions,
     )
+
+
+def _api_client(timeout: httpx.Timeout) -> httpx.AsyncClient:
+    """The API client: small pools (``outputs.pools``), unless the environment names a proxy
+    (``HTTPS_PROXY`` and the like), which httpx honours only with its own transport."""
+    if any(scheme in getproxies() for scheme in ("http", "https", "all")):
+        return httpx.AsyncClient(timeout=timeout, limits=API_LIMITS)
+    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(API_LIMITS))
