@@ -98,7 +98,9 @@ async def execute(
             tg.start_soon(claims.keep)
             if env.handle_signals:
                 tg.start_soon(_watch_signals, executors, tg.cancel_scope)
-            outcomes: list[Outcome] = [Outcome() for _ in executors]
+            # Each executor's own outcome: a second Ctrl-C cancels its run before it returns,
+            # and the outcome must still say it was interrupted (exit 130, not 0).
+            outcomes: list[Outcome] = [e.outcome for e in executors]
 
             async def drive(i: int) -> None:
                 outcomes[i] = await executors[i].run(works[i].rows, works[i].finishing)
