@@ -45,7 +45,6 @@ from runner.ledger.rows import (
     MATCH_LIMIT,
     grouped_counts,
     matched_key,
-    name_values,
     note_event,
     retry_change,
     status_change,
@@ -310,15 +309,8 @@ class PostgresLedger(JobClaims):
         back to ``pending`` with the next idempotency key and no attempts; return how many."""
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
-            wheres = ["status = %s", "manifest = %s"]
-            params: list[Any] = [JobStatus.FAILED.value, manifest]
-            if keys is not None:
-                wheres.append("key = ANY(%s)")
-                params.append(list(keys))
-            if campaigns is not None:
-                wheres.append("campaign = ANY(%s)")
-                params.append(name_values(campaigns))
-            rows = self._select_jobs(" AND ".join(wheres), params, lock=True)
+            where, params = job_filter(JobStatus.FAILED, campaigns, manifest, keys)
+            rows = self._select_jobs(where or "TRUE", params, lock=True)
             for row in rows:
                 self._apply(row, JobStatus.PENDING, *retry_change(row, self.id))
         return len(rows)
