@@ -105,19 +105,23 @@ def server_time(url: str) -> float:
 
 
 def test_a_retry_after_pauses_every_process_on_the_account(pg_url: str) -> None:
-    """Host A is told Retry-After: 1.5 s while host B's next call sleeps to its turn on the
+    """Host A is told Retry-After: 4 s while host B's next call sleeps to its turn on the
     same account: neither that call nor B's next goes before the pause has run out in the
     server's time, though B never heard the Retry-After itself."""
     with open_ledger(pg_url) as a_led, open_ledger(pg_url) as b_led:
         a_limits, b_limits = a_led.shared_limits(), b_led.shared_limits()
         assert a_limits is not None and b_limits is not None
-        a = SharedThrottle(2.0, limits=a_limits, account="acct")
-        b = SharedThrottle(2.0, limits=b_limits, account="acct")
+        # Calls 2.5 s apart: B's second call is asleep to its turn when A's pause comes,
+        # unless this test's own task is held up for over 2.4 s (at 2/s the margin was
+        # 0.6 s, which a loaded machine can eat); the pause outlasts that turn, so without
+        # the shared pause B's second call would go before it ends.
+        a = SharedThrottle(0.5, limits=a_limits, account="acct")
+        b = SharedThrottle(0.5, limits=b_limits, account="acct")
         sent: list[float] = []
         paused_at: list[float] = []
 
         async def b_calls() -> None:
-            for _ in range(3):  # the first at once, the next ones 0.625 s apart
+            for _ in range(3):  # the first at once, the next ones 2.5 s apart
                 await b.wait_turn()
                 sent.append(server_time(pg_url))
 
@@ -127,8 +131,8 @@ def test_a_retry_after_pauses_every_process_on_the_account(pg_url: str) -> None:
                 while not sent:
                     await anyio.sleep(0.01)
                 paused_at.append(server_time(pg_url))
-                a.pause(1.5)  # B's second call is asleep to its turn by now
+                a.pause(4.0)  # B's second call is asleep to its turn by now
 
         anyio.run(main)
     assert len(sent) == 3
-    assert all(t >= paused_at[0] + 1.5 for t in sent[1:]), (sent, paused_at)
+    assert all(t >= paused_at[0] + 4.0 for t in sent[1:]), (sent, paused_at)
