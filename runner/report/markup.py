@@ -1,0 +1,144 @@
+"""The report's HTML: the page (``templates/report.html.j2``) and its cards
+(``templates/report_card.html.j2``), both jinja2 with autoescaping on.
+
+A page may hold 100,000 cards, and jinja2 would spend ~90 pieces and 35 escaped values on
+each. So the card template is rendered once per shape of card (which parts it has, how many
+fields and ids), with a numbered placeholder for each value, into a format string; each
+card is that string filled with its escaped values. The template stays the one place of the
+markup, and the page comes out byte for byte as jinja2 would write it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import itertools
+import re
+from importlib import resources
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+_CSP = "script-src '{hash}'; object-src 'none'; base-uri 'none'; form-action 'none'"
+_SLOT = re.compile("\x00([0-9]+)\x00")  # a placeholder: no text reaches the template itself
+_JOIN = "\x00"  # between a card's values while they are escaped (no escape touches it)
+
+
+class Card(NamedTuple):
+    """What one job's card shows, as text (escaped when it is written)."""
+
+    status: str
+    key: str
+    campaign: str
+    tags: str  # space-separated
+    src: str | None  # the player's URL, if it has one
+    file: str  # the video's name as the page refers to it (with a player)
+    missing: str | None  # where a downloaded video was expected but is not
+    variant_label: str | None
+    soul: str | None
+    prompt: str | None
+    error: str | None
+    fields: list[tuple[str, str]]
+    ids: list[tuple[str, str]]
+
+
+def escape(text: str) -> str:
+    """``markupsafe.escape(text)`` as a plain ``str``: the same five replacements, without a
+    ``Markup`` made per value (a page has millions of values)."""
+    return (
+        text.replace("&", "&amp;")
+        .replace(">", "&gt;")
+        .replace("<", "&lt;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+    )
+
+
+def card_html(card: Card) -> str:
+    """The card's HTML: its shape's format string filled with its escaped values."""
+    values = [card.status, card.key, card.campaign, card.tags]
+    if card.src:
+        player = "video"
+        values += (card.src, card.file)
+    elif card.missing:
+        player = "missing"
+        values.append(card.missing)
+    else:
+        player = "status"
+    parts = (card.variant_label, card.soul, card.prompt, card.error)
+    values += [part for part in parts if part]
+    for pair in card.fields:
+        values += pair
+    for pair in card.ids:
+        values += pair
+    shape = _card_format(player, *(bool(p) for p in parts), len(card.fields), len(card.ids))
+    # The values escaped together: five replacements over one string, not five per value.
+    escaped = escape(_JOIN.join(values)).split(_JOIN)
+    if len(escaped) != len(values):  # a value holds the joiner itself
+        escaped = [escape(value) for value in values]
+    return shape.format(*escaped)
+
+
+@functools.lru_cache(maxsize=256)
+def _card_format(
+    player: str, variant: bool, soul: bool, prompt: bool, error: bool, fields: int, ids: int
+) -> str:
+    """The format string of every card of this shape: the card template rendered with
+    numbered placeholders in the order ``card_html`` lists the values."""
+    from markupsafe import Markup
+
+    count = itertools.count()
+
+    def slot() -> Markup:
+        return Markup(f"\x00{next(count)}\x00")
+
+    card = SimpleNamespace(status=slot(), key=slot(), campaign=slot(), tags=slot())
+    card.src = slot() if player == "video" else None
+    card.file = slot() if player == "video" else ""
+    card.missing = slot() if player == "missing" else None
+    card.variant_label = slot() if variant else None
+    card.soul = slot() if soul else None
+    card.prompt = slot() if prompt else None
+    card.error = slot() if error else None
+    card.fields = [(slot(), slot()) for _ in range(fields)]
+    card.ids = [(slot(), slot()) for _ in range(ids)]
+    html = templates().get_template("report_card.html.j2").render(card=card)
+    return _SLOT.sub(r"{\1}", html.replace("{", "{{").replace("}", "}}"))
+
+
+def page_html(**context: Any) -> str:
+    """The page without its cards (each section's are written where its ``cards`` value is),
+    its CSS inline and its script allowed by its hash."""
+    script = asset("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return (
+        templates()
+        .get_template("report.html.j2")
+        .render(
+            csp=_CSP.format(hash=f"sha256-{digest}"),
+            css=asset("report.css"),
+            script=script,
+            **context,
+        )
+    )
+
+
+@functools.cache
+def templates() -> Environment:
+    """The report's templates, autoescaped (jinja2 is imported when a report is made)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("runner", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def asset(name: str) -> str:
+    """A file of ``runner/templates`` as text."""
+    return resources.files("runner").joinpath("templates", name).read_text(encoding="utf-8")
