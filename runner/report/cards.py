@@ -19,6 +19,7 @@ REQUEST_SHOWN = (("duration", "duration"), ("aspect_ratio", "aspect ratio"),
                  ("resolution", "resolution"), ("model", "model"))  # fmt: skip
 # Query strings and fragments of URLs quoted in error texts may hold signed tokens.
 _URL_SECRETS = re.compile(r"(https?://[^\s?#\"'<>]*)[?#][^\s\"'<>]*", re.IGNORECASE)
+_RAW_DECODE = json.JSONDecoder().raw_decode
 
 
 def card(row: JobRow, link: Link) -> Card:
@@ -30,7 +31,7 @@ def card(row: JobRow, link: Link) -> Card:
         status=row.status.value,
         key=row.key,
         campaign=row.campaign,
-        tags=" ".join(row.tags),
+        tags=" ".join(tags_of(row)),
         src=src,
         file=file,
         missing=missing,
@@ -60,11 +61,22 @@ def credits_text(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
 
 
+def tags_of(row: JobRow) -> tuple[str, ...]:
+    """``row.tags``, without decoding the JSON of a row that has none (most have none)."""
+    return () if row.stored_json("tags") == "[]" else row.tags
+
+
 def _decoded(row: JobRow, column: str) -> Any:
     """A JSON column of ``row`` decoded for its card only (the row is dropped once its card
     is written)."""
     text = row.stored_json(column)
-    return json.loads(text) if text is not None else getattr(row, column)
+    if text is None:
+        return getattr(row, column)
+    try:  # the ledger's JSON is compact: the decoder's own step, without json.loads' checks
+        value, end = _RAW_DECODE(text)
+    except ValueError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 def _variant_label(row: JobRow, request: dict[str, Any]) -> str | None:

@@ -61,21 +61,20 @@ def link(row: JobRow, report_dir: str, presign_expiry: timedelta, bundle: Bundle
     if not location or not os.path.isfile(location):
         return None, "", location or row.path
     file = str(bundle.add(row, Path(location))) if bundle is not None else location
-    try:
-        relative = _relative_path(file, report_dir)
-    except ValueError:  # another drive (Windows): only an absolute URL can reach it
-        return Path(file).as_uri(), file, None
-    return quote(relative.replace(os.sep, "/")), relative, None  # the URL percent-encoded
-
-
-def _relative_path(file: str, start: str) -> str:
-    """``os.path.relpath(file, start)``, the folder's part worked out once per folder."""
     # relpath makes the folder absolute and normal: only a relative file needs it first
     folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
-    relative = _relative_folder(folder, start)
-    return name if relative == os.curdir else os.path.join(relative, name)
+    try:
+        relative, url = _relative_folder(folder, report_dir)
+    except ValueError:  # another drive (Windows): only an absolute URL can reach it
+        return Path(file).as_uri(), file, None
+    return url + quote(name), relative + name, None  # the URL percent-encoded
 
 
 @functools.lru_cache(maxsize=1024)
-def _relative_folder(folder: str, start: str) -> str:
-    return os.path.relpath(folder, start)
+def _relative_folder(folder: str, start: str) -> tuple[str, str]:
+    """``folder`` relative to ``start`` as the start of a file's path (empty, or ending in a
+    separator) and of its URL (percent-encoded): worked out once per folder."""
+    relative = os.path.relpath(folder, start)
+    if relative == os.curdir:
+        return "", ""
+    return relative + os.sep, quote(relative.replace(os.sep, "/") + "/")

@@ -25,7 +25,7 @@ from runner.engine import charged
 from runner.ledger import JobRow, JobStatus, utcnow
 from runner.manifest import load_manifest
 from runner.outputs import PRESIGN_EXPIRY
-from runner.report.cards import card, credits_text
+from runner.report.cards import card, credits_text, tags_of
 from runner.report.links import Bundle, Link, link
 from runner.report.markup import card_html, page_html
 
@@ -89,7 +89,9 @@ def build_report(
                     status=list(statuses) or None,
                     campaign=list(campaigns) or None,
                 )
-                shown = (redacted(r) for r in rows if not wanted or not wanted.isdisjoint(r.tags))
+                shown = (
+                    redacted(r) for r in rows if not wanted or not wanted.isdisjoint(tags_of(r))
+                )
                 _spool_cards(shown, place, tally, spool)
         marker = f"\x00{secrets.token_hex(8)}\x00"  # where a section's cards go: no text has it
         title = f"runner report: {manifest.path.name}" if manifest else "runner report"
@@ -163,7 +165,7 @@ class _Tally:
             self.pending += credits
             self.any_pending = True
         self.campaigns.add(row.campaign)
-        self.tags.update(row.tags)
+        self.tags.update(tags_of(row))
         if self.first is None or row.created_at < self.first:
             self.first = row.created_at
         if self.last is None or row.updated_at > self.last:
