@@ -4,6 +4,7 @@ people should read it. Provider URLs never show: error texts lose their query st
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import PurePosixPath
@@ -22,25 +23,25 @@ _URL_SECRETS = re.compile(r"(https?://[^\s?#\"'<>]*)[?#][^\s\"'<>]*", re.IGNOREC
 _RAW_DECODE = json.JSONDecoder().raw_decode
 
 
-def card(row: JobRow, link: Link) -> Card:
-    """The card of ``row``, its video shown as ``link`` says."""
+def card(row: JobRow, link: Link, tags: tuple[str, ...]) -> Card:
+    """The card of ``row`` (its ``tags``), its video shown as ``link`` says."""
     request, matrix = _decoded(row, "request"), _decoded(row, "vars")
     prompt = request.get("prompt")
     src, file, missing = link
-    return Card(
-        status=row.status.value,
-        key=row.key,
-        campaign=row.campaign,
-        tags=" ".join(tags_of(row)),
-        src=src,
-        file=file,
-        missing=missing,
-        variant_label=_variant_label(row, request),
-        soul=row.soul,
-        prompt=None if prompt is None else _text(prompt),
-        error=tidy_error(row.error),
-        fields=_fields(row, request, matrix),
-        ids=_ids(row),
+    return Card(  # by position: a page makes 100,000
+        row.status.value,
+        row.key,
+        row.campaign,
+        " ".join(tags),
+        src,
+        file,
+        missing,
+        _variant_label(row, request),
+        row.soul,
+        None if prompt is None else _text(prompt),
+        tidy_error(row.error),
+        _fields(row, request, matrix),
+        _ids(row),
     )
 
 
@@ -56,6 +57,7 @@ def tidy_error(error: str | None) -> str | None:
     return _URL_SECRETS.sub(r"\1?…", ": ".join(parts))
 
 
+@functools.lru_cache(maxsize=1024)
 def credits_text(value: float) -> str:
     """Credits as the page shows them: whole numbers without decimals, thousands separated."""
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"

@@ -73,8 +73,6 @@ def build_report(
     manifest = load_manifest(manifest_path) if manifest_path is not None else None
     out_file.parent.mkdir(parents=True, exist_ok=True)
     copier = Bundle(out_file.parent) if bundle else None
-    redacted, wanted = redacting(), set(tags)
-
     report_dir = str(out_file.parent)
 
     def place(row: JobRow) -> Link:
@@ -89,10 +87,7 @@ def build_report(
                     status=list(statuses) or None,
                     campaign=list(campaigns) or None,
                 )
-                shown = (
-                    redacted(r) for r in rows if not wanted or not wanted.isdisjoint(tags_of(r))
-                )
-                _spool_cards(shown, place, tally, spool)
+                _spool_cards(rows, tally, spool, place=place, wanted=set(tags))
         marker = f"\x00{secrets.token_hex(8)}\x00"  # where a section's cards go: no text has it
         title = f"runner report: {manifest.path.name}" if manifest else "runner report"
         page = page_html(
@@ -143,8 +138,9 @@ class _Tally:
         # by (manifest, campaign), in the ledger's order: by manifest, then manifest order
         self.sections: dict[tuple[str, str], _Section] = {}
 
-    def add(self, row: JobRow, link: Link) -> _Section:
-        """Count ``row`` (its video shown as ``link`` says); the section its card goes in."""
+    def add(self, row: JobRow, link: Link, tags: tuple[str, ...]) -> _Section:
+        """Count ``row`` (its video shown as ``link`` says, its ``tags``); the section its
+        card goes in."""
         section = self.sections.get((row.manifest, row.campaign))
         if section is None:
             section = self.sections[row.manifest, row.campaign] = _Section(
@@ -165,7 +161,7 @@ class _Tally:
             self.pending += credits
             self.any_pending = True
         self.campaigns.add(row.campaign)
-        self.tags.update(tags_of(row))
+        self.tags.update(tags)
         if self.first is None or row.created_at < self.first:
             self.first = row.created_at
         if self.last is None or row.updated_at > self.last:
@@ -209,9 +205,16 @@ class _Tally:
 
 
 def _spool_cards(
-    rows: Iterable[JobRow], place: Callable[[JobRow], Link], tally: _Tally, spool: IO[bytes]
+    rows: Iterable[JobRow],
+    tally: _Tally,
+    spool: IO[bytes],
+    *,
+    place: Callable[[JobRow], Link],
+    wanted: set[str],
 ) -> None:
-    """Write each row's card to ``spool`` as it comes, noting where each section's are."""
+    """Write the card of each row (with one of the ``wanted`` tags, if any) to ``spool`` as
+    it comes, credentials masked, noting where each section's cards are."""
+    redacted = redacting()
     batch: list[str] = []
     offset = 0
     current: _Section | None = None
@@ -226,13 +229,17 @@ def _spool_cards(
             batch.clear()
 
     for row in rows:
+        tags = tags_of(row)
+        if wanted and wanted.isdisjoint(tags):
+            continue
+        row = redacted(row)
         shown = place(row)
-        section = tally.add(row, shown)
+        section = tally.add(row, shown, tags)
         if section is not current:
             flush()
             current = section
             section.extents.append([offset, offset])
-        batch.append(card_html(card(row, shown)))
+        batch.append(card_html(card(row, shown, tags)))
         if len(batch) >= _BATCH:
             flush()
     flush()
