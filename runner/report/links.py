@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 import shutil
 from datetime import timedelta
@@ -20,6 +21,7 @@ BUNDLE_VIDEOS = "videos"  # the folder beside a bundled page that holds its vide
 # to it (for messages), and where a downloaded video was expected but is not.
 Link = tuple[str | None, str, str | None]
 NO_LINK: Link = (None, "", None)
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
 
 
 class Bundle:
@@ -67,7 +69,8 @@ def link(row: JobRow, report_dir: str, presign_expiry: timedelta, bundle: Bundle
         relative, url = _relative_folder(folder, report_dir)
     except ValueError:  # another drive (Windows): only an absolute URL can reach it
         return Path(file).as_uri(), file, None
-    return url + quote(name), relative + name, None  # the URL percent-encoded
+    # the URL percent-encoded (most names need none)
+    return url + (name if _URL_SAFE.fullmatch(name) else quote(name)), relative + name, None
 
 
 @functools.lru_cache(maxsize=1024)

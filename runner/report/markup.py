@@ -60,23 +60,26 @@ def escape(text: str) -> str:
 
 def card_html(card: Card) -> str:
     """The card's HTML: its shape's markup filled with its escaped values."""
-    values = [card.status, card.key, card.campaign, card.tags]
-    if card.src:
-        player = "video"
-        values += (card.src, card.file)
-    elif card.missing:
-        player = "missing"
-        values.append(card.missing)
+    status, key, campaign, tags, src, file, missing, variant, soul, prompt, error, fields, ids = (
+        card
+    )
+    if src:
+        player, values = "video", [status, key, campaign, tags, src, file]
+    elif missing:
+        player, values = "missing", [status, key, campaign, tags, missing]
     else:
-        player = "status"
-    variant, soul, prompt, error = card.variant_label, card.soul, card.prompt, card.error
-    values += [part for part in (variant, soul, prompt, error) if part]
-    for pair in card.fields:
-        values += pair
-    for pair in card.ids:
-        values += pair
-    shape: tuple[Any, ...] = (player, bool(variant), bool(soul), bool(prompt), bool(error))
-    shape += (len(card.fields), len(card.ids))
+        player, values = "status", [status, key, campaign, tags]
+    if variant:
+        values.append(variant)
+    if soul:
+        values.append(soul)
+    if prompt:
+        values.append(prompt)
+    if error:
+        values.append(error)
+    values.extend(itertools.chain.from_iterable(fields))
+    values.extend(itertools.chain.from_iterable(ids))
+    shape = (player, bool(variant), bool(soul), bool(prompt), bool(error), len(fields), len(ids))
     markup = _shapes.get(shape) or _shapes.setdefault(shape, _Shape(*shape))
     # The values escaped together: five replacements over one string, not five per value.
     escaped = escape(_JOIN.join(values)).split(_JOIN)
