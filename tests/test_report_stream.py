@@ -124,3 +124,26 @@ def test_memory_does_not_grow_with_the_jobs(tmp_path: Path) -> None:
     small_peak = peak_bytes(small, tmp_path / "small.html")
     large_peak = peak_bytes(large, tmp_path / "large.html")
     assert large_peak < small_peak + 512 * 1024, (small_peak, large_peak)
+
+
+def test_a_campaign_whose_jobs_interleave_with_anothers_keeps_them_together(
+    tmp_path: Path,
+) -> None:
+    """Jobs of two campaigns alternating in the ledger's order (a manifest edited between
+    plans can do that) still show as two sections, each in the ledger's order."""
+    import sqlite3
+
+    state, _, keys = record(tmp_path, "a.yaml", 300, 300)
+    with sqlite3.connect(state / "ledger.db") as conn:  # first, second, first, second, ...
+        for i, key in enumerate(keys):
+            conn.execute(
+                "UPDATE jobs SET job_index = ? WHERE key = ?", [2 * (i % 300) + i // 300, key]
+            )
+    with open_ledger(default_ledger_url(state), readonly=True) as ledger:
+        order = [row.campaign for row in ledger.iter_jobs()]
+    assert order[:4] == ["first", "second", "first", "second"]
+    out = tmp_path / "report.html"
+    build_report(state, out_file=out, now=NOW)
+    doc = parse(out.read_text(encoding="utf-8"))
+    shown = [[a.attrs["data-key"] for a in s.find("article")] for s in doc.find("section")]
+    assert shown == [keys[:300], keys[300:]]
