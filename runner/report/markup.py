@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from jinja2 import Environment
 
 _CSP = "script-src '{hash}'; object-src 'none'; base-uri 'none'; form-action 'none'"
-_SLOT = re.compile("\x00([0-9]+)\x00")  # a placeholder: no text reaches the template itself
+_SLOT = re.compile("\x00([0-9]+)\x00")  # a placeholder (values never pass through jinja2)
 _JOIN = "\x00"  # between a card's values while they are escaped (no escape touches it)
 
 
