@@ -1,0 +1,83 @@
+"""Where a card's player finds its video: a path relative to the page, a presigned S3 URL,
+or a copy in the bundle beside the page; and where a downloaded video is missing."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import secrets
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+from runner.ledger import JobRow, JobStatus
+from runner.outputs import exists, is_remote, presign
+
+BUNDLE_VIDEOS = "videos"  # the folder beside a bundled page that holds its videos
+
+# A job's video as its card shows it: the player's URL, the video's name as the page refers
+# to it (for messages), and where a downloaded video was expected but is not.
+Link = tuple[str | None, str, str | None]
+NO_LINK: Link = (None, "", None)
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
+
+
+class Bundle:
+    """Copies local videos into ``videos/`` beside a page, one file per job."""
+
+    def __init__(self, report_dir: Path) -> None:
+        self.root = report_dir / BUNDLE_VIDEOS
+        self.taken: dict[Path, str] = {}  # target → the key whose video it holds
+        self.copied = 0
+
+    def add(self, row: JobRow, source: Path) -> Path:
+        target = self.root / row.path
+        if self.taken.get(target, row.key) != row.key:  # same name from another manifest
+            target = self.root / row.key / Path(row.path).name
+        self.taken[target] = row.key
+        if target.is_file() and target.stat().st_size == source.stat().st_size:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.copied += 1
+        return target
+
+
+def link(row: JobRow, report_dir: str, presign_expiry: timedelta, bundle: Bundle | None) -> Link:
+    """How the card of ``row`` shows its video (the video checked, or copied into a bundle);
+    ``report_dir`` is the page's folder, absolute."""
+    location = row.location
+    if row.status is not JobStatus.DOWNLOADED:
+        return NO_LINK
+    if location is not None and is_remote(location):
+        if exists(location, row.bytes):
+            return presign(location, presign_expiry), location, None
+        return None, "", location
+    if not location or not os.path.isfile(location):
+        return None, "", location or row.path
+    file = str(bundle.add(row, Path(location))) if bundle is not None else location
+    # relpath makes the folder absolute and normal: only a relative file needs it first
+    folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
+    try:
+        relative, url = _relative_folder(folder, report_dir)
+    except ValueError:  # another drive (Windows): only an absolute URL can reach it
+        return Path(file).as_uri(), file, None
+    # the URL percent-encoded (most names need none)
+    return url + (name if _URL_SAFE.fullmatch(name) else quote(name)), relative + name, None
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative_folder(folder: str, start: str) -> tuple[str, str]:
+    """``folder`` relative to ``start`` as the start of a file's path (empty, or ending in a
+    separator) and of its URL (percent-encoded): worked out once per folder."""
+    relative = os.path.relpath(folder, start)
+    if relative == os.curdir:
+        return "", ""
+    return relative + os.sep, quote(relative.replace(os.sep, "/") + "/")

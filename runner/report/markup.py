@@ -1,0 +1,171 @@
+"""The report's HTML: the page (``templates/report.html.j2``) and its cards
+(``templates/report_card.html.j2``), both jinja2 with autoescaping on.
+
+A page may hold 100,000 cards, and jinja2 would spend ~90 pieces and 35 escaped values on
+each. So the card template is rendered once per shape of card (which parts it has, how many
+fields and ids), with a numbered placeholder for each value; each card is that markup with
+its escaped values in the placeholders' places. The template stays the one place of the
+markup, and the page comes out byte for byte as jinja2 would write it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import itertools
+import operator
+import re
+from importlib import resources
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+_CSP = "script-src '{hash}'; object-src 'none'; base-uri 'none'; form-action 'none'"
+_SLOT = re.compile("\x00([0-9]+)\x00")  # a placeholder (values never pass through jinja2)
+_JOIN = "\x00"  # between a card's values while they are escaped (no escape touches it)
+
+
+class Card(NamedTuple):
+    """What one job's card shows, as text (escaped when it is written)."""
+
+    status: str
+    key: str
+    campaign: str
+    tags: str  # space-separated
+    src: str | None  # the player's URL, if it has one
+    file: str  # the video's name as the page refers to it (with a player)
+    missing: str | None  # where a downloaded video was expected but is not
+    variant_label: str | None
+    soul: str | None
+    prompt: str | None
+    error: str | None
+    fields: list[tuple[str, str]]
+    ids: list[tuple[str, str]]
+
+
+def escape(text: str) -> str:
+    """``markupsafe.escape(text)`` as a plain ``str``: the same five replacements, without a
+    ``Markup`` made per value (a page has millions of values)."""
+    return (
+        text.replace("&", "&amp;")
+        .replace(">", "&gt;")
+        .replace("<", "&lt;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+    )
+
+
+def card_html(card: Card) -> str:
+    """The card's HTML: its shape's markup filled with its escaped values."""
+    status, key, campaign, tags, src, file, missing, variant, soul, prompt, error, fields, ids = (
+        card
+    )
+    if src:
+        player, values = "video", [status, key, campaign, tags, src, file]
+    elif missing:
+        player, values = "missing", [status, key, campaign, tags, missing]
+    else:
+        player, values = "status", [status, key, campaign, tags]
+    if variant:
+        values.append(variant)
+    if soul:
+        values.append(soul)
+    if prompt:
+        values.append(prompt)
+    if error:
+        values.append(error)
+    values.extend(itertools.chain.from_iterable(fields))
+    values.extend(itertools.chain.from_iterable(ids))
+    shape = (player, bool(variant), bool(soul), bool(prompt), bool(error), len(fields), len(ids))
+    markup = _shapes.get(shape) or _shapes.setdefault(shape, _Shape(*shape))
+    # The values escaped together: five replacements over one string, not five per value.
+    escaped = escape(_JOIN.join(values)).split(_JOIN)
+    if len(escaped) != len(values):  # a value holds the joiner itself
+        escaped = [escape(value) for value in values]
+    return markup.fill(escaped)
+
+
+class _Shape:
+    """The markup of every card of one shape: the card template rendered once, with
+    numbered placeholders in the order ``card_html`` lists the values."""
+
+    def __init__(
+        self,
+        player: str,
+        variant: bool,
+        soul: bool,
+        prompt: bool,
+        error: bool,
+        fields: int,
+        ids: int,
+    ) -> None:
+        from markupsafe import Markup
+
+        count = itertools.count()
+
+        def slot() -> Markup:
+            return Markup(f"\x00{next(count)}\x00")
+
+        card = SimpleNamespace(status=slot(), key=slot(), campaign=slot(), tags=slot())
+        card.src = slot() if player == "video" else None
+        card.file = slot() if player == "video" else ""
+        card.missing = slot() if player == "missing" else None
+        card.variant_label = slot() if variant else None
+        card.soul = slot() if soul else None
+        card.prompt = slot() if prompt else None
+        card.error = slot() if error else None
+        card.fields = [(slot(), slot()) for _ in range(fields)]
+        card.ids = [(slot(), slot()) for _ in range(ids)]
+        html = templates().get_template("report_card.html.j2").render(card=card)
+        pieces = _SLOT.split(html)  # markup, a placeholder's number, markup, ...
+        # Filled by C-level steps only (copy, pick, slice assignment, join): 3× str.format.
+        self.parts = pieces  # each number replaced by its value in fill
+        self.pick = operator.itemgetter(*(int(n) for n in pieces[1::2]))  # ≥ 4: a tuple
+
+    def fill(self, values: list[str]) -> str:
+        """The card's HTML, ``values`` (escaped) in their places."""
+        parts = self.parts.copy()
+        parts[1::2] = self.pick(values)
+        return "".join(parts)
+
+
+# A card's shape → its markup (a few dozen shapes in a large report).
+_shapes: dict[tuple[Any, ...], _Shape] = {}
+
+
+def page_html(**context: Any) -> str:
+    """The page without its cards (each section's are written where its ``cards`` value is),
+    its CSS inline and its script allowed by its hash."""
+    script = asset("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    return (
+        templates()
+        .get_template("report.html.j2")
+        .render(
+            csp=_CSP.format(hash=f"sha256-{digest}"),
+            css=asset("report.css"),
+            script=script,
+            **context,
+        )
+    )
+
+
+@functools.cache
+def templates() -> Environment:
+    """The report's templates, autoescaped (jinja2 is imported when a report is made)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("runner", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def asset(name: str) -> str:
+    """A file of ``runner/templates`` as text."""
+    return resources.files("runner").joinpath("templates", name).read_text(encoding="utf-8")
