@@ -431,7 +431,7 @@ def test_seeded_jobs_are_what_the_plain_definitions_make(tmp_path: Path) -> None
 {souls}defaults: {{type: text-to-video, duration: 5, resolution: 1080p, aspect_ratio: '16:9'}}
 output: {{filename: "{{campaign}}/{{a}}/x-{{seed}}-{{key}}.mp4"}}
 campaigns:
-  - {{name: c, prompt: "é {{a}} \\"q\\"", matrix: {{a: [x, 2, 1.5, true]}}, seeds: [0, 7, 4294967295]}}
+  - {{name: c, prompt: "é {{a}} \\"q\\"", matrix: {{a: [x, 2, 1.5, true]}}, seeds: [0, 7, 9999]}}
   - {{name: d, prompt: "{{a}}", soul: s, matrix: {{a: [z]}}, seeds: [3]}}
 """,
     )
