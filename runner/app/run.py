@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import anyio
 
@@ -17,9 +18,10 @@ from runner.app.common import Environment, bulk, executing, reading, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
+from runner.engine.executor import ENDED
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
-from runner.ledger import JobRow, JobStatus, Ledger, Transition
+from runner.ledger import JobBrief, JobRow, JobStatus, Ledger, Transition
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputStore, open_store
 from runner.providers import ProviderSettings, check_credentials, make_provider
@@ -182,12 +184,22 @@ def _prepare(
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)
-    rows = _recheck(ledger, loaded.store, ledger.jobs(keys=keys))
+    found = _recheck(ledger, loaded.store, list(ledger.briefs(keys=keys)))
     if options.collect:
-        rows = [r for r in rows if r.status in COLLECTABLE]
+        found = [r for r in found if r.status in COLLECTABLE]
+    rows = _whole(ledger, found)
     chosen = {r.key for r in rows}
     rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
     return _apply_limit(rows, options.limit), set(finishing), files
+
+
+def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[JobRow]:
+    """The rows the engine is given: whole for the jobs it has work for, and the brief read
+    of those that had ended (the engine reads only their key, manifest and status: a no-op
+    run of 100,000 downloaded jobs reads no whole row)."""
+    wanted = [r.key for r in rows if r.status not in ENDED and not isinstance(r, JobRow)]
+    whole = {r.key: r for r in ledger.jobs(keys=wanted)} if wanted else {}
+    return [cast(JobRow, whole.get(r.key, r)) for r in rows]
 
 
 def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
@@ -242,7 +254,7 @@ def _relocate(ledger: Ledger, store: OutputStore, jobs: Sequence[Job]) -> None:
             ledger.transition(row.key, JobStatus.DOWNLOADED, detail=detail, location=new)
 
 
-def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobRow]) -> list[JobRow]:
+def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[JobBrief | JobRow]:
     """A downloaded job whose video is gone or the wrong size goes back to be downloaded (all
     of them in one transaction, before anything is sent); ``rows`` as they are then."""
     changes = []
@@ -255,8 +267,8 @@ def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobRow]) -> list[Job
             detail = f"video {location} {problem}; downloading again"
             changes.append(Transition(row.key, JobStatus.COMPLETED, detail, {"location": None}))
     if not changes:
-        return rows
-    changed = {row.key: row for row in ledger.transition_many(changes)}
+        return list(rows)
+    changed: dict[str, JobRow] = {row.key: row for row in ledger.transition_many(changes)}
     return [changed.get(row.key, row) for row in rows]
 
 
