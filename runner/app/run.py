@@ -17,7 +17,7 @@ import anyio
 from runner.app.common import Environment, bulk, executing, reading, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
-from runner.engine import Budget, EngineSettings, Outcome, charged_credits
+from runner.engine import EngineSettings, Outcome, charged_credits
 from runner.engine.executor import ENDED
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
@@ -121,11 +121,11 @@ def run_many(
         works = []
         with bulk():
             for x in loaded:
-                rows, finishing, files = _prepare(opened, x, options, env)
+                rows, finishing, files, spent = _prepare(opened, x, options, env)
                 provider = make_provider(
                     x.provider_settings, client=api_client, environ=env.environ
                 )
-                money = _budget(opened, x, options)
+                money = budget(x.manifest, options, spent)
                 works.append(
                     Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
                 )
@@ -167,11 +167,12 @@ def _load(
 
 def _prepare(
     ledger: Ledger, loaded: _Loaded, options: RunOptions, env: Environment
-) -> tuple[list[JobRow], set[str], Mapping[str, str]]:
+) -> tuple[list[JobRow], set[str], Mapping[str, str], float]:
     """Record the plan (and what workers need: ``recording``), bring the outputs up to date
     with it, and pick the rows to drive: the selected jobs, and the jobs the manifest no
     longer produces that were already sent (``finishing``: whatever the selection, they are
-    finished, then orphaned). Also the recorded URLs of the manifest's local files."""
+    finished, then orphaned). Also the recorded URLs of the manifest's local files, and the
+    credits the manifest has spent (``engine.charged_credits``)."""
     manifest = str(loaded.manifest.path)
     files: Mapping[str, str] = {}
     if options.collect:
@@ -184,13 +185,24 @@ def _prepare(
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)
-    found = _recheck(ledger, loaded.store, list(ledger.briefs(keys=keys)))
+    if options.collect:
+        briefs = list(ledger.briefs(keys=keys))
+        spent = charged_credits(ledger.briefs(manifest=manifest))
+    else:
+        # Recorded, every job of the plan is the manifest's: one read of the manifest's jobs
+        # gives the selected ones (in the same order) and what it has spent (a re-check
+        # below sends a charged job back to be downloaded: still charged).
+        recorded = list(ledger.briefs(manifest=manifest))
+        spent = charged_credits(recorded)
+        wanted = set(keys)
+        briefs = [r for r in recorded if r.key in wanted]
+    found = _recheck(ledger, loaded.store, briefs)
     if options.collect:
         found = [r for r in found if r.status in COLLECTABLE]
     rows = _whole(ledger, found)
     chosen = {r.key for r in rows}
     rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
-    return _apply_limit(rows, options.limit), set(finishing), files
+    return _apply_limit(rows, options.limit), set(finishing), files, spent
 
 
 def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[JobRow]:
@@ -200,11 +212,6 @@ def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[JobRow]:
     wanted = [r.key for r in rows if r.status not in ENDED and not isinstance(r, JobRow)]
     whole = {r.key: r for r in ledger.jobs(keys=wanted)} if wanted else {}
     return [cast(JobRow, whole.get(r.key, r)) for r in rows]
-
-
-def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
-    spent = charged_credits(ledger.briefs(manifest=str(loaded.manifest.path)))
-    return budget(loaded.manifest, options, spent)
 
 
 def collect(
