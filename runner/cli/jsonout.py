@@ -56,8 +56,8 @@ def _key(key: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-#: Flat containers recently written, by identity (see :func:`_dumps`).
-Recent = dict[int, tuple[Any, str]]
+#: Flat containers recently written, by identity and nesting level (see :func:`_dumps`).
+Recent = dict[tuple[int, int], tuple[Any, str]]
 RECENT = 8
 
 
@@ -65,7 +65,7 @@ def _dumps(value: Any, level: int, recent: Recent | None = None) -> str:
     """``value`` as one indented string, starting at nesting ``level``.
 
     ``recent`` (while one document is written, which nothing changes meanwhile) remembers
-    the last few containers of leaves written, by identity: the jobs of a matrix row share
+    the last few containers of leaves written, by identity and level: the jobs of a matrix row share
     one ``vars`` mapping, written once instead of once per job."""
     if type(value) is str:
         return encode_basestring(value)
@@ -75,11 +75,11 @@ def _dumps(value: Any, level: int, recent: Recent | None = None) -> str:
         if _leaves(value.values()):
             if recent is None:
                 return _wrapped(_flat(level)(value), level)
-            seen = recent.get(id(value))
+            seen = recent.get((id(value), level))
             if seen is not None and seen[0] is value:
                 return seen[1]
             text = _wrapped(_flat(level)(value), level)
-            recent[id(value)] = (value, text)  # holding it: its id stays its own
+            recent[(id(value), level)] = (value, text)  # holding it: its id stays its own
             if len(recent) > RECENT:
                 del recent[next(iter(recent))]
             return text
