@@ -57,3 +57,14 @@ def test_keys_it_cannot_write_are_refused_as_json_refuses_them() -> None:
         "".join(iter_indented({(1, 2): [{}]}))
     with pytest.raises(TypeError):
         json.dumps({(1, 2): [{}]}, indent=2)
+
+
+def test_containers_shared_by_many_items_are_written_as_each_is_now() -> None:
+    """Items of a long list that share a mapping (a matrix row's vars) get its text; one
+    with an equal mapping that is another object, or of another nesting, gets its own."""
+    shared = {"a": "x", "b": 1}
+    items: list[Any] = [{"vars": shared, "request": {"seed": i}} for i in range(STREAMED * 2)]
+    items[5] = {"vars": dict(shared), "deeper": [{"vars": shared}], "request": {"seed": 5}}
+    items.append({"vars": {"a": "y", "b": 1}})
+    doc = {"jobs": items}
+    assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)

@@ -420,6 +420,30 @@ def test_key_is_sha256_of_canonical_json(tmp_path: Path) -> None:
     assert jobs[0].key == job_key("c", {"a": "é"}, {"prompt": "é"}, None)
 
 
+def test_seeded_jobs_are_what_the_plain_definitions_make(tmp_path: Path) -> None:
+    """A row's seeded jobs are put together from parts encoded once per row (request, key
+    text, path): each is the same as the whole definition gives, keys included, whatever the
+    request's fields sort before or after ``seed``, with a soul and unusual values too."""
+    souls = "souls:\n  s: {name: s, images: ['https://x.example/a.jpg']}\n"
+    jobs = jobs_of(
+        tmp_path,
+        f"""version: 1
+{souls}defaults: {{type: text-to-video, duration: 5, resolution: 1080p, aspect_ratio: '16:9'}}
+output: {{filename: "{{campaign}}/{{a}}/x-{{seed}}-{{key}}.mp4"}}
+campaigns:
+  - {{name: c, prompt: "é {{a}} \\"q\\"", matrix: {{a: [x, 2, 1.5, true]}}, seeds: [0, 7, 9999]}}
+  - {{name: d, prompt: "{{a}}", soul: s, matrix: {{a: [z]}}, seeds: [3]}}
+""",
+    )
+    assert len(jobs) == 13
+    for job in jobs:
+        expected = job_key(job.campaign, job.vars, job.request, job.variant, job.soul)
+        assert job.key == expected
+        assert job.request["seed"] == int(job.path.split("-")[1])
+        assert job == Job(**{name: getattr(job, name) for name in Job.__dataclass_fields__})
+    assert jobs[0].path == f"c/x/x-0-{jobs[0].key}.mp4"
+
+
 def test_soul_is_part_of_the_key(tmp_path: Path) -> None:
     """Changing a campaign's soul changes its videos, so it changes the keys."""
     souls = (

@@ -1021,9 +1021,7 @@ def test_known_jobs_are_refreshed_but_keep_their_status(url: str) -> None:
         led.record_plan(MANIFEST, [job])
         walk(led, job.key, PATHS["downloaded"])
         before = led.get(job.key)
-        moved = Job(
-            **{**job.__dict__, "index": 7, "path": "new/x.mp4", "credits": 3.5, "tags": ("t",)}
-        )
+        moved = dataclasses.replace(job, index=7, path="new/x.mp4", credits=3.5, tags=("t",))
         led.record_plan("/moved.yaml", [moved])
         row = led.get(job.key)
         assert row is not None and before is not None

@@ -4,6 +4,7 @@ tool would; the ledger itself only through its public API."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,7 +21,6 @@ import pytest
 from sqlite_utils import Database
 
 from runner.errors import LedgerError, LedgerLockedError
-from runner.jobs import Job
 from runner.ledger import ExecutorLock, SqliteLedger, default_ledger_url, open_ledger
 from runner.ledger.sqlite.migrations import MIGRATIONS, applied_migrations, migrate
 from tests.test_ledger import JOB_COLUMNS, MANIFEST, make_job
@@ -452,7 +452,7 @@ def test_a_plan_rewrites_json_columns_only_when_their_values_change(state: Path)
     with open_ledger(url_of(state)) as led:
         led.record_plan(MANIFEST, [job])
     assert stored() == before  # nothing to refresh: not even updated_at
-    changed = Job(**{**job.__dict__, "request": {**job.request, "duration": 5}, "tags": ()})
+    changed = dataclasses.replace(job, request={**job.request, "duration": 5}, tags=())
     with open_ledger(url_of(state)) as led:
         led.record_plan(MANIFEST, [changed])
         row = led.get(job.key)

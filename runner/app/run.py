@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import anyio
 
 from runner.app.common import Environment, bulk, executing, reading, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
-from runner.engine import Budget, EngineSettings, Outcome, charged_credits
+from runner.engine import EngineSettings, Outcome, charged_credits
+from runner.engine.executor import ENDED
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
-from runner.ledger import JobRow, JobStatus, Ledger, Transition
+from runner.ledger import JobBrief, JobRow, JobStatus, Ledger, Transition
 from runner.manifest import Manifest, load_manifest
 from runner.outputs import OutputStore, open_store
 from runner.providers import ProviderSettings, check_credentials, make_provider
@@ -119,11 +121,11 @@ def run_many(
         works = []
         with bulk():
             for x in loaded:
-                rows, finishing, files = _prepare(opened, x, options, env)
+                rows, finishing, files, spent = _prepare(opened, x, options, env)
                 provider = make_provider(
                     x.provider_settings, client=api_client, environ=env.environ
                 )
-                money = _budget(opened, x, options)
+                money = budget(x.manifest, options, spent)
                 works.append(
                     Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
                 )
@@ -165,11 +167,12 @@ def _load(
 
 def _prepare(
     ledger: Ledger, loaded: _Loaded, options: RunOptions, env: Environment
-) -> tuple[list[JobRow], set[str], Mapping[str, str]]:
+) -> tuple[list[JobRow], set[str], Mapping[str, str], float]:
     """Record the plan (and what workers need: ``recording``), bring the outputs up to date
     with it, and pick the rows to drive: the selected jobs, and the jobs the manifest no
     longer produces that were already sent (``finishing``: whatever the selection, they are
-    finished, then orphaned). Also the recorded URLs of the manifest's local files."""
+    finished, then orphaned). Also the recorded URLs of the manifest's local files, and the
+    credits the manifest has spent (``engine.charged_credits``)."""
     manifest = str(loaded.manifest.path)
     files: Mapping[str, str] = {}
     if options.collect:
@@ -182,17 +185,33 @@ def _prepare(
     keys = [j.key for j in loaded.selected]
     if options.retry_failed:
         ledger.retry_failed(manifest, keys=keys)
-    rows = _recheck(ledger, loaded.store, ledger.jobs(keys=keys))
     if options.collect:
-        rows = [r for r in rows if r.status in COLLECTABLE]
+        briefs = list(ledger.briefs(keys=keys))
+        spent = charged_credits(ledger.briefs(manifest=manifest))
+    else:
+        # Recorded, every job of the plan is the manifest's: one read of the manifest's jobs
+        # gives the selected ones (in the same order) and what it has spent (a re-check
+        # below sends a charged job back to be downloaded: still charged).
+        recorded = list(ledger.briefs(manifest=manifest))
+        spent = charged_credits(recorded)
+        wanted = set(keys)
+        briefs = [r for r in recorded if r.key in wanted]
+    found = _recheck(ledger, loaded.store, briefs)
+    if options.collect:
+        found = [r for r in found if r.status in COLLECTABLE]
+    rows = _whole(ledger, found)
     chosen = {r.key for r in rows}
     rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
-    return _apply_limit(rows, options.limit), set(finishing), files
+    return _apply_limit(rows, options.limit), set(finishing), files, spent
 
 
-def _budget(ledger: Ledger, loaded: _Loaded, options: RunOptions) -> Budget:
-    spent = charged_credits(ledger.briefs(manifest=str(loaded.manifest.path)))
-    return budget(loaded.manifest, options, spent)
+def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[JobRow]:
+    """The rows the engine is given: whole for the jobs it has work for, and the brief read
+    of those that had ended (the engine reads only their key, manifest and status: a no-op
+    run of 100,000 downloaded jobs reads no whole row)."""
+    wanted = [r.key for r in rows if r.status not in ENDED and not isinstance(r, JobRow)]
+    whole = {r.key: r for r in ledger.jobs(keys=wanted)} if wanted else {}
+    return [cast(JobRow, whole.get(r.key, r)) for r in rows]
 
 
 def collect(
@@ -242,7 +261,7 @@ def _relocate(ledger: Ledger, store: OutputStore, jobs: Sequence[Job]) -> None:
             ledger.transition(row.key, JobStatus.DOWNLOADED, detail=detail, location=new)
 
 
-def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobRow]) -> list[JobRow]:
+def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[JobBrief | JobRow]:
     """A downloaded job whose video is gone or the wrong size goes back to be downloaded (all
     of them in one transaction, before anything is sent); ``rows`` as they are then."""
     changes = []
@@ -255,8 +274,8 @@ def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobRow]) -> list[Job
             detail = f"video {location} {problem}; downloading again"
             changes.append(Transition(row.key, JobStatus.COMPLETED, detail, {"location": None}))
     if not changes:
-        return rows
-    changed = {row.key: row for row in ledger.transition_many(changes)}
+        return list(rows)
+    changed: dict[str, JobRow] = {row.key: row for row in ledger.transition_many(changes)}
     return [changed.get(row.key, row) for row in rows]
 
 

@@ -56,17 +56,40 @@ def _key(key: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-def _dumps(value: Any, level: int) -> str:
-    """``value`` as one indented string, starting at nesting ``level``."""
+#: Flat containers recently written, by identity and nesting level (see :func:`_dumps`).
+Recent = dict[tuple[int, int], tuple[Any, str]]
+RECENT = 8
+
+
+def _dumps(value: Any, level: int, recent: Recent | None = None) -> str:
+    """``value`` as one indented string, starting at nesting ``level``.
+
+    ``recent`` (while one document is written, which nothing changes meanwhile) remembers
+    the last few containers of leaves written, by identity and level: the jobs of a matrix row share
+    one ``vars`` mapping, written once instead of once per job."""
     if type(value) is str:
         return encode_basestring(value)
     if isinstance(value, dict):
         if not value:
             return "{}"
         if _leaves(value.values()):
-            return _wrapped(_flat(level)(value), level)
+            if recent is None:
+                return _wrapped(_flat(level)(value), level)
+            seen = recent.get((id(value), level))
+            if seen is not None and seen[0] is value:
+                return seen[1]
+            text = _wrapped(_flat(level)(value), level)
+            recent[(id(value), level)] = (value, text)  # holding it: its id stays its own
+            if len(recent) > RECENT:
+                del recent[next(iter(recent))]
+            return text
         inner = "," + _newline(level + 1)
-        items = inner.join([_key(k) + _dumps(v, level + 1) for k, v in value.items()])
+        items = inner.join(
+            [
+                _key(k) + (encode_basestring(v) if type(v) is str else _dumps(v, level + 1, recent))
+                for k, v in value.items()
+            ]
+        )
         return "{" + inner[1:] + items + _newline(level) + "}"
     if isinstance(value, list | tuple):
         if not value:
@@ -74,7 +97,7 @@ def _dumps(value: Any, level: int) -> str:
         if _leaves(value):
             return _wrapped(_flat(level)(value), level)
         inner = "," + _newline(level + 1)
-        items = inner.join([_dumps(v, level + 1) for v in value])
+        items = inner.join([_dumps(v, level + 1, recent) for v in value])
         return "[" + inner[1:] + items + _newline(level) + "]"
     return _leaf(value)
 
@@ -94,8 +117,9 @@ def iter_indented(value: Any, level: int = 0) -> Iterator[str]:
         and any(isinstance(v, _CONTAINERS) for v in value)
     ):
         inner = _newline(level + 1)
+        recent: Recent = {}
         for i, item in enumerate(value):
-            yield ("," if i else "[") + inner + _dumps(item, level + 1)
+            yield ("," if i else "[") + inner + _dumps(item, level + 1, recent)
         yield _newline(level) + "]"
     else:
         yield _dumps(value, level)

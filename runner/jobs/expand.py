@@ -16,11 +16,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.jobs.keys import Job, canonical_json, key_prefix, row_key, variant_seed
+from runner.jobs.keys import (
+    Job,
+    built_job,
+    canonical_json,
+    key_of_text,
+    key_prefix,
+    key_suffix,
+    row_key,
+    seed_parts,
+    variant_seed,
+)
 from runner.jobs.paths import check_paths
 from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, FieldPath, Manifest, Row, Where
 from runner.manifest.matrix import expand_matrix, row_bound, same
-from runner.manifest.template import path_renderer, render
+from runner.manifest.template import render, row_path_renderer
 
 # The platform's model ids: owner/name[/...] (runner.providers.platform.MODEL_ID, two or
 # more segments); these first segments are its own endpoints, never models.
@@ -28,6 +38,8 @@ MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*
 MODEL_ENDPOINTS = frozenset({"requests", "files", "v1", "estimate"})
 _URL_SCHEMES = re.compile(r"^(?:https?|data):", re.IGNORECASE)
 _ABSENT = object()
+# The names of a filename template that differ between the jobs of one row.
+PER_JOB = frozenset({"key", "seed", "variant"})
 
 
 def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[Job]:
@@ -97,7 +109,7 @@ class _Scope:
         self.base: FieldPath = ("campaigns", ci)
         self.whole = self.where(self.base)
         self.filename_where = self.where(("output", "filename"))
-        self.render_path = path_renderer(m.output.filename, self.filename_where)
+        self.render_path = row_path_renderer(m.output.filename, self.filename_where, PER_JOB)
         self.manifest_path = str(m.path)
         # defaults < campaign; a row's values go on top of these
         self.request: dict[str, Any] = {}
@@ -111,6 +123,8 @@ class _Scope:
                 self.sources[name] = self.where((*base, name))
         self.tags = tuple(c.tags)
         self._price_fields = _price_fields(m)
+        self.seed_priced = "seed" in self._price_fields
+        self.seed_texts: dict[int, str] = {}  # each seed's canonical JSON
         self._prices: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def credits(self, request: Mapping[str, Any], origin: Where) -> dict[str, Any]:
@@ -173,33 +187,50 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
     out: list[tuple[Job, Where]] = []
     row_vars = dict(row.values)  # shared by the row's jobs, never changed
     prefix = key_prefix(c.name, row_vars)
-    names = {**m.vars, **row.values, "campaign": c.name}
+    names = {**context, "key": None, "seed": None, "variant": None}
+    render_path = scope.render_path(names)  # the plan has a job at least
     # request order: the known fields first, then the rest; a seed goes where REQUEST_FIELDS
-    # puts it
+    # puts it. The jobs of a row differ only by their seed: its body is copied from
+    # ``seeded`` with the seed set, its key's text put together from pre-encoded parts.
     fields = dict.fromkeys((*REQUEST_FIELDS, *request, "seed"))
-    order = [k for k in fields if k in request]
-    with_seed = [k for k in fields if k in request or k == "seed"]
+    seeded = {k: request.get(k) for k in fields if k in request or k == "seed"}
+    head, tail = seed_parts(request)
+    head = prefix + head
+    suffix = key_suffix(None, c.soul)
+    # the seed changes the price only where a price rule matches on it
+    credits = None
     for seed, variant in plan:
         if seed is None:
-            body = {k: request[k] for k in order}
+            body = {k: request[k] for k in fields if k in request}
+            key = row_key(prefix, body, variant, c.soul)
         else:
-            body = {k: seed if k == "seed" else request[k] for k in with_seed}
-        key = row_key(prefix, body, variant, c.soul)
+            body = seeded.copy()
+            body["seed"] = seed
+            text = scope.seed_texts.get(seed)
+            if text is None:
+                text = scope.seed_texts[seed] = canonical_json(seed)
+            key = key_of_text(
+                head + text + tail + (suffix if variant is None else key_suffix(variant, c.soul))
+            )
         names["key"] = key
         names["seed"] = body.get("seed")
         names["variant"] = variant
-        job = Job(
-            key=key,
-            campaign=c.name,
-            manifest=scope.manifest_path,
-            index=index + len(out),
-            vars=row_vars,
-            request=body,
-            path=scope.render_path(names),
-            **scope.credits(body, origin),
-            variant=variant,
-            soul=c.soul,
-            tags=scope.tags,
+        path = render_path(names)
+        if credits is None or scope.seed_priced:
+            credits = scope.credits(body, origin)
+        job = built_job(
+            key,
+            c.name,
+            scope.manifest_path,
+            index + len(out),
+            row_vars,
+            body,
+            path,
+            credits["credits"],
+            credits["priced_by"],
+            variant,
+            c.soul,
+            scope.tags,
         )
         out.append((job, origin))
     return out

@@ -44,11 +44,12 @@ def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) 
     temporary = any(p.endswith(TEMPORARY_SUFFIXES) for p in folded_paths)
     files: dict[str, tuple[str, Job]] = {}  # folded name → (name, job), .part files included
     for job, folded_path in zip(jobs, folded_paths, strict=True):
-        segments = job.path.split("/")
-        if _fold(segments[-1]) in STATE_FILES:
+        last = job.path.rpartition("/")[2]
+        # an ASCII name folds alone as it does in its path
+        if (folded_path.rpartition("/")[2] if job.path.isascii() else _fold(last)) in STATE_FILES:
             # Wherever output.dir is, it may be the state directory (or be made it by --state).
             raise at.error(
-                f"job {job.key} would be written to {job.path!r}: {segments[-1]!r} is a name "
+                f"job {job.key} would be written to {job.path!r}: {last!r} is a name "
                 "of the runner's own state files (the ledger, its lock); rename it"
             )
         names = (
@@ -100,6 +101,9 @@ def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None
     longest = max(TEMPORARY_SUFFIXES, key=len)
     base = len(str(root).encode("utf-8", "surrogateescape")) + 1 if root is not None else 0
     for job in jobs:
+        length = len(job.path) + len(longest)
+        if length <= name_max and base + length < path_max and job.path.isascii():
+            continue  # bytes are characters, and no segment is longer than the whole path
         for segment in job.path.split("/"):
             if len((segment + longest).encode("utf-8")) > name_max:
                 raise at_file.error(

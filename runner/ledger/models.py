@@ -182,6 +182,41 @@ class JobBrief(NamedTuple):
 BRIEF_COLUMNS: tuple[str, ...] = JobBrief._fields
 
 
+class PlannedRow(NamedTuple):
+    """The columns of a job that recording a plan compares with the manifest's job
+    (``plan.refreshed_columns``), its JSON columns as the text the ledger holds: what
+    ``record_plan`` reads of 100,000 jobs instead of whole rows."""
+
+    key: str
+    manifest: str
+    campaign: str
+    status: JobStatus
+    job_index: int
+    path: str
+    credits: float
+    priced_by: str | None
+    soul: str | None
+    variant: int | None
+    tags: str | None  # JSON text
+    request: str | None  # JSON text
+    vars: str | None  # JSON text
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> PlannedRow:
+        """Build from the values of :data:`PLANNED_COLUMNS`, in that order."""
+        key, manifest, campaign, status, *rest = values
+        return cls(key, manifest, campaign, _STATUSES.get(status) or JobStatus(status), *rest)
+
+    def stored_json(self, name: str) -> str | None:
+        """The text of JSON column ``name`` (as ``JobRow.stored_json``)."""
+        text = getattr(self, name)
+        return text if isinstance(text, str) else None
+
+
+#: The ``jobs`` columns of a :class:`PlannedRow`, in its order.
+PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
+
+
 @dataclass(frozen=True)
 class EventRow:
     """One status change of a job, from the append-only ``events`` table."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from runner.jobs import Job
-from runner.ledger.models import JobRow, PlanDiff
+from runner.ledger.models import PlanDiff
 from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
@@ -150,34 +150,84 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
     }
 
 
-def refreshed_columns(row: JobRow, job: Job, manifest: str) -> dict[str, Any]:
+class Stored(Recorded, Protocol):
+    """What :func:`refreshed_columns` reads of a ledger's job: a ``JobRow``, or a
+    ``PlannedRow`` (whose JSON columns are their text)."""
+
+    @property
+    def campaign(self) -> str: ...
+    @property
+    def job_index(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def credits(self) -> float: ...
+    @property
+    def priced_by(self) -> str | None: ...
+    @property
+    def soul(self) -> str | None: ...
+    @property
+    def variant(self) -> int | None: ...
+    def stored_json(self, name: str) -> str | None: ...
+
+
+S = TypeVar("S", bound=Stored)
+
+
+def refreshed_columns(
+    row: Stored, job: Job, manifest: str, encode: Callable[[Any], str] = _json
+) -> dict[str, Any]:
     """Columns of a known job that the manifest now describes differently (never status).
 
-    A JSON column is first compared as the text the ledger holds (``JobRow.stored_json``):
-    the same text is the same value, so the usual no-op plan decodes none of them."""
-    wanted: dict[str, tuple[Any, Any]] = {
-        "manifest": (row.manifest, manifest),
-        "campaign": (row.campaign, job.campaign),
-        "job_index": (row.job_index, job.index),
-        "path": (row.path, job.path),
-        "credits": (row.credits, job.credits),
-        "priced_by": (row.priced_by, job.priced_by),
-        "soul": (row.soul, job.soul),
-        "variant": (row.variant, job.variant),
-    }
-    changes = {column: new for column, (old, new) in wanted.items() if old != new}
-    for column, value in (("tags", list(job.tags)), ("request", job.request), ("vars", job.vars)):
-        text = _json(value)
+    A JSON column is first compared as the text the ledger holds (``stored_json``): the same
+    text is the same value, so the usual no-op plan decodes none of them. ``encode`` (of the
+    tags and vars) is ``json.dumps(value, ensure_ascii=False)``, or a memo of it."""
+    changes: dict[str, Any] = {}
+    if (
+        row.manifest,
+        row.campaign,
+        row.job_index,
+        row.path,
+        row.credits,
+        row.priced_by,
+        row.soul,
+        row.variant,
+    ) != (
+        manifest,
+        job.campaign,
+        job.index,
+        job.path,
+        job.credits,
+        job.priced_by,
+        job.soul,
+        job.variant,
+    ):
+        wanted: dict[str, tuple[Any, Any]] = {
+            "manifest": (row.manifest, manifest),
+            "campaign": (row.campaign, job.campaign),
+            "job_index": (row.job_index, job.index),
+            "path": (row.path, job.path),
+            "credits": (row.credits, job.credits),
+            "priced_by": (row.priced_by, job.priced_by),
+            "soul": (row.soul, job.soul),
+            "variant": (row.variant, job.variant),
+        }
+        changes = {column: new for column, (old, new) in wanted.items() if old != new}
+    for column, value in (("tags", job.tags), ("request", job.request), ("vars", job.vars)):
+        # a tuple is encoded as its list; a request is its job's own
+        text = _json(value) if column == "request" else encode(value)
         if text == row.stored_json(column):
             continue
         old = getattr(row, column)
-        if (list(old) if column == "tags" else old) != value:
+        if isinstance(old, str):  # a PlannedRow's text
+            old = json.loads(old)
+        if (list(old) if column == "tags" else old) != (list(value) if column == "tags" else value):
             changes[column] = text
     return changes
 
 
 @dataclass(frozen=True)
-class PlanWrites:
+class PlanWrites(Generic[S]):
     """What ``record_plan`` writes, in this order, in one transaction."""
 
     new_jobs: list[dict[str, Any]]  # rows of ``jobs`` to insert
@@ -185,10 +235,10 @@ class PlanWrites:
     refreshed: list[tuple[str, dict[str, Any]]]  # (key, columns to update) of known jobs
     # status changes after that: orphaned jobs produced again go back first, then the
     # manifest's jobs it no longer produces become orphaned
-    moves: list[tuple[JobRow, JobStatus, str]]
+    moves: list[tuple[S, JobStatus, str]]
 
 
-def plan_writes(plan: Plan[JobRow], manifest: str, now: str, ledger_id: str) -> PlanWrites:
+def plan_writes(plan: Plan[S], manifest: str, now: str, ledger_id: str) -> PlanWrites[S]:
     """The writes that record ``plan`` for ``manifest`` at time ``now``."""
     new_jobs = [
         new_row(job, manifest, now, ledger_id)
@@ -197,8 +247,18 @@ def plan_writes(plan: Plan[JobRow], manifest: str, now: str, ledger_id: str) -> 
     ]
     planned = f"planned from {manifest}"
     refreshed = []
+    # The jobs of a row share their vars, those of a campaign their tags: each encoded once
+    # (by identity: the jobs, and so their values, live through this call).
+    texts: dict[int, str] = {}
+
+    def encode(value: Any) -> str:
+        text = texts.get(id(value))
+        if text is None:
+            text = texts[id(value)] = _json(value)
+        return text
+
     for key, row in plan.existing.items():
-        changes = refreshed_columns(row, plan.produced[key], manifest)
+        changes = refreshed_columns(row, plan.produced[key], manifest, encode)
         if changes:
             refreshed.append((key, {**changes, "updated_at": now}))
     moves = [

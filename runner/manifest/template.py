@@ -102,8 +102,10 @@ def _fill(
             out.append(value)
             continue
         filled = context.get(value, _MISSING)
-        if type(filled) is str:  # the usual case, first
+        if type(filled) is str:  # the usual cases, first
             out.append(filled)
+        elif type(filled) is int:  # not a bool
+            out.append(str(filled))
         elif filled is _MISSING:
             raise where.error(_unknown(value, context))
         elif filled is not None or value not in empty_when_null:
@@ -196,6 +198,51 @@ def path_renderer(template: str, where: Where) -> Callable[[Mapping[str, Any]], 
         )
 
     return render_one
+
+
+def row_path_renderer(
+    template: str, where: Where, per_job: frozenset[str]
+) -> Callable[[Mapping[str, Any]], Callable[[Mapping[str, Any]], str]]:
+    """:func:`path_renderer` in two steps, for the jobs of one row: ``bind(row_context)``
+    fills what does not name one of ``per_job`` once (a segment naming none of them is also
+    made portable once), and gives ``render(context)`` for each job, which fills the rest.
+    ``render(context)`` is what ``path_renderer(template, where)(context)`` gives when
+    ``context`` agrees with ``row_context`` outside ``per_job``; errors are the same too
+    (``row_context`` holds every name a job's context does, so messages list the same)."""
+    check_path_template(template, where)
+    segments = [parse(segment) for segment in _segments(template)]
+
+    def bind(row: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
+        parts: list[str | tuple[tuple[str, str], ...]] = []
+        for pieces in segments:
+            left: list[tuple[str, str]] = []
+            for kind, value in pieces:
+                if kind == "name" and value in per_job:
+                    left.append((kind, value))
+                else:
+                    text = _fill(((kind, value),), row, where, OPTIONAL_IN_PATHS)
+                    if left and left[-1][0] == "text":
+                        left[-1] = ("text", left[-1][1] + text)
+                    else:
+                        left.append(("text", text))
+            if all(kind == "text" for kind, _ in left):
+                parts.append(sanitize_segment("".join(value for _, value in left)))
+            else:
+                parts.append(tuple(left))
+
+        def render_one(context: Mapping[str, Any]) -> str:
+            return "/".join(
+                [
+                    p
+                    if isinstance(p, str)
+                    else sanitize_segment(_fill(p, context, where, OPTIONAL_IN_PATHS))
+                    for p in parts
+                ]
+            )
+
+        return render_one
+
+    return bind
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,14 +19,16 @@ from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
+    PLANNED_COLUMNS,
     EventRow,
     GenerationTime,
     JobBrief,
     JobRow,
     PlanDiff,
+    PlannedRow,
     Transition,
 )
-from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.plan import Plan, R, gather_plan, plan_writes
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
@@ -341,14 +343,7 @@ class SqliteLedger(JobClaims):
         """What :meth:`record_plan` would do with these jobs, without writing anything."""
         manifest = str(manifest_path)
         with self._store.read():
-            return gather_plan(
-                manifest,
-                jobs,
-                read_rows=lambda keys, of: self._planned(
-                    keys, of, BRIEF_COLUMNS, JobBrief.from_values
-                ),
-                restore=self._status_before_orphaning,
-            ).diff
+            return self._plan(manifest, jobs, BRIEF_COLUMNS, JobBrief.from_values).diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff.
@@ -361,7 +356,7 @@ class SqliteLedger(JobClaims):
         """
         manifest = str(manifest_path)
         with self._store.write():
-            plan = self._plan(manifest, jobs)
+            plan = self._plan(manifest, jobs, PLANNED_COLUMNS, PlannedRow.from_values)
             writes = plan_writes(plan, manifest, self._store.now(), self.id)
             conn = self._store.conn
             for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
@@ -374,8 +369,10 @@ class SqliteLedger(JobClaims):
                     )
             for key, changes in writes.refreshed:
                 self._update_job(key, changes)
+            # the rows were read in part: a status change takes them whole
+            whole = {r.key: r for r in self.jobs(keys=[row.key for row, _, _ in writes.moves])}
             for row, to, detail in writes.moves:
-                self._apply(row, to, detail, {})
+                self._apply(whole[row.key], to, detail, {})
         return plan.diff
 
     def _planned(
@@ -390,10 +387,13 @@ class SqliteLedger(JobClaims):
         wanted, at = set(keys), columns.index("manifest")
         return self._rows(select, make, None, [], lambda v: v[0] in wanted or v[at] == manifest)
 
-    def _plan(self, manifest: str, jobs: Sequence[Job]) -> Plan[JobRow]:
+    def _plan(
+        self, manifest: str, jobs: Sequence[Job], columns: Sequence[str], make: Callable[[Any], R]
+    ) -> Plan[R]:
+        """``gather_plan`` over the rows of these columns, made by ``make``."""
         return gather_plan(
             manifest,
             jobs,
-            read_rows=lambda keys, of: self._planned(keys, of, JOB_COLUMNS, JobRow.from_values),
+            read_rows=lambda keys, of: self._planned(keys, of, columns, make),
             restore=self._status_before_orphaning,
         )
