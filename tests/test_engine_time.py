@@ -323,3 +323,26 @@ def test_waiting_work_uses_the_whole_rate_and_never_more(tmp_path: Path, rps: in
     assert busiest == rps
     used = sum(1 for t in times if times[0] <= t < times[0] + 15.0) / (15.0 * rps)
     assert used >= 0.99
+
+
+def test_a_fresh_ledger_changes_to_the_learned_schedule_as_soon_as_it_is_learned(
+    tmp_path: Path,
+) -> None:
+    """Twenty 10 s generations at once on a fresh ledger, poll_initial = poll_max = 5: the
+    fallback polls each at ~5 s and ~10 s (±10 % each), so about half are polled just before
+    they end. Once five are seen done, the rest stop waiting out their fallback step (to
+    ~15 s) and poll where the learned schedule says: every generation is noticed within a
+    tenth of its time or so of its end, with few polls."""
+    options = MockOptions(latency_min=10, latency_max=10, seed=3)
+    world = VirtualWorld(tmp_path, options, jobs=20, concurrency=20, poll_initial=5, poll_max=5)
+    assert world.run().counts == {"downloaded": 20}
+    generations = world.mock.state.mock.generations.values()
+    missed = 0  # generations the fallback's second poll found unfinished
+    for generation in generations:
+        assert generation.finished_at is not None
+        polls = [e["time"] for e in world.calls(f"/status/{generation.id}")]
+        missed += polls[1] < generation.finished_at
+    assert missed >= 1  # or this test shows nothing: the seeded jitter has some
+    counts, lags = polls_and_lags(world, since=0)
+    assert max(lags) <= 1.2  # not ~5 s: a whole fallback step
+    assert max(counts) <= 4

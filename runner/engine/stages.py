@@ -107,7 +107,7 @@ class JobStages:
         self._uploading: dict[str, anyio.Lock] = {}  # one upload per local file at a time
         self.files: Mapping[str, str] = {}  # local file → URL, as recorded (ledger.Resolved)
         self._submitted: dict[str, float] = {}  # key → when its generation was accepted (clock)
-        self.times = GenerationTimes(ledger)  # how long generations take, to poll where they end
+        self.times = GenerationTimes(ledger, clock)  # how long generations take: polls
         self.writes = GroupCommit(ledger)  # the hot status changes, committed per loop turn
 
     # --- ledger moves ---------------------------------------------------------------------
@@ -308,8 +308,7 @@ class JobStages:
             unfinished = seen
             return None
 
-        elapsed = self.clock.now() - submitted
-        delays = self.times.delays(row.request, self.settings.poll, self.rng, elapsed)
+        delays, sleep = self.times.polls(row.request, self.settings.poll, self.rng, submitted)
         try:
             return await self.settings.poll.until(
                 check,
@@ -317,6 +316,7 @@ class JobStages:
                 rng=self.rng,
                 deadline=self._deadlines.get(row.key),
                 delays=delays,
+                sleep=sleep,
             )
         except DeadlineError as err:
             reason = (
