@@ -16,7 +16,9 @@ from runner import app
 from runner.engine import VirtualClock
 from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions, base_urls, create_app
+from runner.mock.records import Generation
 from runner.mock.testing import IN_PROCESS_ORIGIN, MOCK_ENV
+from tests.test_engine_learning import fallback_times, polled
 
 MANIFEST = """
 version: 1
@@ -259,6 +261,13 @@ def test_several_manifests_in_one_run_share_their_accounts_limits(
         assert sorted(overlap(v) for v in by_account.values()) == [3, 5]
 
 
+def generations_since(world: VirtualWorld, since: float) -> list[Generation]:
+    """The generations submitted after ``since`` (virtual time), all finished."""
+    found = [g for g in world.mock.state.mock.generations.values() if g.created_at >= since]
+    assert all(g.finished_at is not None for g in found)
+    return found
+
+
 def polls_and_lags(world: VirtualWorld, since: float) -> tuple[list[int], list[float]]:
     """For each generation submitted after ``since`` (virtual time), how many status calls it
     took and how late after it finished at the mock the runner's poll found it done."""
@@ -283,11 +292,10 @@ def test_polls_are_learned_from_the_ledgers_history(tmp_path: Path) -> None:
     other jobs of the same shape reads that history from the ledger and polls where they end:
     at most 3 status calls per job and a few seconds between a generation finishing at the
     mock and the runner noticing it (no job polled more than 5 times), far fewer calls and
-    less lag than the fallback."""
+    less lag than the fallback alone would take for the same generations."""
     options = MockOptions(latency_min=51, latency_max=69, seed=11)
     world = VirtualWorld(tmp_path, options, jobs=10, concurrency=10)
     assert world.run().counts == {"downloaded": 10}
-    fallback_calls, fallback_lags = polls_and_lags(world, since=0)
     world.plan(first=10, jobs=50, concurrency=10)
     assert world.run().counts == {"downloaded": 50}
 
@@ -296,6 +304,10 @@ def test_polls_are_learned_from_the_ledgers_history(tmp_path: Path) -> None:
     assert world.run().counts == {"downloaded": 40}
     counts, lags = polls_and_lags(world, since=second)
     assert len(counts) == 40
+    times = [g.finished_at - g.created_at for g in generations_since(world, second)]
+    fallback = [polled(fallback_times(random.Random(i)), t) for i, t in enumerate(times)]
+    fallback_calls = [calls for _, _, calls in fallback]
+    fallback_lags = [upper - t for (_, upper, _), t in zip(fallback, times, strict=True)]
     assert max(counts) <= 5  # a wrong estimate costs lag, not polls (learning.py)
     assert sum(counts) / len(counts) <= 3.0
     assert sum(lags) / len(lags) <= 5.0

@@ -253,7 +253,7 @@ class Waiting:
 
     def __init__(self) -> None:
         self.learned = False
-        self._waits: set[anyio.CancelScope] = set()
+        self._waits: dict[anyio.CancelScope, None] = {}  # in the order they began
 
     async def sleep(self, clock: Clock, seconds: float) -> bool:
         """Sleep ``seconds`` on ``clock``; True if cut short by ``learn``."""
@@ -261,11 +261,11 @@ class Waiting:
             await clock.sleep(seconds)
             return False
         with anyio.CancelScope() as wait:
-            self._waits.add(wait)
+            self._waits[wait] = None
             try:
                 await clock.sleep(seconds)
             finally:
-                self._waits.discard(wait)
+                self._waits.pop(wait, None)
         return wait.cancelled_caught
 
     def learn(self) -> None:
@@ -273,7 +273,7 @@ class Waiting:
         if self.learned:
             return
         self.learned = True
-        for wait in self._waits:
+        for wait in list(self._waits):
             wait.cancel()
 
 
@@ -339,16 +339,11 @@ class GenerationTimes:
         schedule: PollSchedule,
         rng: random.Random,
         elapsed: float = 0.0,
-        age: Callable[[], float] | None = None,
     ) -> Iterator[float]:
-        """The waits before each poll of a generation ``elapsed`` seconds after its submit.
-        Without history, the fallback's; with ``age`` (the generation's age, when it is
-        asked), the learned schedule's from there once the shape is learned in this run."""
+        """The waits before each poll of a generation ``elapsed`` seconds after its submit."""
         estimate = self.estimate(request)
         if estimate is None:
-            if age is None:
-                return schedule.delays(rng)
-            return self._until_learned(request, schedule, rng, age)
+            return schedule.delays(rng)
         probe = rng.random() < self._fits[shape_of(request)].probes
         return jittered(learned_times(estimate, schedule, elapsed, probe), rng, elapsed)
 
@@ -358,14 +353,17 @@ class GenerationTimes:
         schedule: PollSchedule,
         rng: random.Random,
         submitted: float,
-    ) -> tuple[Iterator[float], Callable[[float], Awaitable[bool]]]:
+    ) -> tuple[Iterator[float], Callable[[float], Awaitable[bool]] | None]:
         """For ``PollSchedule.until``: the waits of a generation submitted at ``submitted`` (on
-        ``clock``), and the sleep of each, cut short when the fallback gives way (module doc)."""
+        ``clock``), and, while they are the fallback's, a sleep cut short when the shape is
+        learned (module doc); ``None``, a plain sleep, for a learned schedule."""
 
         def age() -> float:
             return self.clock.now() - submitted
 
-        delays = self.delays(request, schedule, rng, age(), age)
+        if self.estimate(request) is not None:
+            return self.delays(request, schedule, rng, age()), None
+        delays = self._until_learned(request, schedule, rng, age)
         return delays, functools.partial(self.waiting(request).sleep, self.clock)
 
     def _until_learned(
@@ -375,6 +373,8 @@ class GenerationTimes:
         rng: random.Random,
         age: Callable[[], float],
     ) -> Iterator[float]:
+        """The fallback's waits until the shape is learned, then the learned schedule's from
+        the generation's ``age`` then."""
         for delay in schedule.delays(rng):
             if self.estimate(request) is not None:
                 break
