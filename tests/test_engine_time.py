@@ -65,9 +65,19 @@ class VirtualWorld:
         values["numbers"] = list(range(first, first + values.pop("jobs")))
         self.manifest.write_text(MANIFEST.format(**values))
 
-    def run(self) -> app.RunResult:
+    def run(self, answer_delay: float = 0.0) -> app.RunResult:
+        """One run; each submit's answer takes ``answer_delay`` seconds to come back."""
+        clock = self.clock
+
+        class Slow(httpx.ASGITransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                response = await super().handle_async_request(request)
+                if request.method == "POST":
+                    await clock.sleep(answer_delay)
+                return response
+
         def client() -> httpx.AsyncClient:
-            return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.mock))
+            return httpx.AsyncClient(transport=Slow(app=self.mock))
 
         environ = {
             **MOCK_ENV,
@@ -118,6 +128,21 @@ def test_a_generation_is_polled_on_the_schedule(tmp_path: Path) -> None:
     assert polls[-1] - submit >= 100 > polls[-2] - submit
     assert polls[-1] - submit <= 100 + 30 * 1.1
     assert 6 <= len(polls) <= 7
+
+
+def test_polls_count_from_the_submit_not_its_answer(tmp_path: Path) -> None:
+    """A generation starts when its submit reaches the provider: with a history of 20 s
+    generations, submits whose answers take 3 s to come back are still polled where the
+    history says they end (~20 s after the submit, not ~23 s)."""
+    options = MockOptions(latency_min=20, latency_max=20, seed=1)
+    world = VirtualWorld(tmp_path, options, jobs=6, concurrency=6)
+    assert world.run().counts == {"downloaded": 6}
+    second = world.clock.now()
+    world.plan(first=10, jobs=6)
+    assert world.run(answer_delay=3.0).counts == {"downloaded": 6}
+    counts, lags = polls_and_lags(world, since=second)
+    assert max(lags) <= 20 * 0.1  # ~3 s with the polls counted from the answer
+    assert max(counts) <= 3
 
 
 @pytest.mark.parametrize("poll_initial", [0, 2])
