@@ -77,6 +77,37 @@ async def test_slots_block_at_the_limit() -> None:
     assert slots.in_flight == 4
 
 
+async def test_a_freed_slot_goes_to_the_first_waiter_and_a_cancelled_one_passes_it_on() -> None:
+    """Waiters get slots in arrival order, each handed its slot by the release; one cancelled
+    just as it was handed a slot gives it to the next; a newcomer never overtakes a waiter."""
+    slots = AdaptiveSlots(1)
+    await slots.acquire()
+    order: list[str] = []
+
+    async def waiter(name: str, scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope():
+            await slots.acquire()
+            order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        first = anyio.CancelScope()
+        tg.start_soon(waiter, "never", first)
+        for name in ("b", "c"):
+            tg.start_soon(waiter, name)
+        await anyio.wait_all_tasks_blocked()
+        first.cancel()  # the first waiter is being cancelled as it is handed the slot
+        await slots.release(succeeded=True)
+        await anyio.wait_all_tasks_blocked()
+        assert order == ["b"] and slots.in_flight == 1
+        tg.start_soon(waiter, "newcomer")
+        await anyio.wait_all_tasks_blocked()
+        await slots.release(succeeded=True)
+        await anyio.wait_all_tasks_blocked()
+        assert order == ["b", "c"] and slots.in_flight == 1
+        await slots.release(succeeded=True)
+    assert order == ["b", "c", "newcomer"] and slots.in_flight == 1
+
+
 async def test_calls_are_spaced_from_the_very_first_one() -> None:
     """No burst: on virtual time the first call goes at once, then one every 1.01/rps."""
     async with VirtualClock().running() as clock:

@@ -16,7 +16,9 @@ from runner import app
 from runner.engine import VirtualClock
 from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions, base_urls, create_app
+from runner.mock.records import Generation
 from runner.mock.testing import IN_PROCESS_ORIGIN, MOCK_ENV
+from tests.test_engine_learning import fallback_times, polled
 
 MANIFEST = """
 version: 1
@@ -63,9 +65,19 @@ class VirtualWorld:
         values["numbers"] = list(range(first, first + values.pop("jobs")))
         self.manifest.write_text(MANIFEST.format(**values))
 
-    def run(self) -> app.RunResult:
+    def run(self, answer_delay: float = 0.0) -> app.RunResult:
+        """One run; each submit's answer takes ``answer_delay`` seconds to come back."""
+        clock = self.clock
+
+        class Slow(httpx.ASGITransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                response = await super().handle_async_request(request)
+                if request.method == "POST":
+                    await clock.sleep(answer_delay)
+                return response
+
         def client() -> httpx.AsyncClient:
-            return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.mock))
+            return httpx.AsyncClient(transport=Slow(app=self.mock))
 
         environ = {
             **MOCK_ENV,
@@ -116,6 +128,21 @@ def test_a_generation_is_polled_on_the_schedule(tmp_path: Path) -> None:
     assert polls[-1] - submit >= 100 > polls[-2] - submit
     assert polls[-1] - submit <= 100 + 30 * 1.1
     assert 6 <= len(polls) <= 7
+
+
+def test_polls_count_from_the_submit_not_its_answer(tmp_path: Path) -> None:
+    """A generation starts when its submit reaches the provider: with a history of 20 s
+    generations, submits whose answers take 3 s to come back are still polled where the
+    history says they end (~20 s after the submit, not ~23 s)."""
+    options = MockOptions(latency_min=20, latency_max=20, seed=1)
+    world = VirtualWorld(tmp_path, options, jobs=6, concurrency=6)
+    assert world.run().counts == {"downloaded": 6}
+    second = world.clock.now()
+    world.plan(first=10, jobs=6)
+    assert world.run(answer_delay=3.0).counts == {"downloaded": 6}
+    counts, lags = polls_and_lags(world, since=second)
+    assert max(lags) <= 20 * 0.1  # ~3 s with the polls counted from the answer
+    assert max(counts) <= 3
 
 
 @pytest.mark.parametrize("poll_initial", [0, 2])
@@ -259,6 +286,13 @@ def test_several_manifests_in_one_run_share_their_accounts_limits(
         assert sorted(overlap(v) for v in by_account.values()) == [3, 5]
 
 
+def generations_since(world: VirtualWorld, since: float) -> list[Generation]:
+    """The generations submitted after ``since`` (virtual time), all finished."""
+    found = [g for g in world.mock.state.mock.generations.values() if g.created_at >= since]
+    assert all(g.finished_at is not None for g in found)
+    return found
+
+
 def polls_and_lags(world: VirtualWorld, since: float) -> tuple[list[int], list[float]]:
     """For each generation submitted after ``since`` (virtual time), how many status calls it
     took and how late after it finished at the mock the runner's poll found it done."""
@@ -283,11 +317,10 @@ def test_polls_are_learned_from_the_ledgers_history(tmp_path: Path) -> None:
     other jobs of the same shape reads that history from the ledger and polls where they end:
     at most 3 status calls per job and a few seconds between a generation finishing at the
     mock and the runner noticing it (no job polled more than 5 times), far fewer calls and
-    less lag than the fallback."""
+    less lag than the fallback alone would take for the same generations."""
     options = MockOptions(latency_min=51, latency_max=69, seed=11)
     world = VirtualWorld(tmp_path, options, jobs=10, concurrency=10)
     assert world.run().counts == {"downloaded": 10}
-    fallback_calls, fallback_lags = polls_and_lags(world, since=0)
     world.plan(first=10, jobs=50, concurrency=10)
     assert world.run().counts == {"downloaded": 50}
 
@@ -296,6 +329,10 @@ def test_polls_are_learned_from_the_ledgers_history(tmp_path: Path) -> None:
     assert world.run().counts == {"downloaded": 40}
     counts, lags = polls_and_lags(world, since=second)
     assert len(counts) == 40
+    times = [g.finished_at - g.created_at for g in generations_since(world, second)]
+    fallback = [polled(fallback_times(random.Random(i)), t) for i, t in enumerate(times)]
+    fallback_calls = [calls for _, _, calls in fallback]
+    fallback_lags = [upper - t for (_, upper, _), t in zip(fallback, times, strict=True)]
     assert max(counts) <= 5  # a wrong estimate costs lag, not polls (learning.py)
     assert sum(counts) / len(counts) <= 3.0
     assert sum(lags) / len(lags) <= 5.0
@@ -323,3 +360,26 @@ def test_waiting_work_uses_the_whole_rate_and_never_more(tmp_path: Path, rps: in
     assert busiest == rps
     used = sum(1 for t in times if times[0] <= t < times[0] + 15.0) / (15.0 * rps)
     assert used >= 0.99
+
+
+def test_a_fresh_ledger_changes_to_the_learned_schedule_as_soon_as_it_is_learned(
+    tmp_path: Path,
+) -> None:
+    """Twenty 10 s generations at once on a fresh ledger, poll_initial = poll_max = 5: the
+    fallback polls each at ~5 s and ~10 s (±10 % each), so about half are polled just before
+    they end. Once five are seen done, the rest stop waiting out their fallback step (to
+    ~15 s) and poll where the learned schedule says: every generation is noticed within a
+    tenth of its time or so of its end, with few polls."""
+    options = MockOptions(latency_min=10, latency_max=10, seed=3)
+    world = VirtualWorld(tmp_path, options, jobs=20, concurrency=20, poll_initial=5, poll_max=5)
+    assert world.run().counts == {"downloaded": 20}
+    generations = world.mock.state.mock.generations.values()
+    missed = 0  # generations the fallback's second poll found unfinished
+    for generation in generations:
+        assert generation.finished_at is not None
+        polls = [e["time"] for e in world.calls(f"/status/{generation.id}")]
+        missed += polls[1] < generation.finished_at
+    assert missed >= 1  # or this test shows nothing: the seeded jitter has some
+    counts, lags = polls_and_lags(world, since=0)
+    assert max(lags) <= 1.2  # not ~5 s: a whole fallback step
+    assert max(counts) <= 4

@@ -49,20 +49,31 @@ waits back off like the fallback schedule's, from ``LAG_FRACTION`` of the time e
 is the least first wait and ``poll_max`` the longest wait after it; with fewer than
 ``MIN_HISTORY`` generations of a shape (provider, model, type, duration, resolution), the
 fallback schedule (``PollSchedule.delays``) is used as is.
+
+Learned during a run. A fresh ledger's first generations poll on the fallback, and the run
+learns from each that finishes. Once ``MIN_HISTORY`` of a shape have, the generations of that
+shape still polling on the fallback change to the learned schedule from where they are: their
+waits are cut short (``Waiting``), and each polls next where the learned schedule would after
+its time so far. Without that, a generation the fallback just missed waited out a whole
+fallback step (``poll_max`` at most) although the others had shown where it ends.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import operator
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
+from runner.engine.clock import SYSTEM_CLOCK, Clock
 from runner.engine.polling import JITTER, MIN_STEP, PollSchedule
 from runner.ledger import Ledger
 
@@ -237,15 +248,46 @@ class _Fit:
     probes: float  # the share of generations to probe
 
 
+class Waiting:
+    """The fallback's waits of one shape's generations, cut short once it is learned."""
+
+    def __init__(self) -> None:
+        self.learned = False
+        self._waits: dict[anyio.CancelScope, None] = {}  # in the order they began
+
+    async def sleep(self, clock: Clock, seconds: float) -> bool:
+        """Sleep ``seconds`` on ``clock``; True if cut short by ``learn``."""
+        if self.learned:
+            await clock.sleep(seconds)
+            return False
+        with anyio.CancelScope() as wait:
+            self._waits[wait] = None
+            try:
+                await clock.sleep(seconds)
+            finally:
+                self._waits.pop(wait, None)
+        return wait.cancelled_caught
+
+    def learn(self) -> None:
+        """The shape's schedule is learned: every wait on the fallback ends now."""
+        if self.learned:
+            return
+        self.learned = True
+        for wait in list(self._waits):
+            wait.cancel()
+
+
 @dataclass
 class GenerationTimes:
     """What one executor knows of how long generations take: the ledger's history, read once
     per shape, and every generation this run sees finish."""
 
     ledger: Ledger
+    clock: Clock = SYSTEM_CLOCK  # the run's, on which ``polls`` sleeps
     intervals: dict[tuple[Any, ...], list[tuple[float, float]]] = field(default_factory=dict)
     _fits: dict[tuple[Any, ...], _Fit] = field(default_factory=dict)
     _added: dict[tuple[Any, ...], int] = field(default_factory=dict)  # observations, ever
+    _waiting: dict[tuple[Any, ...], Waiting] = field(default_factory=dict)
 
     def _history(self, request: Mapping[str, Any]) -> list[tuple[float, float]]:
         shape = shape_of(request)
@@ -262,6 +304,15 @@ class GenerationTimes:
         seen.append((lower, upper))
         self._added[shape_of(request)] += 1
         del seen[:-HISTORY]
+        if len(seen) >= MIN_HISTORY:
+            self.waiting(request).learn()
+
+    def waiting(self, request: Mapping[str, Any]) -> Waiting:
+        """The waits of this request's shape (see ``Waiting``)."""
+        shape = shape_of(request)
+        if shape not in self._waiting:
+            self._waiting[shape] = Waiting()
+        return self._waiting[shape]
 
     def estimate(self, request: Mapping[str, Any]) -> Estimate | None:
         """The learned distribution for this request's shape; ``None`` without enough history.
@@ -295,3 +346,37 @@ class GenerationTimes:
             return schedule.delays(rng)
         probe = rng.random() < self._fits[shape_of(request)].probes
         return jittered(learned_times(estimate, schedule, elapsed, probe), rng, elapsed)
+
+    def polls(
+        self,
+        request: Mapping[str, Any],
+        schedule: PollSchedule,
+        rng: random.Random,
+        submitted: float,
+    ) -> tuple[Iterator[float], Callable[[float], Awaitable[bool]] | None]:
+        """For ``PollSchedule.until``: the waits of a generation submitted at ``submitted`` (on
+        ``clock``), and, while they are the fallback's, a sleep cut short when the shape is
+        learned (module doc); ``None``, a plain sleep, for a learned schedule."""
+
+        def age() -> float:
+            return self.clock.now() - submitted
+
+        if self.estimate(request) is not None:
+            return self.delays(request, schedule, rng, age()), None
+        delays = self._until_learned(request, schedule, rng, age)
+        return delays, functools.partial(self.waiting(request).sleep, self.clock)
+
+    def _until_learned(
+        self,
+        request: Mapping[str, Any],
+        schedule: PollSchedule,
+        rng: random.Random,
+        age: Callable[[], float],
+    ) -> Iterator[float]:
+        """The fallback's waits until the shape is learned, then the learned schedule's from
+        the generation's ``age`` then."""
+        for delay in schedule.delays(rng):
+            if self.estimate(request) is not None:
+                break
+            yield delay
+        yield from self.delays(request, schedule, rng, age())

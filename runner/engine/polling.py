@@ -74,18 +74,25 @@ class PollSchedule:
         deadline: float | None = None,
         what: str = "it",
         delays: Iterator[float] | None = None,
+        sleep: Callable[[float], Awaitable[bool]] | None = None,
     ) -> T:
         """Wait, check, and again, until ``check`` returns something other than ``None``.
 
         The waits are ``delays`` (a learned schedule, ``runner.engine.learning``) or this
-        schedule's own. With a ``deadline`` (on ``clock``), the last check is made at the
-        deadline; if that finds nothing either, ``DeadlineError`` says so.
+        schedule's own, slept on ``clock`` or by ``sleep``, which returns True when it was cut
+        short (the schedule was learned meanwhile): no check then, the next of ``delays``
+        (from now) is the wait instead. With a ``deadline`` (on ``clock``), the last check is
+        made at the deadline; if that finds nothing either, ``DeadlineError`` says so.
         """
         for delay in delays if delays is not None else self.delays(rng):
             last = deadline is not None and clock.now() + delay >= deadline
             if deadline is not None and last:
                 delay = max(0.0, deadline - clock.now())
-            await clock.sleep(delay)
+            if sleep is not None:
+                if await sleep(delay):
+                    continue
+            else:
+                await clock.sleep(delay)
             result = await check()
             if result is not None:
                 return result

@@ -106,8 +106,8 @@ class JobStages:
         self._deadlines: dict[str, float | None] = {}  # key → when to stop waiting (clock)
         self._uploading: dict[str, anyio.Lock] = {}  # one upload per local file at a time
         self.files: Mapping[str, str] = {}  # local file → URL, as recorded (ledger.Resolved)
-        self._submitted: dict[str, float] = {}  # key → when its generation was accepted (clock)
-        self.times = GenerationTimes(ledger)  # how long generations take, to poll where they end
+        self._submitted: dict[str, float] = {}  # key → when its accepted submit was sent
+        self.times = GenerationTimes(ledger, clock)  # how long generations take: polls
         self.writes = GroupCommit(ledger)  # the hot status changes, committed per loop turn
 
     # --- ledger moves ---------------------------------------------------------------------
@@ -193,11 +193,11 @@ class JobStages:
             self.ledger.note(row.key, f"throttled: {err.message}")
 
         async def send() -> JobRow:
+            self._submitted[row.key] = self.clock.now()  # polls count from the send, not the answer
             generation_id = await self.provider.submit(
                 request, idempotency_key=key, soul_model_id=soul_model
             )
             self._deadlines[row.key] = deadline(self.settings.generation_timeout, None, self.clock)
-            self._submitted[row.key] = self.clock.now()
             self.progress.submitted += 1
             self.outcome.submitted += 1
             return await self._commit(
@@ -308,8 +308,7 @@ class JobStages:
             unfinished = seen
             return None
 
-        elapsed = self.clock.now() - submitted
-        delays = self.times.delays(row.request, self.settings.poll, self.rng, elapsed)
+        delays, sleep = self.times.polls(row.request, self.settings.poll, self.rng, submitted)
         try:
             return await self.settings.poll.until(
                 check,
@@ -317,6 +316,7 @@ class JobStages:
                 rng=self.rng,
                 deadline=self._deadlines.get(row.key),
                 delays=delays,
+                sleep=sleep,
             )
         except DeadlineError as err:
             reason = (

@@ -87,7 +87,8 @@ class Throttle:
             now = self.clock.now()
             slot = max(now, self._next_slot)
             self._next_slot = slot + self.interval
-            await self.clock.sleep(slot - now)
+            if slot > now:  # a free slot is taken at once: no turn of the event loop
+                await self.clock.sleep(slot - now)
             while len(self._sent) == self.window and (
                 (early := self._sent[0] + self.span - self.clock.now()) > 0
             ):
@@ -105,30 +106,49 @@ class AdaptiveSlots:
     ``acquire`` waits (first come, first served) until fewer than ``limit`` generations are in
     flight. ``throttled`` lowers the limit to what the provider is clearly holding right now;
     each generation that finishes raises it by one again, up to the configured maximum.
+
+    A freed slot is handed straight to the first waiter, which wakes owning it: the next
+    submit follows a finished generation as closely as the event loop allows (a lock and a
+    condition took several turns of the loop, each as long as the other tasks' work in it).
     """
 
     def __init__(self, maximum: int) -> None:
         self.maximum = max(1, maximum)
         self.limit = self.maximum
         self.in_flight = 0
-        self._changed = anyio.Condition()
+        self._waiting: deque[anyio.Event] = deque()  # first come, first served
 
     async def acquire(self) -> None:
-        async with self._changed:
-            while self.in_flight >= self.limit:
-                await self._changed.wait()
+        await anyio.lowlevel.checkpoint()  # the run's first submits start as they are let in
+        if self.in_flight < self.limit and not self._waiting:
             self.in_flight += 1
+            return
+        handed = anyio.Event()
+        self._waiting.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():  # handed a slot just as we were cancelled: pass it on
+                self.in_flight -= 1
+                self._hand_over()
+            else:
+                self._waiting.remove(handed)
+            raise
 
     def adopt(self) -> None:
         """Count a generation that is already at the provider (found in flight on resume)."""
         self.in_flight += 1
 
     async def release(self, *, succeeded: bool) -> None:
-        async with self._changed:
-            self.in_flight = max(0, self.in_flight - 1)
-            if succeeded and self.limit < self.maximum:
-                self.limit += 1
-            self._changed.notify_all()
+        self.in_flight = max(0, self.in_flight - 1)
+        if succeeded and self.limit < self.maximum:
+            self.limit += 1
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiting and self.in_flight < self.limit:
+            self.in_flight += 1  # counted for the waiter, which wakes owning it
+            self._waiting.popleft().set()
 
     def throttled(self) -> None:
         """The provider said 'too many': stop adding until something finishes."""

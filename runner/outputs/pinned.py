@@ -30,6 +30,7 @@ import httpx
 from runner.errors import UnsafeURLError
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
 from runner.outputs.pools import LargeReads, ShardedTransport
+from runner.outputs.tls import client_context
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 """``await resolver(host, port)``: every address ``host`` resolves to (an ``OSError`` when it
@@ -263,7 +264,7 @@ def pinned_client(
     For downloads and uploads: the engine's download client should be one of these (each
     download names its policy with ``extensions={POLICY_EXTENSION: policy}``).
     """
-    context = httpx.create_ssl_context(trust_env=False)  # one for every pool: it is costly
+    context = client_context(trust_env=False)  # one for every pool: it is costly
 
     def shard(one: httpx.Limits) -> PinnedTransport:
         return PinnedTransport(

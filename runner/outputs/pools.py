@@ -22,6 +22,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from runner.outputs.tls import client_context
+
 PER_SHARD = 8  # connections per pool: a request's bookkeeping looks at these only
 READ_SIZE = 1024 * 1024  # the most a download reads from its socket at once
 
@@ -93,7 +95,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=limits.keepalive_expiry,
         )
         if make is None:
-            context = httpx.create_ssl_context()  # one for every pool: it is costly to make
+            context = client_context()  # one for every pool: it is costly to load
             make = lambda one: httpx.AsyncHTTPTransport(verify=context, limits=one)  # noqa: E731
         self._shards = [make(one) for _ in range(shards)]
         self._busy = [0] * shards
