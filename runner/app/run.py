@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
-
-from runner.app.common import Environment, bulk, executing, reading, select
+from runner.app.common import Environment, bulk, executing, reading, run_loop, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
 from runner.engine import Budget, EngineSettings, Outcome, charged_credits
@@ -128,7 +126,7 @@ def run_many(
                     Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
                 )
         try:
-            outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
+            outcomes = run_loop(env, execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
             raise _single_error(group) from None
         for x, work, outcome in zip(loaded, works, outcomes, strict=True):
