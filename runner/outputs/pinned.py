@@ -30,6 +30,7 @@ import httpx
 from runner.errors import UnsafeURLError
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
 from runner.outputs.pools import LargeReads, ShardedTransport
+from runner.outputs.streams import AsyncioBackend
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 """``await resolver(host, port)``: every address ``host`` resolves to (an ``OSError`` when it
@@ -55,7 +56,7 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
 class PinnedBackend(httpcore.AsyncNetworkBackend):
     """Resolve once, check every address, connect to a checked one (see the module docstring).
 
-    ``inner`` does the connecting (default: httpcore's own backend); tests give one that
+    ``inner`` does the connecting (default: ``streams.AsyncioBackend``); tests give one that
     records the address instead of opening a socket.
     """
 
@@ -68,7 +69,7 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
     ) -> None:
         self.policy = policy
         self.resolver = resolver
-        self.inner = inner if inner is not None else httpcore.AnyIOBackend()
+        self.inner = inner if inner is not None else AsyncioBackend()
 
     async def addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
         """Every address ``host`` stands for, each allowed by the policy (else refused)."""

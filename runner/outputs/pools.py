@@ -22,6 +22,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from runner.outputs.streams import http_transport
+
 PER_SHARD = 8  # connections per pool: a request's bookkeeping looks at these only
 READ_SIZE = 1024 * 1024  # the most a download reads from its socket at once
 
@@ -94,7 +96,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         )
         if make is None:
             context = httpx.create_ssl_context()  # one for every pool: it is costly to make
-            make = lambda one: httpx.AsyncHTTPTransport(verify=context, limits=one)  # noqa: E731
+            make = lambda one: http_transport(verify=context, limits=one)  # noqa: E731
         self._shards = [make(one) for _ in range(shards)]
         self._busy = [0] * shards
 
