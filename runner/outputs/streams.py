@@ -19,7 +19,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpcore
@@ -57,8 +57,7 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are no subclasses
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -171,7 +170,6 @@ class AsyncioStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
             raise
         if transport is None:
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
-        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         return self
 
