@@ -25,7 +25,7 @@ import anyio
 import httpcore
 import httpx
 
-HIGH_WATER = 4 * 1024 * 1024  # bytes held unread before the socket is no longer read
+HIGH_WATER = 1024 * 1024  # bytes held unread before the socket is no longer read (memory flat)
 
 
 @contextmanager
