@@ -4,13 +4,16 @@ selection, and opening the ledger to execute or to read."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, TypeVarTuple
 
+import anyio
 import httpx
 
 from runner.engine import SYSTEM_CLOCK, Calls, Clock, EngineSettings, Progress, Throttle
@@ -32,6 +35,20 @@ class Environment:
     clock: Clock = SYSTEM_CLOCK
     # where each executor's jitter comes from (tests on a virtual clock seed it to replay a run)
     rng: Callable[[], random.Random] = random.Random
+
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+def run_loop(env: Environment, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    """``anyio.run(fn, *args)``: on uvloop when it is installed and the run keeps real time
+    (with a thousand generations in flight the event loop's own work is much of a run's CPU,
+    and uvloop's is in C); on asyncio's loop otherwise, a virtual clock's tests included."""
+    options: dict[str, Any] = {}
+    if env.clock is SYSTEM_CLOCK and importlib.util.find_spec("uvloop") is not None:
+        options["use_uvloop"] = True
+    return anyio.run(fn, *args, backend_options=options)
 
 
 def select(jobs: Sequence[Job], options: RunOptions) -> list[Job]:

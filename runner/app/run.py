@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-import anyio
-
-from runner.app.common import Environment, bulk, executing, reading, select
+from runner.app.common import Environment, bulk, executing, reading, run_loop, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
 from runner.engine import EngineSettings, Outcome, charged_credits
@@ -130,7 +128,7 @@ def run_many(
                     Work(x.manifest, provider, rows, x.store, x.settings, money, finishing, files)
                 )
         try:
-            outcomes = anyio.run(execute, opened, works, env, api_client) if works else []
+            outcomes = run_loop(env, execute, opened, works, env, api_client) if works else []
         except BaseExceptionGroup as group:
             raise _single_error(group) from None
         for x, work, outcome in zip(loaded, works, outcomes, strict=True):

@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from runner.app.common import Environment, executing
+from runner.app.common import Environment, executing, run_loop
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
 from runner.engine import Outcome, charged_credits
@@ -106,7 +106,7 @@ def worker(
                 time.sleep(IDLE_WAIT)
                 continue
             result.passes += 1
-            outcomes = anyio.run(execute, opened, works, env, api_client)
+            outcomes = run_loop(env, execute, opened, works, env, api_client)
             result.outcomes += outcomes
             moved = sum(o.submitted + o.downloaded + o.failed for o in outcomes)
             if any(o.fatal or o.interrupted for o in outcomes) or (idle_exit and not moved):

@@ -30,6 +30,7 @@ import httpx
 from runner.errors import UnsafeURLError
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
 from runner.outputs.pools import LargeReads, ShardedTransport
+from runner.outputs.streams import AsyncioBackend
 from runner.outputs.tls import client_context
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
@@ -56,7 +57,7 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
 class PinnedBackend(httpcore.AsyncNetworkBackend):
     """Resolve once, check every address, connect to a checked one (see the module docstring).
 
-    ``inner`` does the connecting (default: httpcore's own backend); tests give one that
+    ``inner`` does the connecting (default: ``streams.AsyncioBackend``); tests give one that
     records the address instead of opening a socket.
     """
 
@@ -69,7 +70,7 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
     ) -> None:
         self.policy = policy
         self.resolver = resolver
-        self.inner = inner if inner is not None else httpcore.AnyIOBackend()
+        self.inner = inner if inner is not None else AsyncioBackend()
 
     async def addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
         """Every address ``host`` stands for, each allowed by the policy (else refused)."""

@@ -22,6 +22,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from runner.outputs.streams import http_transport
 from runner.outputs.tls import client_context
 
 PER_SHARD = 8  # connections per pool: a request's bookkeeping looks at these only
@@ -96,7 +97,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         )
         if make is None:
             context = client_context()  # one for every pool: it is costly to load
-            make = lambda one: httpx.AsyncHTTPTransport(verify=context, limits=one)  # noqa: E731
+            make = lambda one: http_transport(verify=context, limits=one)  # noqa: E731
         self._shards = [make(one) for _ in range(shards)]
         self._busy = [0] * shards
 
