@@ -1,0 +1,124 @@
+"""The download path end to end over real loopback sockets (runner.outputs.local.download through
+the pinned client): a body of many reads and several written blocks, hashed beside its write;
+a body cut short kept only as ``.part``; https with the certificate checked; and glibc's heap
+set once per process for the megabyte buffers (runner.outputs.heap)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import platform
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runner.errors import TransientError
+from runner.outputs.fetch import DownloadPolicy
+from runner.outputs.heap import keep_heap
+from runner.outputs.local import BLOCK, download
+from runner.outputs.pinned import PinnedTransport, pinned_client
+from runner.outputs.pools import READ_SIZE
+from tests.test_tls import self_signed
+
+pytestmark = pytest.mark.anyio
+
+LOCAL = DownloadPolicy(allow_private=True)
+BIG = bytes(range(256)) * (4 * 1024 * 11 + 7)  # ~11 MiB: many reads, three blocks and a bit
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def answer_with(body: bytes, *, length: int | None = None) -> Handler:
+    """A server sending ``body`` after a header claiming ``length`` bytes (default: all)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        size = len(body) if length is None else length
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
+def test_reads_are_large() -> None:
+    """A body arrives in reads of up to a megabyte, four of them in a written block."""
+    assert READ_SIZE == 1024 * 1024 and BLOCK == 4 * READ_SIZE
+
+
+async def test_large_body_through_pinned_client(tmp_path: Path) -> None:
+    """A body of many reads and several blocks, over a plain socket: every byte, the sha256."""
+    server, port = await serve(answer_with(BIG))
+    async with server, pinned_client(LOCAL) as client:
+        saved = await download(
+            client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
+        )
+    assert (tmp_path / "v.mp4").read_bytes() == BIG
+    assert (saved.bytes, saved.sha256) == (len(BIG), hashlib.sha256(BIG).hexdigest())
+
+
+async def test_cut_body_through_pinned_client_is_not_saved(tmp_path: Path) -> None:
+    """The server closes after half of what it promised: TransientError, no final file, and
+    the half kept in ``.part`` for a Range resume."""
+    half = BIG[: len(BIG) // 2]
+    server, port = await serve(answer_with(half, length=len(BIG)))
+    async with server, pinned_client(LOCAL) as client:
+        with pytest.raises(TransientError):
+            await download(
+                client,
+                f"http://127.0.0.1:{port}/v.mp4",
+                tmp_path / "v.mp4",
+                policy=LOCAL,
+                resume_token="g",
+            )
+    assert not (tmp_path / "v.mp4").exists()
+    assert (tmp_path / "v.mp4.part").read_bytes() == half
+
+
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for ``localhost`` and a client context that trusts its certificate."""
+    cert_file, key_file = self_signed(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+async def test_tls_body_through_pinned_transport(tmp_path: Path) -> None:
+    """https: the certificate checked, the body whole."""
+    server_tls, client_tls = tls_contexts(tmp_path)
+    server, port = await serve(answer_with(BIG), tls=server_tls)
+    transport = PinnedTransport(LOCAL, ssl_context=client_tls)
+    async with server, httpx.AsyncClient(transport=transport) as client:
+        saved = await download(
+            client, f"https://localhost:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
+        )
+    assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
+    assert (tmp_path / "v.mp4").read_bytes() == BIG
+
+
+async def test_tls_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
+    """A certificate the client does not trust: a transient connect failure, no file."""
+    server_tls, _ = tls_contexts(tmp_path)
+    server, port = await serve(answer_with(BIG), tls=server_tls)
+    async with server, pinned_client(LOCAL) as client:
+        with pytest.raises(TransientError):
+            await download(
+                client, f"https://localhost:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
+            )
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_keep_heap_once_per_process() -> None:
+    """glibc's thresholds are set once; a second call changes nothing."""
+    first = keep_heap()
+    assert keep_heap() is first
+    assert first == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
