@@ -27,9 +27,10 @@ from runner.engine import (
     Throttle,
 )
 from runner.engine.claims import Claims
+from runner.engine.executor import Driven
 from runner.engine.shared import AccountGate, SharedThrottle
 from runner.engine.souls import SoulTrainer
-from runner.ledger import JobRow, Ledger
+from runner.ledger import Ledger
 from runner.ledger.base import SharedLimits
 from runner.manifest import Manifest
 from runner.outputs import OutputStore
@@ -53,7 +54,7 @@ class Work:
 
     manifest: Manifest
     provider: Provider
-    rows: list[JobRow]
+    rows: Sequence[Driven]
     store: OutputStore
     settings: EngineSettings
     budget: Budget

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from runner.app.common import Environment, bulk, executing, reading, run_loop, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
 from runner.engine import EngineSettings, Outcome, charged_credits
-from runner.engine.executor import ENDED
+from runner.engine.executor import ENDED, Driven
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
 from runner.ledger import JobBrief, JobRow, JobStatus, Ledger, Transition
@@ -165,7 +164,7 @@ def _load(
 
 def _prepare(
     ledger: Ledger, loaded: _Loaded, options: RunOptions, env: Environment
-) -> tuple[list[JobRow], set[str], Mapping[str, str], float]:
+) -> tuple[list[Driven], set[str], Mapping[str, str], float]:
     """Record the plan (and what workers need: ``recording``), bring the outputs up to date
     with it, and pick the rows to drive: the selected jobs, and the jobs the manifest no
     longer produces that were already sent (``finishing``: whatever the selection, they are
@@ -203,13 +202,13 @@ def _prepare(
     return _apply_limit(rows, options.limit), set(finishing), files, spent
 
 
-def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[JobRow]:
+def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[Driven]:
     """The rows the engine is given: whole for the jobs it has work for, and the brief read
     of those that had ended (the engine reads only their key, manifest and status: a no-op
     run of 100,000 downloaded jobs reads no whole row)."""
     wanted = [r.key for r in rows if r.status not in ENDED and not isinstance(r, JobRow)]
     whole = {r.key: r for r in ledger.jobs(keys=wanted)} if wanted else {}
-    return [cast(JobRow, whole.get(r.key, r)) for r in rows]
+    return [whole.get(r.key, r) for r in rows]
 
 
 def collect(
@@ -277,7 +276,7 @@ def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[J
     return [changed.get(row.key, row) for row in rows]
 
 
-def _apply_limit(rows: list[JobRow], limit: int | None) -> list[JobRow]:
+def _apply_limit(rows: list[Driven], limit: int | None) -> list[Driven]:
     """Keep everything already under way, and at most ``limit`` jobs not yet sent."""
     if limit is None:
         return rows

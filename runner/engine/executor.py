@@ -23,11 +23,12 @@ from runner.errors import (
     BudgetExceededError,
     FatalError,
 )
-from runner.ledger import JobRow, JobStatus
+from runner.ledger import JobBrief, JobRow, JobStatus
 
 PROGRESS_INTERVAL = 0.5
 AFTER_SUBMIT = (*AT_PROVIDER, JobStatus.COMPLETED)  # generations under way or done
 ENDED = frozenset({JobStatus.DOWNLOADED, JobStatus.FAILED, JobStatus.ORPHANED})
+Driven = JobRow | JobBrief  # a job a run is given: whole, or the brief of one that had ended
 # What a process takes over from a dead one while it waits for the account's slots: its
 # generations (they hold slots until polled to the end) and its interrupted submits (one may
 # hold a slot too; it is re-sent with its idempotency key).
@@ -61,8 +62,9 @@ class Executor(EarlierWork):
 
     # --- the run --------------------------------------------------------------------------
 
-    async def run(self, rows: Sequence[JobRow], finishing: Collection[str] = ()) -> Outcome:
-        """Drive ``rows`` (in manifest order) as far as the settings allow; the ``finishing``
+    async def run(self, rows: Sequence[Driven], finishing: Collection[str] = ()) -> Outcome:
+        """Drive ``rows`` (in manifest order) as far as the settings allow (a job that had
+        ended may come as its brief: it is counted, never driven); the ``finishing``
         ones, which the manifest no longer produces, are cancelled while queued where the
         provider can, else polled and downloaded, then orphaned. With ``claims``, only jobs
         this process claims; jobs another live process holds are waited for, and taken over
@@ -76,7 +78,7 @@ class Executor(EarlierWork):
                 self._scope = tg.cancel_scope
                 ticker = anyio.CancelScope()
                 tg.start_soon(self._tick, ticker)
-                todo = list(rows)
+                todo = [r for r in rows if isinstance(r, JobRow)]  # briefs: ended
                 while todo:
                     async with anyio.create_task_group() as jobs:
                         # --submit-only leaves what is already under way to `collect`.
@@ -193,7 +195,7 @@ class Executor(EarlierWork):
         for row in self._take(found):
             self._start(row, jobs, holds_slot=False)
 
-    async def _held_elsewhere(self, rows: Sequence[JobRow]) -> list[JobRow]:
+    async def _held_elsewhere(self, rows: Sequence[Driven]) -> list[JobRow]:
         """Jobs of ``rows`` this run still has work for that another process held (after a
         wait, as they are now); empty when there are none or the run is stopping."""
         if self.claims is None or self.outcome.fatal is not None or self.outcome.interrupted:
@@ -285,7 +287,7 @@ class Executor(EarlierWork):
         if self.on_progress is not None:
             self.on_progress(self.progress)
 
-    def _count_unfinished(self, rows: Sequence[JobRow]) -> None:
+    def _count_unfinished(self, rows: Sequence[Driven]) -> None:
         keys = [r.key for r in rows]
         done: set[JobStatus] = set(ENDED)
         if not self.settings.download:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from runner.errors import FatalError
-from runner.ledger import JobRow, JobStatus
+from runner.ledger import JobBrief, JobRow, JobStatus
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Progress:
     started: float = 0.0
     now: float = 0.0
 
-    def start(self, rows: Iterable[JobRow]) -> None:
+    def start(self, rows: Iterable[JobRow | JobBrief]) -> None:
         """Count the jobs a run is given (several executors may share one Progress)."""
         for row in rows:
             self.total += 1
