@@ -12,9 +12,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from runner.jobs import Job
 from runner.ledger.claims import Claim, ManifestRecord, Resolved
 from runner.ledger.models import (
     EventRow,
@@ -26,6 +25,9 @@ from runner.ledger.models import (
     Transition,
 )
 from runner.ledger.status import JobStatus
+
+if TYPE_CHECKING:
+    from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 Clock = Callable[[], datetime]
 StatusFilter = JobStatus | str | Iterable[JobStatus | str]

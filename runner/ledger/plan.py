@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from runner.jobs import Job
 from runner.ledger.models import PlanDiff
 from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
+
+if TYPE_CHECKING:
+    from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 # json.dumps(value, ensure_ascii=False), without making an encoder for every value
 _json = json.JSONEncoder(ensure_ascii=False).encode

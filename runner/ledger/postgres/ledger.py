@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg import sql
 from psycopg.rows import tuple_row
 
 from runner.errors import LedgerError
-from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import (
     BRIEF_COLUMNS,
@@ -50,6 +49,9 @@ from runner.ledger.rows import (
     status_change,
 )
 from runner.ledger.status import JobStatus, restored_status
+
+if TYPE_CHECKING:
+    from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 #: The advisory lock that writers of many rows take in turn: "runner", then 2.
 PLAN_LOCK = 0x72756E6E65720002

@@ -11,10 +11,9 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.errors import LedgerError
-from runner.jobs import Job
 from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import (
     BRIEF_COLUMNS,
@@ -44,6 +43,9 @@ from runner.ledger.sqlite.lock import ExecutorLock
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
 from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
 from runner.ledger.status import JobStatus, restored_status
+
+if TYPE_CHECKING:
+    from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 _SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
