@@ -6,12 +6,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from runner.engine import Backoff, Budget, EngineSettings, PollSchedule
+from runner.engine.budget import Budget
 from runner.engine.claims import DEFAULT_LEASE
+from runner.engine.polling import PollSchedule
+from runner.engine.settings import EngineSettings
+from runner.engine.throttle import Backoff
 from runner.errors import UsageError
-from runner.manifest import Limits, Manifest
-from runner.providers import ProviderSettings
+from runner.providers.types import ProviderSettings
+
+if TYPE_CHECKING:
+    from runner.manifest import Limits, Manifest
 
 # Without a download_concurrency of its own, a manifest gets one download per this many
 # generations in flight (at least the default).

@@ -11,16 +11,23 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import anyio
-import httpx
 
-from runner.engine import SYSTEM_CLOCK, Calls, Clock, EngineSettings, Progress, Throttle
+from runner.engine.calls import Calls
+from runner.engine.clock import SYSTEM_CLOCK, Clock
+from runner.engine.throttle import Throttle
 from runner.errors import UsageError
-from runner.jobs import Job
 from runner.ledger import Ledger, default_ledger_url, open_ledger
-from runner.settings import RunOptions
+
+if TYPE_CHECKING:
+    import httpx
+
+    from runner.engine.progress import Progress
+    from runner.engine.settings import EngineSettings
+    from runner.jobs import Job
+    from runner.settings import RunOptions
 
 
 @dataclass(frozen=True)

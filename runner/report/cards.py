@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from runner.engine import charged
+from runner.engine.budget import charged
 from runner.ledger import JobRow, JobStatus
 from runner.report.links import Link
 from runner.report.markup import Card

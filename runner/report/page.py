@@ -17,17 +17,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from runner.app.common import reading
 from runner.app.queries import redacting
-from runner.engine import charged
+from runner.engine.budget import charged
 from runner.ledger import JobRow, JobStatus, utcnow
-from runner.manifest import load_manifest
 from runner.outputs import PRESIGN_EXPIRY
 from runner.report.cards import card, credits_text, tags_of
 from runner.report.links import Bundle, Link, link
 from runner.report.markup import card_html, page_html
+
+if TYPE_CHECKING:
+    from runner.manifest import Manifest
 
 _BATCH = 256  # cards joined into one write to the spool
 _COPY_CHUNK = 1 << 20  # bytes per read where the kernel cannot copy between files
@@ -70,7 +72,11 @@ def build_report(
     """
     state_dir = Path(state_dir)
     out_file = Path(os.path.abspath(out_file))
-    manifest = load_manifest(manifest_path) if manifest_path is not None else None
+    manifest: Manifest | None = None
+    if manifest_path is not None:
+        from runner.manifest import load_manifest  # pydantic and the model: only for a manifest
+
+        manifest = load_manifest(manifest_path)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     copier = Bundle(out_file.parent) if bundle else None
     report_dir = str(out_file.parent)
