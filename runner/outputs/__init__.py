@@ -14,12 +14,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
-
-import httpx
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from runner.errors import UsageError
-from runner.outputs.fetch import DownloadPolicy, check_url
+from runner.lazy import exports
+
+if TYPE_CHECKING:
+    import httpx
+
+    from runner.outputs.fetch import DownloadPolicy, check_url
 
 S3_SCHEME = "s3://"
 PRESIGN_EXPIRY = timedelta(days=7)  # presigned S3 links in the report; SigV4's longest
@@ -98,9 +102,13 @@ def exists(
             from runner.outputs.s3 import object_size
         found = object_size(location, environ=environ)
         return found is not None and (size is None or found == size)
-    from runner.outputs.local import LocalStore
+    return present(location, size)
 
-    return LocalStore.present(location, size)
+
+def present(location: str, size: int | None = None) -> bool:
+    """Whether a file is at local path ``location`` (with ``size`` bytes, if given)."""
+    file = Path(location)
+    return file.is_file() and (size is None or file.stat().st_size == size)
 
 
 def presign(
@@ -142,3 +150,7 @@ __all__ = [
     "open_store",
     "presign",
 ]
+
+# The download's policy and URL check, imported when first asked for (they bring httpx):
+# the report asks whether a video exists without importing an HTTP client.
+__getattr__, __dir__ = exports(__name__, {"runner.outputs.fetch": ("DownloadPolicy", "check_url")})

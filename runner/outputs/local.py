@@ -18,7 +18,7 @@ import anyio
 import httpx
 
 from runner.errors import UnsafeURLError
-from runner.outputs import Saved
+from runner.outputs import Saved, present
 from runner.outputs.fetch import CHUNK_SIZE, DownloadPolicy, fetch
 
 if TYPE_CHECKING:
@@ -78,11 +78,7 @@ class LocalStore:
             return None
         return "missing" if found is None else f"{found} bytes, expected {size}"
 
-    @staticmethod
-    def present(location: str, size: int | None = None) -> bool:
-        """Whether a file is at ``location`` (with ``size`` bytes, if given)."""
-        file = Path(location)
-        return file.is_file() and (size is None or file.stat().st_size == size)
+    present = staticmethod(present)  # whether a file is at a location (with a size, if given)
 
     def relocate(self, old: str, relative: str) -> str | None:
         if old == os.path.join(self._resolved(), relative):

@@ -20,8 +20,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from runner.errors import UsageError
 from runner.providers.types import (
     DEFAULT_PROVIDER,
@@ -44,6 +42,8 @@ from runner.providers.types import (
 )
 
 if TYPE_CHECKING:
+    import httpx
+
     from runner.outputs.policy import URLPolicy
     from runner.providers.higgsfieldapi import HiggsfieldApiProvider
     from runner.providers.platform import PlatformProvider
@@ -141,11 +141,14 @@ def redactor(
     names: tuple[str, ...] = (),
 ) -> Callable[[str], str]:
     """What :func:`redact` does, prepared once for many texts (a ledger's rows)."""
-    from runner.providers.base import HttpProvider, Secret
+    from runner.providers.secret import Secret
 
     masks: list[Callable[[str], str]] = []
-    if isinstance(provider, HttpProvider):
-        masks.append(provider.redact)
+    if provider is not None:
+        from runner.providers.base import HttpProvider  # httpx: only with a provider
+
+        if isinstance(provider, HttpProvider):
+            masks.append(provider.redact)
     if environ is not None:
         for name in (*CREDENTIAL_VARIABLES, *names):
             value = (environ.get(name) or "").strip()

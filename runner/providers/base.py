@@ -6,12 +6,11 @@ Status words, ids and request bodies are :mod:`runner.providers.messages`.
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 from urllib.request import getproxies
 
 import anyio
@@ -35,6 +34,7 @@ from runner.providers.classify import (
     shorten,
 )
 from runner.providers.messages import check_idempotency_key, require_str
+from runner.providers.secret import Secret as Secret  # also its name here, as before
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(
 # small pools (``ShardedTransport``), so a request costs the same at 100 as at 8.
 API_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
 USER_AGENT = f"runner/{__version__}"
-MIN_REDACTED_PART = 4  # redacting shorter fragments would garble messages for no safety gain
 # A provider answer is read whole into memory: past this it is refused, not read on.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 # One exchange (connect, send, the whole answer) ends within this, whatever the server does:
@@ -60,60 +59,6 @@ MAX_ANSWER_BYTES = 8 * 1024 * 1024
 EXCHANGE_DEADLINE = 300.0
 
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]+")
-
-
-def _spellings(parts: tuple[str, ...]) -> tuple[str, ...]:
-    """Each part as written and as a URL would carry it (percent-encoded), longest first."""
-    forms = {
-        form
-        for part in parts
-        if len(part) >= MIN_REDACTED_PART
-        for form in (part, quote(part, safe=""), quote(part), quote_plus(part))
-    }
-    return tuple(sorted(forms, key=len, reverse=True))
-
-
-class Secret:
-    """A credential that never shows itself in ``repr``/``str``; ``reveal()`` is explicit.
-
-    ``parts`` are secret pieces of the value (the key without its scheme word, the secret
-    half); ``ids`` are pieces that are redacted too but may legitimately appear in a URL (the
-    public key id).
-    """
-
-    __slots__ = ("_parts", "_secret_parts", "_value")
-
-    def __init__(
-        self, value: str, *, parts: tuple[str, ...] = (), ids: tuple[str, ...] = ()
-    ) -> None:
-        self._value = value
-        self._parts = _spellings((value, *parts, *ids))
-        self._secret_parts = _spellings((value, *parts))
-
-    def reveal(self) -> str:
-        """The raw value, for the one place that builds the Authorization header."""
-        return self._value
-
-    def redact(self, text: str) -> str:
-        """``text`` with the secret (its halves, and their percent-encoded spellings)
-        replaced by ``***``."""
-        for part in self._parts:
-            text = text.replace(part, "***")
-        return text
-
-    def leaks(self, text: str) -> bool:
-        """Whether ``text`` carries the secret (a key id alone does not count)."""
-        return any(part in text for part in self._secret_parts)
-
-    def fingerprint(self) -> str:
-        """An opaque name for the account this credential opens (a salted hash, so equal
-        credentials match without the ledger ever holding one)."""
-        return hashlib.sha256(b"runner-account:" + self._value.encode()).hexdigest()[:16]
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
 
 
 def env_value(environ: Mapping[str, str], name: str) -> str:

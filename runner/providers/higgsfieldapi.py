@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner.errors import PermanentError
-from runner.providers.base import HttpProvider, Secret, env_value
+from runner.providers.base import HttpProvider, env_value
 from runner.providers.messages import (
     check_image_urls,
     merge_params,
@@ -26,6 +26,7 @@ from runner.providers.messages import (
     normalize_soul,
     require_id,
 )
+from runner.providers.secret import Secret
 from runner.providers.types import GenerationStatus, SoulStatus
 
 DEFAULT_BASE_URL = "https://higgsfieldapi.com/api/v1"

@@ -19,7 +19,7 @@ from runner.providers.classify import shorten
 from runner.providers.types import GenerationStatus, SoulStatus
 
 if TYPE_CHECKING:
-    from runner.providers.base import Secret
+    from runner.providers.secret import Secret
 
 MAX_ID_CHARS = 512  # ids go into URLs and the ledger
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from runner.errors import PermanentError, UnsafeURLError, UsageError
 from runner.outputs.policy import parse_url
-from runner.providers.base import HttpProvider, Secret, env_value
+from runner.providers.base import HttpProvider, env_value
 from runner.providers.classify import shorten
 from runner.providers.messages import (
     check_image_urls,
@@ -50,6 +50,7 @@ from runner.providers.messages import (
     require_id,
     require_str,
 )
+from runner.providers.secret import Secret
 from runner.providers.types import GenerationStatus, SoulStatus
 
 DEFAULT_BASE_URL = "https://api.higgsfield.ai"
