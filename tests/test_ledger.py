@@ -686,6 +686,37 @@ def test_counts_per_campaign_and_status(ledger: Ledger) -> None:
     assert ledger.counts("/nowhere.yaml") == {}
 
 
+def test_status_counts_in_manifest_order(ledger: Ledger) -> None:
+    """status_counts() is one grouped query giving what tallying briefs() gives: a manifest's
+    statuses (of some campaigns, if asked) in the order its jobs first have them."""
+    a = matrix_jobs("a", "{x}", x=[1, 2, 3, 4])
+    b = matrix_jobs("b", "{x}", start=4, x=[1, 2])
+    ledger.record_plan(MANIFEST, a + b)
+    ledger.record_plan("/other.yaml", [make_job("z", manifest="/other.yaml")])
+    walk(ledger, a[1].key, PATHS["downloaded"])
+    walk(ledger, a[3].key, PATHS["downloaded"])
+    ledger.transition(a[2].key, "failed")
+    ledger.transition(b[0].key, "failed")
+    ledger.record_plan(MANIFEST, [a[2], a[3], *b, a[1]])  # a new order; a[0] orphaned
+
+    def tallied(**where: Any) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for brief in ledger.briefs(manifest=MANIFEST, **where):
+            counts[brief.status.value] = counts.get(brief.status.value, 0) + 1
+        return counts
+
+    counts = ledger.status_counts(MANIFEST)
+    assert counts == tallied()
+    assert list(counts) == list(tallied())
+    assert counts == {"failed": 2, "downloaded": 2, "pending": 1, "orphaned": 1}
+    in_b = {"failed": 1, "pending": 1}
+    assert ledger.status_counts(MANIFEST, "b") == tallied(campaign="b") == in_b
+    assert list(ledger.status_counts(MANIFEST, ["b", "a"])) == list(tallied(campaign=["a", "b"]))
+    assert ledger.status_counts("/other.yaml") == {"pending": 1}
+    assert ledger.status_counts("/nowhere.yaml") == {}
+    assert ledger.status_counts(MANIFEST, []) == {}
+
+
 def test_retry_failed_bumps_the_idempotency_key(ledger: Ledger) -> None:
     """Failed jobs go back to pending with key <key>-<n+1>, no attempts, no error."""
     jobs = matrix_jobs("a", "{x}", x=[1, 2, 3]) + matrix_jobs("b", "{x}", start=3, x=[1])

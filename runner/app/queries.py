@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.app.common import reading
 from runner.errors import LedgerError
-from runner.ledger import EventRow, JobBrief, JobRow, JobStatus
+from runner.ledger import EventRow, JobRow, JobStatus
 from runner.providers import redactor
 
 
@@ -136,14 +136,13 @@ def selection_counts(
     with reading(state_dir, ledger) as opened:
         if opened is None:
             return counts
-        rows: Iterable[JobBrief | JobRow]
-        if tags:  # only whole rows have them
-            jobs = opened.iter_jobs(manifest=manifest, campaign=list(campaigns) or None)
-            rows = (r for r in jobs if set(tags) & set(r.tags))
-        else:
-            rows = opened.briefs(manifest=manifest, campaign=list(campaigns) or None)
-        for row in rows:
-            if row.status is not JobStatus.ORPHANED:
+        if not tags:  # one grouped query
+            counted = opened.status_counts(manifest, list(campaigns) or None)
+            counted.pop(JobStatus.ORPHANED.value, None)
+            return counted
+        # only whole rows have tags
+        for row in opened.iter_jobs(manifest=manifest, campaign=list(campaigns) or None):
+            if row.status is not JobStatus.ORPHANED and set(tags) & set(row.tags):
                 counts[row.status.value] = counts.get(row.status.value, 0) + 1
     return counts
 

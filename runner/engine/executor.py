@@ -292,4 +292,8 @@ class Executor(EarlierWork):
         done: set[JobStatus] = set(ENDED)
         if not self.settings.download:
             done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
-        self.outcome.unfinished = sum(b.status not in done for b in self.ledger.briefs(keys=keys))
+        statuses: dict[JobStatus, int] = {}
+        for brief in self.ledger.briefs(keys=keys):
+            statuses[brief.status] = statuses.get(brief.status, 0) + 1
+        self.outcome.unfinished = sum(n for s, n in statuses.items() if s not in done)
+        self.outcome.statuses = {s.value: n for s, n in statuses.items()}

@@ -90,6 +90,9 @@ class Outcome:
     downloaded: int = 0
     failed: int = 0
     unfinished: int = 0  # still in flight or not downloaded when the run stopped
+    # the run's jobs by status when it stopped (statuses in manifest order), read once with
+    # ``unfinished``: the run's counts without reading them again
+    statuses: dict[str, int] = field(default_factory=dict)
     held: dict[str, str] = field(default_factory=dict)  # key → why it was left for next run
     budget_stop: str | None = None
     stopped: str | None = None  # why submissions stopped early (--until, --max-failures)

@@ -200,6 +200,14 @@ class Ledger(Protocol):
         """``{campaign: {status: count}}``, campaigns by name, statuses in life-cycle order."""
         ...
 
+    def status_counts(
+        self, manifest: str, campaign: str | Iterable[str] | None = None
+    ) -> dict[str, int]:
+        """``{status: count}`` of a manifest's jobs (of ``campaign``, if given), statuses in
+        the order its jobs first have them (manifest order, as :meth:`briefs` gives them):
+        one grouped query, not a read of every job."""
+        ...
+
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
     ) -> JobRow:

@@ -128,6 +128,17 @@ def grouped_counts(groups: Iterable[tuple[str, str, int]]) -> dict[str, dict[str
     return result
 
 
+def status_counts_query(where: str) -> str:
+    """The SQL of ``Ledger.status_counts`` (the same on both dialects): each status and its
+    count, in the order of its first job in manifest order (``JOB_ORDER`` within the one
+    manifest that ``where`` names)."""
+    return (
+        "SELECT status, count(*) AS jobs FROM (SELECT status, row_number() OVER"
+        f" (ORDER BY job_index, key) AS n FROM jobs WHERE {where}) AS t GROUP BY status"
+        " ORDER BY min(n)"
+    )
+
+
 def matched_key(prefix: str, keys: list[str]) -> str:
     """The one key of ``keys`` (those starting with ``prefix``, sorted, at most
     ``MATCH_LIMIT``); ``LedgerError`` if there is none or several."""

@@ -47,6 +47,7 @@ from runner.ledger.rows import (
     note_event,
     retry_change,
     status_change,
+    status_counts_query,
 )
 from runner.ledger.status import JobStatus, restored_status
 
@@ -260,6 +261,15 @@ class PostgresLedger(JobClaims):
         with self._store.read() as conn:
             groups = [(r["campaign"], r["status"], r["n"]) for r in conn.execute(query, params)]
         return grouped_counts(groups)
+
+    def status_counts(
+        self, manifest: str, campaign: str | Iterable[str] | None = None
+    ) -> dict[str, int]:
+        """``{status: count}`` in manifest order; see ``Ledger.status_counts``."""
+        where, params = job_filter(None, campaign, manifest, None)
+        with self._store.read() as conn:
+            rows = conn.execute(status_counts_query(str(where)), params).fetchall()
+        return {str(r["status"]): int(r["jobs"]) for r in rows}
 
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any

@@ -36,6 +36,7 @@ from runner.ledger.rows import (
     note_event,
     retry_change,
     status_change,
+    status_counts_query,
 )
 from runner.ledger.sqlite.claims import JobClaims
 from runner.ledger.sqlite.filters import JOB_ORDER, KEYS_IN_SQL, in_json, job_filter, json_text
@@ -68,10 +69,8 @@ class SqliteLedger(JobClaims):
         busy_timeout: float = BUSY_TIMEOUT,
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> SqliteLedger:
-        """Open for reading and writing, creating the directory and the file if needed.
-
-        Pending ``migrations`` are applied when the executor lock is taken or on first use.
-        """
+        """Open for reading and writing, creating the directory and the file if needed;
+        pending ``migrations`` are applied when the executor lock is taken or on first use."""
         return cls(
             Store.open(Path(path), clock=clock, busy_timeout=busy_timeout, migrations=migrations)
         )
@@ -241,23 +240,26 @@ class SqliteLedger(JobClaims):
 
     def counts(self, manifest: str | None = None) -> dict[str, dict[str, int]]:
         """``{campaign: {status: count}}``, campaigns by name, statuses in life-cycle order."""
-        sql = "SELECT campaign, status, count(*) AS n FROM jobs"
-        params: list[Any] = []
-        if manifest is not None:
-            sql += " WHERE manifest = ?"
-            params.append(manifest)
-        sql += " GROUP BY campaign, status"
+        where, params = ("WHERE manifest = ?", [manifest]) if manifest is not None else ("", [])
+        sql = f"SELECT campaign, status, count(*) AS n FROM jobs {where} GROUP BY campaign, status"
         with self._store.read() as db:
             groups = [(r["campaign"], r["status"], r["n"]) for r in db.query(sql, params)]
         return grouped_counts(groups)
 
+    def status_counts(
+        self, manifest: str, campaign: str | Iterable[str] | None = None
+    ) -> dict[str, int]:
+        """``{status: count}`` in manifest order; see ``Ledger.status_counts``."""
+        where, params, _ = job_filter(None, campaign, manifest, None)
+        with self._store.read() as db:
+            rows = db.query(status_counts_query(str(where)), params)
+            return {str(r["status"]): int(r["jobs"]) for r in rows}
+
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
     ) -> JobRow:
-        """Move a job to status ``to``, updating ``columns`` and appending the event, atomically.
-
-        See ``Ledger.transition``; the rules are ``runner.ledger.status.check_transition``.
-        """
+        """Move a job to status ``to``, updating ``columns`` and appending the event, atomically
+        (see ``Ledger.transition``; the rules are ``runner.ledger.status.check_transition``)."""
         target = JobStatus(to)
         with self._store.write():
             return self._apply(self._require(key), target, detail, columns)
@@ -296,9 +298,8 @@ class SqliteLedger(JobClaims):
         """Put a manifest's failed jobs (all, or those with these keys / in these campaigns)
         back to ``pending`` with the next idempotency key and no attempts; return how many."""
         with self._store.write():
-            rows = self.jobs(
-                status=JobStatus.FAILED, manifest=manifest, keys=keys, campaign=campaigns
-            )
+            failed = JobStatus.FAILED
+            rows = self.jobs(status=failed, manifest=manifest, keys=keys, campaign=campaigns)
             for row in rows:
                 self._apply(row, JobStatus.PENDING, *retry_change(row, self.id))
         return len(rows)
@@ -323,8 +324,7 @@ class SqliteLedger(JobClaims):
             restore=self._status_before_orphaning,
             now=self._store.now(),
         )
-        updates = change.updates
-        self._update_job(row.key, updates)
+        self._update_job(row.key, change.updates)
         self._store.conn.execute(
             f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
             list(change.event.values()),
@@ -348,14 +348,12 @@ class SqliteLedger(JobClaims):
             return self._plan(manifest, jobs, BRIEF_COLUMNS, JobBrief.from_values).diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
-        """Record a manifest's jobs in one transaction and return the resulting diff.
-
-        New jobs are inserted as ``pending`` (idempotency key ``<key>-1``); jobs the ledger
-        knows keep their status and get their path, credits, order and tags refreshed (and
-        move to this manifest if another one recorded them); orphaned jobs the manifest
-        produces again go back to the status they had; every job recorded for this manifest
-        path that it no longer produces becomes ``orphaned``. Nothing is deleted.
-        """
+        """Record a manifest's jobs in one transaction and return the resulting diff: new jobs
+        are inserted as ``pending`` (idempotency key ``<key>-1``); jobs the ledger knows keep
+        their status and get their path, credits, order and tags refreshed (and move to this
+        manifest if another one recorded them); orphaned jobs the manifest produces again go
+        back to the status they had; every job recorded for this manifest path that it no
+        longer produces becomes ``orphaned``. Nothing is deleted."""
         manifest = str(manifest_path)
         with self._store.write():
             plan = self._plan(manifest, jobs, PLANNED_COLUMNS, PlannedRow.from_values)
