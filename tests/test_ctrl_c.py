@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from runner.engine import Progress
 from runner.ledger import JobStatus, default_ledger_url, open_ledger
 from runner.mock import MockOptions, base_urls, create_app
 from runner.mock.testing import IN_PROCESS_ORIGIN
+from tests.cli_support import wait_until
 
 KEY = "test-key"
 MANIFEST = """\
@@ -89,10 +89,11 @@ def test_second_ctrl_c_during_a_held_submit_ends_the_run_interrupted(
         os.kill(os.getpid(), signal.SIGINT)
         # As a person presses it: the second once the run has taken the first (two signals
         # sent at once may reach the run as one).
-        deadline = time.monotonic() + WAIT
-        while not (seen and seen[-1].stopped == "interrupted"):
-            assert time.monotonic() < deadline, "the run never took the first Ctrl-C"
-            time.sleep(0.001)
+        wait_until(
+            lambda: bool(seen) and seen[-1].stopped == "interrupted",
+            timeout=WAIT,
+            what="the run to take the first Ctrl-C",
+        )
         os.kill(os.getpid(), signal.SIGINT)
 
     seen: list[Progress] = []  # the run's progress, updated in place as the run goes
