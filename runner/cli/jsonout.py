@@ -45,7 +45,7 @@ def _newline(level: int) -> str:
     return "\n" + INDENT * level
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096, typed=True)  # True is not 1 here
 def _key(key: Any) -> str:
     """A mapping key and its separator as the encoder writes them (non-string keys become
     strings, as there)."""
@@ -56,60 +56,83 @@ def _key(key: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
-#: Flat containers recently written, by identity and nesting level (see :func:`_dumps`).
-Recent = dict[tuple[int, int], tuple[Any, str]]
-RECENT = 8
+#: The last container written at each place of a mapping (the heads of its shape, the
+#: value's index), while one document is written (which nothing changes meanwhile): the jobs
+#: of a matrix row share one ``vars`` mapping, written once instead of once per job.
+Last = dict[tuple[tuple[str, ...], int], tuple[Any, str]]
 
 
-def _dumps(value: Any, level: int, recent: Recent | None = None) -> str:
-    """``value`` as one indented string, starting at nesting ``level``.
-
-    ``recent`` (while one document is written, which nothing changes meanwhile) remembers
-    the last few containers of leaves written, by identity and level: the jobs of a matrix row share
-    one ``vars`` mapping, written once instead of once per job."""
+def _dumps(value: Any, level: int, last: Last) -> str:
+    """``value`` as one indented string, starting at nesting ``level``."""
     if type(value) is str:
         return encode_basestring(value)
     if isinstance(value, dict):
         if not value:
             return "{}"
         if _leaves(value.values()):
-            if recent is None:
-                return _wrapped(_flat(level)(value), level)
-            seen = recent.get((id(value), level))
-            if seen is not None and seen[0] is value:
-                return seen[1]
-            text = _wrapped(_flat(level)(value), level)
-            recent[(id(value), level)] = (value, text)  # holding it: its id stays its own
-            if len(recent) > RECENT:
-                del recent[next(iter(recent))]
-            return text
-        inner = "," + _newline(level + 1)
-        items = inner.join(
-            [
-                _key(k) + (encode_basestring(v) if type(v) is str else _dumps(v, level + 1, recent))
-                for k, v in value.items()
-            ]
-        )
-        return "{" + inner[1:] + items + _newline(level) + "}"
+            return _wrapped(_flat(level)(value), level)
+        return _mapping(value, level, last)
     if isinstance(value, list | tuple):
         if not value:
             return "[]"
         if _leaves(value):
             return _wrapped(_flat(level)(value), level)
         inner = "," + _newline(level + 1)
-        items = inner.join([_dumps(v, level + 1, recent) for v in value])
+        items = inner.join([_dumps(v, level + 1, last) for v in value])
         return "[" + inner[1:] + items + _newline(level) + "]"
     return _leaf(value)
 
 
-def iter_indented(value: Any, level: int = 0) -> Iterator[str]:
+def _mapping(value: dict[Any, Any], level: int, last: Last) -> str:
+    """A non-empty mapping, an item at a time: each value after its head (:func:`_heads`); a
+    container that is the one last written at its place is not written again (``last``)."""
+    heads = _heads(tuple(value), level)
+    parts: list[str] = []
+    for i, (head, item) in enumerate(zip(heads, value.values(), strict=True)):
+        if type(item) is str:
+            parts.append(head + encode_basestring(item))
+            continue
+        if isinstance(item, _CONTAINERS):
+            seen = last.get((heads, i))
+            if seen is not None and seen[0] is item:
+                parts.append(head + seen[1])
+                continue
+            text = _dumps(item, level + 1, last)
+            last[(heads, i)] = (item, text)  # holding it: its id stays its own
+        else:
+            text = _dumps(item, level + 1, last)
+        parts.append(head + text)
+    parts.append(_newline(level) + "}")
+    return "".join(parts)
+
+
+_HEADS: dict[tuple[tuple[Any, ...], int], tuple[str, ...]] = {}
+
+
+def _heads(keys: tuple[Any, ...], level: int) -> tuple[str, ...]:
+    """What comes before each value of a mapping with these keys at nesting ``level``: ``{``
+    or ``,``, the newline and indent, the key and ``: ``. Kept for mappings of string keys
+    (the many items of a long list have the same keys; ``1`` and ``True`` are one key to a
+    dict, not to JSON)."""
+    heads = _HEADS.get((keys, level))
+    if heads is None:
+        inner = _newline(level + 1)
+        heads = tuple(("," if i else "{") + inner + _key(key) for i, key in enumerate(keys))
+        if len(_HEADS) < 256 and all(type(key) is str for key in keys):
+            _HEADS[(keys, level)] = heads
+    return heads
+
+
+def iter_indented(value: Any, level: int = 0, last: Last | None = None) -> Iterator[str]:
     """The pieces of ``value`` as JSON indented by two spaces, starting at nesting ``level``:
     a piece per item of a mapping of containers or of a long list of them."""
+    if last is None:
+        last = {}
     if isinstance(value, dict) and any(isinstance(v, _CONTAINERS) for v in value.values()):
         inner = _newline(level + 1)
         for i, (key, item) in enumerate(value.items()):
             yield ("," if i else "{") + inner + _key(key)
-            yield from iter_indented(item, level + 1)
+            yield from iter_indented(item, level + 1, last)
         yield _newline(level) + "}"
     elif (
         isinstance(value, list | tuple)
@@ -117,14 +140,19 @@ def iter_indented(value: Any, level: int = 0) -> Iterator[str]:
         and any(isinstance(v, _CONTAINERS) for v in value)
     ):
         inner = _newline(level + 1)
-        recent: Recent = {}
         for i, item in enumerate(value):
-            yield ("," if i else "[") + inner + _dumps(item, level + 1, recent)
+            # a mapping is written the same, a container in it or not
+            text = (
+                _mapping(item, level + 1, last)
+                if type(item) is dict and item
+                else _dumps(item, level + 1, last)
+            )
+            yield ("," if i else "[") + inner + text
         yield _newline(level) + "]"
     else:
-        yield _dumps(value, level)
+        yield _dumps(value, level, last)
 
 
 def _wrapped(text: str, level: int) -> str:
     """``{a,<nl>b}`` (the C encoder's output) as ``{<nl>a,<nl>b<nl>}``."""
-    return text[0] + _newline(level + 1) + text[1:-1] + _newline(level) + text[-1]
+    return f"{text[0]}{_newline(level + 1)}{text[1:-1]}{_newline(level)}{text[-1]}"
