@@ -72,5 +72,13 @@ def test_containers_shared_by_many_items_are_written_as_each_is_now() -> None:
 
 def test_keys_equal_to_python_but_not_to_json_keep_their_own_text() -> None:
     """``1``, ``True`` and ``1.0`` are one dict key but three JSON keys."""
-    doc = [{1: [1]}, {True: [1]}, {1.0: [1]}, {1: "a"}, {True: "a"}, {False: {}, "x": [0]}, {0: {}, "x": [0]}]
+    doc = [
+        {1: [1]},
+        {True: [1]},
+        {1.0: [1]},
+        {1: "a"},
+        {True: "a"},
+        {False: {}, "x": [0]},
+        {0: {}, "x": [0]},
+    ]
     assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)
