@@ -830,3 +830,93 @@ def test_local_image_url_needs_a_provider_that_uploads(tmp_path: Path) -> None:
         jobs_of(tmp_path, text.replace("PROVIDER", "higgsfieldapi"))
     assert info.value.line == 4
     assert len(jobs_of(tmp_path, text.replace("PROVIDER", "higgsfield"))) == 1
+
+
+# --- fast paths against the plain definitions ---------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(value=JSON_VALUES)
+def test_canonical_json_is_json_dumps_sorted_and_compact(value: Any) -> None:
+    """The encoder built once writes what ``json.dumps`` with the same arguments writes."""
+    from runner.jobs.keys import canonical_json
+
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == expected
+
+
+def test_canonical_json_refuses_as_json_dumps_and_recovers() -> None:
+    """A circular or unencodable value is refused as ``json.dumps`` refuses it, and the
+    encoder's circular-reference markers left mid-way do not spoil the next value."""
+    from runner.jobs.keys import canonical_json
+
+    loop: list[Any] = [1]
+    loop.append({"x": loop})
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Circular"):
+            canonical_json(loop)
+        with pytest.raises(TypeError):
+            canonical_json({"b": [1, object()]})
+        shared = [1]
+        assert canonical_json({"b": shared, "a": [shared, shared]}) == '{"a":[[1],[1]],"b":[1]}'
+
+
+@given(
+    request=st.dictionaries(st.sampled_from(["a", "rate", "seed", "seeds", "z", "é"]), JSON_VALUES)
+)
+def test_seed_parts_put_together_are_the_request_with_its_seed(request: dict[str, Any]) -> None:
+    from runner.jobs.keys import canonical_json, seed_parts
+
+    head, tail = seed_parts(request)
+    for seed in (0, -3, 2**40, None):
+        assert head + canonical_json(seed) + tail == canonical_json({**request, "seed": seed})
+
+
+SEGMENT_TEXT = st.lists(
+    st.sampled_from(["CON", "con", "Com", "lpt", "AUX", "nul", "PRN", "1", "9", "0", "¹", ".",
+                     " ", "-", "_", "a", "é", "$", "IN", "OUT", ":", "/", "mp4", "x" * 70]),
+    max_size=8,
+).map("".join)  # fmt: skip
+
+
+@given(text=SEGMENT_TEXT)
+def test_sanitize_shortcut_changes_nothing(text: str) -> None:
+    """A segment the shortcut passes as portable is what the whole cleaning makes of it."""
+    from runner.manifest.template import _portable, sanitize_segment
+
+    assert sanitize_segment(text) == _portable(text)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{campaign}/{a}-{b}-{seed}.mp4",
+        "{seed}",
+        "{seed}/{variant}.mp4",
+        "COM{seed}.mp4",
+        "{a}{seed}{variant}-{key}",
+        "x {a}. /{{lit}}-{seed}. ",
+        "{key}",
+    ],
+)
+def test_row_paths_are_the_plain_renderings(template: str) -> None:
+    """``row_path_renderer``'s paths (a row bound once, the seed filled per job) are what
+    :func:`render_path` makes of each job's whole context: odd seeds, no seed, reserved names."""
+    from runner.manifest.positions import Where
+    from runner.manifest.template import render_path, row_path_renderer
+
+    where = Where("m.yaml")
+    bind = row_path_renderer(template, where, frozenset({"key", "seed", "variant"}))
+    for a in ["a", "CO", "", "é:x", "1.5"]:
+        row = {"campaign": "c", "a": a, "b": "LPT", "key": None, "seed": None, "variant": None}
+        render = bind(row)
+        for seed, variant in [(0, None), (1, 2), (-7, None), (None, 3), (None, None), (True, 0)]:
+            context = {**row, "key": "0123abcd", "seed": seed, "variant": variant}
+            assert render(context) == render_path(template, context, where)

@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 
@@ -87,12 +88,38 @@ def built_job(
 
 
 def canonical_json(value: Any) -> str:
-    """JSON that is the same for equal data, whatever the order of mapping keys."""
-    return _CANONICAL.encode(value)
+    """JSON that is the same for equal data, whatever the order of mapping keys:
+    ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
+    if type(value) is str:
+        return encode_basestring(value)
+    if _canonical_c is None:  # no C speedups
+        return _CANONICAL.encode(value)
+    try:
+        return "".join(_canonical_c(value, 0))
+    except BaseException:
+        _reset_canonical()  # its circular-reference markers may be left mid-way
+        raise
 
 
 # json.dumps with these arguments, without building an encoder on every call
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_canonical_c: Any = None
+
+
+def _reset_canonical() -> None:
+    """The C encoder ``_CANONICAL.encode`` builds on every call, built once: what
+    ``JSONEncoder.iterencode`` passes it, with markers of its own (circular references are
+    refused as there)."""
+    global _canonical_c
+    if c_make_encoder is not None:
+        e = _CANONICAL
+        _canonical_c = c_make_encoder(
+            {}, e.default, encode_basestring, None, e.key_separator, e.item_separator,
+            e.sort_keys, e.skipkeys, e.allow_nan,
+        )  # fmt: skip
+
+
+_reset_canonical()
 
 
 def job_key(
@@ -124,15 +151,11 @@ def seed_parts(request: Mapping[str, Any]) -> tuple[str, str]:
     """The canonical JSON of ``request`` with a ``seed`` field, in two parts: ``head +
     canonical_json(seed) + tail == canonical_json({**request, "seed": seed})`` for any seed.
     So the jobs of a row, which differ only by their seed, encode their request once."""
-    before: list[str] = []
-    after: list[str] = []
-    for name, value in sorted(request.items()):  # as sort_keys orders them
-        if name != "seed":
-            (before if name < "seed" else after).append(
-                canonical_json(name) + ":" + canonical_json(value)
-            )
-    head = "{" + "".join(part + "," for part in before) + '"seed":'
-    return head, "".join("," + part for part in after) + "}"
+    before = {k: v for k, v in request.items() if k < "seed"}
+    after = {k: v for k, v in request.items() if k > "seed"}
+    # as sort_keys orders them: before's names, "seed", after's
+    head = canonical_json(before)[:-1] + ("," if before else "") + '"seed":'
+    return head, ("," + canonical_json(after)[1:] if after else "}")
 
 
 def key_of_text(text: str) -> str:

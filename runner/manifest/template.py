@@ -23,7 +23,13 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSAFE_IN_SEGMENT = re.compile(r'[\x00-\x1f\x7f/\\<>:"|?*]')
 _SEPARATOR = re.compile(r"[/\\]")
 _TRAILING = re.compile(r"[. ]+$")
-_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?")
+# A segment already portable: ASCII letters, digits, ``_-.`` (no dot at either end), and not
+# a reserved device name with any extension (those of RESERVED_SEGMENTS made of these letters).
+_PLAIN_SEGMENT = re.compile(
+    r"(?!(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|$))"
+    r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?",
+    re.ASCII | re.IGNORECASE,
+)
 MAX_SEGMENT_BYTES = 200
 MAX_EXTENSION_BYTES = 16  # a longer "extension" is part of the name, cut like the rest
 # Windows device names: reserved with any extension, in any case (CON.mp4 is the console).
@@ -159,12 +165,13 @@ def _cut(text: str, limit: int) -> str:
 
 def sanitize_segment(text: str) -> str:
     """One portable path segment that cannot escape its folder (see the module docstring)."""
-    if (
-        _PLAIN_SEGMENT.fullmatch(text)
-        and len(text) <= MAX_SEGMENT_BYTES
-        and text.split(".", 1)[0].upper() not in RESERVED_SEGMENTS
-    ):
+    if len(text) <= MAX_SEGMENT_BYTES and _PLAIN_SEGMENT.fullmatch(text):
         return text  # already portable: what follows would not change it
+    return _portable(text)
+
+
+def _portable(text: str) -> str:
+    """:func:`sanitize_segment` without its shortcut for a segment already portable."""
     cleaned = _UNSAFE_IN_SEGMENT.sub("_", text).strip()
     if not cleaned.strip("."):
         return "_"
@@ -210,35 +217,50 @@ def row_path_renderer(
     ``context`` agrees with ``row_context`` outside ``per_job``; errors are the same too
     (``row_context`` holds every name a job's context does, so messages list the same)."""
     check_path_template(template, where)
-    segments = [parse(segment) for segment in _segments(template)]
+    # each segment as runs of pieces filled together by bind, between the per-job names
+    layouts: list[tuple[tuple[str, Any], ...]] = []
+    for pieces in (parse(segment) for segment in _segments(template)):
+        layout: list[tuple[str, Any]] = []
+        for kind, value in pieces:
+            if kind == "name" and value in per_job:
+                layout.append(("name", value))
+            elif layout and layout[-1][0] == "run":
+                layout[-1] = ("run", (*layout[-1][1], (kind, value)))
+            else:
+                layout.append(("run", ((kind, value),)))
+        layouts.append(tuple(layout))
 
     def bind(row: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
-        parts: list[str | tuple[tuple[str, str], ...]] = []
-        for pieces in segments:
-            left: list[tuple[str, str]] = []
-            for kind, value in pieces:
-                if kind == "name" and value in per_job:
-                    left.append((kind, value))
-                else:
-                    text = _fill(((kind, value),), row, where, OPTIONAL_IN_PATHS)
-                    if left and left[-1][0] == "text":
-                        left[-1] = ("text", left[-1][1] + text)
-                    else:
-                        left.append(("text", text))
-            if all(kind == "text" for kind, _ in left):
-                parts.append(sanitize_segment("".join(value for _, value in left)))
-            else:
-                parts.append(tuple(left))
+        parts: list[str] = []  # each segment; one naming a per-job name is filled per job
+        per_segment: list[tuple[int, str, str, str, tuple[tuple[str, str], ...]]] = []
+        for i, layout in enumerate(layouts):
+            if len(layout) == 1 and layout[0][0] == "run":
+                parts.append(sanitize_segment(_fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)))
+                continue
+            # the segment's per-job names between texts
+            left = tuple(
+                ("text", _fill(value, row, where, OPTIONAL_IN_PATHS))
+                if kind == "run"
+                else (kind, value)
+                for kind, value in layout
+            )
+            parts.append("")
+            names = [value for kind, value in left if kind == "name"]
+            # one name between texts: ``before + str(value) + after`` when it is an int
+            before = left[0][1] if left[0][0] == "text" else ""
+            after = left[-1][1] if left[-1][0] == "text" else ""
+            one = names[0] if len(names) == 1 else ""
+            per_segment.append((i, one, before, after, left))
 
         def render_one(context: Mapping[str, Any]) -> str:
-            return "/".join(
-                [
-                    p
-                    if isinstance(p, str)
-                    else sanitize_segment(_fill(p, context, where, OPTIONAL_IN_PATHS))
-                    for p in parts
-                ]
-            )
+            out = parts.copy()
+            for i, one, before, after, left in per_segment:
+                value = context.get(one) if one else None
+                if type(value) is int:  # a seed, a variant: not a bool
+                    out[i] = sanitize_segment(before + str(value) + after)
+                else:
+                    out[i] = sanitize_segment(_fill(left, context, where, OPTIONAL_IN_PATHS))
+            return "/".join(out)
 
         return render_one
 
