@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runner.errors import ManifestError
@@ -886,12 +886,18 @@ SEGMENT_TEXT = st.lists(
 ).map("".join)  # fmt: skip
 
 
+RESERVED_LIKE = ["CON", "con.mp4", "Com1", "com1.a.b", "LPT9.mp4", "lpt0", "COM10", "AUX-1", "COM",
+                 "nul.", "PRN_", "CONIN$", "com¹.mp4", "Aux.x", "x.CON", "xnul", "a" * 201]  # fmt: skip
+
+
 @given(text=SEGMENT_TEXT)
+@example(text="")
 def test_sanitize_shortcut_changes_nothing(text: str) -> None:
     """A segment the shortcut passes as portable is what the whole cleaning makes of it."""
     from runner.manifest.template import _portable, sanitize_segment
 
-    assert sanitize_segment(text) == _portable(text)
+    for t in (text, *RESERVED_LIKE):
+        assert sanitize_segment(t) == _portable(t)
 
 
 @pytest.mark.parametrize(
