@@ -886,8 +886,25 @@ SEGMENT_TEXT = st.lists(
 ).map("".join)  # fmt: skip
 
 
-RESERVED_LIKE = ["CON", "con.mp4", "Com1", "com1.a.b", "LPT9.mp4", "lpt0", "COM10", "AUX-1", "COM",
-                 "nul.", "PRN_", "CONIN$", "com¹.mp4", "Aux.x", "x.CON", "xnul", "a" * 201]  # fmt: skip
+RESERVED_LIKE = [
+    "CON",
+    "con.mp4",
+    "Com1",
+    "com1.a.b",
+    "LPT9.mp4",
+    "lpt0",
+    "COM10",
+    "AUX-1",
+    "COM",
+    "nul.",
+    "PRN_",
+    "CONIN$",
+    "com¹.mp4",
+    "Aux.x",
+    "x.CON",
+    "xnul",
+    "a" * 201,
+]
 
 
 @given(text=SEGMENT_TEXT)
