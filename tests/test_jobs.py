@@ -943,3 +943,32 @@ def test_row_paths_are_the_plain_renderings(template: str) -> None:
         for seed, variant in [(0, None), (1, 2), (-7, None), (None, 3), (None, None), (True, 0)]:
             context = {**row, "key": "0123abcd", "seed": seed, "variant": variant}
             assert render(context) == render_path(template, context, where)
+
+
+@given(
+    paths=st.lists(
+        st.lists(
+            st.sampled_from(["a", "A", "b/", "é", "É", ".part", ".id", "ledger.db", "LOCK", "-"]),
+            min_size=1,
+            max_size=4,
+        ).map("".join),
+        max_size=6,
+    )
+)
+def test_paths_told_apart_in_c_are_those_the_whole_check_passes(paths: list[str]) -> None:
+    """``check_paths``'s shortcut (ASCII, distinct however cased, no temporary or state file
+    name) only ever passes paths its whole check passes too."""
+    from types import SimpleNamespace
+
+    from runner.jobs.keys import built_job
+    from runner.jobs.paths import _check_each, _fold, _plainly_distinct
+    from runner.manifest.positions import Where
+
+    if not _plainly_distinct(paths):
+        return
+    m: Any = SimpleNamespace(where=lambda _field: Where("m.yaml"))
+    jobs = [
+        built_job(f"k{i}", "c", "m", i, {}, {}, p, 0.0, "unpriced", None, None, ())
+        for i, p in enumerate(paths)
+    ]
+    _check_each(m, jobs, [_fold(p) for p in paths])  # raises nothing

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Sequence
+from itertools import repeat
 from pathlib import Path
 
 from runner.jobs.keys import Job
@@ -37,8 +38,28 @@ def _fold(path: str) -> str:
 
 def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
     """Refuse output paths that would collide or could never be written (linear time)."""
+    paths = [job.path for job in jobs]
+    if not _plainly_distinct(paths):
+        _check_each(m, jobs, [_fold(path) for path in paths])
+    # Every path has as many segments as the template (an empty one renders "_"), so a file
+    # never stands where another job needs a folder.
+    _check_limits(m, jobs, state_dir)
+
+
+def _plainly_distinct(paths: list[str]) -> bool:
+    """The usual case, told in C: ASCII paths, distinct however cased, none ending like a
+    temporary or state file. Then :func:`_check_each` would find nothing."""
+    if not all(map(str.isascii, paths)):
+        return False
+    folded = list(map(str.lower, paths))  # _fold of an ASCII path
+    return len(set(folded)) == len(folded) and not any(
+        map(str.endswith, folded, repeat((*TEMPORARY_SUFFIXES, *STATE_FILES)))
+    )
+
+
+def _check_each(m: Manifest, jobs: Sequence[Job], folded_paths: list[str]) -> None:
+    """Every job's path against the state files' names and the other jobs' files."""
     at = m.where(("output", "filename"))
-    folded_paths = [_fold(job.path) for job in jobs]
     # A temporary file can only stand where another job's video is if a video's name ends
     # like one: unless one does, comparing the videos' own names is enough.
     temporary = any(p.endswith(TEMPORARY_SUFFIXES) for p in folded_paths)
@@ -67,9 +88,6 @@ def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) 
                     "disk); put {key} in the filename"
                 )
             files[folded] = (name, job)
-    # Every path has as many segments as the template (an empty one renders "_"), so a file
-    # never stands where another job needs a folder.
-    _check_limits(m, jobs, state_dir)
 
 
 def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
@@ -100,6 +118,10 @@ def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None
                 )
     longest = max(TEMPORARY_SUFFIXES, key=len)
     base = len(str(root).encode("utf-8", "surrogateescape")) + 1 if root is not None else 0
+    paths = [job.path for job in jobs]
+    length = max(map(len, paths), default=0) + len(longest)
+    if length <= name_max and base + length < path_max and all(map(str.isascii, paths)):
+        return  # what the loop below would find of each path, found of the longest
     for job in jobs:
         length = len(job.path) + len(longest)
         if length <= name_max and base + length < path_max and job.path.isascii():
