@@ -61,23 +61,34 @@ def expand_matrix(
     canon_rows: list[dict[str, str]] = []  # each row's original values, canonical
     keys = list(axes)
     if keys:
-        located = [
-            [(v, canonical(v), where((*base, k, j))) for j, v in enumerate(axes[k])]
-            for k in keys
-        ]
+        columns = [axes[k] for k in keys]
         excluded = _group(exclude)
+        # canonical values only where something compares them: exclude, include
+        compared = bool(excluded or include)
+        canonicals = [[canonical(v) for v in column] for column in columns] if compared else []
         whole = where(base)
-        for combo in itertools.product(*located):
-            canon = {k: c for k, (_, c, _) in zip(keys, combo, strict=True)}
-            if any(
-                tuple(canon.get(k, "\0") for k in group) in values
-                for group, values in excluded.items()
-            ):
-                continue
-            values = {k: v for k, (v, _, _) in zip(keys, combo, strict=True)}
-            sources = {k: w for k, (_, _, w) in zip(keys, combo, strict=True)}
-            rows.append(Row(values, sources, whole))
-            canon_rows.append(canon)
+        # the same product three times, in step: values, where each is written, canonical
+        for values, written, canon_values in zip(
+            itertools.product(*columns),
+            itertools.product(*[[where((*base, k, j)) for j in range(len(axes[k]))] for k in keys]),
+            itertools.product(*canonicals) if compared else itertools.repeat(()),
+            strict=False,  # repeat() has no end
+        ):
+            if compared:
+                canon = dict(zip(keys, canon_values, strict=True))
+                if excluded and any(
+                    tuple(canon.get(k, "\0") for k in group) in matched
+                    for group, matched in excluded.items()
+                ):
+                    continue
+                canon_rows.append(canon)
+            rows.append(
+                Row(
+                    dict(zip(keys, values, strict=True)),
+                    dict(zip(keys, written, strict=True)),
+                    whole,
+                )
+            )
     extra: list[Row] = []
     fits = _FitIndex(canon_rows)
     for i, entry in enumerate(include):
