@@ -390,6 +390,21 @@ def test_the_same_job_twice_is_an_error(tmp_path: Path) -> None:
     assert info.value.line == 5
 
 
+def test_a_job_made_twice_is_told_before_a_later_row_fails(tmp_path: Path) -> None:
+    """Jobs are checked in manifest order: a job made twice by an earlier row (or written
+    where an earlier one is) is the error, not a later row's problem; a later row's problem
+    is the error when nothing before it is made twice."""
+    base = "version: 1\noutput: {filename: '%s'}\ncampaigns:\n  - {name: c, prompt: '{a}', "
+    later = "\n  - {name: d, prompt: '{nope}'}\n"
+    with pytest.raises(ManifestError, match="makes the same job twice") as info:
+        jobs_of(tmp_path, base % "{key}" + "matrix: {a: [x, x]}}" + later)
+    assert info.value.line == 4
+    with pytest.raises(ManifestError, match="would both be written to"):
+        jobs_of(tmp_path, base % "{campaign}" + "matrix: {a: [x, y]}}" + later)
+    with pytest.raises(ManifestError, match="unknown placeholder"):
+        jobs_of(tmp_path, base % "{key}" + "matrix: {a: [x, y]}}" + later)
+
+
 def test_unknown_placeholder_in_a_matrix_value_points_at_the_value(tmp_path: Path) -> None:
     """A prompt set by the matrix is checked where it was written."""
     with pytest.raises(ManifestError) as info:

@@ -11,11 +11,13 @@ priced from ``budget.prices``; output paths are checked by :mod:`runner.jobs.pat
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from runner.errors import ManifestError
 from runner.jobs.keys import (
     Job,
     built_job,
@@ -51,27 +53,43 @@ def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[J
     """
     _check_size(manifest)
     jobs: list[Job] = []
-    first: dict[str, Where] = {}
-    paths: dict[str, Job] = {}
-    for ci in range(len(manifest.campaigns)):
-        scope = _Scope(manifest, ci)
-        for row in _campaign_rows(scope):
-            for job, where in _row_jobs(scope, row, len(jobs)):
-                if job.key in first:
-                    raise where.error(
-                        f"campaign {job.campaign!r} makes the same job twice "
-                        f"(row {canonical_json(job.vars)}; first from {_short(first[job.key])})"
-                    )
-                if job.path in paths:
-                    raise scope.filename_where.error(
-                        f"jobs {paths[job.path].key} and {job.key} would both be written to "
-                        f"{job.path!r}; put {{key}} in the filename"
-                    )
-                first[job.key] = where
-                paths[job.path] = job
-                jobs.append(job)
+    origins: list[tuple[int, Where]] = []  # where each row's jobs start, and the row's place
+    try:
+        for ci in range(len(manifest.campaigns)):
+            scope = _Scope(manifest, ci)
+            for row in _campaign_rows(scope):
+                made = _row_jobs(scope, row, len(jobs))
+                origins.append((len(jobs), row.origin or scope.whole))
+                jobs.extend(made)
+    except ManifestError:
+        _check_distinct(manifest, jobs, origins)  # what the rows before made is checked first
+        raise
+    _check_distinct(manifest, jobs, origins)
     check_paths(manifest, jobs, state_dir)
     return jobs
+
+
+def _check_distinct(m: Manifest, jobs: list[Job], origins: list[tuple[int, Where]]) -> None:
+    """Refuse the first job (in manifest order) made twice, or written where another is."""
+    if len(set(job.key for job in jobs)) == len(jobs) == len(set(job.path for job in jobs)):
+        return  # told in C: nothing below would be found
+    first: dict[str, Where] = {}
+    paths: dict[str, Job] = {}
+    bounds = [start for start, _ in origins]
+    for i, job in enumerate(jobs):
+        where = origins[bisect.bisect_right(bounds, i) - 1][1]
+        if job.key in first:
+            raise where.error(
+                f"campaign {job.campaign!r} makes the same job twice "
+                f"(row {canonical_json(job.vars)}; first from {_short(first[job.key])})"
+            )
+        if job.path in paths:
+            raise m.where(("output", "filename")).error(
+                f"jobs {paths[job.path].key} and {job.key} would both be written to "
+                f"{job.path!r}; put {{key}} in the filename"
+            )
+        first[job.key] = where
+        paths[job.path] = job
 
 
 def _short(where: Where) -> str:
@@ -125,7 +143,20 @@ class _Scope:
         self._price_fields = _price_fields(m)
         self.seed_priced = "seed" in self._price_fields
         self.seed_texts: dict[int, str] = {}  # each seed's canonical JSON
+        self.suffix = key_suffix(None, c.soul)  # what ends a key without a variant
+        self._fields: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._prices: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def body_fields(self, request: Mapping[str, Any]) -> tuple[str, ...]:
+        """A body's field names in order: the known fields first, then the rest, and
+        ``seed`` where REQUEST_FIELDS puts it (worked out once per set of fields)."""
+        names = tuple(request)
+        fields = self._fields.get(names)
+        if fields is None:
+            every = dict.fromkeys((*REQUEST_FIELDS, *names, "seed"))
+            fields = tuple(k for k in every if k in request or k == "seed")
+            self._fields[names] = fields
+        return fields
 
     def credits(self, request: Mapping[str, Any], origin: Where) -> dict[str, Any]:
         """:func:`_credits`, worked out once per distinct set of the fields prices match on
@@ -163,7 +194,7 @@ def _campaign_rows(scope: _Scope) -> list[Row]:
     return rows
 
 
-def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
+def _row_jobs(scope: _Scope, row: Row, index: int) -> list[Job]:
     m, c = scope.manifest, scope.campaign
     origin = row.origin or scope.whole
     request, sources = _layered_request(scope, row)
@@ -184,7 +215,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
         plan = [(variant_seed(c.name, row.values, bare, v), v) for v in range(c.variants)]
     else:
         plan = [(None, None)]
-    out: list[tuple[Job, Where]] = []
+    out: list[Job] = []
     row_vars = dict(row.values)  # shared by the row's jobs, never changed
     prefix = key_prefix(c.name, row_vars)
     names = {**context, "key": None, "seed": None, "variant": None}
@@ -192,16 +223,16 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
     # request order: the known fields first, then the rest; a seed goes where REQUEST_FIELDS
     # puts it. The jobs of a row differ only by their seed: its body is copied from
     # ``seeded`` with the seed set, its key's text put together from pre-encoded parts.
-    fields = dict.fromkeys((*REQUEST_FIELDS, *request, "seed"))
-    seeded = {k: request.get(k) for k in fields if k in request or k == "seed"}
+    fields = scope.body_fields(request)
+    seeded = {k: request.get(k) for k in fields}
     head, tail = seed_parts(request)
     head = prefix + head
-    suffix = key_suffix(None, c.soul)
+    tail_suffix = tail + scope.suffix  # a seed's, with no variant
     # the seed changes the price only where a price rule matches on it
     credits = None
     for seed, variant in plan:
         if seed is None:
-            body = {k: request[k] for k in fields if k in request}
+            body = {k: request[k] for k in fields if k in request}  # no seed field: no seed
             key = row_key(prefix, body, variant, c.soul)
         else:
             body = seeded.copy()
@@ -210,7 +241,9 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
             if text is None:
                 text = scope.seed_texts[seed] = canonical_json(seed)
             key = key_of_text(
-                head + text + tail + (suffix if variant is None else key_suffix(variant, c.soul))
+                head
+                + text
+                + (tail_suffix if variant is None else tail + key_suffix(variant, c.soul))
             )
         names["key"] = key
         names["seed"] = body.get("seed")
@@ -232,7 +265,7 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[tuple[Job, Where]]:
             c.soul,
             scope.tags,
         )
-        out.append((job, origin))
+        out.append(job)
     return out
 
 
