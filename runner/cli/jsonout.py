@@ -11,6 +11,7 @@ put together in Python, and streamed (a piece per item) only when it is long.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
@@ -87,23 +88,25 @@ def _mapping(value: dict[Any, Any], level: int, last: Last) -> str:
     """A non-empty mapping, an item at a time: each value after its head (:func:`_heads`); a
     container that is the one last written at its place is not written again (``last``)."""
     heads = _heads(tuple(value), level)
-    parts: list[str] = []
-    for i, (head, item) in enumerate(zip(heads, value.values(), strict=True)):
-        if type(item) is str:
-            parts.append(head + encode_basestring(item))
-            continue
-        if isinstance(item, _CONTAINERS):
-            seen = last.get((heads, i))
-            if seen is not None and seen[0] is item:
-                parts.append(head + seen[1])
-                continue
-            text = _dumps(item, level + 1, last)
-            last[(heads, i)] = (item, text)  # holding it: its id stays its own
-        else:
-            text = _dumps(item, level + 1, last)
-        parts.append(head + text)
+    parts = [
+        head
+        + (encode_basestring(item) if type(item) is str else _item(item, (heads, i), level, last))
+        for i, head, item in zip(itertools.count(), heads, value.values())
+    ]
     parts.append(_newline(level) + "}")
     return "".join(parts)
+
+
+def _item(item: Any, place: tuple[tuple[str, ...], int], level: int, last: Last) -> str:
+    """A mapping's value (at nesting ``level + 1``), not a string."""
+    if not isinstance(item, _CONTAINERS):
+        return _dumps(item, level + 1, last)
+    seen = last.get(place)
+    if seen is not None and seen[0] is item:
+        return seen[1]
+    text = _dumps(item, level + 1, last)
+    last[place] = (item, text)  # holding it: its id stays its own
+    return text
 
 
 _HEADS: dict[tuple[tuple[Any, ...], int], tuple[str, ...]] = {}

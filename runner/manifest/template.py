@@ -207,6 +207,11 @@ def path_renderer(template: str, where: Where) -> Callable[[Mapping[str, Any]], 
     return render_one
 
 
+# A segment filled per job: its index, its one per-job name ("" when more), the texts around
+# that name, and its pieces (texts filled for the row, per-job names).
+_PerJob = tuple[int, str, str, str, tuple[tuple[str, str], ...]]
+
+
 def row_path_renderer(
     template: str, where: Where, per_job: frozenset[str]
 ) -> Callable[[Mapping[str, Any]], Callable[[Mapping[str, Any]], str]]:
@@ -232,7 +237,7 @@ def row_path_renderer(
 
     def bind(row: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
         parts: list[str] = []  # each segment; one naming a per-job name is filled per job
-        per_segment: list[tuple[int, str, str, str, tuple[tuple[str, str], ...]]] = []
+        per_segment: list[_PerJob] = []
         for i, layout in enumerate(layouts):
             if len(layout) == 1 and layout[0][0] == "run":
                 parts.append(sanitize_segment(_fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)))
@@ -252,17 +257,34 @@ def row_path_renderer(
             one = names[0] if len(names) == 1 else ""
             per_segment.append((i, one, before, after, left))
 
-        def render_one(context: Mapping[str, Any]) -> str:
-            out = parts.copy()
-            for i, one, before, after, left in per_segment:
-                value = context.get(one) if one else None
-                if type(value) is int:  # a seed, a variant: not a bool
-                    out[i] = sanitize_segment(before + str(value) + after)
-                else:
-                    out[i] = sanitize_segment(_fill(left, context, where, OPTIONAL_IN_PATHS))
-            return "/".join(out)
+        def filled(context: Mapping[str, Any], segment: _PerJob) -> str:
+            _, one, before, after, left = segment
+            value = context.get(one) if one else None
+            if type(value) is int:  # a seed, a variant: not a bool
+                return sanitize_segment(before + str(value) + after)
+            return sanitize_segment(_fill(left, context, where, OPTIONAL_IN_PATHS))
 
-        return render_one
+        if len(per_segment) != 1:
+
+            def render_one(context: Mapping[str, Any]) -> str:
+                out = parts.copy()
+                for segment in per_segment:
+                    out[segment[0]] = filled(context, segment)
+                return "/".join(out)
+
+            return render_one
+        # the usual case: one segment filled per job, between texts joined once
+        (i, one, before, after, _) = only = per_segment[0]
+        start = "".join(part + "/" for part in parts[:i])
+        end = "".join("/" + part for part in parts[i + 1 :])
+
+        def render_only(context: Mapping[str, Any]) -> str:
+            value = context.get(one) if one else None
+            if type(value) is int:  # as filled() does
+                return start + sanitize_segment(before + str(value) + after) + end
+            return start + filled(context, only) + end
+
+        return render_only
 
     return bind
 
