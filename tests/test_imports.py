@@ -35,10 +35,11 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
 """
 
 
-def imported(args: list[str], cwd: Path) -> list[str]:
-    """Which of HEAVY a ``runner`` process running ``args`` imported (its stdout's last line)."""
+def imported(args: list[str], cwd: Path, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """Which of ``heavy`` a ``runner`` process running ``args`` imported (its stdout's last
+    line)."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(args), json.dumps(HEAVY)],
+        [sys.executable, "-c", PROBE, json.dumps(args), json.dumps(heavy)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -73,10 +74,12 @@ def test_a_report_of_one_manifest_loads_the_manifest_but_starts_no_engine(tmp_pa
     assert got == ["pydantic", "runner.manifest"]
 
 
-def test_validate_imports_no_engine_or_http_client(tmp_path: Path) -> None:
+def test_validate_imports_no_engine_http_client_or_ledger(tmp_path: Path) -> None:
     _state, manifest, _keys = record(tmp_path, "night.yaml", 3, 2)
     got = imported(["-q", "validate", str(manifest)], tmp_path)
     assert got == ["pydantic", "runner.manifest"]
+    ledger = ("anyio", "runner.app.common", "runner.ledger", "runner.providers", "sqlite_utils")
+    assert imported(["-q", "validate", str(manifest)], tmp_path, ledger) == []
 
 
 def test_lazy_packages_keep_their_names_when_a_submodule_of_the_same_name_is_imported() -> None:

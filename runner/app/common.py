@@ -3,7 +3,6 @@ selection, and opening the ledger to execute or to read."""
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import os
 import random
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import anyio
 
+from runner.app.bulk import bulk as bulk  # where it was: run and report import it from here
 from runner.engine.calls import Calls
 from runner.engine.clock import SYSTEM_CLOCK, Clock
 from runner.engine.throttle import Throttle
@@ -107,18 +107,3 @@ def reading(state_dir: Path, ledger: str | None = None) -> Iterator[Ledger | Non
         return
     with opened:
         yield opened
-
-
-@contextmanager
-def bulk() -> Iterator[None]:
-    """Cyclic garbage collection paused while a step builds the many objects that live on
-    through it (100,000 jobs, rows, cards): each full collection would walk them all, a fifth
-    of such a step. They hold no cycles; collection resumes after, if it was on. Only around
-    work on one thread (a run's start and end, not the engine)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

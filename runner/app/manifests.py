@@ -1,4 +1,7 @@
-"""``validate`` and ``plan``: what a manifest says, and how it compares with the ledger."""
+"""``validate`` and ``plan``: what a manifest says, and how it compares with the ledger.
+
+``validate`` imports only what expanding takes: the ledger, the engine, the providers and
+anyio are imported by ``plan`` (and its estimates) when it runs."""
 
 from __future__ import annotations
 
@@ -7,17 +10,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from runner.app.common import Environment, bulk, provider_calls, reading
-from runner.engine import charged_credits
+from runner.app.bulk import bulk
 from runner.errors import ManifestError, UsageError
 from runner.jobs import Job, expand, number, plan_document
 from runner.manifest import Manifest, load_manifest
-from runner.providers import estimator, make_provider
-from runner.settings import RunOptions, engine_settings, provider_settings
+
+if TYPE_CHECKING:
+    from runner.app.common import Environment
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ def plan(
     far plus new, against ``max_total_credits``). Reads the ledger without the lock and
     writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
     the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
+    from runner.app.common import Environment, reading
+    from runner.engine import charged_credits
+
     manifest = load_manifest(manifest_path)
     with bulk():
         jobs = expand(manifest, state_dir=state_dir)
@@ -103,6 +107,12 @@ def priced_shape(request: dict[str, Any]) -> str:
 def estimated(manifest: Manifest, jobs: list[Job], env: Environment) -> list[Job]:
     """``jobs`` priced by the provider's estimate endpoint, asked once per priced shape. A
     provider that cannot price is a ``UsageError``."""
+    import anyio
+
+    from runner.app.common import provider_calls
+    from runner.providers import estimator, make_provider
+    from runner.settings import RunOptions, engine_settings, provider_settings
+
     settings = engine_settings(manifest, RunOptions(), env.environ)
     api_client = env.api_client() if env.api_client else None
     provider = make_provider(provider_settings(manifest), client=api_client, environ=env.environ)
