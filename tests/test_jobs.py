@@ -868,8 +868,8 @@ def test_canonical_json_is_json_dumps_sorted_and_compact(value: Any) -> None:
 
 
 def test_canonical_json_refuses_as_json_dumps_and_recovers() -> None:
-    """A circular or unencodable value is refused as ``json.dumps`` refuses it, and the
-    encoder's circular-reference markers left mid-way do not spoil the next value."""
+    """A circular or unencodable value is refused as ``json.dumps`` refuses it, and nothing
+    left of it spoils the next value."""
     from runner.jobs.keys import canonical_json
 
     loop: list[Any] = [1]

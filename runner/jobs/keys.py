@@ -92,34 +92,34 @@ def canonical_json(value: Any) -> str:
     ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
     if type(value) is str:
         return encode_basestring(value)
-    if _canonical_c is None:  # no C speedups
+    if _CANONICAL_C is None:  # no C speedups
         return _CANONICAL.encode(value)
     try:
-        return "".join(_canonical_c(value, 0))
-    except BaseException:
-        _reset_canonical()  # its circular-reference markers may be left mid-way
-        raise
+        return "".join(_CANONICAL_C(value, 0))
+    except RecursionError:  # circular, or too deep: refused as json.dumps refuses it
+        return _CANONICAL.encode(value)
 
 
 # json.dumps with these arguments, without building an encoder on every call
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_canonical_c: Any = None
-
-
-def _reset_canonical() -> None:
-    """The C encoder ``_CANONICAL.encode`` builds on every call, built once: what
-    ``JSONEncoder.iterencode`` passes it, with markers of its own (circular references are
-    refused as there)."""
-    global _canonical_c
-    if c_make_encoder is not None:
-        e = _CANONICAL
-        _canonical_c = c_make_encoder(
-            {}, e.default, encode_basestring, None, e.key_separator, e.item_separator,
-            e.sort_keys, e.skipkeys, e.allow_nan,
-        )  # fmt: skip
-
-
-_reset_canonical()
+# The C encoder ``_CANONICAL.encode`` builds on every call, built once: what
+# ``JSONEncoder.iterencode`` passes it, but without circular-reference markers (state shared
+# by every call): a circular value recurses until RecursionError, then goes the slow way.
+_CANONICAL_C: Any = (
+    c_make_encoder(
+        None,
+        _CANONICAL.default,
+        encode_basestring,
+        None,
+        _CANONICAL.key_separator,
+        _CANONICAL.item_separator,
+        _CANONICAL.sort_keys,
+        _CANONICAL.skipkeys,
+        _CANONICAL.allow_nan,
+    )
+    if c_make_encoder is not None
+    else None
+)
 
 
 def job_key(
