@@ -308,6 +308,28 @@ def test_keys_stored_by_an_older_ledger_are_hidden_when_shown(
     assert "***" in out
 
 
+def test_redacting_masks_the_columns_asked_for(world: World) -> None:
+    """``redacting`` masks the video URL and the error, or only the columns a reader shows
+    (the report: the error); a row with nothing to hide comes back as it is."""
+    from runner.app.queries import redacting
+
+    hat = world.spin[2].key
+    with open_ledger(default_ledger_url(world.state)) as led:
+        led.transition(hat, "submitting", generation_id="gen-3")
+        led.transition(hat, "completed", video_url=f"https://cdn.example.com/v?t={SEED_KEY}")
+        led.transition(hat, "failed", error=f"403 for {SEED_KEY}")
+        row, clean = led.get(hat), led.get(world.spin[0].key)
+    assert row is not None and clean is not None
+    env = {"HIGGSFIELD_API_KEY": SEED_KEY}
+    both, error_only = redacting(env)(row), redacting(env, columns=("error",))(row)
+    assert (both.video_url, both.error) == ("https://cdn.example.com/v?t=***", "403 for ***")
+    assert (error_only.video_url, error_only.error) == (row.video_url, "403 for ***")
+    assert both.to_dict() | {"video_url": None, "error": None} == row.to_dict() | {
+        "video_url": None, "error": None,
+    }  # fmt: skip
+    assert redacting(env)(clean) is clean
+
+
 def test_read_commands_without_a_ledger_print_empty_results(tmp_path: Path) -> None:
     """With no ledger yet: empty results, exit 0, and no state directory created."""
     state = tmp_path / "state"

@@ -1220,6 +1220,35 @@ def test_iter_jobs_streams_what_jobs_returns(ledger: Ledger) -> None:
     )  # fmt: skip
 
 
+def test_rows_as_json_text_are_json_dumps_of_their_dict(ledger: Ledger) -> None:
+    """A row's ``to_json`` (what export writes without decoding its JSON columns) and
+    ``json_text`` of each JSON column are ``json.dumps(..., ensure_ascii=False)`` of its
+    ``to_dict``, byte for byte: for rows read in bulk or one by one, before and after their
+    JSON columns are decoded, whatever the values hold (newlines, quotes, non-ASCII, floats)."""
+    tricky = 'line\none "quoted" \\ back\tslash é 日本 \u2028 <&>'
+    jobs = [
+        make_job("c", 0, prompt=tricky + " {x}", credits=0.1, tags=("é", "a\nb"), x=tricky),
+        make_job("c", 1, credits=1e16, x={"n": [1.5, None, True, {"k": "v"}]}, y=-0.0),
+        make_job("c", 2, credits=3),
+    ]
+    ledger.record_plan(MANIFEST, jobs)
+    ledger.transition(jobs[0].key, S.SUBMITTING)
+    ledger.transition(jobs[0].key, S.FAILED, error=f"bad, {tricky}", generation_id="g 1, 2")
+    ledger.transition(jobs[1].key, S.SUBMITTING, detail="x", generation_id='g\n"1"')
+    for rows in (ledger.jobs(), list(ledger.iter_jobs()), [ledger.get(j.key) for j in jobs]):
+        assert len(rows) == 3
+        for row in rows:
+            assert row is not None
+            # undecoded first, then decoded: the same text
+            for _ in range(2):
+                doc = row.to_dict()
+                assert row.to_json() == json.dumps(doc, ensure_ascii=False)
+                for name in ("request", "vars", "tags"):
+                    assert row.json_text(name) == json.dumps(doc[name], ensure_ascii=False)
+            assert dataclasses.replace(row).to_json() == row.to_json()  # built from its fields
+    assert json.loads(ledger.jobs()[0].to_json())["request"]["prompt"] == tricky + " " + tricky
+
+
 def test_many_keys_filter_like_few(ledger: Ledger) -> None:
     """A keys filter of thousands selects and orders exactly as a short one does, with the
     other filters, in jobs(), iter_jobs() and a plan that reads them."""

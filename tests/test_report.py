@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -588,3 +589,38 @@ def test_bundle_and_output_are_exclusive_on_the_command_line(setup: Setup) -> No
         cli, ["report", "--bundle", "b", "-o", "x.html", "--state", str(setup.state)]
     )
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_a_players_path_is_relative_to_the_page_however_the_ledger_spells_it(
+    tmp_path: Path,
+) -> None:
+    """A downloaded video's player points at it relative to the page's folder, whether the
+    ledger's location has doubled separators, dots, or lies in the page's folder, above it or
+    at the root (split by hand on POSIX: the same answer as ``os.path.split``)."""
+    from datetime import timedelta
+
+    from runner.report.links import link
+
+    page = tmp_path / "site" / "report"
+    videos = tmp_path / "videos" / "c"
+    videos.mkdir(parents=True)
+    page.mkdir(parents=True)
+    (videos / "a b.mp4").write_bytes(b"")
+    (page / "here.mp4").write_bytes(b"")
+    row = JobRow.from_row(
+        {name: None for name in JobRow.__dataclass_fields__}
+        | {"key": "k", "status": "downloaded", "path": "c/a b.mp4", "credits": 0.0}
+    )
+    spellings = {
+        str(videos / "a b.mp4"): ("../../videos/c/a b.mp4", "../../videos/c/a%20b.mp4"),
+        f"{tmp_path}//videos/./c//a b.mp4": ("../../videos/c/a b.mp4", "../../videos/c/a%20b.mp4"),
+        str(page / "here.mp4"): ("here.mp4", "here.mp4"),
+        f"{page}/../report/here.mp4": ("here.mp4", "here.mp4"),
+    }
+    for location, (file, url) in spellings.items():
+        placed = link(
+            dataclasses.replace(row, location=location), str(page), timedelta(hours=1), None
+        )
+        assert placed == (url, file.replace("/", os.sep), None), location
+    root = dataclasses.replace(row, location="/")  # a folder: not a file, so no player
+    assert link(root, str(page), timedelta(hours=1), None) == (None, "", "/")

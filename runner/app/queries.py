@@ -107,16 +107,23 @@ def _masked(mask: Callable[[str], str], text: str | None) -> str | None:
     return None if text is None else mask(text)
 
 
-def redacting(environ: Mapping[str, str] | None = None) -> Callable[[JobRow], JobRow]:
+def redacting(
+    environ: Mapping[str, str] | None = None, columns: tuple[str, ...] = ("video_url", "error")
+) -> Callable[[JobRow], JobRow]:
     """A function that masks the credentials of ``environ`` (default: the process's) in a row
-    where a provider's answer may have put them: the video URL and the error."""
+    where a provider's answer may have put them: the video URL and the error (``columns``:
+    those of them that will be shown)."""
     mask = redactor(environ=os.environ if environ is None else environ)
 
     def redacted(row: JobRow) -> JobRow:
-        video_url, error = _masked(mask, row.video_url), _masked(mask, row.error)
-        if video_url == row.video_url and error == row.error:
+        masked: dict[str, Any] = {}
+        for column in columns:
+            text = getattr(row, column)
+            if text is not None and (hidden := mask(text)) != text:
+                masked[column] = hidden
+        if not masked:
             return row  # nothing to hide: no copy (which would decode its JSON columns)
-        return dataclasses.replace(row, video_url=video_url, error=error)
+        return dataclasses.replace(row, **masked)
 
     return redacted
 

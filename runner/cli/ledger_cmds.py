@@ -162,10 +162,7 @@ def jobs(
         return
     _ledger_table(
         ("KEY", "CAMPAIGN", "STATUS", "ATTEMPTS", "PATH", "ERROR"),
-        [
-            (r.key, r.campaign, r.status.value, str(r.attempts), r.path, r.error or "")
-            for r in rows
-        ],
+        [(r.key, r.campaign, r.status.value, str(r.attempts), r.path, r.error or "") for r in rows],
     )
 
 
@@ -271,18 +268,11 @@ def export(
         return
     if fmt == "jsonl":
         for row in rows:
-            out.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            out.write(row.to_json() + "\n")
         return
     names = [f.name for f in dataclasses.fields(JobRow)]
-    writer = csv.writer(out, lineterminator="\n")
+    json_columns = {"request", "vars", "tags"}  # as JSON text, not decoded
+    writer = csv.writer(out, lineterminator="\n")  # None as "", a status as its word
     writer.writerow(names)
     for row in rows:
-        doc = row.to_dict()
-        writer.writerow(
-            [
-                "" if doc[n] is None
-                else json.dumps(doc[n], ensure_ascii=False) if isinstance(doc[n], dict | list)
-                else doc[n]
-                for n in names
-            ]
-        )  # fmt: skip
+        writer.writerow([row.json_text(n) if n in json_columns else getattr(row, n) for n in names])

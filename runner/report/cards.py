@@ -25,7 +25,7 @@ _RAW_DECODE = json.JSONDecoder().raw_decode
 
 def card(row: JobRow, link: Link, tags: tuple[str, ...]) -> Card:
     """The card of ``row`` (its ``tags``), its video shown as ``link`` says."""
-    request, matrix = _decoded(row, "request"), _decoded(row, "vars")
+    request, (matrix, matrix_fields) = _decoded(row, "request"), _matrix(row)
     prompt = request.get("prompt")
     src, file, missing = link
     return Card(  # by position: a page makes 100,000
@@ -40,7 +40,7 @@ def card(row: JobRow, link: Link, tags: tuple[str, ...]) -> Card:
         row.soul,
         None if prompt is None else _text(prompt),
         tidy_error(row.error),
-        _fields(row, request, matrix),
+        _fields(row, request, matrix, matrix_fields),
         _ids(row),
     )
 
@@ -72,13 +72,34 @@ def _decoded(row: JobRow, column: str) -> Any:
     """A JSON column of ``row`` decoded for its card only (the row is dropped once its card
     is written)."""
     text = row.stored_json(column)
-    if text is None:
-        return getattr(row, column)
+    return getattr(row, column) if text is None else _decode(text)
+
+
+def _decode(text: str) -> Any:
     try:  # the ledger's JSON is compact: the decoder's own step, without json.loads' checks
         value, end = _RAW_DECODE(text)
     except ValueError:
         return json.loads(text)
     return value if end == len(text) else json.loads(text)
+
+
+Fields = tuple[tuple[str, str], ...]
+
+
+def _matrix(row: JobRow) -> tuple[dict[str, Any], Fields]:
+    """The matrix row of ``row`` and its fields, decoded once for the jobs that share it
+    (its seeds, its variants: neighbours in manifest order)."""
+    text = row.stored_json("vars")
+    return _matrix_fields(row.vars) if text is None else _matrix_of_text(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix_of_text(text: str) -> tuple[dict[str, Any], Fields]:
+    return _matrix_fields(_decode(text))  # shared by cards that only read it
+
+
+def _matrix_fields(matrix: dict[str, Any]) -> tuple[dict[str, Any], Fields]:
+    return matrix, tuple((name, _text(value)) for name, value in matrix.items())
 
 
 def _variant_label(row: JobRow, request: dict[str, Any]) -> str | None:
@@ -100,10 +121,12 @@ def _image_name(url: str) -> str:
     return PurePosixPath(path).name or "image"
 
 
-def _fields(row: JobRow, request: dict[str, Any], matrix: dict[str, Any]) -> list[tuple[str, str]]:
-    """What a reviewer compares between cards: the matrix row, the request's shape, the
-    soul and source image, the credits."""
-    fields = [(name, _text(value)) for name, value in matrix.items()]
+def _fields(
+    row: JobRow, request: dict[str, Any], matrix: dict[str, Any], matrix_fields: Fields
+) -> list[tuple[str, str]]:
+    """What a reviewer compares between cards: the matrix row (``matrix_fields``), the
+    request's shape, the soul and source image, the credits."""
+    fields = list(matrix_fields)
     for name, label in REQUEST_SHOWN:
         value = request.get(name)
         if value is not None and name not in matrix:  # a matrix value shows once

@@ -22,6 +22,7 @@ BUNDLE_VIDEOS = "videos"  # the folder beside a bundled page that holds its vide
 Link = tuple[str | None, str, str | None]
 NO_LINK: Link = (None, "", None)
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
+_POSIX = os.sep == "/" and os.altsep is None
 
 
 class Bundle:
@@ -63,8 +64,11 @@ def link(row: JobRow, report_dir: str, presign_expiry: timedelta, bundle: Bundle
     if not location or not os.path.isfile(location):
         return None, "", location or row.path
     file = str(bundle.add(row, Path(location))) if bundle is not None else location
-    # relpath makes the folder absolute and normal: only a relative file needs it first
-    folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
+    if _POSIX and file.startswith("/"):  # split by hand (relpath makes the folder normal)
+        folder, _, name = file.rpartition("/")
+        folder = folder or "/"
+    else:  # relpath makes the folder absolute and normal: only a relative file needs it first
+        folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
     try:
         relative, url = _relative_folder(folder, report_dir)
     except ValueError:  # another drive (Windows): only an absolute URL can reach it

@@ -220,7 +220,7 @@ def _spool_cards(
 ) -> None:
     """Write the card of each row (with one of the ``wanted`` tags, if any) to ``spool`` as
     it comes, credentials masked, noting where each section's cards are."""
-    redacted = redacting()
+    redacted = redacting(columns=("error",))  # the page shows no video URL
     batch: list[str] = []
     offset = 0
     current: _Section | None = None
