@@ -179,22 +179,31 @@ async def test_without_sync_file_range_the_download_is_the_same(
     assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
 
 
-def test_sync_file_range_is_found_on_linux(tmp_path: Path) -> None:
-    """On Linux the real call is found, and starting and waiting on a written range works."""
+def test_sync_file_range_is_found_on_linux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux the real call is found, and starting a written range's writeback and waiting
+    on what lies behind it both succeed; the bytes stay as written."""
+    real = local._sync_file_range()
     if platform.system() != "Linux":
-        assert local._sync_file_range() is None
+        assert real is None
         return
+    assert real is not None
+    answers: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        answers.append((flags, real(fd, offset, nbytes, flags)))
+        return answers[-1][1]
+
+    monkeypatch.setattr(local, "_sync_file_range", lambda: record)
+    monkeypatch.setattr(local, "WRITEBACK_LAG", 1)
     path = tmp_path / "f"
     path.write_bytes(BIG)
     fd = os.open(path, os.O_RDWR)
     try:
-        local.writeback(fd, BLOCK, len(BIG))  # starts the tail
-        local.writeback(fd, (local.WRITEBACK_LAG + 1) * BLOCK, len(BIG))  # waits on a block
-        sync_file_range = local._sync_file_range()
-        assert sync_file_range is not None
-        assert sync_file_range(fd, 0, len(BIG), local._WRITE) == 0
+        local.writeback(fd, 2 * BLOCK, len(BIG))  # waits on the first block, starts the tail
     finally:
         os.close(fd)
+    both = local._WAIT_BEFORE | local._WRITE | local._WAIT_AFTER
+    assert answers == [(both, 0), (local._WRITE, 0)]
     assert path.read_bytes() == BIG
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from hashlib import _Hash as Hash
 
 BLOCK = 4 * 1024 * 1024  # bytes of a body written (and hashed) in one hand-off to a thread
-WRITEBACK_LAG = 4  # blocks written after the one whose writeback a write waits for
+WRITEBACK_LAG = 16  # blocks (64 MiB) a write lets the disk fall behind before it waits
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4  # linux/fs.h: SYNC_FILE_RANGE_*
 
 
@@ -209,10 +209,11 @@ def writeback(fd: int, start: int, end: int) -> None:
     Left to itself the kernel keeps a download's pages dirty (for up to 30 s, or until a
     tenth of memory is), so the fsync that makes a finished video durable wrote the whole
     file: a second or more per GiB after the last byte came. Started block by block, the
-    disk writes while the body arrives; waiting on the block ``WRITEBACK_LAG`` back keeps
-    what a download leaves dirty to a few blocks (and a download from a server faster than
-    the disk goes at the disk's pace, as its fsync would make it anyway). A hint only: the
-    fsync at the end makes the file durable and reports the disk's errors.
+    disk writes while the body arrives; waiting on what lies ``WRITEBACK_LAG`` blocks back
+    bounds what a download leaves dirty (and a download from a server faster than the disk
+    goes at the disk's pace, as its fsync would make it anyway; waiting on fewer blocks back
+    stalled the receiving more often, for no gain). A hint only: the fsync at the end makes
+    the file durable and reports the disk's errors.
     """
     sync_file_range = _sync_file_range()
     if sync_file_range is None:
