@@ -8,7 +8,7 @@ a quarter of the receiving thread's CPU on a 1 GiB video. Raising glibc's two th
 lets them come from a heap that keeps its pages (at most ``TRIM_THRESHOLD`` bytes stay free).
 
 h11 copied each piece of a body four times on its way to httpcore (appended to its buffer,
-sliced out twice, then ``bytes()`` of the slice): a fifth of the receiving CPU.
+sliced out twice, then ``bytes()`` of the slice): ~0.35 s of CPU a GiB, on the event loop.
 :class:`PieceBuffer` hands a piece that is a whole body read over as it came.
 """
 
