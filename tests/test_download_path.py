@@ -1,23 +1,29 @@
 """The download path end to end over real loopback sockets (runner.outputs.local.download through
 the pinned client): a body of many reads and several written blocks, hashed beside its write;
-a body cut short kept only as ``.part``; https with the certificate checked; and glibc's heap
-set once per process for the megabyte buffers (runner.outputs.heap)."""
+a body cut short kept only as ``.part``; https with the certificate checked; each block's
+writeback started as it is written and the file fsynced before its rename; glibc's heap set
+once per process for the megabyte buffers, and h11's buffer handing pieces over uncopied
+(runner.outputs.heap)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import os
 import platform
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 
 from runner.errors import TransientError
+from runner.outputs import local
 from runner.outputs.fetch import DownloadPolicy
-from runner.outputs.heap import keep_heap
+from runner.outputs.heap import PieceBuffer, fewer_copies, keep_heap
 from runner.outputs.local import BLOCK, download
 from runner.outputs.pinned import PinnedTransport, pinned_client
 from runner.outputs.pools import READ_SIZE
@@ -122,3 +128,178 @@ def test_keep_heap_once_per_process() -> None:
     first = keep_heap()
     assert keep_heap() is first
     assert first == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+async def test_each_block_is_written_back_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every block's writeback is started once it is written, in order and covering every
+    byte; each write first waits on what lies ``WRITEBACK_LAG`` blocks back; the file is
+    whole."""
+    calls: list[tuple[int, int, int]] = []
+
+    def record(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        assert os.fstat(fd).st_size >= offset + nbytes  # only bytes already written
+        calls.append((offset, nbytes, flags))
+        return 0
+
+    monkeypatch.setattr(local, "_sync_file_range", lambda: record)
+    monkeypatch.setattr(local, "WRITEBACK_LAG", 1)
+    server, port = await serve(answer_with(BIG))
+    async with server, pinned_client(LOCAL) as client:
+        saved = await download(
+            client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
+        )
+    assert (tmp_path / "v.mp4").read_bytes() == BIG
+    assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
+    started = [(offset, nbytes) for offset, nbytes, flags in calls if flags == local._WRITE]
+    assert started[0][0] == 0 and len(started) >= 3  # three blocks and a bit
+    for (offset, nbytes), (following, _) in itertools.pairwise(started):
+        assert offset + nbytes == following
+    assert started[-1][0] + started[-1][1] == len(BIG)
+    waited = [(offset, nbytes) for offset, nbytes, flags in calls if flags != local._WRITE]
+    assert waited and all(
+        offset == 0 and 0 < nbytes <= len(BIG) - BLOCK for offset, nbytes in waited
+    )
+    both = local._WAIT_BEFORE | local._WRITE | local._WAIT_AFTER
+    assert all(flags in (local._WRITE, both) for _, _, flags in calls)
+
+
+async def test_without_sync_file_range_the_download_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the C library has no sync_file_range, blocks are written as before."""
+    monkeypatch.setattr(local, "_sync_file_range", lambda: None)
+    server, port = await serve(answer_with(BIG))
+    async with server, pinned_client(LOCAL) as client:
+        saved = await download(
+            client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
+        )
+    assert (tmp_path / "v.mp4").read_bytes() == BIG
+    assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
+
+
+def test_sync_file_range_is_found_on_linux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux the real call is found, and starting a written range's writeback and waiting
+    on what lies behind it both succeed; the bytes stay as written."""
+    real = local._sync_file_range()
+    if platform.system() != "Linux":
+        assert real is None
+        return
+    assert real is not None
+    answers: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        answers.append((flags, real(fd, offset, nbytes, flags)))
+        return answers[-1][1]
+
+    monkeypatch.setattr(local, "_sync_file_range", lambda: record)
+    monkeypatch.setattr(local, "WRITEBACK_LAG", 1)
+    path = tmp_path / "f"
+    path.write_bytes(BIG)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        local.writeback(fd, 2 * BLOCK, len(BIG))  # waits on the first block, starts the tail
+    finally:
+        os.close(fd)
+    both = local._WAIT_BEFORE | local._WRITE | local._WAIT_AFTER
+    assert answers == [(both, 0), (local._WRITE, 0)]
+    assert path.read_bytes() == BIG
+
+
+async def test_the_file_is_fsynced_before_its_rename_and_the_rename_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable before it is final: the whole ``.part`` fsynced, then renamed, then its folder
+    fsynced."""
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else "?"
+        steps.append(f"fsync {Path(target).name} {os.fstat(fd).st_size}")
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        steps.append(f"replace {Path(src).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    server, port = await serve(answer_with(BIG))
+    async with server, pinned_client(LOCAL) as client:
+        await download(client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL)
+    if os.path.exists("/proc/self/fd"):
+        assert steps == [
+            f"fsync v.mp4.part {len(BIG)}",
+            "replace v.mp4.part",
+            f"fsync {tmp_path.name} {os.stat(tmp_path).st_size}",
+        ]
+    assert (tmp_path / "v.mp4").read_bytes() == BIG
+
+
+RESPONSES = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nabcde\r\n3\r\nfgh\r\n0\r\n\r\n"
+    b"HTTP/1.1 204 No Content\r\n\r\n"
+)
+
+
+def events(pieces: list[bytes], buffer: type | None) -> list[object]:
+    """What an h11 client makes of three responses arriving as ``pieces`` (its own buffer,
+    or ``buffer``), with each body's pieces joined."""
+    connection = h11.Connection(h11.CLIENT)
+    if buffer is not None:
+        connection._receive_buffer = buffer()
+    seen: list[object] = []
+    data = iter(pieces)
+    for _ in range(3):
+        connection.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        connection.send(h11.EndOfMessage())
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(next(data, b""))
+                continue
+            if isinstance(event, h11.Data):
+                body = bytes(event.data)
+                if seen and isinstance(seen[-1], bytes):
+                    body = seen.pop() + body  # type: ignore[operator]
+                seen.append(body)
+            else:
+                seen.append(event)
+            if isinstance(event, h11.EndOfMessage):
+                break
+        connection.start_next_cycle()
+    return seen
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 13, 40, len(RESPONSES)])
+def test_piece_buffer_reads_what_h11_reads(size: int) -> None:
+    """Headers, a sized body, a chunked one and pipelined responses split every which way:
+    the same events as with h11's own buffer."""
+    pieces = [RESPONSES[i : i + size] for i in range(0, len(RESPONSES), size)]
+    assert events(pieces, PieceBuffer) == events(pieces, None)
+
+
+def test_piece_buffer_hands_a_body_piece_over_uncopied() -> None:
+    """A piece that is all the buffer holds and within what the body owes is the very object
+    received; httpcore's ``bytes()`` of it is the same object again."""
+    connection = h11.Connection(h11.CLIENT)
+    connection._receive_buffer = PieceBuffer()
+    connection.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    connection.send(h11.EndOfMessage())
+    connection.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n")
+    assert isinstance(connection.next_event(), h11.Response)
+    piece = bytes(range(256)) * 4096
+    connection.receive_data(piece)
+    event = connection.next_event()
+    assert isinstance(event, h11.Data) and event.data is piece and bytes(event.data) is piece
+
+
+def test_fewer_copies_once_per_process() -> None:
+    """Set once; h11 connections made afterwards use :class:`PieceBuffer`."""
+    first = fewer_copies()
+    assert fewer_copies() is first is True
+    assert isinstance(h11.Connection(h11.CLIENT)._receive_buffer, PieceBuffer)
