@@ -2,8 +2,7 @@
 the pinned client): a body of many reads and several written blocks, hashed beside its write;
 a body cut short kept only as ``.part``; https with the certificate checked; each block's
 writeback started as it is written and the file fsynced before its rename; glibc's heap set
-once per process for the megabyte buffers, and h11's buffer handing pieces over uncopied
-(runner.outputs.heap)."""
+once per process for the megabyte buffers (runner.outputs.heap)."""
 
 from __future__ import annotations
 
@@ -16,14 +15,13 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import h11
 import httpx
 import pytest
 
 from runner.errors import TransientError
 from runner.outputs import local
 from runner.outputs.fetch import DownloadPolicy
-from runner.outputs.heap import PieceBuffer, fewer_copies, keep_heap
+from runner.outputs.heap import keep_heap
 from runner.outputs.local import BLOCK, download
 from runner.outputs.pinned import PinnedTransport, pinned_client
 from runner.outputs.pools import READ_SIZE
@@ -236,70 +234,3 @@ async def test_the_file_is_fsynced_before_its_rename_and_the_rename_after(
             f"fsync {tmp_path.name} {os.stat(tmp_path).st_size}",
         ]
     assert (tmp_path / "v.mp4").read_bytes() == BIG
-
-
-RESPONSES = (
-    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"5\r\nabcde\r\n3\r\nfgh\r\n0\r\n\r\n"
-    b"HTTP/1.1 204 No Content\r\n\r\n"
-)
-
-
-def events(pieces: list[bytes], buffer: type | None) -> list[object]:
-    """What an h11 client makes of three responses arriving as ``pieces`` (its own buffer,
-    or ``buffer``), with each body's pieces joined."""
-    connection = h11.Connection(h11.CLIENT)
-    if buffer is not None:
-        connection._receive_buffer = buffer()
-    seen: list[object] = []
-    data = iter(pieces)
-    for _ in range(3):
-        connection.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-        connection.send(h11.EndOfMessage())
-        while True:
-            event = connection.next_event()
-            if event is h11.NEED_DATA:
-                connection.receive_data(next(data, b""))
-                continue
-            if isinstance(event, h11.Data):
-                body = bytes(event.data)
-                if seen and isinstance(seen[-1], bytes):
-                    body = seen.pop() + body  # type: ignore[operator]
-                seen.append(body)
-            else:
-                seen.append(event)
-            if isinstance(event, h11.EndOfMessage):
-                break
-        connection.start_next_cycle()
-    return seen
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 7, 13, 40, len(RESPONSES)])
-def test_piece_buffer_reads_what_h11_reads(size: int) -> None:
-    """Headers, a sized body, a chunked one and pipelined responses split every which way:
-    the same events as with h11's own buffer."""
-    pieces = [RESPONSES[i : i + size] for i in range(0, len(RESPONSES), size)]
-    assert events(pieces, PieceBuffer) == events(pieces, None)
-
-
-def test_piece_buffer_hands_a_body_piece_over_uncopied() -> None:
-    """A piece that is all the buffer holds and within what the body owes is the very object
-    received; httpcore's ``bytes()`` of it is the same object again."""
-    connection = h11.Connection(h11.CLIENT)
-    connection._receive_buffer = PieceBuffer()
-    connection.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
-    connection.send(h11.EndOfMessage())
-    connection.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n")
-    assert isinstance(connection.next_event(), h11.Response)
-    piece = bytes(range(256)) * 4096
-    connection.receive_data(piece)
-    event = connection.next_event()
-    assert isinstance(event, h11.Data) and event.data is piece and bytes(event.data) is piece
-
-
-def test_fewer_copies_once_per_process() -> None:
-    """Set once; h11 connections made afterwards use :class:`PieceBuffer`."""
-    first = fewer_copies()
-    assert fewer_copies() is first is True
-    assert isinstance(h11.Connection(h11.CLIENT)._receive_buffer, PieceBuffer)

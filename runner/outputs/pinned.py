@@ -28,7 +28,7 @@ import httpcore
 import httpx
 
 from runner.errors import UnsafeURLError
-from runner.outputs.heap import fewer_copies, keep_heap
+from runner.outputs.heap import keep_heap
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
 from runner.outputs.pools import LargeReads, ShardedTransport
 from runner.outputs.streams import AsyncioBackend
@@ -103,7 +103,6 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         keep_heap()  # a video's megabyte buffers: see heap.py
-        fewer_copies()
         last: Exception | None = None
         for address in await self.addresses(host, port, timeout):
             try:
