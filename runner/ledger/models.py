@@ -302,3 +302,6 @@ class PlanDiff:
     # jobs the manifest no longer produces that were already sent (SPEC v2 §4): they stay in
     # flight until a run cancels them while queued or downloads them, then become orphaned
     finishing_keys: tuple[str, ...] = ()
+    # ``record_plan`` only: True when recording it wrote nothing (no new job, refreshed
+    # column or status change), so what was read of the jobs before it still holds
+    unchanged: bool = False

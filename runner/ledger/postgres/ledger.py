@@ -34,7 +34,7 @@ from runner.ledger.models import (
     PlanDiff,
     Transition,
 )
-from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.plan import Plan, gather_plan, plan_writes, recorded
 from runner.ledger.postgres.claims import JobClaims
 from runner.ledger.postgres.filters import JOB_ORDER, job_filter
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
@@ -384,7 +384,7 @@ class PostgresLedger(JobClaims):
                     cursor.execute(_update_job(changes), [*changes.values(), key])
             for row, to, detail in writes.moves:
                 self._apply(row, to, detail, {})
-        return plan.diff
+        return recorded(plan, writes)
 
     def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan[JobRow]:
         return gather_plan(

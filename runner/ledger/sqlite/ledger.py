@@ -27,7 +27,7 @@ from runner.ledger.models import (
     PlannedRow,
     Transition,
 )
-from runner.ledger.plan import Plan, R, gather_plan, plan_writes
+from runner.ledger.plan import Plan, R, gather_plan, plan_writes, recorded
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
@@ -373,7 +373,7 @@ class SqliteLedger(JobClaims):
             whole = {r.key: r for r in self.jobs(keys=[row.key for row, _, _ in writes.moves])}
             for row, to, detail in writes.moves:
                 self._apply(whole[row.key], to, detail, {})
-        return plan.diff
+        return recorded(plan, writes)
 
     def _planned(
         self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], T]
