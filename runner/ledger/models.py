@@ -18,6 +18,7 @@ def _loads(text: str | None, default: Any) -> Any:
 
 
 _STATUSES = {status.value: status for status in JobStatus}
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,9 @@ class JobBrief(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobBrief:
         """Build from the values of :data:`BRIEF_COLUMNS`, in that order."""
-        key, manifest, campaign, status, *rest = values
-        return cls(key, manifest, campaign, _STATUSES.get(status) or JobStatus(status), *rest)
+        values = list(values)
+        values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
+        return _new_tuple(cls, values)  # what ``cls(*values)`` does, without its Python frame
 
 
 #: The ``jobs`` columns of a :class:`JobBrief`, in its order.
@@ -204,8 +206,9 @@ class PlannedRow(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> PlannedRow:
         """Build from the values of :data:`PLANNED_COLUMNS`, in that order."""
-        key, manifest, campaign, status, *rest = values
-        return cls(key, manifest, campaign, _STATUSES.get(status) or JobStatus(status), *rest)
+        values = list(values)
+        values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
+        return _new_tuple(cls, values)  # what ``cls(*values)`` does, without its Python frame
 
     def stored_json(self, name: str) -> str | None:
         """The text of JSON column ``name`` (as ``JobRow.stored_json``)."""
@@ -215,6 +218,25 @@ class PlannedRow(NamedTuple):
 
 #: The ``jobs`` columns of a :class:`PlannedRow`, in its order.
 PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
+
+
+class JobState(NamedTuple):
+    """What a diff reads of a job (``plan.Recorded``): ``plan --json`` reads these three
+    columns of 100,000 jobs instead of their briefs."""
+
+    key: str
+    manifest: str
+    status: JobStatus
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> JobState:
+        """Build from the values of :data:`STATE_COLUMNS`, in that order."""
+        key, manifest, status = values
+        return _new_tuple(cls, (key, manifest, _STATUSES.get(status) or JobStatus(status)))
+
+
+#: The ``jobs`` columns of a :class:`JobState`, in its order.
+STATE_COLUMNS: tuple[str, ...] = JobState._fields
 
 
 @dataclass(frozen=True)

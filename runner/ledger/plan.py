@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 
-
 def _encoder() -> Callable[[Any], str]:
     """``json.dumps(value, ensure_ascii=False)``, the same text, without what it sets up on
     every call: the C encoder is made once (no circular check: a job's values went through
@@ -78,16 +77,26 @@ def gather_plan(
     are recorded for this manifest, in ``jobs()`` order; ``restore(key)`` the status an
     orphaned job goes back to (see ``status.restored_status``).
     """
-    produced: dict[str, Job] = {}
-    for job in jobs:
-        produced.setdefault(job.key, job)
-    rows: dict[str, R] = {}
-    for row in read_rows(list(produced), manifest):
-        rows.setdefault(row.key, row)
+    produced = _first_by_key(jobs)
+    rows = _first_by_key(list(read_rows(list(produced), manifest)))
     existing = {key: rows[key] for key in produced if key in rows}
     gone = [row for row in rows.values() if row.key not in produced and row.manifest == manifest]
     back = {key: restore(key) for key, row in existing.items() if row.status is JobStatus.ORPHANED}
     return compute_plan(produced, existing, gone, back)
+
+
+K = TypeVar("K", bound="Job | Recorded")
+
+
+def _first_by_key(items: Sequence[K]) -> dict[str, K]:
+    """``items`` by key, the first of each key, in their order (keys are usually unique: then
+    one dict comprehension does it)."""
+    found = {item.key: item for item in items}
+    if len(found) < len(items):
+        found = {}
+        for item in items:
+            found.setdefault(item.key, item)
+    return found
 
 
 def compute_plan(
@@ -108,8 +117,7 @@ def compute_plan(
     orphaned = JobStatus.ORPHANED
     # each known job's status after the plan, in manifest order (``existing`` is in it)
     after = {
-        key: restore[key] if row.status is orphaned else row.status
-        for key, row in existing.items()
+        key: restore[key] if row.status is orphaned else row.status for key, row in existing.items()
     }
     tally = Counter(after.values())
     pending = JobStatus.PENDING

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 #: The advisory lock that writers of many rows take in turn: "runner", then 2.
 PLAN_LOCK = 0x72756E6E65720002
 
+
 def _insert(table: str, columns: Iterable[str]) -> sql.Composed:
     names = list(columns)
     return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(

@@ -19,10 +19,12 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    STATE_COLUMNS,
     EventRow,
     GenerationTime,
     JobBrief,
     JobRow,
+    JobState,
     PlanDiff,
     PlannedRow,
     Transition,
@@ -345,7 +347,7 @@ class SqliteLedger(JobClaims):
         """What :meth:`record_plan` would do with these jobs, without writing anything."""
         manifest = str(manifest_path)
         with self._store.read():
-            return self._plan(manifest, jobs, BRIEF_COLUMNS, JobBrief.from_values).diff
+            return self._plan(manifest, jobs, STATE_COLUMNS, JobState.from_values).diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff: new jobs
