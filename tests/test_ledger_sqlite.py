@@ -460,3 +460,26 @@ def test_a_plan_rewrites_json_columns_only_when_their_values_change(state: Path)
     assert request == json.dumps(changed.request, ensure_ascii=False)
     assert (matrix, tags) == (before[1], "[]")
     assert row is not None and (row.request, row.tags) == (changed.request, ())
+
+
+def test_the_plans_json_is_json_dumps_text() -> None:
+    """The ledger's JSON columns are written (and compared) as ``json.dumps(value,
+    ensure_ascii=False)`` writes them, whatever the values; a value JSON cannot hold is a
+    TypeError as there."""
+    from runner.ledger.plan import _json
+
+    values: list[Any] = [
+        {"prompt": 'café \u2603 "quoted" \\ \n\t', "duration": 5, "ratio": 1.5, "seed": 2**40},
+        {"nested": {"list": [1, 2.0, None, True, False], "empty": {}}, "": []},
+        ("a", "b"),
+        [float("inf"), float("-inf"), 1e-7, -0.0],
+        "text",
+        3,
+        None,
+        {1: "int key", 2.5: "float key", False: "bool key", None: "none key"},
+    ]
+    for value in values:
+        assert _json(value) == json.dumps(value, ensure_ascii=False)
+    assert _json([float("nan")]) == json.dumps([float("nan")], ensure_ascii=False)
+    with pytest.raises(TypeError):
+        _json({"when": object()})

@@ -8,6 +8,7 @@ under way finish and commit; a second one drops their shields and stops at once)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -294,9 +295,8 @@ class Executor(EarlierWork):
         done: set[JobStatus] = set(ENDED)
         if not self.settings.download:
             done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
-        statuses: dict[JobStatus, int] = {}
-        driven = any(isinstance(r, JobRow) for r in rows)
-        for brief in self.ledger.briefs(keys=[r.key for r in rows]) if driven else rows:
-            statuses[brief.status] = statuses.get(brief.status, 0) + 1
+        if JobRow in set(map(type, rows)):
+            rows = list(self.ledger.briefs(keys=[r.key for r in rows]))
+        statuses = Counter(r.status for r in rows)  # in the order the jobs first have them
         self.outcome.unfinished = sum(n for s, n in statuses.items() if s not in done)
         self.outcome.statuses = {s.value: n for s, n in statuses.items()}

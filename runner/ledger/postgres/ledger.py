@@ -42,12 +42,12 @@ from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
+    counted_statuses,
     grouped_counts,
     matched_key,
     note_event,
     retry_change,
     status_change,
-    status_counts_query,
 )
 from runner.ledger.status import JobStatus, restored_status
 
@@ -269,8 +269,7 @@ class PostgresLedger(JobClaims):
         """``{status: count}`` in manifest order; see ``Ledger.status_counts``."""
         where, params = job_filter(None, campaign, manifest, None)
         with self._store.read() as conn:
-            rows = conn.execute(status_counts_query(str(where)), params).fetchall()
-        return {str(r["status"]): int(r["jobs"]) for r in rows}
+            return counted_statuses(lambda sql: conn.execute(sql, params).fetchall(), str(where))
 
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any

@@ -33,12 +33,12 @@ from runner.ledger.plan import Plan, R, gather_plan, plan_writes, recorded
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
+    counted_statuses,
     grouped_counts,
     matched_key,
     note_event,
     retry_change,
     status_change,
-    status_counts_query,
 )
 from runner.ledger.sqlite.claims import JobClaims
 from runner.ledger.sqlite.filters import JOB_ORDER, KEYS_IN_SQL, in_json, job_filter, json_text
@@ -254,8 +254,7 @@ class SqliteLedger(JobClaims):
         """``{status: count}`` in manifest order; see ``Ledger.status_counts``."""
         where, params, _ = job_filter(None, campaign, manifest, None)
         with self._store.read() as db:
-            rows = db.query(status_counts_query(str(where)), params)
-            return {str(r["status"]): int(r["jobs"]) for r in rows}
+            return counted_statuses(lambda sql: db.query(sql, params), str(where))
 
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
