@@ -22,7 +22,8 @@ from sqlite_utils import Database
 
 from runner.errors import LedgerError, LedgerLockedError
 from runner.ledger import ExecutorLock, SqliteLedger, default_ledger_url, open_ledger
-from runner.ledger.sqlite.migrations import MIGRATIONS, applied_migrations, migrate
+from runner.ledger.sqlite.filters import JOB_ORDER
+from runner.ledger.sqlite.migrations import INDEXES_ONLY, MIGRATIONS, applied_migrations, migrate
 from tests.test_ledger import JOB_COLUMNS, MANIFEST, make_job
 
 EXPECTED_COLUMNS = {
@@ -245,6 +246,28 @@ def test_open_readonly_on_an_older_ledger_says_so(state: Path) -> None:
     assert [name for name, _ in migrations_recorded(state / "ledger.db")] == [
         fn.__name__ for fn in MIGRATIONS[:2]
     ]
+
+
+def test_a_ledger_lacking_only_indexes_is_read_the_same_then_upgraded(state: Path) -> None:
+    """A ledger written before the jobs' order index (m016) is still read, read-only, in the
+    same order (the index only spares a sort); the next write-mode open adds it."""
+    state.mkdir()
+    db_path = state / "ledger.db"
+    older = [fn for fn in MIGRATIONS if fn.__name__ not in INDEXES_ONLY]
+    migrate(Database(db_path), older)
+    jobs = [make_job(prompt=f"p{i}", index=i % 3) for i in range(7)]  # shared job_index: key
+    with SqliteLedger.open(db_path, migrations=older) as led:  # as the older runner
+        led.record_plan(MANIFEST, jobs)
+    with open_ledger(url_of(state), readonly=True) as led:
+        order = [r.key for r in led.jobs()]
+    assert order == [j.key for j in sorted(jobs, key=lambda j: (j.index, j.key))]
+    assert "m016_jobs_order_index" not in dict(migrations_recorded(db_path))
+    with open_ledger(url_of(state)) as led:
+        assert [r.key for r in led.jobs()] == order
+    assert "m016_jobs_order_index" in dict(migrations_recorded(db_path))
+    with sqlite3.connect(db_path) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN SELECT key FROM jobs {JOB_ORDER}").fetchall()
+    assert "idx_jobs_manifest_order" in str(plan) and "TEMP B-TREE" not in str(plan)
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int, str]]:

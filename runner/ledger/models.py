@@ -101,6 +101,10 @@ class JobRow:
         text = self.__dict__.get(_RAW + name)
         return text if isinstance(text, str) else None
 
+    def plan_texts(self) -> tuple[str | None, str | None, str | None]:
+        """:meth:`stored_json` of ``tags``, ``request`` and ``vars`` (as ``PlannedRow``'s)."""
+        return (self.stored_json("tags"), self.stored_json("request"), self.stored_json("vars"))
+
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
         doc = {name: getattr(self, name) for name in JOB_COLUMNS}
@@ -214,6 +218,10 @@ class PlannedRow(NamedTuple):
         """The text of JSON column ``name`` (as ``JobRow.stored_json``)."""
         text = getattr(self, name)
         return text if isinstance(text, str) else None
+
+    def plan_texts(self) -> tuple[str | None, str | None, str | None]:
+        """The text of ``tags``, ``request`` and ``vars``, as the ledger holds them."""
+        return self[10:13]
 
 
 #: The ``jobs`` columns of a :class:`PlannedRow`, in its order.

@@ -185,6 +185,7 @@ class Stored(Recorded, Protocol):
     @property
     def variant(self) -> int | None: ...
     def stored_json(self, name: str) -> str | None: ...
+    def plan_texts(self) -> tuple[str | None, str | None, str | None]: ...
 
 
 S = TypeVar("S", bound=Stored)
@@ -231,7 +232,7 @@ def refreshed_columns(
         changes = {column: new for column, (old, new) in wanted.items() if old != new}
     # a tuple is encoded as its list; a request is its job's own
     texts = (encode(job.tags), _json(job.request), encode(job.vars))
-    held = (row.stored_json("tags"), row.stored_json("request"), row.stored_json("vars"))
+    held = row.plan_texts()  # (tags, request, vars) as stored_json gives them
     if texts == held:  # the usual case: all three as the ledger holds them
         return changes
     values = (("tags", job.tags), ("request", job.request), ("vars", job.vars))
