@@ -717,6 +717,25 @@ def test_status_counts_in_manifest_order(ledger: Ledger) -> None:
     assert ledger.status_counts(MANIFEST, []) == {}
 
 
+def test_record_plan_says_when_it_wrote_nothing(ledger: Ledger) -> None:
+    """A recorded plan's diff is ``unchanged`` only when recording wrote nothing: no new job,
+    no refreshed column, no status change (what a run then reads again, or not)."""
+    a = matrix_jobs("a", "{x}", x=[1, 2, 3])
+    assert not ledger.diff(MANIFEST, a).unchanged  # a diff records nothing to say so of
+    assert not ledger.record_plan(MANIFEST, a).unchanged  # new jobs
+    assert ledger.record_plan(MANIFEST, a).unchanged
+    moved = [a[0], dataclasses.replace(a[1], path="elsewhere.mp4"), a[2]]
+    assert not ledger.record_plan(MANIFEST, moved).unchanged  # a refreshed path
+    assert ledger.record_plan(MANIFEST, moved).unchanged
+    retagged = [*moved[:2], dataclasses.replace(a[2], tags=("t",))]
+    assert not ledger.record_plan(MANIFEST, retagged).unchanged  # a refreshed JSON column
+    assert not ledger.record_plan(MANIFEST, retagged[:2]).unchanged  # a[2] orphaned
+    assert ledger.record_plan(MANIFEST, retagged[:2]).unchanged  # already orphaned
+    assert not ledger.record_plan(MANIFEST, retagged).unchanged  # produced again
+    assert ledger.record_plan(MANIFEST, retagged).unchanged
+    assert [r.status for r in ledger.jobs()] == [JobStatus.PENDING] * 3
+
+
 def test_retry_failed_bumps_the_idempotency_key(ledger: Ledger) -> None:
     """Failed jobs go back to pending with key <key>-<n+1>, no attempts, no error."""
     jobs = matrix_jobs("a", "{x}", x=[1, 2, 3]) + matrix_jobs("b", "{x}", start=3, x=[1])

@@ -22,7 +22,8 @@ from sqlite_utils import Database
 
 from runner.errors import LedgerError, LedgerLockedError
 from runner.ledger import ExecutorLock, SqliteLedger, default_ledger_url, open_ledger
-from runner.ledger.sqlite.migrations import MIGRATIONS, applied_migrations, migrate
+from runner.ledger.sqlite.filters import JOB_ORDER
+from runner.ledger.sqlite.migrations import INDEXES_ONLY, MIGRATIONS, applied_migrations, migrate
 from tests.test_ledger import JOB_COLUMNS, MANIFEST, make_job
 
 EXPECTED_COLUMNS = {
@@ -247,6 +248,28 @@ def test_open_readonly_on_an_older_ledger_says_so(state: Path) -> None:
     ]
 
 
+def test_a_ledger_lacking_only_indexes_is_read_the_same_then_upgraded(state: Path) -> None:
+    """A ledger written before the jobs' order index (m016) is still read, read-only, in the
+    same order (the index only spares a sort); the next write-mode open adds it."""
+    state.mkdir()
+    db_path = state / "ledger.db"
+    older = [fn for fn in MIGRATIONS if fn.__name__ not in INDEXES_ONLY]
+    migrate(Database(db_path), older)
+    jobs = [make_job(prompt=f"p{i}", index=i % 3) for i in range(7)]  # shared job_index: key
+    with SqliteLedger.open(db_path, migrations=older) as led:  # as the older runner
+        led.record_plan(MANIFEST, jobs)
+    with open_ledger(url_of(state), readonly=True) as led:
+        order = [r.key for r in led.jobs()]
+    assert order == [j.key for j in sorted(jobs, key=lambda j: (j.index, j.key))]
+    assert "m016_jobs_order_index" not in dict(migrations_recorded(db_path))
+    with open_ledger(url_of(state)) as led:
+        assert [r.key for r in led.jobs()] == order
+    assert "m016_jobs_order_index" in dict(migrations_recorded(db_path))
+    with sqlite3.connect(db_path) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN SELECT key FROM jobs {JOB_ORDER}").fetchall()
+    assert "idx_jobs_manifest_order" in str(plan) and "TEMP B-TREE" not in str(plan)
+
+
 def snapshot(directory: Path) -> dict[str, tuple[int, int, str]]:
     """Every file of ``directory``: mode, mtime (ns) and content hash."""
     return {
@@ -460,3 +483,26 @@ def test_a_plan_rewrites_json_columns_only_when_their_values_change(state: Path)
     assert request == json.dumps(changed.request, ensure_ascii=False)
     assert (matrix, tags) == (before[1], "[]")
     assert row is not None and (row.request, row.tags) == (changed.request, ())
+
+
+def test_the_plans_json_is_json_dumps_text() -> None:
+    """The ledger's JSON columns are written (and compared) as ``json.dumps(value,
+    ensure_ascii=False)`` writes them, whatever the values; a value JSON cannot hold is a
+    TypeError as there."""
+    from runner.ledger.plan import _json
+
+    values: list[Any] = [
+        {"prompt": 'café \u2603 "quoted" \\ \n\t', "duration": 5, "ratio": 1.5, "seed": 2**40},
+        {"nested": {"list": [1, 2.0, None, True, False], "empty": {}}, "": []},
+        ("a", "b"),
+        [float("inf"), float("-inf"), 1e-7, -0.0],
+        "text",
+        3,
+        None,
+        {1: "int key", 2.5: "float key", False: "bool key", None: "none key"},
+    ]
+    for value in values:
+        assert _json(value) == json.dumps(value, ensure_ascii=False)
+    assert _json([float("nan")]) == json.dumps([float("nan")], ensure_ascii=False)
+    with pytest.raises(TypeError):
+        _json({"when": object()})

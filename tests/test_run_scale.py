@@ -4,12 +4,15 @@ must still do when they are batched — observable results only, never timings."
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner.app.common import bulk
-from runner.ledger import EventRow, JobStatus, default_ledger_url, open_ledger
+from runner.ledger import EventRow, JobBrief, JobStatus, default_ledger_url, open_ledger
+from runner.ledger.sqlite import SqliteLedger
 from runner.mock import MockOptions
 from tests.test_executor import FAST_LIMITS, Harness, assert_files_match_mock
 
@@ -62,6 +65,41 @@ def test_rechecking_many_missing_files_sends_each_back_once(tmp_path: Path) -> N
             assert len(completed(row.key)) == 1
             assert ledger.get(row.key) == row
     assert_files_match_mock(h)
+
+
+def test_a_no_op_rerun_reads_the_manifests_briefs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-running a manifest whose jobs are all downloaded writes nothing: the one read of its
+    briefs before recording serves the relocation, the selection, the credits spent and the
+    engine's counts. When recording does write (a job more), they are read again after it."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=22))
+    h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]))
+    assert h.run().counts == {"downloaded": 6}
+    reads: list[dict[str, Any]] = []
+    briefs = SqliteLedger.briefs
+
+    def counted(self: SqliteLedger, **where: Any) -> Iterator[JobBrief]:
+        reads.append(where)
+        return briefs(self, **where)
+
+    monkeypatch.setattr(SqliteLedger, "briefs", counted)
+    result = h.run()
+    assert (result.counts, result.outcome.unfinished, result.outcome.submitted) == (
+        {"downloaded": 6},
+        0,
+        0,
+    )
+    assert result.outcome.statuses == {"downloaded": 6}
+    manifest = str(h.manifest.resolve())
+    assert reads == [{"manifest": manifest}]
+    reads.clear()
+    h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2, 3]))  # three jobs more
+    result = h.run()
+    assert result.counts == {"downloaded": 9}
+    assert result.outcome.submitted == 3
+    # before recording and after it (the others: the new jobs' relocation, the engine's count)
+    assert [r for r in reads if "keys" not in r] == [{"manifest": manifest}] * 2
 
 
 def test_bulk_steps_pause_garbage_collection_and_restore_it() -> None:

@@ -90,7 +90,7 @@ def _local_files(
     """The local files still needed, each once, in manifest order: the ``image_url`` of
     jobs that may still be sent (the ledger read only for jobs that name one), and the
     images of the souls jobs use (a handful: resolved whatever their jobs' status)."""
-    local = [job for job in jobs if _local_image(job) is not None]
+    local = [job for job in jobs if "image_url" in job.request and _local_image(job) is not None]
     rows = ledger.jobs(keys=[job.key for job in local]) if local else []
     sent = {row.key for row in rows if row.status.value not in TO_SEND}
     found: dict[str, _File] = {}

@@ -181,16 +181,22 @@ def _prepare(
     credits the manifest has spent (``engine.charged_credits``)."""
     manifest = str(loaded.manifest.path)
     files: Mapping[str, str] = {}
+    unchanged = False
     if options.collect:
         finishing = ledger.diff(manifest, loaded.jobs).finishing_keys
     else:
-        _relocate(ledger, loaded.store, loaded.jobs)
+        # The manifest's jobs as the ledger has them before the plan is recorded: what moved
+        # outputs are looked for in, and, when nothing is written until the re-check (the
+        # usual re-run), its jobs after recording too, without reading them again.
+        before = list(ledger.briefs(manifest=manifest))
+        moved = _relocate(ledger, loaded.store, loaded.jobs, before)
         resolved = resolve(ledger, loaded.manifest, loaded.jobs, env, strict=False)
         diff = record(ledger, loaded.manifest, loaded.jobs, loaded.store.root, resolved)
         finishing, files = diff.finishing_keys, resolved.files
+        unchanged = diff.unchanged and not moved
     keys = [j.key for j in loaded.selected]
-    if options.retry_failed:
-        ledger.retry_failed(manifest, keys=keys)
+    if options.retry_failed and ledger.retry_failed(manifest, keys=keys):
+        unchanged = False
     if options.collect:
         briefs = list(ledger.briefs(keys=keys))
         spent = charged_credits(ledger.briefs(manifest=manifest))
@@ -198,7 +204,7 @@ def _prepare(
         # Recorded, every job of the plan is the manifest's: one read of the manifest's jobs
         # gives the selected ones (in the same order) and what it has spent (a re-check
         # below sends a charged job back to be downloaded: still charged).
-        recorded = list(ledger.briefs(manifest=manifest))
+        recorded = before if unchanged else list(ledger.briefs(manifest=manifest))
         spent = charged_credits(recorded)
         wanted = set(keys)
         briefs = [r for r in recorded if r.key in wanted]
@@ -255,16 +261,27 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return errors[0] if len(errors) == len(leaves) else group
 
 
-def _relocate(ledger: Ledger, store: OutputStore, jobs: Sequence[Job]) -> None:
+def _relocate(
+    ledger: Ledger, store: OutputStore, jobs: Sequence[Job], recorded: Sequence[JobBrief]
+) -> int:
     """When ``output.filename`` or ``output.dir`` changes, downloaded videos move with it
-    instead of being downloaded (or, if their URLs have expired, failed) again."""
+    instead of being downloaded (or, if their URLs have expired, failed) again. ``recorded``
+    are the manifest's jobs as the ledger has them; the ledger is read again only when the
+    plan has jobs it does not hold (new ones, or another manifest's). How many moved."""
     planned = {j.key: j.path for j in jobs}
-    for row in list(ledger.briefs(keys=list(planned), status=JobStatus.DOWNLOADED)):
+    if len(planned) == sum(1 for r in recorded if r.key in planned):
+        rows = [r for r in recorded if r.status is JobStatus.DOWNLOADED and r.key in planned]
+    else:
+        rows = list(ledger.briefs(keys=list(planned), status=JobStatus.DOWNLOADED))
+    moved = 0
+    for row in rows:
         old = row.location or store.location(row.path)
         new = store.relocate(old, planned[row.key])
         if new is not None:
             detail = f"moved {old} to {new} (output changed)"
             ledger.transition(row.key, JobStatus.DOWNLOADED, detail=detail, location=new)
+            moved += 1
+    return moved
 
 
 def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[JobBrief | JobRow]:

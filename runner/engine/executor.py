@@ -8,6 +8,7 @@ under way finish and commit; a second one drops their shields and stops at once)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -288,12 +289,14 @@ class Executor(EarlierWork):
             self.on_progress(self.progress)
 
     def _count_unfinished(self, rows: Sequence[Driven]) -> None:
-        keys = [r.key for r in rows]
+        """The run's jobs by status as it stops. Given only briefs (jobs that had ended: a
+        no-op run), nothing was driven and they are counted as given; otherwise the ledger
+        is read (one read of the briefs, in its order)."""
         done: set[JobStatus] = set(ENDED)
         if not self.settings.download:
             done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
-        statuses: dict[JobStatus, int] = {}
-        for brief in self.ledger.briefs(keys=keys):
-            statuses[brief.status] = statuses.get(brief.status, 0) + 1
+        if JobRow in set(map(type, rows)):
+            rows = list(self.ledger.briefs(keys=[r.key for r in rows]))
+        statuses = Counter(r.status for r in rows)  # in the order the jobs first have them
         self.outcome.unfinished = sum(n for s, n in statuses.items() if s not in done)
         self.outcome.statuses = {s.value: n for s, n in statuses.items()}

@@ -19,6 +19,7 @@ def _loads(text: str | None, default: Any) -> Any:
 
 
 _STATUSES = {status.value: status for status in JobStatus}
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class JobRow:
         :meth:`from_values`); ``None`` otherwise (then compare :attr:`request` etc.)."""
         text = self.__dict__.get(_RAW + name)
         return text if isinstance(text, str) else None
+
+    def plan_texts(self) -> tuple[str | None, str | None, str | None]:
+        """:meth:`stored_json` of ``tags``, ``request`` and ``vars`` (as ``PlannedRow``'s)."""
+        return (self.stored_json("tags"), self.stored_json("request"), self.stored_json("vars"))
 
     def to_dict(self) -> dict[str, Any]:
         """The ledger columns as plain JSON-able values (``status`` as its word)."""
@@ -228,8 +233,9 @@ class JobBrief(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobBrief:
         """Build from the values of :data:`BRIEF_COLUMNS`, in that order."""
-        key, manifest, campaign, status, *rest = values
-        return cls(key, manifest, campaign, _STATUSES.get(status) or JobStatus(status), *rest)
+        values = list(values)
+        values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
+        return _new_tuple(cls, values)  # what ``cls(*values)`` does, without its Python frame
 
 
 #: The ``jobs`` columns of a :class:`JobBrief`, in its order.
@@ -258,17 +264,41 @@ class PlannedRow(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> PlannedRow:
         """Build from the values of :data:`PLANNED_COLUMNS`, in that order."""
-        key, manifest, campaign, status, *rest = values
-        return cls(key, manifest, campaign, _STATUSES.get(status) or JobStatus(status), *rest)
+        values = list(values)
+        values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
+        return _new_tuple(cls, values)  # what ``cls(*values)`` does, without its Python frame
 
     def stored_json(self, name: str) -> str | None:
         """The text of JSON column ``name`` (as ``JobRow.stored_json``)."""
         text = getattr(self, name)
         return text if isinstance(text, str) else None
 
+    def plan_texts(self) -> tuple[str | None, str | None, str | None]:
+        """The text of ``tags``, ``request`` and ``vars``, as the ledger holds them."""
+        return self[10:13]
+
 
 #: The ``jobs`` columns of a :class:`PlannedRow`, in its order.
 PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
+
+
+class JobState(NamedTuple):
+    """What a diff reads of a job (``plan.Recorded``): ``plan --json`` reads these three
+    columns of 100,000 jobs instead of their briefs."""
+
+    key: str
+    manifest: str
+    status: JobStatus
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> JobState:
+        """Build from the values of :data:`STATE_COLUMNS`, in that order."""
+        key, manifest, status = values
+        return _new_tuple(cls, (key, manifest, _STATUSES.get(status) or JobStatus(status)))
+
+
+#: The ``jobs`` columns of a :class:`JobState`, in its order.
+STATE_COLUMNS: tuple[str, ...] = JobState._fields
 
 
 @dataclass(frozen=True)
@@ -356,3 +386,6 @@ class PlanDiff:
     # jobs the manifest no longer produces that were already sent (SPEC v2 §4): they stay in
     # flight until a run cancels them while queued or downloads them, then become orphaned
     finishing_keys: tuple[str, ...] = ()
+    # ``record_plan`` only: True when recording it wrote nothing (no new job, refreshed
+    # column or status change), so what was read of the jobs before it still holds
+    unchanged: bool = False

@@ -8,8 +8,10 @@ and ``record_plan`` do the reading (:func:`gather_plan`) and the writing, in the
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from runner.ledger.models import PlanDiff
@@ -19,8 +21,21 @@ from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 if TYPE_CHECKING:
     from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
-# json.dumps(value, ensure_ascii=False), without making an encoder for every value
-_json = json.JSONEncoder(ensure_ascii=False).encode
+
+def _encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False)``, the same text, without what it sets up on
+    every call: the C encoder is made once (no circular check: a job's values went through
+    the key's canonical JSON, which has one)."""
+    plain = json.JSONEncoder(ensure_ascii=False)
+    if c_make_encoder is None:  # no C speedups: the same text, a little slower
+        return plain.encode
+    encode = c_make_encoder(
+        None, plain.default, encode_basestring, None, ": ", ", ", False, False, True
+    )
+    return lambda value: "".join(encode(value, 0))
+
+
+_json = _encoder()
 
 
 class Recorded(Protocol):
@@ -62,16 +77,26 @@ def gather_plan(
     are recorded for this manifest, in ``jobs()`` order; ``restore(key)`` the status an
     orphaned job goes back to (see ``status.restored_status``).
     """
-    produced: dict[str, Job] = {}
-    for job in jobs:
-        produced.setdefault(job.key, job)
-    rows: dict[str, R] = {}
-    for row in read_rows(list(produced), manifest):
-        rows.setdefault(row.key, row)
+    produced = _first_by_key(jobs)
+    rows = _first_by_key(list(read_rows(list(produced), manifest)))
     existing = {key: rows[key] for key in produced if key in rows}
     gone = [row for row in rows.values() if row.key not in produced and row.manifest == manifest]
     back = {key: restore(key) for key, row in existing.items() if row.status is JobStatus.ORPHANED}
     return compute_plan(produced, existing, gone, back)
+
+
+K = TypeVar("K", bound="Job | Recorded")
+
+
+def _first_by_key(items: Sequence[K]) -> dict[str, K]:
+    """``items`` by key, the first of each key, in their order (keys are usually unique: then
+    one dict comprehension does it)."""
+    found = {item.key: item for item in items}
+    if len(found) < len(items):
+        found = {}
+        for item in items:
+            found.setdefault(item.key, item)
+    return found
 
 
 def compute_plan(
@@ -89,40 +114,29 @@ def compute_plan(
     queued or to download, and only then orphan (SPEC v2 §4)."""
     finishing = [row for row in gone if row.status in IN_FLIGHT]
     gone = [row for row in gone if row.status not in IN_FLIGHT]
-    statuses = {
-        key: restore[key].value if row.status is JobStatus.ORPHANED else row.status.value
-        for key, row in existing.items()
+    orphaned = JobStatus.ORPHANED
+    # each known job's status after the plan, in manifest order (``existing`` is in it)
+    after = {
+        key: restore[key] if row.status is orphaned else row.status for key, row in existing.items()
     }
-    new = done = in_flight = failed = 0
+    tally = Counter(after.values())
+    pending = JobStatus.PENDING
     credits = 0.0
     for key, job in produced.items():
-        status = JobStatus(statuses.get(key, JobStatus.PENDING))
-        if status is JobStatus.PENDING:
-            new += 1
+        if after.get(key, pending) is pending:
             credits += job.credits
-        elif status is JobStatus.DOWNLOADED:
-            done += 1
-        elif status in IN_FLIGHT:
-            in_flight += 1
-        elif status is JobStatus.FAILED:
-            failed += 1
-    in_flight += len(finishing)
     diff = PlanDiff(
-        statuses={key: statuses[key] for key in produced if key in statuses},
+        statuses={key: status.value for key, status in after.items()},
         total=len(produced),
-        new=new,
-        done=done,
-        in_flight=in_flight,
-        failed=failed,
+        new=len(produced) - len(existing) + tally[pending],
+        done=tally[JobStatus.DOWNLOADED],
+        in_flight=sum(tally[status] for status in IN_FLIGHT) + len(finishing),
+        failed=tally[JobStatus.FAILED],
         orphaned=len(gone),
         new_credits=credits,
         added=tuple(key for key in produced if key not in existing),
         orphaned_keys=tuple(row.key for row in gone),
-        restored_keys=tuple(
-            key
-            for key in produced
-            if key in existing and existing[key].status is JobStatus.ORPHANED
-        ),
+        restored_keys=tuple(key for key, row in existing.items() if row.status is orphaned),
         finishing_keys=tuple(row.key for row in finishing),
     )
     to_orphan = [row for row in gone if row.status is not JobStatus.ORPHANED]
@@ -171,6 +185,7 @@ class Stored(Recorded, Protocol):
     @property
     def variant(self) -> int | None: ...
     def stored_json(self, name: str) -> str | None: ...
+    def plan_texts(self) -> tuple[str | None, str | None, str | None]: ...
 
 
 S = TypeVar("S", bound=Stored)
@@ -215,10 +230,14 @@ def refreshed_columns(
             "variant": (row.variant, job.variant),
         }
         changes = {column: new for column, (old, new) in wanted.items() if old != new}
-    for column, value in (("tags", job.tags), ("request", job.request), ("vars", job.vars)):
-        # a tuple is encoded as its list; a request is its job's own
-        text = _json(value) if column == "request" else encode(value)
-        if text == row.stored_json(column):
+    # a tuple is encoded as its list; a request is its job's own
+    texts = (encode(job.tags), _json(job.request), encode(job.vars))
+    held = row.plan_texts()  # (tags, request, vars) as stored_json gives them
+    if texts == held:  # the usual case: all three as the ledger holds them
+        return changes
+    values = (("tags", job.tags), ("request", job.request), ("vars", job.vars))
+    for (column, value), text, stored in zip(values, texts, held, strict=True):
+        if text == stored:
             continue
         old = getattr(row, column)
         if isinstance(old, str):  # a PlannedRow's text
@@ -278,3 +297,9 @@ def plan_writes(plan: Plan[S], manifest: str, now: str, ledger_id: str) -> PlanW
         refreshed=refreshed,
         moves=moves,
     )
+
+
+def recorded(plan: Plan[Any], writes: PlanWrites[Any]) -> PlanDiff:
+    """What ``record_plan`` returns: the plan's diff, saying whether ``writes`` wrote nothing."""
+    unchanged = not (writes.new_jobs or writes.refreshed or writes.moves)
+    return replace(plan.diff, unchanged=unchanged)

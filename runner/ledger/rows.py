@@ -9,7 +9,7 @@ plan.py.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -128,15 +128,34 @@ def grouped_counts(groups: Iterable[tuple[str, str, int]]) -> dict[str, dict[str
     return result
 
 
-def status_counts_query(where: str) -> str:
+def status_counts_query(where: str, *, exact: bool = False) -> str:
     """The SQL of ``Ledger.status_counts`` (the same on both dialects): each status and its
     count, in the order of its first job in manifest order (``JOB_ORDER`` within the one
-    manifest that ``where`` names)."""
+    manifest that ``where`` names). The first form orders by each status's lowest
+    ``job_index`` (one grouped scan); two statuses with the same lowest index (an orphan
+    left at a current job's place) need the ``exact`` form, which numbers every job
+    (:func:`counted_statuses`)."""
+    if not exact:
+        return (
+            "SELECT status, count(*) AS jobs, min(job_index) AS first_index FROM jobs"
+            f" WHERE {where} GROUP BY status ORDER BY first_index"
+        )
     return (
         "SELECT status, count(*) AS jobs FROM (SELECT status, row_number() OVER"
         f" (ORDER BY job_index, key) AS n FROM jobs WHERE {where}) AS t GROUP BY status"
         " ORDER BY min(n)"
     )
+
+
+def counted_statuses(
+    query: Callable[[str], Iterable[Mapping[str, Any]]], where: str
+) -> dict[str, int]:
+    """``Ledger.status_counts`` from ``query(sql)`` (the rows of ``sql``, its parameters
+    bound by the caller): the grouped scan, or the exact order when it ties."""
+    rows = list(query(status_counts_query(where)))
+    if len({r["first_index"] for r in rows}) < len(rows):
+        rows = list(query(status_counts_query(where, exact=True)))
+    return {str(r["status"]): int(r["jobs"]) for r in rows}
 
 
 def matched_key(prefix: str, keys: list[str]) -> str:

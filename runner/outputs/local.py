@@ -46,12 +46,20 @@ class LocalStore:
     def __init__(self, output_dir: str | Path) -> None:
         self.dir = Path(output_dir)
         self._root: str | None = None
+        self._joined: str | None = None
 
     def _resolved(self) -> str:
         """The folder with its links resolved, worked out once."""
         if self._root is None:
             self._root = str(self.dir.resolve())
         return self._root
+
+    def _prefix(self) -> str:
+        """The resolved folder and a separator: ``prefix + relative`` is ``os.path.join``'s
+        for a relative path, put together without its checks (once per downloaded job)."""
+        if self._joined is None:
+            self._joined = os.path.join(self._resolved(), "")
+        return self._joined
 
     @property
     def root(self) -> str:
@@ -85,7 +93,8 @@ class LocalStore:
     present = staticmethod(present)  # whether a file is at a location (with a size, if given)
 
     def relocate(self, old: str, relative: str) -> str | None:
-        if old == os.path.join(self._resolved(), relative):
+        # (``relative`` absolute: ``join`` gives it alone. POSIX, as the ledger's flock.)
+        if old == self._prefix() + relative and not relative.startswith("/"):
             return None  # already there (the usual case: checked without resolving each path)
         source = Path(old)
         target = safe_destination(self.dir, relative)

@@ -34,7 +34,7 @@ from runner.ledger.models import (
     PlanDiff,
     Transition,
 )
-from runner.ledger.plan import Plan, gather_plan, plan_writes
+from runner.ledger.plan import Plan, gather_plan, plan_writes, recorded
 from runner.ledger.postgres.claims import JobClaims
 from runner.ledger.postgres.filters import JOB_ORDER, job_filter
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
@@ -42,12 +42,12 @@ from runner.ledger.postgres.store import CONNECT_TIMEOUT, Store
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
+    counted_statuses,
     grouped_counts,
     matched_key,
     note_event,
     retry_change,
     status_change,
-    status_counts_query,
 )
 from runner.ledger.status import JobStatus, restored_status
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 #: The advisory lock that writers of many rows take in turn: "runner", then 2.
 PLAN_LOCK = 0x72756E6E65720002
+
 
 def _insert(table: str, columns: Iterable[str]) -> sql.Composed:
     names = list(columns)
@@ -268,8 +269,7 @@ class PostgresLedger(JobClaims):
         """``{status: count}`` in manifest order; see ``Ledger.status_counts``."""
         where, params = job_filter(None, campaign, manifest, None)
         with self._store.read() as conn:
-            rows = conn.execute(status_counts_query(str(where)), params).fetchall()
-        return {str(r["status"]): int(r["jobs"]) for r in rows}
+            return counted_statuses(lambda sql: conn.execute(sql, params).fetchall(), str(where))
 
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
@@ -384,7 +384,7 @@ class PostgresLedger(JobClaims):
                     cursor.execute(_update_job(changes), [*changes.values(), key])
             for row, to, detail in writes.moves:
                 self._apply(row, to, detail, {})
-        return plan.diff
+        return recorded(plan, writes)
 
     def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan[JobRow]:
         return gather_plan(

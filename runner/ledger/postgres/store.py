@@ -27,6 +27,7 @@ from psycopg.types.string import TextLoader
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, utcnow
 from runner.ledger.postgres.migrations import (
+    INDEXES_ONLY,
     MIGRATIONS,
     Connection,
     Migration,
@@ -102,11 +103,12 @@ class Store:
         if len(pending) == len(MIGRATIONS):  # never set up: nothing recorded yet
             conn.close()
             return None
-        if pending:
+        missing = [name for name in pending if name not in INDEXES_ONLY]  # readers need these
+        if missing:
             conn.close()
             raise LedgerError(
                 f"the ledger {store.url} was written by an older runner and lacks "
-                f"{', '.join(pending)}; the next `runner run` upgrades it"
+                f"{', '.join(missing)}; the next `runner run` upgrades it"
             )
         return store
 

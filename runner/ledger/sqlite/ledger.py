@@ -19,24 +19,26 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    STATE_COLUMNS,
     EventRow,
     GenerationTime,
     JobBrief,
     JobRow,
+    JobState,
     PlanDiff,
     PlannedRow,
     Transition,
 )
-from runner.ledger.plan import Plan, R, gather_plan, plan_writes
+from runner.ledger.plan import Plan, R, gather_plan, plan_writes, recorded
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
+    counted_statuses,
     grouped_counts,
     matched_key,
     note_event,
     retry_change,
     status_change,
-    status_counts_query,
 )
 from runner.ledger.sqlite.claims import JobClaims
 from runner.ledger.sqlite.filters import JOB_ORDER, KEYS_IN_SQL, in_json, job_filter, json_text
@@ -252,8 +254,7 @@ class SqliteLedger(JobClaims):
         """``{status: count}`` in manifest order; see ``Ledger.status_counts``."""
         where, params, _ = job_filter(None, campaign, manifest, None)
         with self._store.read() as db:
-            rows = db.query(status_counts_query(str(where)), params)
-            return {str(r["status"]): int(r["jobs"]) for r in rows}
+            return counted_statuses(lambda sql: db.query(sql, params), str(where))
 
     def transition(
         self, key: str, to: JobStatus | str, *, detail: str | None = None, **columns: Any
@@ -345,7 +346,7 @@ class SqliteLedger(JobClaims):
         """What :meth:`record_plan` would do with these jobs, without writing anything."""
         manifest = str(manifest_path)
         with self._store.read():
-            return self._plan(manifest, jobs, BRIEF_COLUMNS, JobBrief.from_values).diff
+            return self._plan(manifest, jobs, STATE_COLUMNS, JobState.from_values).diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff: new jobs
@@ -373,7 +374,7 @@ class SqliteLedger(JobClaims):
             whole = {r.key: r for r in self.jobs(keys=[row.key for row, _, _ in writes.moves])}
             for row, to, detail in writes.moves:
                 self._apply(whole[row.key], to, detail, {})
-        return plan.diff
+        return recorded(plan, writes)
 
     def _planned(
         self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], T]

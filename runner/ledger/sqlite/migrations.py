@@ -16,6 +16,10 @@ from runner.ledger.rows import LEDGER_ID, new_ledger_id
 Migration = Callable[[Database], None]
 
 MIGRATIONS_TABLE = "_migrations"
+#: Migrations that only add or replace indexes: a ledger lacking them gives a reader the same
+#: rows (a little more slowly), so a read-only open does not refuse it; the next run applies
+#: them.
+INDEXES_ONLY = frozenset({"m016_jobs_order_index"})
 MIGRATIONS: list[Migration] = []
 
 
@@ -241,3 +245,12 @@ def m015_account_pauses(db: Database) -> None:
     # Until when an account's calls wait, from a Retry-After any process received
     # (PostgreSQL uses it: runner/ledger/postgres/limits.py); 0: no pause.
     db.table("account_rates").add_column("paused_until", float, not_null_default=0.0)
+
+
+@migration
+def m016_jobs_order_index(db: Database) -> None:
+    # Reads of many jobs go in JOB_ORDER (manifest, job_index, key): with the key in the index
+    # SQLite walks it in that order instead of sorting each job_index's rows again (about a
+    # fifth of reading 100,000 briefs). It replaces the (manifest, job_index) index.
+    db.execute("CREATE INDEX idx_jobs_manifest_order ON jobs (manifest, job_index, key)")
+    db.execute("DROP INDEX IF EXISTS idx_jobs_manifest_job_index")

@@ -19,7 +19,13 @@ from sqlite_utils import Database
 from runner.errors import LedgerError
 from runner.ledger.base import Clock, utcnow
 from runner.ledger.rows import timestamp
-from runner.ledger.sqlite.migrations import MIGRATIONS, Migration, migrate, pending_migrations
+from runner.ledger.sqlite.migrations import (
+    INDEXES_ONLY,
+    MIGRATIONS,
+    Migration,
+    migrate,
+    pending_migrations,
+)
 
 LEDGER_FILE = "ledger.db"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another writer's transaction to finish
@@ -102,11 +108,12 @@ class Store:
         if len(pending) == len(MIGRATIONS):  # created but never set up: nothing recorded yet
             conn.close()
             return None
-        if pending:
+        missing = [name for name in pending if name not in INDEXES_ONLY]  # readers need these
+        if missing:
             conn.close()
             raise LedgerError(
                 f"the ledger {path} was written by an older runner and lacks "
-                f"{', '.join(pending)}; the next `runner run` upgrades it"
+                f"{', '.join(missing)}; the next `runner run` upgrades it"
             )
         return store
 
