@@ -26,7 +26,7 @@ from runner.errors import (
 )
 from runner.outputs.pinned import POLICY_EXTENSION, pinned_client
 from runner.outputs.policy import URLPolicy, check_url
-from runner.outputs.pools import ShardedTransport
+from runner.outputs.pools import Client, ShardedTransport
 from runner.providers.classify import (
     raise_for_status,
     raise_for_transport,
@@ -312,5 +312,5 @@ def _api_client(timeout: httpx.Timeout) -> httpx.AsyncClient:
     """The API client: small pools (``outputs.pools``), unless the environment names a proxy
     (``HTTPS_PROXY`` and the like), which httpx honours only with its own transport."""
     if any(scheme in getproxies() for scheme in ("http", "https", "all")):
-        return httpx.AsyncClient(timeout=timeout, limits=API_LIMITS)
-    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(API_LIMITS))
+        return Client(timeout=timeout, limits=API_LIMITS)
+    return Client(timeout=timeout, transport=ShardedTransport(API_LIMITS))
