@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from runner.engine.writes import GroupCommit
-from runner.errors import TransientError, TransitionError
+from runner.errors import TransientError, TransitionError, UnsafeURLError
 from runner.ledger import JobStatus, open_ledger
 from runner.outputs import local
+from runner.outputs.fetch import DownloadPolicy
 from runner.outputs.pools import Client, ShardedTransport
 from tests.test_ledger import MANIFEST, make_job
 
@@ -250,3 +251,29 @@ def test_a_body_is_written_whole_even_when_cut(
     whole = b"".join(chunks)
     assert (tmp_path / "v.part").read_bytes() == whole  # every byte received is kept
     assert digest.hexdigest() == hashlib.sha256(whole).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["../x.mp4", "a/../../x.mp4", "/abs.mp4"])
+def test_an_escaping_output_name_is_refused_by_save_before_any_fetch(
+    tmp_path: Path, name: str
+) -> None:
+    """The engine leaves this check to ``save`` (no path resolved twice a download)."""
+    asked: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(200, content=b"video")
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            with pytest.raises(UnsafeURLError):
+                await local.LocalStore(tmp_path / "out").save(
+                    client,
+                    "http://127.0.0.1/v.mp4",
+                    name,
+                    policy=DownloadPolicy(allow_private=True),
+                )
+
+    anyio.run(main)
+    assert asked == []
+    assert not (tmp_path / "x.mp4").exists()
