@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from runner.engine.writes import GroupCommit
-from runner.errors import TransientError, TransitionError
+from runner.errors import TransientError, TransitionError, UnsafeURLError
 from runner.ledger import JobStatus, open_ledger
 from runner.outputs import local
-from runner.outputs.pools import ShardedTransport
+from runner.outputs.fetch import DownloadPolicy
+from runner.outputs.pools import Client, ShardedTransport
 from tests.test_ledger import MANIFEST, make_job
 
 
@@ -112,6 +113,117 @@ def test_sharded_transport_spreads_requests_and_counts_them_back() -> None:
     anyio.run(main)
 
 
+def _counting_shards(served: list[int]) -> ShardedTransport:
+    """Two pools of two connections, each answering with a body read only when asked."""
+
+    def shard(index: int) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            served.append(index)
+            return httpx.Response(200, stream=_Streamed())
+
+        return httpx.MockTransport(answer)
+
+    made = iter(range(100))
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    return ShardedTransport(limits, lambda _one: shard(next(made)), per_shard=2)
+
+
+def test_requests_past_every_pools_room_wait_in_order_outside_the_pools() -> None:
+    served: list[int] = []
+    transport = _counting_shards(served)
+    order: list[str] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            held = [
+                await client.send(client.build_request("GET", "http://x/"), stream=True)
+                for _ in range(4)
+            ]
+            assert sorted(served) == [0, 0, 1, 1]  # every connection of both pools in use
+
+            async def late(name: str) -> None:
+                async with client.stream("GET", "http://x/") as response:
+                    order.append(name)
+                    await response.aread()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(late, "first")
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(late, "second")
+                await anyio.wait_all_tasks_blocked()
+                assert len(served) == 4 and order == []  # both wait, neither in a pool
+                await held[1].aclose()  # a connection of pool 1 is free: one after the other
+            assert order == ["first", "second"] and served[4:] == [1, 1]
+            for response in held[:1] + held[2:]:
+                await response.aclose()
+            served.clear()
+            await client.get("http://x/")
+            assert served == [0]  # every count given back
+
+    anyio.run(main)
+
+
+def test_a_cancelled_wait_leaves_the_queue_and_a_long_one_is_a_pool_timeout() -> None:
+    served: list[int] = []
+    transport = _counting_shards(served)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            held = [
+                await client.send(client.build_request("GET", "http://x/"), stream=True)
+                for _ in range(4)
+            ]
+            with pytest.raises(httpx.PoolTimeout):
+                await client.get("http://x/", timeout=httpx.Timeout(5.0, pool=0.01))
+            got: list[str] = []
+
+            async def wait(name: str, scope: anyio.CancelScope) -> None:
+                with scope:
+                    await client.get("http://x/")
+                    got.append(name)
+
+            doomed = anyio.CancelScope()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, "cancelled", doomed)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(wait, "next", anyio.CancelScope())
+                await anyio.wait_all_tasks_blocked()
+                doomed.cancel()  # leaves the queue: the room freed next goes to the other
+                await anyio.wait_all_tasks_blocked()
+                await held[0].aclose()
+            assert got == ["next"]
+            for response in held[1:]:
+                await response.aclose()
+            served.clear()
+            await client.get("http://x/")
+            assert served == [0]
+
+    anyio.run(main)
+
+
+def test_the_client_keeps_and_sends_cookies_and_skips_answers_without_one() -> None:
+    sent: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        if request.url.path == "/login":
+            return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"})
+        return httpx.Response(200)
+
+    async def main() -> None:
+        async with Client(transport=httpx.MockTransport(answer)) as client:
+            await client.get("http://x/")
+            assert not client.cookies
+            await client.get("http://x/login")
+            await client.get("http://x/status")
+            assert client.cookies.get("session") == "abc"
+            client.cookies = {"other": "1"}
+            await client.get("http://x/")
+
+    anyio.run(main)
+    assert sent == [None, None, "session=abc", "other=1"]
+
+
 async def _body(chunks: list[bytes], cut: bool) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
@@ -139,3 +251,29 @@ def test_a_body_is_written_whole_even_when_cut(
     whole = b"".join(chunks)
     assert (tmp_path / "v.part").read_bytes() == whole  # every byte received is kept
     assert digest.hexdigest() == hashlib.sha256(whole).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["../x.mp4", "a/../../x.mp4", "/abs.mp4"])
+def test_an_escaping_output_name_is_refused_by_save_before_any_fetch(
+    tmp_path: Path, name: str
+) -> None:
+    """The engine leaves this check to ``save`` (no path resolved twice a download)."""
+    asked: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(200, content=b"video")
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            with pytest.raises(UnsafeURLError):
+                await local.LocalStore(tmp_path / "out").save(
+                    client,
+                    "http://127.0.0.1/v.mp4",
+                    name,
+                    policy=DownloadPolicy(allow_private=True),
+                )
+
+    anyio.run(main)
+    assert asked == []
+    assert not (tmp_path / "x.mp4").exists()

@@ -60,7 +60,8 @@ class OutputStore(Protocol):
         resume_token: str | None = None,
     ) -> Saved:
         """Fetch ``url`` into output name ``relative``, resuming what ``resume_token`` (the
-        generation id) left partial; verified before it takes its final name."""
+        generation id) left partial; verified before it takes its final name.
+        ``UnsafeURLError``, before anything is fetched, if ``relative`` escapes."""
         ...
 
     def problem(self, location: str, size: int | None) -> str | None:

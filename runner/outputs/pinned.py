@@ -30,7 +30,7 @@ import httpx
 from runner.errors import UnsafeURLError
 from runner.outputs.heap import keep_heap
 from runner.outputs.policy import IPAddress, URLPolicy, literal_address, parse_url
-from runner.outputs.pools import LargeReads, ShardedTransport
+from runner.outputs.pools import Client, LargeReads, ShardedTransport
 from runner.outputs.streams import AsyncioBackend
 from runner.outputs.tls import client_context
 
@@ -278,7 +278,7 @@ def pinned_client(
             ssl_context=context,
         )
 
-    return httpx.AsyncClient(
+    return Client(
         transport=ShardedTransport(limits, shard),  # cheap at many connections (pools.py)
         trust_env=False,
         follow_redirects=False,

@@ -29,6 +29,7 @@ DNS lookup.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -210,6 +211,12 @@ def literal_address(host: str, *, what: str = "URL") -> IPAddress | None:
         raise UnsafeURLError(f"refusing {what}: {host!r} is not a valid IPv4 address") from None
 
 
+# What parse_url refuses in a URL (``\s`` is ``str.isspace``) and what a DNS label may hold;
+# a pattern scans in C what a check per character did in Python (three URLs a job).
+_UNSAFE_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
+_LABEL = re.compile(r"[0-9A-Za-z_-]+")
+
+
 def _is_hex(text: str) -> bool:
     return bool(text) and all(c in "0123456789abcdef" for c in text)
 
@@ -226,7 +233,7 @@ def _check_hostname(host: str, what: str) -> None:
                 f"refusing {what}: a DNS label of {len(label)} characters (at most "
                 f"{MAX_LABEL_CHARS})"
             )
-        if not all(c.isascii() and (c.isalnum() or c in "-_") for c in label):
+        if not _LABEL.fullmatch(label):
             raise UnsafeURLError(f"refusing {what}: invalid characters in host {host!r}")
         if label.lower().startswith("xn--"):
             try:
@@ -245,7 +252,7 @@ def parse_url(url: object, *, what: str = "video URL") -> httpx.URL:
         raise UnsafeURLError(f"refusing {what}: not a string ({type(url).__name__})")
     if len(url) > MAX_URL_CHARS:
         raise UnsafeURLError(f"refusing {what}: {len(url)} characters long")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+    if _UNSAFE_CHAR.search(url):
         raise UnsafeURLError(f"refusing {what}: it contains whitespace or control characters")
     try:
         parsed = httpx.URL(url)
@@ -276,9 +283,7 @@ def join_redirect(url: str, location: str | None) -> str:
         raise UnsafeURLError(f"refusing malformed redirect: {type(err).__name__}") from None
 
 
-async def check_url(
-    url: str, policy: URLPolicy, *, what: str = "video URL"
-) -> httpx.URL:
+async def check_url(url: str, policy: URLPolicy, *, what: str = "video URL") -> httpx.URL:
     """Refuse a URL whose shape, scheme or literal address the policy does not allow.
 
     A host *name* is decided when connecting, by

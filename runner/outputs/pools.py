@@ -5,27 +5,35 @@ each idle one, asks the socket whether the server closed it: two system calls an
 socket attributes built), so a request through a pool of N connections costs O(N) — at a
 thousand generations in flight that was most of the runner's CPU. :class:`ShardedTransport`
 holds as many connections in several small pools: a request goes to the pool with the fewest
-requests under way, and costs O(``PER_SHARD``).
+requests under way, and costs O(``PER_SHARD``). When every pool has a request on each of its
+connections, the next waits here, in order, for one to end: in httpcore's queue it would be
+looked at again (against every connection) each time any request of its pool started or ended.
 
 :class:`LargeReads` lets a download read what the socket has, up to ``READ_SIZE``, where
 httpcore asks for 64 KiB at a time: the event loop then handles a quarter of the chunks and
 no longer splits each 256 KiB the socket gives into four copies.
+
+:class:`Client` is ``httpx.AsyncClient`` with a cookie jar that looks at an answer only when it
+sets a cookie: httpx builds a ``urllib`` request and response (parsing the URL again) for the
+jar on every answer, a twelfth of the CPU of an API call, for answers that set none.
 """
 
 from __future__ import annotations
 
 import math
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 
 from runner.outputs.streams import http_transport
 from runner.outputs.tls import client_context
 
-PER_SHARD = 8  # connections per pool: a request's bookkeeping looks at these only
+PER_SHARD = 4  # connections per pool: a request's bookkeeping looks at these only
 READ_SIZE = 1024 * 1024  # the most a download reads from its socket at once
 
 
@@ -77,6 +85,31 @@ class _Counted(httpx.AsyncByteStream):
                 self._done = None
 
 
+class _Cookies(httpx.Cookies):
+    """``httpx.Cookies`` that skips answers without a cookie (the jar would keep nothing)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+class Client(httpx.AsyncClient):
+    """``httpx.AsyncClient`` whose cookies are :class:`_Cookies` (same cookies kept and sent)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._jar = _Cookies(super().cookies)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:  # httpx's CookieTypes
+        self._jar = _Cookies(cookies)
+
+
 class ShardedTransport(httpx.AsyncBaseTransport):
     """``limits.max_connections`` connections as pools of ``per_shard`` each, made by
     ``make(limits_of_one_pool)``; see the module's docstring."""
@@ -100,13 +133,18 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             make = lambda one: http_transport(verify=context, limits=one)  # noqa: E731
         self._shards = [make(one) for _ in range(shards)]
         self._busy = [0] * shards
+        self._room = one.max_connections or per_shard  # requests a pool serves at once
+        self._waiting: deque[anyio.Event] = deque()  # requests waiting for room, in order
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         busy = self._busy
+        if self._waiting or min(busy) >= self._room:
+            await self._wait_for_room(request)
         i = busy.index(min(busy))
 
         def done() -> None:
             busy[i] -= 1
+            self._wake()
 
         busy[i] += 1
         try:
@@ -117,6 +155,29 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _Counted(response.stream, done)
         return response
+
+    async def _wait_for_room(self, request: httpx.Request) -> None:
+        """Wait for a pool with a free connection, after those that waited before (at most
+        the request's pool timeout, as in httpcore's queue)."""
+        room = anyio.Event()
+        self._waiting.append(room)
+        timeout = request.extensions.get("timeout", {}).get("pool")
+        try:
+            with anyio.fail_after(timeout):
+                await room.wait()
+        except BaseException as err:
+            if room.is_set():  # woken, then cancelled: the room goes to the next
+                self._wake()
+            else:
+                self._waiting.remove(room)
+            if isinstance(err, TimeoutError):
+                raise httpx.PoolTimeout("no connection free in time", request=request) from None
+            raise
+
+    def _wake(self) -> None:
+        """Let the first waiting request go, if a pool has room for it."""
+        if self._waiting and min(self._busy) < self._room:
+            self._waiting.popleft().set()
 
     async def aclose(self) -> None:
         for shard in self._shards:

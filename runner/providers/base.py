@@ -26,7 +26,7 @@ from runner.errors import (
 )
 from runner.outputs.pinned import POLICY_EXTENSION, pinned_client
 from runner.outputs.policy import URLPolicy, check_url
-from runner.outputs.pools import ShardedTransport
+from runner.outputs.pools import Client, ShardedTransport
 from runner.providers.classify import (
     raise_for_status,
     raise_for_transport,
@@ -288,6 +288,19 @@ class HttpProvider(abc.ABC):
 async def _read_capped(response: httpx.Response, what: str) -> httpx.Response:
     """``response`` read whole, refused past ``MAX_ANSWER_BYTES`` (decoded bytes, so a
     compressed bomb is stopped too); the body is decoded already in what is returned."""
+    headers = response.headers
+    length = headers.get("content-length", "")
+    plain = "content-encoding" not in headers and "transfer-encoding" not in headers
+    if plain and length.isdigit() and int(length) <= MAX_ANSWER_BYTES:
+        # The usual answer: its size said and within the cap (the HTTP parser takes no byte
+        # more), read as it is, without building another response around it.
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        if len(body) > MAX_ANSWER_BYTES:  # a transport that does not hold to the length
+            raise PermanentError(f"{what}: answer larger than {MAX_ANSWER_BYTES} bytes")
+        return response
     chunks: list[bytes] = []
     size = 0
     try:
@@ -312,5 +325,5 @@ def _api_client(timeout: httpx.Timeout) -> httpx.AsyncClient:
     """The API client: small pools (``outputs.pools``), unless the environment names a proxy
     (``HTTPS_PROXY`` and the like), which httpx honours only with its own transport."""
     if any(scheme in getproxies() for scheme in ("http", "https", "all")):
-        return httpx.AsyncClient(timeout=timeout, limits=API_LIMITS)
-    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(API_LIMITS))
+        return Client(timeout=timeout, limits=API_LIMITS)
+    return Client(timeout=timeout, transport=ShardedTransport(API_LIMITS))

@@ -50,7 +50,8 @@ from runner.ledger.status import JobStatus, restored_status
 if TYPE_CHECKING:
     from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
-_SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+_JOB_VALUES = ", ".join(JOB_COLUMNS)
+_SELECT_JOBS = f"SELECT {_JOB_VALUES} FROM jobs"
 _SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
 T = TypeVar("T")
 
@@ -325,12 +326,18 @@ class SqliteLedger(JobClaims):
             restore=self._status_before_orphaning,
             now=self._store.now(),
         )
-        self._update_job(row.key, change.updates)
-        self._store.conn.execute(
+        conn = self._store.conn
+        # The row as changed comes back from the UPDATE itself (no read of it afterwards).
+        values = conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in change.updates)} WHERE key = ?"
+            f" RETURNING {_JOB_VALUES}",
+            [*change.updates.values(), row.key],
+        ).fetchone()
+        conn.execute(
             f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
             list(change.event.values()),
         )
-        return next(self._job_rows("key = ?", [row.key]))
+        return JobRow.from_values(values)
 
     def _update_job(self, key: str, columns: dict[str, Any]) -> None:
         # Plain SQL (column names come from TRANSITION_COLUMNS or plan.py only): this runs once
