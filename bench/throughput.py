@@ -20,8 +20,9 @@ seconds), so the runner under test has the machine's other core. Rows (median of
                the average while submissions go on.
 - CPU:         1,000 instant generations at C=100: the process CPU time of the run against
                that of a bare httpx script making the same calls (``run_bare``), same mock.
-- download:    a 1 GiB video from a fast local server: the runner's fetch against curl, and
-               its peak RSS (bench/download.py).
+- download:    a 1 GiB video from a fast local server: the runner's fetch against curl and
+               against curl then an fsync of its file (the same work), and its peak RSS
+               (bench/download.py).
 - SDK:         the official SDK (`higgsfield-client`, AsyncClient.subscribe, its own 0.5 s
                polling) under a semaphore of C against the same mock's platform dialect, then
                one GET of each video: the same ratios. Skipped, saying why, when not installed.
