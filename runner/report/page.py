@@ -25,7 +25,7 @@ from runner.engine.budget import charged
 from runner.ledger import JobRow, JobStatus, utcnow
 from runner.outputs import PRESIGN_EXPIRY
 from runner.report.cards import card, credits_text, tags_of
-from runner.report.links import Bundle, Link, link
+from runner.report.links import Bundle, Files, Link, link
 from runner.report.markup import card_html, page_html
 
 if TYPE_CHECKING:
@@ -80,9 +80,10 @@ def build_report(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     copier = Bundle(out_file.parent) if bundle else None
     report_dir = str(out_file.parent)
+    files = Files()
 
     def place(row: JobRow) -> Link:
-        return link(row, report_dir, presign_expiry, copier)
+        return link(row, report_dir, presign_expiry, copier, files)
 
     tally = _Tally()
     with tempfile.TemporaryFile(dir=out_file.parent) as spool:  # same disk: copied in-kernel
