@@ -38,7 +38,11 @@ class Files:
 
     def is_file(self, path: str) -> bool:
         """``os.path.isfile(path)``."""
-        folder, name = os.path.split(path)
+        if _POSIX:  # split by hand: the folder is only listed, its spelling may differ
+            folder, slash, name = path.rpartition("/")
+            folder = folder or slash
+        else:
+            folder, name = os.path.split(path)
         names = self._names.get(folder)
         if names is None:
             names = self._names[folder] = _listed(folder or os.curdir)
