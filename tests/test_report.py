@@ -657,3 +657,10 @@ def test_files_answers_as_isfile_with_a_listing_per_folder(
     monkeypatch.chdir(tmp_path)
     assert files.is_file("a.mp4") and not files.is_file("sub")  # a relative path: "." listed
     assert listed[-1] == os.curdir
+    assert files.is_file(str(tmp_path / "a.mp4")) and len(listed) == 3  # listed once
+    few = links.Files()
+    few.KEPT = 1  # more names than that: a stat per file, the folder listed once
+    for name in [*names, *names]:
+        path = os.path.join(tmp_path, name)
+        assert few.is_file(path) == os.path.isfile(path), name
+    assert listed[3:] == [str(tmp_path), str(tmp_path / "sub")]

@@ -29,12 +29,14 @@ class Files:
     """Which local files are there: one ``os.scandir`` per folder instead of a stat per file
     (a page may show 100,000 videos from one folder). A name the listing does not have is
     checked by its own stat (a case-insensitive disk, a file made since), so the answer is
-    ``os.path.isfile``'s as of the listing. The listings of the last few folders are kept."""
+    ``os.path.isfile``'s as of the listing. Each folder is listed once; past ``KEPT`` names
+    in all (~100 bytes each) the files of further folders are checked by a stat each."""
 
-    KEPT = 4  # folders whose listing is kept
+    KEPT = 200_000
 
     def __init__(self) -> None:
-        self._names: dict[str, frozenset[str]] = {}
+        self._names: dict[str, frozenset[str] | None] = {}  # None: a stat per file
+        self._kept = 0
 
     def is_file(self, path: str) -> bool:
         """``os.path.isfile(path)``."""
@@ -43,12 +45,16 @@ class Files:
             folder = folder or slash
         else:
             folder, name = os.path.split(path)
-        names = self._names.get(folder)
-        if names is None:
-            names = self._names[folder] = _listed(folder or os.curdir)
-            if len(self._names) > self.KEPT:
-                del self._names[next(iter(self._names))]
-        return name in names or os.path.isfile(path)
+        try:
+            names = self._names[folder]
+        except KeyError:
+            names = _listed(folder or os.curdir)
+            if self._kept + len(names) > self.KEPT:
+                names = None
+            else:
+                self._kept += len(names)
+            self._names[folder] = names
+        return (names is not None and name in names) or os.path.isfile(path)
 
 
 def _listed(folder: str) -> frozenset[str]:
