@@ -599,7 +599,7 @@ def test_a_players_path_is_relative_to_the_page_however_the_ledger_spells_it(
     at the root (split by hand on POSIX: the same answer as ``os.path.split``)."""
     from datetime import timedelta
 
-    from runner.report.links import link
+    from runner.report.links import Files, link
 
     page = tmp_path / "site" / "report"
     videos = tmp_path / "videos" / "c"
@@ -617,10 +617,50 @@ def test_a_players_path_is_relative_to_the_page_however_the_ledger_spells_it(
         str(page / "here.mp4"): ("here.mp4", "here.mp4"),
         f"{page}/../report/here.mp4": ("here.mp4", "here.mp4"),
     }
-    for location, (file, url) in spellings.items():
-        placed = link(
-            dataclasses.replace(row, location=location), str(page), timedelta(hours=1), None
-        )
-        assert placed == (url, file.replace("/", os.sep), None), location
-    root = dataclasses.replace(row, location="/")  # a folder: not a file, so no player
-    assert link(root, str(page), timedelta(hours=1), None) == (None, "", "/")
+    for files in (None, Files()):  # a stat per file, or a listing per folder
+        for location, (file, url) in spellings.items():
+            placed = link(
+                dataclasses.replace(row, location=location),
+                str(page),
+                timedelta(hours=1),
+                None,
+                files,
+            )
+            assert placed == (url, file.replace("/", os.sep), None), location
+        root = dataclasses.replace(row, location="/")  # a folder: not a file, so no player
+        assert link(root, str(page), timedelta(hours=1), None, files) == (None, "", "/")
+
+
+def test_files_answers_as_isfile_with_a_listing_per_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Files.is_file`` is ``os.path.isfile`` (links followed, folders and dangling links
+    not files, a file made after its folder was listed found), one listing per folder."""
+    from runner.report import links
+
+    (tmp_path / "a.mp4").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "to-a.mp4").symlink_to(tmp_path / "a.mp4")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "to-sub").symlink_to(tmp_path / "sub")
+    listed: list[str] = []
+    real = links._listed
+    monkeypatch.setattr(links, "_listed", lambda folder: listed.append(folder) or real(folder))
+    files = links.Files()
+    names = ["a.mp4", "sub", "to-a.mp4", "dangling.mp4", "to-sub", "gone.mp4", "sub/x", ""]
+    for name in names:
+        path = os.path.join(tmp_path, name)
+        assert files.is_file(path) == os.path.isfile(path), name
+    assert listed == [str(tmp_path), str(tmp_path / "sub")]  # "" splits to the folder itself
+    (tmp_path / "late.mp4").write_bytes(b"")
+    assert files.is_file(str(tmp_path / "late.mp4"))
+    monkeypatch.chdir(tmp_path)
+    assert files.is_file("a.mp4") and not files.is_file("sub")  # a relative path: "." listed
+    assert listed[-1] == os.curdir
+    assert files.is_file(str(tmp_path / "a.mp4")) and len(listed) == 3  # listed once
+    few = links.Files()
+    few.KEPT = 1  # more names than that: a stat per file, the folder listed once
+    for name in [*names, *names]:
+        path = os.path.join(tmp_path, name)
+        assert few.is_file(path) == os.path.isfile(path), name
+    assert listed[3:] == [str(tmp_path), str(tmp_path / "sub")]

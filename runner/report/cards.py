@@ -25,7 +25,11 @@ _RAW_DECODE = json.JSONDecoder().raw_decode
 
 def card(row: JobRow, link: Link, tags: tuple[str, ...]) -> Card:
     """The card of ``row`` (its ``tags``), its video shown as ``link`` says."""
-    request, (matrix, matrix_fields) = _decoded(row, "request"), _matrix(row)
+    _, request_text, matrix_text = row.plan_texts()
+    request = row.request if request_text is None else _decode(request_text)
+    matrix, matrix_fields = (
+        _matrix_fields(row.vars) if matrix_text is None else _matrix_of_text(matrix_text)
+    )
     prompt = request.get("prompt")
     src, file, missing = link
     return Card(  # by position: a page makes 100,000
@@ -39,7 +43,7 @@ def card(row: JobRow, link: Link, tags: tuple[str, ...]) -> Card:
         _variant_label(row, request),
         row.soul,
         None if prompt is None else _text(prompt),
-        tidy_error(row.error),
+        tidy_error(row.error) if row.error else None,
         _fields(row, request, matrix, matrix_fields),
         _ids(row),
     )
@@ -68,13 +72,6 @@ def tags_of(row: JobRow) -> tuple[str, ...]:
     return () if row.stored_json("tags") == "[]" else row.tags
 
 
-def _decoded(row: JobRow, column: str) -> Any:
-    """A JSON column of ``row`` decoded for its card only (the row is dropped once its card
-    is written)."""
-    text = row.stored_json(column)
-    return getattr(row, column) if text is None else _decode(text)
-
-
 def _decode(text: str) -> Any:
     try:  # the ledger's JSON is compact: the decoder's own step, without json.loads' checks
         value, end = _RAW_DECODE(text)
@@ -84,13 +81,6 @@ def _decode(text: str) -> Any:
 
 
 Fields = tuple[tuple[str, str], ...]
-
-
-def _matrix(row: JobRow) -> tuple[dict[str, Any], Fields]:
-    """The matrix row of ``row`` and its fields, decoded once for the jobs that share it
-    (its seeds, its variants: neighbours in manifest order)."""
-    text = row.stored_json("vars")
-    return _matrix_fields(row.vars) if text is None else _matrix_of_text(text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,12 +135,15 @@ def _fields(
 
 
 def _ids(row: JobRow) -> list[tuple[str, str]]:
-    ids = [
-        ("generation", row.generation_id),
-        ("sha256", row.sha256),
-        ("bytes", f"{row.bytes:,}" if row.bytes is not None else None),
-        ("file", row.location or row.path),
-        ("manifest", row.manifest),
-        ("updated", row.updated_at),
-    ]
-    return [(name, value) for name, value in ids if value]
+    ids = [("generation", row.generation_id)] if row.generation_id else []
+    if row.sha256:
+        ids.append(("sha256", row.sha256))
+    if row.bytes is not None:
+        ids.append(("bytes", f"{row.bytes:,}"))
+    if file := row.location or row.path:
+        ids.append(("file", file))
+    if row.manifest:
+        ids.append(("manifest", row.manifest))
+    if row.updated_at:
+        ids.append(("updated", row.updated_at))
+    return ids

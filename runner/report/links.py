@@ -25,6 +25,48 @@ _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
 _POSIX = os.sep == "/" and os.altsep is None
 
 
+class Files:
+    """Which local files are there: one ``os.scandir`` per folder instead of a stat per file
+    (a page may show 100,000 videos from one folder). A name the listing does not have is
+    checked by its own stat (a case-insensitive disk, a file made since), so the answer is
+    ``os.path.isfile``'s as of the listing. Each folder is listed once; past ``KEPT`` names
+    in all (~100 bytes each) the files of further folders are checked by a stat each."""
+
+    KEPT = 200_000
+
+    def __init__(self) -> None:
+        self._names: dict[str, frozenset[str] | None] = {}  # None: a stat per file
+        self._kept = 0
+
+    def is_file(self, path: str) -> bool:
+        """``os.path.isfile(path)``."""
+        if _POSIX:  # split by hand: the folder is only listed, its spelling may differ
+            folder, slash, name = path.rpartition("/")
+            folder = folder or slash
+        else:
+            folder, name = os.path.split(path)
+        try:
+            names = self._names[folder]
+        except KeyError:
+            names = _listed(folder or os.curdir)
+            if self._kept + len(names) > self.KEPT:
+                names = None
+            else:
+                self._kept += len(names)
+            self._names[folder] = names
+        return (names is not None and name in names) or os.path.isfile(path)
+
+
+def _listed(folder: str) -> frozenset[str]:
+    """The names of the regular files (or links to one) in ``folder``; none if it cannot be
+    listed (each file is then checked by its own stat)."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset([entry.name for entry in entries if entry.is_file()])
+    except OSError:
+        return frozenset()
+
+
 class Bundle:
     """Copies local videos into ``videos/`` beside a page, one file per job."""
 
@@ -51,9 +93,16 @@ class Bundle:
         return target
 
 
-def link(row: JobRow, report_dir: str, presign_expiry: timedelta, bundle: Bundle | None) -> Link:
+def link(
+    row: JobRow,
+    report_dir: str,
+    presign_expiry: timedelta,
+    bundle: Bundle | None,
+    files: Files | None = None,
+) -> Link:
     """How the card of ``row`` shows its video (the video checked, or copied into a bundle);
-    ``report_dir`` is the page's folder, absolute."""
+    ``report_dir`` is the page's folder, absolute; ``files`` checks local videos (one listing
+    per folder), else each is checked by a stat."""
     location = row.location
     if row.status is not JobStatus.DOWNLOADED:
         return NO_LINK
@@ -61,7 +110,7 @@ def link(row: JobRow, report_dir: str, presign_expiry: timedelta, bundle: Bundle
         if exists(location, row.bytes):
             return presign(location, presign_expiry), location, None
         return None, "", location
-    if not location or not os.path.isfile(location):
+    if not location or not (files.is_file if files else os.path.isfile)(location):
         return None, "", location or row.path
     file = str(bundle.add(row, Path(location))) if bundle is not None else location
     if _POSIX and file.startswith("/"):  # split by hand (relpath makes the folder normal)

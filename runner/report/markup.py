@@ -81,11 +81,16 @@ def card_html(card: Card) -> str:
     values.extend(itertools.chain.from_iterable(ids))
     shape = (player, bool(variant), bool(soul), bool(prompt), bool(error), len(fields), len(ids))
     markup = _shapes.get(shape) or _shapes.setdefault(shape, _Shape(*shape))
-    # The values escaped together: five replacements over one string, not five per value.
-    escaped = escape(_JOIN.join(values)).split(_JOIN)
-    if len(escaped) != len(values):  # a value holds the joiner itself
-        escaped = [escape(value) for value in values]
-    return markup.fill(escaped)
+    # The values escaped together: five replacements over one string, not five per value;
+    # split again only if one was made (an escape lengthens the text; most cards need none).
+    joined = _JOIN.join(values)
+    escaped = escape(joined)
+    if len(escaped) == len(joined):
+        return markup.fill(values)
+    parts = escaped.split(_JOIN)
+    if len(parts) != len(values):  # a value holds the joiner itself
+        parts = [escape(value) for value in values]
+    return markup.fill(parts)
 
 
 class _Shape:

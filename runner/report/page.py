@@ -21,11 +21,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from runner.app.common import reading
 from runner.app.queries import redacting
-from runner.engine.budget import charged
+from runner.engine.budget import CHARGED, charged
 from runner.ledger import JobRow, JobStatus, utcnow
 from runner.outputs import PRESIGN_EXPIRY
 from runner.report.cards import card, credits_text, tags_of
-from runner.report.links import Bundle, Link, link
+from runner.report.links import Bundle, Files, Link, link
 from runner.report.markup import card_html, page_html
 
 if TYPE_CHECKING:
@@ -80,9 +80,10 @@ def build_report(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     copier = Bundle(out_file.parent) if bundle else None
     report_dir = str(out_file.parent)
+    files = Files()
 
     def place(row: JobRow) -> Link:
-        return link(row, report_dir, presign_expiry, copier)
+        return link(row, report_dir, presign_expiry, copier, files)
 
     tally = _Tally()
     with tempfile.TemporaryFile(dir=out_file.parent) as spool:  # same disk: copied in-kernel
@@ -123,21 +124,23 @@ class _Section:
 
     manifest: str
     campaign: str
-    jobs: int = 0
     counts: dict[JobStatus, int] = field(default_factory=dict)
     credits: float = 0.0  # charged
     extents: list[list[int]] = field(default_factory=list)  # [start, end) of the spool
 
+    @property
+    def jobs(self) -> int:
+        return sum(self.counts.values())
+
 
 class _Tally:
-    """What the page says before its cards, added up a row at a time."""
+    """What the page says before its cards, added up a row at a time (by section: the
+    page's totals are the sections' added up)."""
 
     def __init__(self) -> None:
-        self.jobs = self.videos = 0
-        self.totals: dict[JobStatus, int] = {}
+        self.videos = 0
         self.charged = self.refunded = self.pending = 0.0
         self.any_pending = False
-        self.campaigns: set[str] = set()
         self.tags: set[str] = set()
         self.first: str | None = None  # the earliest created_at
         self.last: str | None = None  # the latest updated_at
@@ -152,27 +155,38 @@ class _Tally:
             section = self.sections[row.manifest, row.campaign] = _Section(
                 row.manifest, row.campaign
             )
-        status, credits = row.status, row.credits
-        self.jobs += 1
-        section.jobs += 1
-        self.totals[status] = self.totals.get(status, 0) + 1
-        section.counts[status] = section.counts.get(status, 0) + 1
-        self.videos += link[0] is not None
-        if charged(row):
-            self.charged += credits
-            section.credits += credits
+        status, counts = row.status, section.counts
+        counts[status] = counts.get(status, 0) + 1
+        if link[0] is not None:
+            self.videos += 1
+        if status in CHARGED or charged(row):
+            self.charged += row.credits
+            section.credits += row.credits
         elif status is JobStatus.FAILED and row.generation_id:  # the provider gave it back
-            self.refunded += credits
+            self.refunded += row.credits
         if status is JobStatus.PENDING:
-            self.pending += credits
+            self.pending += row.credits
             self.any_pending = True
-        self.campaigns.add(row.campaign)
-        self.tags.update(tags)
+        if tags:
+            self.tags.update(tags)
         if self.first is None or row.created_at < self.first:
             self.first = row.created_at
         if self.last is None or row.updated_at > self.last:
             self.last = row.updated_at
         return section
+
+    @property
+    def jobs(self) -> int:
+        return sum(s.jobs for s in self.sections.values())
+
+    @property
+    def totals(self) -> dict[JobStatus, int]:
+        """The jobs of each status."""
+        totals: dict[JobStatus, int] = {}
+        for section in self.sections.values():
+            for status, n in section.counts.items():
+                totals[status] = totals.get(status, 0) + n
+        return totals
 
     def context(self, marker: str) -> dict[str, Any]:
         """The page template's values; each section's cards go where ``marker`` is."""
@@ -191,7 +205,7 @@ class _Tally:
                 "pending": credits_text(self.pending) if self.any_pending else None,
             },
             "filters": {
-                "campaigns": sorted(self.campaigns),
+                "campaigns": sorted({campaign for _, campaign in self.sections}),
                 "statuses": list(totals),
                 "tags": sorted(self.tags),
             },
