@@ -218,12 +218,16 @@ def _column(
         return "".join(_LINES(values, 0))[1:-1].split("\n"), "", ""
     if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
         opened, closed = "{}" if types == {dict} else "[]"
-        items = map(dict.values, values) if opened == "{" else values
+        # each container once (items often share one: a matrix row's vars)
+        distinct = list({id(value): value for value in values}.values())
+        items = map(dict.values, distinct) if opened == "{" else distinct
         if _LEAF_TYPES.issuperset(map(type, itertools.chain.from_iterable(items))):
             separator = "," + _newline(level + 2)
-            text = _flat(level + 1)(values)[2:-2]  # [{a,<nl>b},<nl>{c}] less [{ and }]
+            text = _flat(level + 1)(distinct)[2:-2]  # [{a,<nl>b},<nl>{c}] less [{ and }]
+            parts = text.split(closed + separator + opened)
+            by_id = dict(zip(map(id, distinct), parts, strict=True))
             return (
-                text.split(closed + separator + opened),
+                [by_id[id(value)] for value in values],
                 opened + _newline(level + 2),
                 _newline(level + 1) + closed,
             )
