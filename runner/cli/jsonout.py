@@ -5,7 +5,10 @@ Python's indenting encoder is pure Python: a few microseconds for every value, w
 ``plan --json`` on 100,000 jobs. Here a list or mapping whose items are all leaves (no list,
 tuple or mapping inside: a job's ``vars`` and ``request``, usually) is written by the C encoder
 in one call, its item separator carrying the newline and indent; a container of containers is
-put together in Python, and streamed (a piece per item) only when it is long.
+put together in Python, and streamed (a piece per item) only when it is long. A long list of
+mappings with the same keys (the plan's jobs) is a table: written a column at a time, each
+column of leaves or of containers of leaves by one C call split back into its values' texts,
+and each item put together from them by one format.
 """
 
 from __future__ import annotations
