@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.cli.jsonout import STREAMED, iter_indented
+from runner.cli.jsonout import STREAMED, TABLE, iter_indented
 
 JOBS = [
     {
@@ -81,4 +81,45 @@ def test_keys_equal_to_python_but_not_to_json_keep_their_own_text() -> None:
         {False: {}, "x": [0]},
         {0: {}, "x": [0]},
     ]
+    assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def _table_doc() -> list[Any]:
+    """A long list of mappings with the same keys, across several TABLE chunks, with every
+    kind of column: leaves, mappings and lists of leaves (shared or not), empty ones, deeper
+    ones, mixed ones, ``%`` and newlines in keys and values; and chunks that are no table."""
+    shared = {"a": "x%s", "n": 1}
+    rows: list[Any] = []
+    for i in range(TABLE * 2 + 7):
+        rows.append(
+            {
+                "k%s\n": f"k{i}\n%d",
+                "n": [i, 1.5, None, True, float("nan")][i % 5],
+                "vars": shared if i % 3 else {"a": f"é{i}", "b": f"}},\n      {{{i}"},
+                "request": {"prompt": 'x"]\n', "seed": i, "on": False},
+                "list": ["a]", i],
+                "maybe_empty": {} if i == 3 else {"x": i},
+                "deep": {"l": [i]} if i % 2 else {"m": {}},
+                "mixed": [1] if i % 2 else {"x": 1},
+                "when": datetime.date(2026, 1, 2) if i == 5 else "d",
+            }
+        )
+    rows[TABLE + 1] = {"other": "keys"}  # the second chunk is no table
+    return rows
+
+
+def test_a_table_is_written_as_the_indenting_encoder_writes_it() -> None:
+    doc = {"summary": {"total": 1}, "jobs": _table_doc()}
+    expected = json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+    assert "".join(iter_indented(doc)) == expected
+    assert "".join(iter_indented(doc["jobs"])) == json.dumps(
+        doc["jobs"], indent=2, ensure_ascii=False, default=str
+    )
+    pieces = list(iter_indented(doc))
+    assert len(pieces) >= len(doc["jobs"])  # still a piece per item
+
+
+def test_a_table_of_non_string_keys_is_not_taken_as_one() -> None:
+    """``{1: ..}`` and ``{True: ..}`` have equal keys to Python, not to JSON."""
+    doc = [{1: "a", "x": [0]} if i % 2 else {True: "a", "x": [0]} for i in range(STREAMED * 3)]
     assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)

@@ -5,7 +5,10 @@ Python's indenting encoder is pure Python: a few microseconds for every value, w
 ``plan --json`` on 100,000 jobs. Here a list or mapping whose items are all leaves (no list,
 tuple or mapping inside: a job's ``vars`` and ``request``, usually) is written by the C encoder
 in one call, its item separator carrying the newline and indent; a container of containers is
-put together in Python, and streamed (a piece per item) only when it is long.
+put together in Python, and streamed (a piece per item) only when it is long. A long list of
+mappings with the same keys (the plan's jobs) is a table: written a column at a time, each
+column of leaves or of containers of leaves by one C call split back into its values' texts,
+and each item put together from them by one format.
 """
 
 from __future__ import annotations
@@ -13,15 +16,22 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 INDENT = "  "
 STREAMED = 64  # a container of containers with more items than this is written item by item
+TABLE = 1024  # of a long list, the items looked at together (written a column at a time)
 _CONTAINERS = (dict, list, tuple)
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
 _leaf = json.JSONEncoder(ensure_ascii=False, default=str).encode
+# leaves one a line: what splits a list of leaves' text back into each one's
+_LINES = (
+    c_make_encoder(None, str, encode_basestring, None, ": ", "\n", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
 
 
 @functools.cache
@@ -143,17 +153,92 @@ def iter_indented(value: Any, level: int = 0, last: Last | None = None) -> Itera
         and any(isinstance(v, _CONTAINERS) for v in value)
     ):
         inner = _newline(level + 1)
-        for i, item in enumerate(value):
-            # a mapping is written the same, a container in it or not
-            text = (
-                _mapping(item, level + 1, last)
-                if type(item) is dict and item
-                else _dumps(item, level + 1, last)
-            )
-            yield ("," if i else "[") + inner + text
+        for start in range(0, len(value), TABLE):
+            rows = value[start : start + TABLE]
+            keys = _table_keys(rows)
+            if keys is not None:  # a table: its items written a column at a time
+                yield from _table(rows, keys, level + 1, start == 0, last)
+                continue
+            for i, item in enumerate(rows, start):
+                # a mapping is written the same, a container in it or not
+                text = (
+                    _mapping(item, level + 1, last)
+                    if type(item) is dict and item
+                    else _dumps(item, level + 1, last)
+                )
+                yield ("," if i else "[") + inner + text
         yield _newline(level) + "]"
     else:
         yield _dumps(value, level, last)
+
+
+def _table_keys(rows: Sequence[Any]) -> tuple[str, ...] | None:
+    """The keys of every item, when all are mappings with the same string keys in the same
+    order (a table: its items can be written a column at a time); else None."""
+    first = rows[0]
+    if type(first) is not dict or not first:
+        return None
+    keys = tuple(first)
+    if not all(type(key) is str for key in keys):
+        return None  # 1 and True are one key to a dict, not to JSON
+    if all(type(row) is dict and tuple(row) == keys for row in rows):
+        return keys
+    return None
+
+
+def _table(
+    rows: Sequence[dict[str, Any]], keys: tuple[str, ...], level: int, first: bool, last: Last
+) -> Iterator[str]:
+    """The items of a long list at nesting ``level`` that are mappings of the same ``keys``:
+    a piece per item, each the separator before it and the mapping, as :func:`_mapping`
+    writes it. Each column (the values of one key) is encoded in one call where it can be
+    (:func:`_column`), and each item put together from them by one format."""
+    heads = _heads(keys, level)
+    columns = []
+    body = ""
+    for i, key in enumerate(keys):
+        texts, before, after = _column([row[key] for row in rows], (heads, i), level, last)
+        columns.append(texts)
+        body += (heads[i] + before).replace("%", "%%") + "%s" + after.replace("%", "%%")
+    body += (_newline(level) + "}").replace("%", "%%")
+    inner = _newline(level)
+    rest = zip(*columns, strict=True)
+    if first:
+        yield "[" + inner + body % next(rest)
+    yield from map(("," + inner + body).__mod__, rest)
+
+
+def _column(
+    values: list[Any], place: tuple[tuple[str, ...], int], level: int, last: Last
+) -> tuple[list[str], str, str]:
+    """The texts of the values of one key of a table's mappings (at nesting ``level``), and
+    what goes before and after each. All in one call of the C encoder when they are all
+    leaves, or all non-empty mappings (or all non-empty lists) of leaves — JSON text has no
+    raw newline, and no leaf's text ends with a bracket, so the one text splits back into
+    the values' — else one at a time."""
+    types = set(map(type, values))
+    if _LINES is not None and types <= _LEAF_TYPES:
+        return "".join(_LINES(values, 0))[1:-1].split("\n"), "", ""
+    if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
+        opened, closed = "{}" if types == {dict} else "[]"
+        # each container once (items often share one: a matrix row's vars)
+        distinct = list({id(value): value for value in values}.values())
+        items = map(dict.values, distinct) if opened == "{" else distinct
+        if _LEAF_TYPES.issuperset(map(type, itertools.chain.from_iterable(items))):
+            separator = "," + _newline(level + 2)
+            text = _flat(level + 1)(distinct)[2:-2]  # [{a,<nl>b},<nl>{c}] less [{ and }]
+            parts = text.split(closed + separator + opened)
+            by_id = dict(zip(map(id, distinct), parts, strict=True))
+            return (
+                [by_id[id(value)] for value in values],
+                opened + _newline(level + 2),
+                _newline(level + 1) + closed,
+            )
+    texts = [
+        encode_basestring(value) if type(value) is str else _item(value, place, level, last)
+        for value in values
+    ]
+    return texts, "", ""
 
 
 def _wrapped(text: str, level: int) -> str:
