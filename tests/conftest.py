@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -13,6 +14,14 @@ from tests.support import InProcessMock, in_process
 
 # Fixture plugins: add an entry per plugin module, keep the others.
 pytest_plugins = ["tests.pgcluster", "tests.s3server"]
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen() -> Iterator[None]:
+    """What a test's bulk steps froze (``runner.app.bulk``) is collected as usual after it:
+    the test process lives on, unlike a command's."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from runner.ledger import (
     TRANSITION_COLUMNS,
     TRANSITIONS,
     JobBrief,
+    JobRow,
     JobStatus,
     Ledger,
     Transition,
@@ -734,6 +735,34 @@ def test_record_plan_says_when_it_wrote_nothing(ledger: Ledger) -> None:
     assert not ledger.record_plan(MANIFEST, retagged).unchanged  # produced again
     assert ledger.record_plan(MANIFEST, retagged).unchanged
     assert [r.status for r in ledger.jobs()] == [JobStatus.PENDING] * 3
+
+
+def test_plans_read_whole_rows_only_of_jobs_whose_status_changes(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diff, and recording a plan that changes no status, read the columns they compare,
+    never a whole row (decoding 100,000 requests); recording one that orphans a job reads
+    that job whole, to change its status. Both dialects alike."""
+    a = matrix_jobs("a", "{x}", x=[1, 2, 3])
+    ledger.record_plan(MANIFEST, a)
+    made: list[str] = []
+    whole = JobRow.from_values
+
+    def counted(values: Any) -> JobRow:
+        row = whole(values)
+        made.append(row.key)
+        return row
+
+    monkeypatch.setattr(JobRow, "from_values", counted)
+    assert ledger.diff(MANIFEST, a[:2]).orphaned_keys == (a[2].key,)
+    moved = [a[0], dataclasses.replace(a[1], path="elsewhere.mp4"), a[2]]
+    assert not ledger.record_plan(MANIFEST, moved).unchanged  # a refreshed path
+    assert made == []
+    assert ledger.record_plan(MANIFEST, moved[:2]).orphaned_keys == (a[2].key,)
+    assert set(made) == {a[2].key}
+    monkeypatch.undo()
+    assert [r.status for r in ledger.jobs()] == [JobStatus.PENDING] * 2 + [JobStatus.ORPHANED]
+    assert ledger.get(a[1].key).path == "elsewhere.mp4"  # type: ignore[union-attr]
 
 
 def test_retry_failed_bumps_the_idempotency_key(ledger: Ledger) -> None:

@@ -4,6 +4,7 @@ must still do when they are batched — observable results only, never timings."
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,24 @@ def test_bulk_steps_pause_garbage_collection_and_restore_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class _Built:
+    """An object a bulk step builds (one that a weak reference can follow)."""
+
+
+def test_bulk_steps_leave_what_they_built_out_of_later_collections() -> None:
+    """What is alive when bulk() ends is frozen: later collections do not walk it again; it
+    is still freed as soon as nothing refers to it."""
+    gc.unfreeze()
+    try:
+        with bulk():
+            built = [_Built() for _ in range(1000)]
+        assert gc.get_freeze_count() >= len(built)
+        gc.collect()  # a later collection leaves the frozen objects where they are
+        assert gc.get_freeze_count() >= len(built)
+        first = weakref.ref(built[0])
+        del built
+        assert first() is None
+    finally:
+        gc.unfreeze()

@@ -190,6 +190,9 @@ class Stored(Recorded, Protocol):
 
 S = TypeVar("S", bound=Stored)
 
+#: The columns :func:`refreshed_columns` compares as they are, in its order.
+_PLAIN = ("manifest", "campaign", "job_index", "path", "credits", "priced_by", "soul", "variant")
+
 
 def refreshed_columns(
     row: Stored, job: Job, manifest: str, encode: Callable[[Any], str] = _json
@@ -199,8 +202,7 @@ def refreshed_columns(
     A JSON column is first compared as the text the ledger holds (``stored_json``): the same
     text is the same value, so the usual no-op plan decodes none of them. ``encode`` (of the
     tags and vars) is ``json.dumps(value, ensure_ascii=False)``, or a memo of it."""
-    changes: dict[str, Any] = {}
-    if (
+    ours = (
         row.manifest,
         row.campaign,
         row.job_index,
@@ -209,7 +211,8 @@ def refreshed_columns(
         row.priced_by,
         row.soul,
         row.variant,
-    ) != (
+    )
+    theirs = (
         manifest,
         job.campaign,
         job.index,
@@ -218,22 +221,14 @@ def refreshed_columns(
         job.priced_by,
         job.soul,
         job.variant,
-    ):
-        wanted: dict[str, tuple[Any, Any]] = {
-            "manifest": (row.manifest, manifest),
-            "campaign": (row.campaign, job.campaign),
-            "job_index": (row.job_index, job.index),
-            "path": (row.path, job.path),
-            "credits": (row.credits, job.credits),
-            "priced_by": (row.priced_by, job.priced_by),
-            "soul": (row.soul, job.soul),
-            "variant": (row.variant, job.variant),
-        }
-        changes = {column: new for column, (old, new) in wanted.items() if old != new}
+    )
     # a tuple is encoded as its list; a request is its job's own
     texts = (encode(job.tags), _json(job.request), encode(job.vars))
     held = row.plan_texts()  # (tags, request, vars) as stored_json gives them
-    if texts == held:  # the usual case: all three as the ledger holds them
+    if ours == theirs and texts == held:  # the usual case: nothing to refresh
+        return {}
+    changes = {c: new for c, old, new in zip(_PLAIN, ours, theirs, strict=True) if old != new}
+    if texts == held:  # all three JSON columns as the ledger holds them
         return changes
     values = (("tags", job.tags), ("request", job.request), ("vars", job.vars))
     for (column, value), text, stored in zip(values, texts, held, strict=True):

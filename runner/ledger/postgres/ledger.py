@@ -27,14 +27,18 @@ from runner.ledger.base import Clock, StatusFilter, utcnow
 from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
+    PLANNED_COLUMNS,
+    STATE_COLUMNS,
     EventRow,
     GenerationTime,
     JobBrief,
     JobRow,
+    JobState,
     PlanDiff,
+    PlannedRow,
     Transition,
 )
-from runner.ledger.plan import Plan, gather_plan, plan_writes, recorded
+from runner.ledger.plan import Plan, R, gather_plan, plan_writes, recorded
 from runner.ledger.postgres.claims import JobClaims
 from runner.ledger.postgres.filters import JOB_ORDER, job_filter
 from runner.ledger.postgres.migrations import MIGRATIONS, Migration
@@ -362,7 +366,8 @@ class PostgresLedger(JobClaims):
     def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """What :meth:`record_plan` would do with these jobs, without writing anything."""
         with self._store.read():
-            return self._plan(str(manifest_path), jobs, lock=False).diff
+            plan = self._plan(str(manifest_path), jobs, STATE_COLUMNS, JobState.from_values)
+            return plan.diff
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff.
@@ -372,7 +377,7 @@ class PostgresLedger(JobClaims):
         manifest = str(manifest_path)
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
-            plan = self._plan(manifest, jobs, lock=True)
+            plan = self._plan(manifest, jobs, PLANNED_COLUMNS, PlannedRow.from_values, lock=True)
             writes = plan_writes(plan, manifest, self._store.now(), self.id)
             with conn.cursor() as cursor:
                 for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
@@ -382,16 +387,33 @@ class PostgresLedger(JobClaims):
                         )
                 for key, changes in writes.refreshed:
                     cursor.execute(_update_job(changes), [*changes.values(), key])
+            # the rows were read in part (and locked): a status change takes them whole
+            moved = [row.key for row, _, _ in writes.moves]
+            whole = {r.key: r for r in self._select_jobs("key = ANY(%s)", [moved])} if moved else {}
             for row, to, detail in writes.moves:
-                self._apply(row, to, detail, {})
+                self._apply(whole[row.key], to, detail, {})
         return recorded(plan, writes)
 
-    def _plan(self, manifest: str, jobs: Sequence[Job], *, lock: bool) -> Plan[JobRow]:
+    def _plan(
+        self,
+        manifest: str,
+        jobs: Sequence[Job],
+        columns: Sequence[str],
+        make: Callable[[Any], R],
+        *,
+        lock: bool = False,
+    ) -> Plan[R]:
+        """``gather_plan`` over the jobs with one of the plan's keys or recorded for this
+        manifest (locked if ``lock``), read as these columns and made by ``make``: a diff
+        reads their state, recording their ``PlannedRow``, not whole rows."""
+        select = f"SELECT {', '.join(columns)} FROM jobs WHERE key = ANY(%s) OR manifest = %s "
+        query = select + JOB_ORDER + (" FOR UPDATE" if lock else "")
+
+        def read_rows(keys: list[str], of: str) -> list[R]:
+            with self._store.read() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+                rows = cursor.execute(query, [keys, of]).fetchall()
+            return [make(row) for row in rows]
+
         return gather_plan(
-            manifest,
-            jobs,
-            read_rows=lambda keys, of: self._select_jobs(
-                "key = ANY(%s) OR manifest = %s", [keys, of], lock=lock
-            ),
-            restore=self._status_before_orphaning,
+            manifest, jobs, read_rows=read_rows, restore=self._status_before_orphaning
         )
