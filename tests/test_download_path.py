@@ -128,6 +128,17 @@ def test_keep_heap_once_per_process() -> None:
     assert first == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
+async def download_big(tmp_path: Path) -> None:
+    """``BIG`` fetched from a loopback server to ``tmp_path / "v.mp4"``: whole, hash right."""
+    server, port = await serve(answer_with(BIG))
+    async with server, pinned_client(LOCAL) as client:
+        saved = await download(
+            client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
+        )
+    assert (tmp_path / "v.mp4").read_bytes() == BIG
+    assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
+
+
 async def test_each_block_is_written_back_as_it_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,13 +154,7 @@ async def test_each_block_is_written_back_as_it_is_written(
 
     monkeypatch.setattr(local, "_sync_file_range", lambda: record)
     monkeypatch.setattr(local, "WRITEBACK_LAG", 1)
-    server, port = await serve(answer_with(BIG))
-    async with server, pinned_client(LOCAL) as client:
-        saved = await download(
-            client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
-        )
-    assert (tmp_path / "v.mp4").read_bytes() == BIG
-    assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
+    await download_big(tmp_path)
     started = [(offset, nbytes) for offset, nbytes, flags in calls if flags == local._WRITE]
     assert started[0][0] == 0 and len(started) >= 3  # three blocks and a bit
     for (offset, nbytes), (following, _) in itertools.pairwise(started):
@@ -168,13 +173,7 @@ async def test_without_sync_file_range_the_download_is_the_same(
 ) -> None:
     """Where the C library has no sync_file_range, blocks are written as before."""
     monkeypatch.setattr(local, "_sync_file_range", lambda: None)
-    server, port = await serve(answer_with(BIG))
-    async with server, pinned_client(LOCAL) as client:
-        saved = await download(
-            client, f"http://127.0.0.1:{port}/v.mp4", tmp_path / "v.mp4", policy=LOCAL
-        )
-    assert (tmp_path / "v.mp4").read_bytes() == BIG
-    assert saved.sha256 == hashlib.sha256(BIG).hexdigest()
+    await download_big(tmp_path)
 
 
 def test_sync_file_range_is_found_on_linux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
