@@ -185,12 +185,13 @@ def _prepare(
     if options.collect:
         finishing = ledger.diff(manifest, loaded.jobs).finishing_keys
     else:
-        # The manifest's jobs as the ledger has them before the plan is recorded: what moved
+        resolved = resolve(ledger, loaded.manifest, loaded.jobs, env, strict=False)
+        # The manifest's jobs as the ledger has them just before the plan is recorded (after
+        # resolving, which may upload for a while as workers change jobs): what moved
         # outputs are looked for in, and, when nothing is written until the re-check (the
         # usual re-run), its jobs after recording too, without reading them again.
         before = list(ledger.briefs(manifest=manifest))
         moved = _relocate(ledger, loaded.store, loaded.jobs, before)
-        resolved = resolve(ledger, loaded.manifest, loaded.jobs, env, strict=False)
         diff = record(ledger, loaded.manifest, loaded.jobs, loaded.store.root, resolved)
         finishing, files = diff.finishing_keys, resolved.files
         unchanged = diff.unchanged and not moved
