@@ -163,6 +163,40 @@ def test_requests_past_every_pools_room_wait_in_order_outside_the_pools() -> Non
     anyio.run(main)
 
 
+def test_a_freed_room_goes_to_the_waiter_not_to_a_request_arriving_meanwhile() -> None:
+    """The room a finished request frees is counted for the first waiter as it is woken: a
+    request sent before the waiter has run waits its turn, and no pool gets more requests
+    than it has connections."""
+    served: list[int] = []
+    transport = _counting_shards(served)
+    order: list[str] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            held = [
+                await client.send(client.build_request("GET", "http://x/"), stream=True)
+                for _ in range(4)
+            ]
+
+            async def late(name: str) -> None:
+                async with client.stream("GET", "http://x/") as response:
+                    order.append(name)
+                    assert max(transport._busy) <= 2  # never past a pool's connections
+                    await response.aread()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(late, "waiter")
+                await anyio.wait_all_tasks_blocked()
+                await held[0].aclose()  # frees a room and wakes the waiter, which has not run
+                await late("newcomer")  # sent at once, before the waiter runs
+            assert order == ["waiter", "newcomer"]
+            for response in held[1:]:
+                await response.aclose()
+            assert transport._busy == [0, 0]
+
+    anyio.run(main)
+
+
 def test_a_cancelled_wait_leaves_the_queue_and_a_long_one_is_a_pool_timeout() -> None:
     served: list[int] = []
     transport = _counting_shards(served)

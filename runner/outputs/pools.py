@@ -24,6 +24,7 @@ import math
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -110,6 +111,14 @@ class Client(httpx.AsyncClient):
         self._jar = _Cookies(cookies)
 
 
+@dataclass(eq=False)
+class _Turn:
+    """A request waiting for room: woken once a pool is counted for it (``pool``)."""
+
+    woken: anyio.Event
+    pool: int = -1
+
+
 class ShardedTransport(httpx.AsyncBaseTransport):
     """``limits.max_connections`` connections as pools of ``per_shard`` each, made by
     ``make(limits_of_one_pool)``; see the module's docstring."""
@@ -134,19 +143,19 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._shards = [make(one) for _ in range(shards)]
         self._busy = [0] * shards
         self._room = one.max_connections or per_shard  # requests a pool serves at once
-        self._waiting: deque[anyio.Event] = deque()  # requests waiting for room, in order
+        self._waiting: deque[_Turn] = deque()  # requests waiting for room, in order
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         busy = self._busy
         if self._waiting or min(busy) >= self._room:
-            await self._wait_for_room(request)
-        i = busy.index(min(busy))
+            i = await self._wait_for_room(request)
+        else:
+            i = self._take()
 
         def done() -> None:
             busy[i] -= 1
             self._wake()
 
-        busy[i] += 1
         try:
             response = await self._shards[i].handle_async_request(request)
         except BaseException:
@@ -156,28 +165,40 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         response.stream = _Counted(response.stream, done)
         return response
 
-    async def _wait_for_room(self, request: httpx.Request) -> None:
+    def _take(self) -> int:
+        """The pool with the fewest requests under way, counted with one more."""
+        busy = self._busy
+        i = busy.index(min(busy))
+        busy[i] += 1
+        return i
+
+    async def _wait_for_room(self, request: httpx.Request) -> int:
         """Wait for a pool with a free connection, after those that waited before (at most
-        the request's pool timeout, as in httpcore's queue)."""
-        room = anyio.Event()
-        self._waiting.append(room)
+        the request's pool timeout, as in httpcore's queue); the pool it was given, counted
+        for it when it was woken (so a request arriving meanwhile cannot take that room)."""
+        turn = _Turn(anyio.Event())
+        self._waiting.append(turn)
         timeout = request.extensions.get("timeout", {}).get("pool")
         try:
             with anyio.fail_after(timeout):
-                await room.wait()
+                await turn.woken.wait()
         except BaseException as err:
-            if room.is_set():  # woken, then cancelled: the room goes to the next
+            if turn.woken.is_set():  # given a pool, then cancelled: the room goes to the next
+                self._busy[turn.pool] -= 1
                 self._wake()
             else:
-                self._waiting.remove(room)
+                self._waiting.remove(turn)
             if isinstance(err, TimeoutError):
                 raise httpx.PoolTimeout("no connection free in time", request=request) from None
             raise
+        return turn.pool
 
     def _wake(self) -> None:
-        """Let the first waiting request go, if a pool has room for it."""
-        if self._waiting and min(self._busy) < self._room:
-            self._waiting.popleft().set()
+        """Give the first waiting requests the room there is, in order."""
+        while self._waiting and min(self._busy) < self._room:
+            turn = self._waiting.popleft()
+            turn.pool = self._take()
+            turn.woken.set()
 
     async def aclose(self) -> None:
         for shard in self._shards:
