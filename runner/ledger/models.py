@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from runner.ledger.status import JobStatus
 
@@ -20,6 +20,7 @@ def _loads(text: str | None, default: Any) -> Any:
 
 _STATUSES = {status.value: status for status in JobStatus}
 _new_tuple = tuple.__new__
+_Tuple = TypeVar("_Tuple", bound=tuple[Any, ...])
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,14 @@ else:  # no C speedups: the same text
         return _encoded(values)
 
 
+def _with_status(cls: type[_Tuple], values: Sequence[Any]) -> _Tuple:
+    """``cls(*values)`` with the fourth value (``status``) made a :class:`JobStatus`, without
+    the NamedTuple's Python frame."""
+    values = list(values)
+    values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
+    return _new_tuple(cls, values)
+
+
 class JobBrief(NamedTuple):
     """The columns of a job that counts, budgets and file checks read (``Ledger.briefs``):
     far cheaper to read than a ``JobRow`` when there are 100,000 of them."""
@@ -233,9 +242,7 @@ class JobBrief(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobBrief:
         """Build from the values of :data:`BRIEF_COLUMNS`, in that order."""
-        values = list(values)
-        values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
-        return _new_tuple(cls, values)  # what ``cls(*values)`` does, without its Python frame
+        return _with_status(cls, values)
 
 
 #: The ``jobs`` columns of a :class:`JobBrief`, in its order.
@@ -264,9 +271,7 @@ class PlannedRow(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> PlannedRow:
         """Build from the values of :data:`PLANNED_COLUMNS`, in that order."""
-        values = list(values)
-        values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
-        return _new_tuple(cls, values)  # what ``cls(*values)`` does, without its Python frame
+        return _with_status(cls, values)
 
     def stored_json(self, name: str) -> str | None:
         """The text of JSON column ``name`` (as ``JobRow.stored_json``)."""

@@ -41,8 +41,7 @@ class Files:
     def is_file(self, path: str) -> bool:
         """``os.path.isfile(path)``."""
         if _POSIX:  # split by hand: the folder is only listed, its spelling may differ
-            folder, slash, name = path.rpartition("/")
-            folder = folder or slash
+            folder, name = _split_posix(path)
         else:
             folder, name = os.path.split(path)
         try:
@@ -55,6 +54,13 @@ class Files:
                 self._kept += len(names)
             self._names[folder] = names
         return (names is not None and name in names) or os.path.isfile(path)
+
+
+def _split_posix(path: str) -> tuple[str, str]:
+    """``os.path.split`` on POSIX without its normalising of the folder's trailing slashes
+    (a cost per card): the folder as spelled (``/`` for a file at the root), the name."""
+    folder, slash, name = path.rpartition("/")
+    return folder or slash, name
 
 
 def _listed(folder: str) -> frozenset[str]:
@@ -114,8 +120,7 @@ def link(
         return None, "", location or row.path
     file = str(bundle.add(row, Path(location))) if bundle is not None else location
     if _POSIX and file.startswith("/"):  # split by hand (relpath makes the folder normal)
-        folder, _, name = file.rpartition("/")
-        folder = folder or "/"
+        folder, name = _split_posix(file)
     else:  # relpath makes the folder absolute and normal: only a relative file needs it first
         folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
     try:
