@@ -128,6 +128,13 @@ def _counting_shards(served: list[int]) -> ShardedTransport:
     return ShardedTransport(limits, lambda _one: shard(next(made)), per_shard=2)
 
 
+async def hold_every_connection(client: httpx.AsyncClient) -> list[httpx.Response]:
+    """Four requests under way, their bodies unread: every connection of both pools busy."""
+    return [
+        await client.send(client.build_request("GET", "http://x/"), stream=True) for _ in range(4)
+    ]
+
+
 def test_requests_past_every_pools_room_wait_in_order_outside_the_pools() -> None:
     served: list[int] = []
     transport = _counting_shards(served)
@@ -135,10 +142,7 @@ def test_requests_past_every_pools_room_wait_in_order_outside_the_pools() -> Non
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=transport) as client:
-            held = [
-                await client.send(client.build_request("GET", "http://x/"), stream=True)
-                for _ in range(4)
-            ]
+            held = await hold_every_connection(client)
             assert sorted(served) == [0, 0, 1, 1]  # every connection of both pools in use
 
             async def late(name: str) -> None:
@@ -173,10 +177,7 @@ def test_a_freed_room_goes_to_the_waiter_not_to_a_request_arriving_meanwhile() -
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=transport) as client:
-            held = [
-                await client.send(client.build_request("GET", "http://x/"), stream=True)
-                for _ in range(4)
-            ]
+            held = await hold_every_connection(client)
 
             async def late(name: str) -> None:
                 async with client.stream("GET", "http://x/") as response:
@@ -203,10 +204,7 @@ def test_a_cancelled_wait_leaves_the_queue_and_a_long_one_is_a_pool_timeout() ->
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=transport) as client:
-            held = [
-                await client.send(client.build_request("GET", "http://x/"), stream=True)
-                for _ in range(4)
-            ]
+            held = await hold_every_connection(client)
             with pytest.raises(httpx.PoolTimeout):
                 await client.get("http://x/", timeout=httpx.Timeout(5.0, pool=0.01))
             got: list[str] = []
