@@ -326,24 +326,21 @@ class SqliteLedger(JobClaims):
             restore=self._status_before_orphaning,
             now=self._store.now(),
         )
-        conn = self._store.conn
         # The row as changed comes back from the UPDATE itself (no read of it afterwards).
-        values = conn.execute(
-            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in change.updates)} WHERE key = ?"
-            f" RETURNING {_JOB_VALUES}",
-            [*change.updates.values(), row.key],
-        ).fetchone()
-        conn.execute(
+        values = self._update_job(row.key, change.updates, f" RETURNING {_JOB_VALUES}").fetchone()
+        self._store.conn.execute(
             f"INSERT INTO events ({', '.join(change.event)}) VALUES (?, ?, ?, ?, ?)",
             list(change.event.values()),
         )
         return JobRow.from_values(values)
 
-    def _update_job(self, key: str, columns: dict[str, Any]) -> None:
+    def _update_job(
+        self, key: str, columns: Mapping[str, Any], returning: str = ""
+    ) -> sqlite3.Cursor:
         # Plain SQL (column names come from TRANSITION_COLUMNS or plan.py only): this runs once
         # per job when a plan orphans thousands, and Table.update re-reads the schema each call.
-        self._store.conn.execute(
-            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE key = ?",
+        return self._store.conn.execute(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE key = ?{returning}",
             [*columns.values(), key],
         )
 
