@@ -4,6 +4,7 @@ bodies written a block at a time beside the event loop (outputs/local.py)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,6 +136,17 @@ async def hold_every_connection(client: httpx.AsyncClient) -> list[httpx.Respons
     ]
 
 
+async def in_turn(
+    client: httpx.AsyncClient, transport: ShardedTransport, order: list[str], name: str
+) -> None:
+    """One more request: ``name`` put in ``order`` once it is under way (never past a pool's
+    connections), then its body read."""
+    async with client.stream("GET", "http://x/") as response:
+        order.append(name)
+        assert max(transport._busy) <= 2  # never past a pool's connections
+        await response.aread()
+
+
 def test_requests_past_every_pools_room_wait_in_order_outside_the_pools() -> None:
     served: list[int] = []
     transport = _counting_shards(served)
@@ -145,10 +157,7 @@ def test_requests_past_every_pools_room_wait_in_order_outside_the_pools() -> Non
             held = await hold_every_connection(client)
             assert sorted(served) == [0, 0, 1, 1]  # every connection of both pools in use
 
-            async def late(name: str) -> None:
-                async with client.stream("GET", "http://x/") as response:
-                    order.append(name)
-                    await response.aread()
+            late = functools.partial(in_turn, client, transport, order)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(late, "first")
@@ -179,11 +188,7 @@ def test_a_freed_room_goes_to_the_waiter_not_to_a_request_arriving_meanwhile() -
         async with httpx.AsyncClient(transport=transport) as client:
             held = await hold_every_connection(client)
 
-            async def late(name: str) -> None:
-                async with client.stream("GET", "http://x/") as response:
-                    order.append(name)
-                    assert max(transport._busy) <= 2  # never past a pool's connections
-                    await response.aread()
+            late = functools.partial(in_turn, client, transport, order)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(late, "waiter")
