@@ -20,18 +20,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
+from runner.jsontext import one_per_line
+
 INDENT = "  "
 STREAMED = 64  # a container of containers with more items than this is written item by item
 TABLE = 1024  # of a long list, the items looked at together (written a column at a time)
 _CONTAINERS = (dict, list, tuple)
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
 _leaf = json.JSONEncoder(ensure_ascii=False, default=str).encode
-# leaves one a line: what splits a list of leaves' text back into each one's
-_LINES = (
-    c_make_encoder(None, str, encode_basestring, None, ": ", "\n", False, False, True)
-    if c_make_encoder is not None
-    else None
-)
 
 
 @functools.cache
@@ -217,8 +213,8 @@ def _column(
     raw newline, and no leaf's text ends with a bracket, so the one text splits back into
     the values' — else one at a time."""
     types = set(map(type, values))
-    if _LINES is not None and types <= _LEAF_TYPES:
-        return "".join(_LINES(values, 0))[1:-1].split("\n"), "", ""
+    if types <= _LEAF_TYPES:
+        return one_per_line(values), "", ""
     if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
         opened, closed = "{}" if types == {dict} else "[]"
         # each container once (items often share one: a matrix row's vars)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple, TypeVar
 
+from runner.jsontext import dumps, one_per_line
 from runner.ledger.status import JobStatus
 
 
@@ -125,7 +126,7 @@ class JobRow:
         if isinstance(text, str):
             return text
         value = getattr(self, name)
-        return _JSON_TEXT(list(value) if name == "tags" else value)
+        return dumps(list(value) if name == "tags" else value)
 
     def to_json(self) -> str:
         """``json.dumps(self.to_dict(), ensure_ascii=False)``, byte for byte, made without
@@ -136,7 +137,7 @@ class JobRow:
         values[_STATUS_AT] = self.status.value
         for at, _ in _JSON_AT:
             values[at] = None  # (a decoded value, if any) spliced in below as its text
-        parts = _scalars_text(values)[1:-1].split(_ITEM_SEPARATOR)
+        parts = one_per_line(values)
         for at, name in _JSON_AT:
             parts[at] = self.json_text(name)
         return _OBJECT_TEXT % tuple(parts)
@@ -187,33 +188,10 @@ setattr(JobRow, "request", _LazyJSON("request", dict, lambda v: v))  # noqa: B01
 setattr(JobRow, "vars", _LazyJSON("vars", dict, lambda v: v))  # noqa: B010
 setattr(JobRow, "tags", _LazyJSON("tags", tuple, tuple))  # noqa: B010
 
-# JobRow.to_json: the columns' places, the object with a %s for each value, and the list of
-# the other columns' values written by the C encoder with a newline between items (no value
-# written holds one: the encoder escapes it in strings), so it splits into one text a value.
-_JSON_TEXT = json.JSONEncoder(ensure_ascii=False).encode
+# JobRow.to_json: the columns' places, and the object with a %s for each value's text.
 _STATUS_AT = JOB_COLUMNS.index("status")
 _JSON_AT = tuple((JOB_COLUMNS.index(name), name) for name in _LAZY_JSON)
 _OBJECT_TEXT = "{" + ", ".join(encode_basestring(name) + ": %s" for name in JOB_COLUMNS) + "}"
-_ITEM_SEPARATOR = "\n"
-
-
-def _no_default(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-if c_make_encoder is not None:
-    _items = c_make_encoder(
-        None, _no_default, encode_basestring, None, ": ", _ITEM_SEPARATOR, False, False, True
-    )
-
-    def _scalars_text(values: list[Any]) -> str:
-        return "".join(_items(values, 0))
-
-else:  # no C speedups: the same text
-    _encoded = json.JSONEncoder(ensure_ascii=False, separators=(_ITEM_SEPARATOR, ": ")).encode
-
-    def _scalars_text(values: list[Any]) -> str:
-        return _encoded(values)
 
 
 def _with_status(cls: type[_Tuple], values: Sequence[Any]) -> _Tuple:

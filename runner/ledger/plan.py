@@ -11,9 +11,9 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from runner.jsontext import dumps
 from runner.ledger.models import PlanDiff
 from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
@@ -22,20 +22,7 @@ if TYPE_CHECKING:
     from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 
-def _encoder() -> Callable[[Any], str]:
-    """``json.dumps(value, ensure_ascii=False)``, the same text, without what it sets up on
-    every call: the C encoder is made once (no circular check: a job's values went through
-    the key's canonical JSON, which has one)."""
-    plain = json.JSONEncoder(ensure_ascii=False)
-    if c_make_encoder is None:  # no C speedups: the same text, a little slower
-        return plain.encode
-    encode = c_make_encoder(
-        None, plain.default, encode_basestring, None, ": ", ", ", False, False, True
-    )
-    return lambda value: "".join(encode(value, 0))
-
-
-_json = _encoder()
+_json = dumps  # json.dumps(value, ensure_ascii=False)
 
 
 class Recorded(Protocol):
