@@ -43,7 +43,7 @@ def check_paths(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) 
         _check_each(m, jobs, [_fold(path) for path in paths])
     # Every path has as many segments as the template (an empty one renders "_"), so a file
     # never stands where another job needs a folder.
-    _check_limits(m, jobs, state_dir)
+    _check_limits(m, jobs, paths, state_dir)
 
 
 def _plainly_distinct(paths: list[str]) -> bool:
@@ -90,7 +90,9 @@ def _check_each(m: Manifest, jobs: Sequence[Job], folded_paths: list[str]) -> No
             files[folded] = (name, job)
 
 
-def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None) -> None:
+def _check_limits(
+    m: Manifest, jobs: Sequence[Job], paths: list[str], state_dir: str | Path | None
+) -> None:
     """Every path within the limits of the filesystem where it lands."""
     at_dir = m.where(("output", "dir"))
     at_file = m.where(("output", "filename"))
@@ -118,7 +120,6 @@ def _check_limits(m: Manifest, jobs: Sequence[Job], state_dir: str | Path | None
                 )
     longest = max(TEMPORARY_SUFFIXES, key=len)
     base = len(str(root).encode("utf-8", "surrogateescape")) + 1 if root is not None else 0
-    paths = [job.path for job in jobs]
     length = max(map(len, paths), default=0) + len(longest)
     if length <= name_max and base + length < path_max and all(map(str.isascii, paths)):
         return  # what the loop below would find of each path, found of the longest

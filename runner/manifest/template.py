@@ -274,14 +274,11 @@ def row_path_renderer(
 
             return render_one
         # the usual case: one segment filled per job, between texts joined once
-        (i, one, before, after, _) = only = per_segment[0]
-        start = "".join(part + "/" for part in parts[:i])
-        end = "".join("/" + part for part in parts[i + 1 :])
+        only = per_segment[0]
+        start = "".join(part + "/" for part in parts[: only[0]])
+        end = "".join("/" + part for part in parts[only[0] + 1 :])
 
         def render_only(context: Mapping[str, Any]) -> str:
-            value = context.get(one) if one else None
-            if type(value) is int:  # as filled() does
-                return start + sanitize_segment(before + str(value) + after) + end
             return start + filled(context, only) + end
 
         return render_only
