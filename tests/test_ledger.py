@@ -765,6 +765,35 @@ def test_plans_read_whole_rows_only_of_jobs_whose_status_changes(
     assert ledger.get(a[1].key).path == "elsewhere.mp4"  # type: ignore[union-attr]
 
 
+def test_a_diff_counts_the_manifests_charged_credits_from_its_own_read(ledger: Ledger) -> None:
+    """Given ``charged``, a diff sums the credits of the jobs recorded for the manifest that
+    it says were charged — the same float as ``charged_credits(briefs(manifest=...))``,
+    whatever the manifest now produces — while the jobs another manifest recorded, even
+    ones this manifest produces, are not counted. Without it, nothing is counted."""
+    from runner.engine import charged, charged_credits
+
+    credits = [0.1, 0.2, 0.3, 7, 8, 9]
+    jobs = [
+        dataclasses.replace(job, credits=c)
+        for job, c in zip(matrix_jobs("a", "{x}", x=list(range(6))), credits, strict=True)
+    ]
+    ledger.record_plan(MANIFEST, jobs[:5])
+    ledger.record_plan("/other.yaml", [dataclasses.replace(jobs[5], manifest="/other.yaml")])
+    for job in jobs[:3]:
+        walk(ledger, job.key, ["submitting", "queued"])
+    ledger.transition(jobs[1].key, "failed", error="nsfw")  # refunded
+    walk(ledger, jobs[5].key, ["submitting", "queued"])  # charged, but another manifest's
+    ledger.record_plan(MANIFEST, jobs[1:5])  # jobs[0] is no longer produced: finishing
+
+    diff = ledger.diff(MANIFEST, jobs[2:], charged=charged)
+    expected = charged_credits(ledger.briefs(manifest=MANIFEST))
+    assert diff.charged_credits == expected == 0.1 + 0.3
+    assert diff.finishing_keys == (jobs[0].key,)
+    assert ledger.diff(MANIFEST, jobs[2:]).charged_credits == 0.0
+    assert dataclasses.replace(diff, charged_credits=0.0) == ledger.diff(MANIFEST, jobs[2:])
+    assert ledger.diff("/other.yaml", [], charged=charged).charged_credits == 9
+
+
 def test_retry_failed_bumps_the_idempotency_key(ledger: Ledger) -> None:
     """Failed jobs go back to pending with key <key>-<n+1>, no attempts, no error."""
     jobs = matrix_jobs("a", "{x}", x=[1, 2, 3]) + matrix_jobs("b", "{x}", start=3, x=[1])

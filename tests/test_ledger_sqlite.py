@@ -452,17 +452,24 @@ def test_claims_left_by_a_dead_executor_are_void_under_the_lock(state: Path) -> 
             assert [r.key for r in led.claim(MANIFEST, "me", lease=60)] == [job.key]
 
 
-def test_a_plan_rewrites_json_columns_only_when_their_values_change(state: Path) -> None:
-    """A known job's request, vars and tags are compared by the values they hold: the same
-    values stored another way (other key order, escaped text) stay as stored; a changed value
-    is rewritten."""
-    job = make_job(prompt="café {x}", x=1, tags=("t",))
+def test_a_plan_rewrites_tags_only_when_their_values_change_and_never_what_the_key_holds(
+    state: Path,
+) -> None:
+    """A known job's tags are compared by the values they hold: the same tags stored another
+    way (escaped text) stay as stored, changed tags are rewritten. Its request and vars are
+    what its key is the hash of (with its campaign, variant and soul), so the job the ledger
+    holds under that key has them: a plan neither compares nor rewrites them, however their
+    text is written (other key order, escaped text)."""
+    job = make_job(prompt="café {x}", x=1, tags=("té",))
     with open_ledger(url_of(state)) as led:
         led.record_plan(MANIFEST, [job])
     other_way = json.dumps(dict(reversed(list(job.request.items()))))  # "caf\u00e9", reordered
     db = state / "ledger.db"
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE jobs SET request = ? WHERE key = ?", [other_way, job.key])
+        conn.execute(
+            "UPDATE jobs SET request = ?, tags = ? WHERE key = ?",
+            [other_way, json.dumps(["té"]), job.key],
+        )
 
     def stored() -> tuple[str, str, str, str]:
         with sqlite3.connect(db) as conn:
@@ -472,17 +479,22 @@ def test_a_plan_rewrites_json_columns_only_when_their_values_change(state: Path)
         return row  # type: ignore[no-any-return]
 
     before = stored()
+    assert before[2] == '["t\\u00e9"]'
     with open_ledger(url_of(state)) as led:
         led.record_plan(MANIFEST, [job])
     assert stored() == before  # nothing to refresh: not even updated_at
-    changed = dataclasses.replace(job, request={**job.request, "duration": 5}, tags=())
+    retagged = dataclasses.replace(job, tags=("t",))
     with open_ledger(url_of(state)) as led:
-        led.record_plan(MANIFEST, [changed])
+        led.record_plan(MANIFEST, [retagged])
         row = led.get(job.key)
-    request, matrix, tags, _ = stored()
-    assert request == json.dumps(changed.request, ensure_ascii=False)
-    assert (matrix, tags) == (before[1], "[]")
-    assert row is not None and (row.request, row.tags) == (changed.request, ())
+    request, matrix, tags, updated_at = stored()
+    assert (request, matrix, tags) == (other_way, before[1], '["t"]')
+    assert row is not None and (row.request, row.tags) == (job.request, ("t",))
+    # a Job whose request is not what its key says (expand never makes one) changes nothing
+    changed = dataclasses.replace(retagged, request={**job.request, "duration": 5})
+    with open_ledger(url_of(state)) as led:
+        assert led.record_plan(MANIFEST, [changed]).unchanged
+    assert stored() == (request, matrix, tags, updated_at)
 
 
 def test_the_plans_json_is_json_dumps_text() -> None:

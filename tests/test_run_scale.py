@@ -103,6 +103,36 @@ def test_a_no_op_rerun_reads_the_manifests_briefs_once(
     assert [r for r in reads if "keys" not in r] == [{"manifest": manifest}] * 2
 
 
+def test_plan_and_a_dry_run_read_the_ledger_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``plan`` and ``run --dry-run`` on a recorded ledger read its jobs once, for the diff:
+    the credits charged so far come from that read (no briefs), the same figure as summing
+    the manifest's briefs."""
+    from runner import app
+    from runner.engine import charged_credits
+
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=23))
+    prices = "budget: {prices: [{match: {}, credits: 10}]%s}\n"
+    h.write(MANY.format(limits=prices % "" + FAST_LIMITS, a=[1, 2]))
+    assert h.run().counts == {"downloaded": 6}
+    manifest = str(h.manifest.resolve())
+    with open_ledger(default_ledger_url(h.state_dir)) as ledger:
+        spent = charged_credits(ledger.briefs(manifest=manifest))
+    assert spent == 60
+
+    def refused(self: SqliteLedger, **where: Any) -> Iterator[JobBrief]:
+        raise AssertionError(f"briefs read: {where}")
+
+    monkeypatch.setattr(SqliteLedger, "briefs", refused)
+    summary = app.plan(h.manifest, h.state_dir).document["summary"]
+    assert (summary["charged_credits"], summary["estimated_credits"]) == (spent, 0)
+    h.write(MANY.format(limits=prices % ", max_total_credits: 75" + FAST_LIMITS, a=[1, 2, 3]))
+    dry = h.run(app.RunOptions(dry_run=True))  # three jobs more: room for one
+    assert len(dry.would_submit) == 1
+    assert "(70 charged so far" in str(dry.outcome.budget_stop)
+
+
 def test_bulk_steps_pause_garbage_collection_and_restore_it() -> None:
     """bulk() pauses cyclic collection inside (the rows it builds hold no cycles) and leaves
     it as it found it, on or off, an error or not."""

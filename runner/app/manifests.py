@@ -66,7 +66,7 @@ def plan(
     writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
     the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
     from runner.app.common import Environment, reading
-    from runner.engine import charged_credits
+    from runner.engine import charged
 
     manifest = load_manifest(manifest_path)
     with bulk():
@@ -75,17 +75,18 @@ def plan(
         jobs = estimated(manifest, jobs, env or Environment())
     statuses: dict[str, str] = {}
     orphaned = finishing = 0
-    charged = 0.0
+    spent = 0.0
     with bulk(), reading(state_dir, ledger) as opened:
         if opened is not None:
-            diff = opened.diff(str(manifest.path), jobs)
+            # one read of the ledger: the diff sums the credits charged so far as it reads
+            diff = opened.diff(str(manifest.path), jobs, charged=charged)
             statuses, orphaned = diff.statuses, diff.orphaned
             finishing = len(diff.finishing_keys)
-            charged = charged_credits(opened.briefs(manifest=str(manifest.path)))
+            spent = diff.charged_credits
         doc = plan_document(jobs, statuses, orphaned, finishing)
     summary = doc["summary"]
-    summary["charged_credits"] = number(charged)
-    summary["estimated_total_credits"] = number(charged + summary["estimated_credits"])
+    summary["charged_credits"] = number(spent)
+    summary["estimated_total_credits"] = number(spent + summary["estimated_credits"])
     summary["max_credits"] = manifest.budget.max_credits
     summary["max_total_credits"] = manifest.budget.max_total_credits
     if estimate:

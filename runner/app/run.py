@@ -14,7 +14,7 @@ from pathlib import Path
 from runner.app.common import Environment, bulk, executing, reading, run_loop, select
 from runner.app.execute import Work, execute
 from runner.app.recording import record, resolve
-from runner.engine import EngineSettings, Outcome, charged_credits
+from runner.engine import EngineSettings, Outcome, charged, charged_credits
 from runner.engine.executor import ENDED, Driven
 from runner.errors import ManifestError, RunnerError, UsageError
 from runner.jobs import Job, expand
@@ -322,8 +322,8 @@ def _dry_run(
     spent = 0.0
     with reading(state_dir, ledger) as opened:
         if opened is not None:
-            statuses = opened.diff(str(manifest.path), jobs).statuses
-            spent = charged_credits(opened.briefs(manifest=str(manifest.path)))
+            diff = opened.diff(str(manifest.path), jobs, charged=charged)
+            statuses, spent = diff.statuses, diff.charged_credits
     candidates = []
     for job in selected:
         status = JobStatus(statuses.get(job.key, JobStatus.PENDING.value))

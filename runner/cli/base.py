@@ -358,7 +358,7 @@ def configure_logging(ctx: Context) -> None:
         "runner run manifests/nightly.yaml --summary state/last-run.json",
         "runner report && xdg-open state/report.html",
     )
-    + '\n\n\b\nShell completion (bash; zsh_source and fish_source likewise):\n'
+    + "\n\n\b\nShell completion (bash; zsh_source and fish_source likewise):\n"
     '  eval "$(_RUNNER_COMPLETE=bash_source runner)"',
 )
 @common_options

@@ -102,9 +102,7 @@ def _cap(value: float | None) -> str:
 @common_options
 @click.argument("manifest", type=click.Path(path_type=Path))
 @selection_options
-@click.option(
-    "--estimate", is_flag=True, help="Price jobs with the provider's estimate endpoint."
-)
+@click.option("--estimate", is_flag=True, help="Price jobs with the provider's estimate endpoint.")
 @json_option
 @handle_errors
 def plan(
@@ -201,5 +199,3 @@ def schema() -> None:
     from runner.manifest import manifest_json_schema
 
     click.echo(json.dumps(manifest_json_schema(), indent=2, ensure_ascii=False))
-
-

@@ -198,5 +198,3 @@ def mock_server_cmd(host: str, port: int, latency: float | None, **knobs: Any) -
         pass  # Ctrl-C is how a server is stopped, not a failure
     finally:
         sock.close()
-
-

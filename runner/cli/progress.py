@@ -126,9 +126,7 @@ class ProgressView:
         if not self.quiet and self.console.is_terminal:
             from rich.live import Live
 
-            self._live = Live(
-                self, console=self.console, refresh_per_second=REFRESH_PER_SECOND
-            )
+            self._live = Live(self, console=self.console, refresh_per_second=REFRESH_PER_SECOND)
             self._live.start()
         return self
 

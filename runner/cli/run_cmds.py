@@ -31,6 +31,7 @@ from runner.errors import UsageError
 if TYPE_CHECKING:
     from runner.app import RunOptions
 
+
 def _view(every: float) -> ProgressView:
     """The progress display on the console that log records share."""
     ctx = get_ctx()
@@ -358,4 +359,3 @@ def souls_cmd(manifest: Path, as_json: bool) -> None:
     if not records and not failures:
         click.echo("this manifest defines no souls")
     sys.exit(exit_code(failed=bool(failures)))
-

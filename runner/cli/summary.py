@@ -57,9 +57,7 @@ class Ending:
     @property
     def left(self) -> int:
         """Selected jobs that a later run still has work for (pending or in flight)."""
-        return sum(
-            n for c in self.selection.values() for s, n in c.items() if s not in NOT_LEFT
-        )
+        return sum(n for c in self.selection.values() for s, n in c.items() if s not in NOT_LEFT)
 
 
 def duration(seconds: float) -> str:

@@ -20,6 +20,7 @@ from runner.ledger.models import (
     GenerationTime,
     JobBrief,
     JobRow,
+    JobState,
     PlanDiff,
     SoulRow,
     Transition,
@@ -305,8 +306,20 @@ class Ledger(Protocol):
 
     # --- plans ------------------------------------------------------------------------
 
-    def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
-        """What :meth:`record_plan` would do with these jobs, without writing anything."""
+    def diff(
+        self,
+        manifest_path: str,
+        jobs: Sequence[Job],
+        *,
+        charged: Callable[[JobState], bool] | None = None,
+    ) -> PlanDiff:
+        """What :meth:`record_plan` would do with these jobs, without writing anything.
+
+        Given ``charged`` (``engine.budget.charged``), the diff also sums the estimated
+        credits of the jobs recorded for this manifest that it says were charged
+        (``PlanDiff.charged_credits``: what ``charged_credits(briefs(manifest=...))`` gives),
+        from its own read of them: one read of the ledger for both.
+        """
         ...
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:

@@ -194,11 +194,11 @@ _JSON_AT = tuple((JOB_COLUMNS.index(name), name) for name in _LAZY_JSON)
 _OBJECT_TEXT = "{" + ", ".join(encode_basestring(name) + ": %s" for name in JOB_COLUMNS) + "}"
 
 
-def _with_status(cls: type[_Tuple], values: Sequence[Any]) -> _Tuple:
-    """``cls(*values)`` with the fourth value (``status``) made a :class:`JobStatus`, without
-    the NamedTuple's Python frame."""
+def _with_status(cls: type[_Tuple], values: Sequence[Any], at: int) -> _Tuple:
+    """``cls(*values)`` with value ``at`` (``status``) made a :class:`JobStatus`, without the
+    NamedTuple's Python frame."""
     values = list(values)
-    values[3] = _STATUSES.get(values[3]) or JobStatus(values[3])
+    values[at] = _STATUSES.get(values[at]) or JobStatus(values[at])
     return _new_tuple(cls, values)
 
 
@@ -220,7 +220,7 @@ class JobBrief(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobBrief:
         """Build from the values of :data:`BRIEF_COLUMNS`, in that order."""
-        return _with_status(cls, values)
+        return _with_status(cls, values, 3)
 
 
 #: The ``jobs`` columns of a :class:`JobBrief`, in its order.
@@ -228,37 +228,24 @@ BRIEF_COLUMNS: tuple[str, ...] = JobBrief._fields
 
 
 class PlannedRow(NamedTuple):
-    """The columns of a job that recording a plan compares with the manifest's job
-    (``plan.refreshed_columns``), its JSON columns as the text the ledger holds: what
-    ``record_plan`` reads of 100,000 jobs instead of whole rows."""
+    """The columns of a known job that recording a plan may refresh (``plan.refreshed_columns``),
+    ``tags`` as the JSON text the ledger holds: what ``record_plan`` reads of 100,000 jobs
+    instead of whole rows. The rest of a job (campaign, vars, request, variant, soul) is what
+    its key is the hash of, so a job the ledger holds under that key has them already."""
 
     key: str
     manifest: str
-    campaign: str
     status: JobStatus
     job_index: int
     path: str
     credits: float
     priced_by: str | None
-    soul: str | None
-    variant: int | None
-    tags: str | None  # JSON text
-    request: str | None  # JSON text
-    vars: str | None  # JSON text
+    tags: str  # JSON text
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> PlannedRow:
         """Build from the values of :data:`PLANNED_COLUMNS`, in that order."""
-        return _with_status(cls, values)
-
-    def stored_json(self, name: str) -> str | None:
-        """The text of JSON column ``name`` (as ``JobRow.stored_json``)."""
-        text = getattr(self, name)
-        return text if isinstance(text, str) else None
-
-    def plan_texts(self) -> tuple[str | None, str | None, str | None]:
-        """The text of ``tags``, ``request`` and ``vars``, as the ledger holds them."""
-        return self[10:13]
+        return _with_status(cls, values, 2)
 
 
 #: The ``jobs`` columns of a :class:`PlannedRow`, in its order.
@@ -266,18 +253,21 @@ PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
 
 
 class JobState(NamedTuple):
-    """What a diff reads of a job (``plan.Recorded``): ``plan --json`` reads these three
-    columns of 100,000 jobs instead of their briefs."""
+    """What a diff reads of a job (``plan.Recorded``), and what says whether its credits were
+    charged (``engine.budget.charged``): ``plan --json`` reads these columns of 100,000 jobs
+    instead of their briefs, once for both."""
 
     key: str
     manifest: str
     status: JobStatus
+    credits: float
+    generation_id: str | None
+    error: str | None
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> JobState:
         """Build from the values of :data:`STATE_COLUMNS`, in that order."""
-        key, manifest, status = values
-        return _new_tuple(cls, (key, manifest, _STATUSES.get(status) or JobStatus(status)))
+        return _with_status(cls, values, 2)
 
 
 #: The ``jobs`` columns of a :class:`JobState`, in its order.
@@ -372,3 +362,6 @@ class PlanDiff:
     # ``record_plan`` only: True when recording it wrote nothing (no new job, refreshed
     # column or status change), so what was read of the jobs before it still holds
     unchanged: bool = False
+    # ``diff(charged=...)`` only: the estimated credits of the jobs recorded for this manifest
+    # that ``charged`` says were charged, counted from the diff's own read of them
+    charged_credits: float = 0.0

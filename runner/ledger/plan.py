@@ -11,10 +11,11 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from runner.jsontext import dumps
-from runner.ledger.models import PlanDiff
+from runner.ledger.models import PLANNED_COLUMNS, JobState, PlanDiff, PlannedRow
 from runner.ledger.rows import event_row
 from runner.ledger.status import IN_FLIGHT, JobStatus, first_idempotency_key
 
@@ -26,8 +27,8 @@ _json = dumps  # json.dumps(value, ensure_ascii=False)
 
 
 class Recorded(Protocol):
-    """What a plan reads of a ledger's job: a ``JobRow`` to record it (``plan_writes``), a
-    ``JobBrief`` is enough for the diff alone."""
+    """What a plan reads of a ledger's job: a ``PlannedRow`` to record it (``plan_writes``),
+    a ``JobState`` for the diff alone."""
 
     @property
     def key(self) -> str: ...
@@ -49,6 +50,7 @@ class Plan(Generic[R]):
     existing: dict[str, R]  # the produced jobs the ledger already has
     # the manifest's ledger jobs it no longer produces, not yet orphaned and not in flight
     to_orphan: list[R]
+    read: dict[str, R]  # every job read, by key, in the order read (``read_rows``)
 
 
 def gather_plan(
@@ -67,9 +69,14 @@ def gather_plan(
     produced = _first_by_key(jobs)
     rows = _first_by_key(list(read_rows(list(produced), manifest)))
     existing = {key: rows[key] for key in produced if key in rows}
-    gone = [row for row in rows.values() if row.key not in produced and row.manifest == manifest]
-    back = {key: restore(key) for key, row in existing.items() if row.status is JobStatus.ORPHANED}
-    return compute_plan(produced, existing, gone, back)
+    gone = []
+    if len(existing) < len(rows):  # (the usual re-plan reads only jobs it produces)
+        gone = [
+            row for row in rows.values() if row.key not in produced and row.manifest == manifest
+        ]
+    orphaned = JobStatus.ORPHANED
+    back = {key: restore(key) for key, row in existing.items() if row.status is orphaned}
+    return compute_plan(produced, existing, gone, back, read=rows)
 
 
 K = TypeVar("K", bound="Job | Recorded")
@@ -86,34 +93,47 @@ def _first_by_key(items: Sequence[K]) -> dict[str, K]:
     return found
 
 
+#: Each status's word (``status.value`` is a Python property: a dict is faster).
+_VALUES = {status: status.value for status in JobStatus}
+
+
 def compute_plan(
     produced: dict[str, Job],
     existing: dict[str, R],
     gone: list[R],
     restore: Mapping[str, JobStatus],
+    *,
+    read: dict[str, R],
 ) -> Plan[R]:
     """The plan for ``produced`` jobs, given the ones the ledger has (``existing``), the
     manifest's ledger jobs it no longer produces (``gone``), and for each orphaned job it
-    produces again the status it goes back to (``restore``).
+    produces again, in ``existing``'s order, the status it goes back to (``restore``);
+    ``read`` is every job read, by key, in the order read.
 
     A job no longer produced that is already in flight is paid for (or may be): it is not
     orphaned here but left ``finishing`` — counted in flight — for a run to cancel while
     queued or to download, and only then orphan (SPEC v2 §4)."""
     finishing = [row for row in gone if row.status in IN_FLIGHT]
     gone = [row for row in gone if row.status not in IN_FLIGHT]
-    orphaned = JobStatus.ORPHANED
     # each known job's status after the plan, in manifest order (``existing`` is in it)
-    after = {
-        key: restore[key] if row.status is orphaned else row.status for key, row in existing.items()
-    }
-    tally = Counter(after.values())
+    after = {key: row.status for key, row in existing.items()}
+    after.update(restore)
+    statuses = {key: _VALUES[status] for key, status in after.items()}
+    tally = Counter(statuses.values())
     pending = JobStatus.PENDING
+    added = (
+        tuple(key for key in produced if key not in existing) if len(after) < len(produced) else ()
+    )
     credits = 0.0
-    for key, job in produced.items():
-        if after.get(key, pending) is pending:
-            credits += job.credits
+    if tally[pending]:
+        for key, job in produced.items():
+            if after.get(key, pending) is pending:
+                credits += job.credits
+    else:  # the pending jobs are the added ones (the same sum, in the same order)
+        for key in added:
+            credits += produced[key].credits
     diff = PlanDiff(
-        statuses={key: status.value for key, status in after.items()},
+        statuses=statuses,
         total=len(produced),
         new=len(produced) - len(existing) + tally[pending],
         done=tally[JobStatus.DOWNLOADED],
@@ -121,13 +141,27 @@ def compute_plan(
         failed=tally[JobStatus.FAILED],
         orphaned=len(gone),
         new_credits=credits,
-        added=tuple(key for key in produced if key not in existing),
+        added=added,
         orphaned_keys=tuple(row.key for row in gone),
-        restored_keys=tuple(key for key, row in existing.items() if row.status is orphaned),
+        restored_keys=tuple(restore),
         finishing_keys=tuple(row.key for row in finishing),
     )
     to_orphan = [row for row in gone if row.status is not JobStatus.ORPHANED]
-    return Plan(diff, produced, existing, to_orphan)
+    return Plan(diff, produced, existing, to_orphan, read)
+
+
+def diff_with_charges(
+    plan: Plan[JobState], manifest: str, charged: Callable[[JobState], bool] | None
+) -> PlanDiff:
+    """``plan``'s diff; given ``charged`` (``engine.budget.charged``), with the estimated
+    credits of the jobs read that are recorded for ``manifest`` and ``charged`` says were
+    charged (``PlanDiff.charged_credits``): summed as ``engine.budget.charged_credits`` sums
+    ``briefs(manifest=manifest)``, in the same order, so the same float."""
+    if charged is None:
+        return plan.diff
+    rows = plan.read.values()
+    spent = sum((r.credits for r in rows if r.manifest == manifest and charged(r)), 0.0)
+    return replace(plan.diff, charged_credits=spent)
 
 
 def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]:
@@ -153,84 +187,37 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
     }
 
 
-class Stored(Recorded, Protocol):
-    """What :func:`refreshed_columns` reads of a ledger's job: a ``JobRow``, or a
-    ``PlannedRow`` (whose JSON columns are their text)."""
-
-    @property
-    def campaign(self) -> str: ...
-    @property
-    def job_index(self) -> int: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def credits(self) -> float: ...
-    @property
-    def priced_by(self) -> str | None: ...
-    @property
-    def soul(self) -> str | None: ...
-    @property
-    def variant(self) -> int | None: ...
-    def stored_json(self, name: str) -> str | None: ...
-    def plan_texts(self) -> tuple[str | None, str | None, str | None]: ...
+#: What :func:`refreshed_columns` compares as they are: ``PlannedRow``'s values 3 to 6
+#: with a job's ``_plain``.
+_PLAIN = ("job_index", "path", "credits", "priced_by")
+_plain = attrgetter("index", "path", "credits", "priced_by")
+assert PLANNED_COLUMNS[3:7] == _PLAIN
 
 
-S = TypeVar("S", bound=Stored)
+def refreshed_columns(row: PlannedRow, job: Job, manifest: str, tags: str) -> dict[str, Any]:
+    """Columns of a known job that the manifest now describes differently (never status):
+    its manifest, order, path, credits, pricer and tags (``tags``: the job's, encoded).
 
-#: The columns :func:`refreshed_columns` compares as they are, in its order.
-_PLAIN = ("manifest", "campaign", "job_index", "path", "credits", "priced_by", "soul", "variant")
-
-
-def refreshed_columns(
-    row: Stored, job: Job, manifest: str, encode: Callable[[Any], str] = _json
-) -> dict[str, Any]:
-    """Columns of a known job that the manifest now describes differently (never status).
-
-    A JSON column is first compared as the text the ledger holds (``stored_json``): the same
-    text is the same value, so the usual no-op plan decodes none of them. ``encode`` (of the
-    tags and vars) is ``json.dumps(value, ensure_ascii=False)``, or a memo of it."""
-    ours = (
-        row.manifest,
-        row.campaign,
-        row.job_index,
-        row.path,
-        row.credits,
-        row.priced_by,
-        row.soul,
-        row.variant,
+    The tags are compared as the text the ledger holds first, then, if that differs, as
+    values (the same values stored another way stay as stored). What else the manifest says
+    of a job — its campaign, vars, request, variant and soul — is what its key is the hash
+    of (``runner.jobs.keys``): the job the ledger holds under that key has the same values,
+    so they are neither read nor compared (they could differ only in how the text is
+    written, which is never rewritten)."""
+    theirs = _plain(job)
+    if row[3:7] == theirs and row.manifest == manifest and row.tags == tags:
+        return {}  # the usual case: nothing to refresh
+    changes: dict[str, Any] = {"manifest": manifest} if row.manifest != manifest else {}
+    changes.update(
+        (c, new) for c, old, new in zip(_PLAIN, row[3:7], theirs, strict=True) if old != new
     )
-    theirs = (
-        manifest,
-        job.campaign,
-        job.index,
-        job.path,
-        job.credits,
-        job.priced_by,
-        job.soul,
-        job.variant,
-    )
-    # a tuple is encoded as its list; a request is its job's own
-    texts = (encode(job.tags), _json(job.request), encode(job.vars))
-    held = row.plan_texts()  # (tags, request, vars) as stored_json gives them
-    if ours == theirs and texts == held:  # the usual case: nothing to refresh
-        return {}
-    changes = {c: new for c, old, new in zip(_PLAIN, ours, theirs, strict=True) if old != new}
-    if texts == held:  # all three JSON columns as the ledger holds them
-        return changes
-    values = (("tags", job.tags), ("request", job.request), ("vars", job.vars))
-    for (column, value), text, stored in zip(values, texts, held, strict=True):
-        if text == stored:
-            continue
-        old = getattr(row, column)
-        if isinstance(old, str):  # a PlannedRow's text
-            old = json.loads(old)
-        if (list(old) if column == "tags" else old) != (list(value) if column == "tags" else value):
-            changes[column] = text
+    if row.tags != tags and json.loads(row.tags) != list(job.tags):
+        changes["tags"] = tags
     return changes
 
 
 @dataclass(frozen=True)
-class PlanWrites(Generic[S]):
+class PlanWrites(Generic[R]):
     """What ``record_plan`` writes, in this order, in one transaction."""
 
     new_jobs: list[dict[str, Any]]  # rows of ``jobs`` to insert
@@ -238,10 +225,12 @@ class PlanWrites(Generic[S]):
     refreshed: list[tuple[str, dict[str, Any]]]  # (key, columns to update) of known jobs
     # status changes after that: orphaned jobs produced again go back first, then the
     # manifest's jobs it no longer produces become orphaned
-    moves: list[tuple[S, JobStatus, str]]
+    moves: list[tuple[R, JobStatus, str]]
 
 
-def plan_writes(plan: Plan[S], manifest: str, now: str, ledger_id: str) -> PlanWrites[S]:
+def plan_writes(
+    plan: Plan[PlannedRow], manifest: str, now: str, ledger_id: str
+) -> PlanWrites[PlannedRow]:
     """The writes that record ``plan`` for ``manifest`` at time ``now``."""
     new_jobs = [
         new_row(job, manifest, now, ledger_id)
@@ -250,18 +239,15 @@ def plan_writes(plan: Plan[S], manifest: str, now: str, ledger_id: str) -> PlanW
     ]
     planned = f"planned from {manifest}"
     refreshed = []
-    # The jobs of a row share their vars, those of a campaign their tags: each encoded once
-    # (by identity: the jobs, and so their values, live through this call).
+    # The jobs of a campaign share their tags: encoded once (by identity: the jobs, and so
+    # their tags, live through this call).
     texts: dict[int, str] = {}
-
-    def encode(value: Any) -> str:
-        text = texts.get(id(value))
-        if text is None:
-            text = texts[id(value)] = _json(value)
-        return text
-
     for key, row in plan.existing.items():
-        changes = refreshed_columns(row, plan.produced[key], manifest, encode)
+        job = plan.produced[key]
+        tags = texts.get(id(job.tags))
+        if tags is None:
+            tags = texts[id(job.tags)] = _json(list(job.tags))
+        changes = refreshed_columns(row, job, manifest, tags)
         if changes:
             refreshed.append((key, {**changes, "updated_at": now}))
     moves = [

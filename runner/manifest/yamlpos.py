@@ -113,9 +113,11 @@ class _Loader(Reader, Scanner, Parser, _DepthLimit, _CoreResolver):
 
 
 # yaml.cyaml.CParser: libyaml's event parser (absent when PyYAML was built without it).
-_CParser: Any = getattr(importlib.import_module("yaml.cyaml"), "CParser", None) if (
-    yaml.__with_libyaml__
-) else None
+_CParser: Any = (
+    getattr(importlib.import_module("yaml.cyaml"), "CParser", None)
+    if (yaml.__with_libyaml__)
+    else None
+)
 
 if _CParser is not None:
 

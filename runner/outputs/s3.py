@@ -148,9 +148,7 @@ def object_size(uri: str, *, environ: Mapping[str, str] | None = None) -> int | 
     return _size(store, key, uri)
 
 
-def presign(
-    uri: str, expires_in: timedelta, *, environ: Mapping[str, str] | None = None
-) -> str:
+def presign(uri: str, expires_in: timedelta, *, environ: Mapping[str, str] | None = None) -> str:
     """A URL that lets whoever holds it GET the object at ``uri`` until ``expires_in`` has
     passed (at most 7 days for S3; less if the credentials themselves expire sooner)."""
     bucket, key = split_uri(uri)

@@ -29,7 +29,7 @@ from runner.ledger.models import (
     PlannedRow,
     Transition,
 )
-from runner.ledger.plan import Plan, R, gather_plan, plan_writes, recorded
+from runner.ledger.plan import Plan, R, diff_with_charges, gather_plan, plan_writes, recorded
 from runner.ledger.rows import (
     LEDGER_ID,
     MATCH_LIMIT,
@@ -346,11 +346,19 @@ class SqliteLedger(JobClaims):
 
     # --- plans ------------------------------------------------------------------------
 
-    def diff(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
-        """What :meth:`record_plan` would do with these jobs, without writing anything."""
+    def diff(
+        self,
+        manifest_path: str,
+        jobs: Sequence[Job],
+        *,
+        charged: Callable[[JobState], bool] | None = None,
+    ) -> PlanDiff:
+        """What :meth:`record_plan` would do with these jobs, without writing anything (and,
+        given ``charged``, the manifest's charged credits); see ``Ledger.diff``."""
         manifest = str(manifest_path)
         with self._store.read():
-            return self._plan(manifest, jobs, STATE_COLUMNS, JobState.from_values).diff
+            plan = self._plan(manifest, jobs, STATE_COLUMNS, JobState.from_values)
+        return diff_with_charges(plan, manifest, charged)
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
         """Record a manifest's jobs in one transaction and return the resulting diff: new jobs
