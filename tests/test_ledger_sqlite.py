@@ -518,3 +518,33 @@ def test_the_plans_json_is_json_dumps_text() -> None:
     assert _json([float("nan")]) == json.dumps([float("nan")], ensure_ascii=False)
     with pytest.raises(TypeError):
         _json({"when": object()})
+
+
+def test_statuses_are_read_as_job_statuses_and_an_unknown_word_is_refused(state: Path) -> None:
+    """The reads of many rows get each status converted by sqlite3 as it fetches the row
+    (``store.STATUS_TYPE``): the same ``JobStatus`` members as a single-row read, and a word
+    that is no status is a ``ValueError`` naming it, as anywhere else."""
+    from runner.engine import charged
+    from runner.ledger import JobStatus
+
+    jobs = [make_job("c", 0, x=1), make_job("c", 1, x=2)]
+    with open_ledger(url_of(state)) as led:
+        led.record_plan(MANIFEST, jobs)
+        led.transition(jobs[1].key, "submitting")
+        read = [
+            [r.status for r in led.briefs()],
+            [r.status for r in led.jobs()],
+            [r.status for r in led.iter_jobs(keys=[j.key for j in jobs])],
+            [JobStatus(s) for s in led.diff(MANIFEST, jobs, charged=charged).statuses.values()],
+        ]
+        expected = [led.get(j.key).status for j in jobs]  # type: ignore[union-attr]
+    assert expected == [JobStatus.PENDING, JobStatus.SUBMITTING]
+    for statuses in read:
+        assert all(a is b for a, b in zip(statuses, expected, strict=True)), statuses
+    with sqlite3.connect(state / "ledger.db") as conn:
+        conn.execute("UPDATE jobs SET status = 'mislaid' WHERE key = ?", [jobs[0].key])
+    with open_ledger(url_of(state)) as led:
+        with pytest.raises(ValueError, match="'mislaid' is not a valid JobStatus"):
+            list(led.briefs())
+        with pytest.raises(ValueError, match="'mislaid' is not a valid JobStatus"):
+            led.diff(MANIFEST, jobs)

@@ -63,7 +63,7 @@ def gather_plan(
     """The plan for a manifest's ``jobs`` (the first of each key counts).
 
     ``read_rows(keys, manifest)`` gives the ledger's jobs that have one of these keys or
-    are recorded for this manifest, in ``jobs()`` order; ``restore(key)`` the status an
+    are recorded for this manifest (those in ``jobs()`` order); ``restore(key)`` the status an
     orphaned job goes back to (see ``status.restored_status``).
     """
     produced = _first_by_key(jobs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,16 +45,26 @@ from runner.ledger.sqlite.claims import JobClaims
 from runner.ledger.sqlite.filters import JOB_ORDER, KEYS_IN_SQL, in_json, job_filter, json_text
 from runner.ledger.sqlite.lock import ExecutorLock
 from runner.ledger.sqlite.migrations import MIGRATIONS, Migration
-from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store
+from runner.ledger.sqlite.store import BUSY_TIMEOUT, Store, selected
 from runner.ledger.status import JobStatus, restored_status
 
 if TYPE_CHECKING:
     from runner.jobs import Job  # a type only: the ledger needs no manifest code
 
 _JOB_VALUES = ", ".join(JOB_COLUMNS)
-_SELECT_JOBS = f"SELECT {_JOB_VALUES} FROM jobs"
-_SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
+_SELECT_JOBS = f"SELECT {selected(JOB_COLUMNS)} FROM jobs"
+_SELECT_BRIEFS = f"SELECT {selected(BRIEF_COLUMNS)} FROM jobs"
 T = TypeVar("T")
+N = TypeVar("N", bound=tuple[Any, ...])
+
+
+def _made(cls: type[N]) -> Callable[[Any], N]:
+    """``cls``'s constructor from the values a query selected: a ``NamedTuple`` made in C,
+    its ``status`` converted as it was fetched (``store.STATUS_TYPE``)."""
+    return partial(tuple.__new__, cls)
+
+
+_brief, _planned_row, _state = _made(JobBrief), _made(PlannedRow), _made(JobState)
 
 
 class SqliteLedger(JobClaims):
@@ -145,9 +156,8 @@ class SqliteLedger(JobClaims):
         ``make`` from its values."""
         query = select + (f" WHERE {where}" if where else "") + " " + JOB_ORDER
         try:
-            for values in self._store.conn.execute(query, list(params)):
-                if keep is None or keep(values):
-                    yield make(values)
+            rows: Iterable[Any] = self._store.conn.execute(query, list(params))
+            yield from map(make, rows if keep is None else filter(keep, rows))
         except sqlite3.Error as err:
             raise LedgerError(f"cannot read the ledger {self.url}: {err}") from err
 
@@ -213,7 +223,7 @@ class SqliteLedger(JobClaims):
         """:meth:`iter_jobs`, only the columns of ``JobBrief``."""
         where, params, keep = job_filter(status, campaign, manifest, keys)
         with self._store.read():
-            yield from self._rows(_SELECT_BRIEFS, JobBrief.from_values, where, params, keep)
+            yield from self._rows(_SELECT_BRIEFS, _brief, where, params, keep)
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes, oldest first."""
@@ -357,7 +367,7 @@ class SqliteLedger(JobClaims):
         given ``charged``, the manifest's charged credits); see ``Ledger.diff``."""
         manifest = str(manifest_path)
         with self._store.read():
-            plan = self._plan(manifest, jobs, STATE_COLUMNS, JobState.from_values)
+            plan = self._plan(manifest, jobs, STATE_COLUMNS, _state)
         return diff_with_charges(plan, manifest, charged)
 
     def record_plan(self, manifest_path: str, jobs: Sequence[Job]) -> PlanDiff:
@@ -369,7 +379,7 @@ class SqliteLedger(JobClaims):
         longer produces becomes ``orphaned``. Nothing is deleted."""
         manifest = str(manifest_path)
         with self._store.write():
-            plan = self._plan(manifest, jobs, PLANNED_COLUMNS, PlannedRow.from_values)
+            plan = self._plan(manifest, jobs, PLANNED_COLUMNS, _planned_row)
             writes = plan_writes(plan, manifest, self._store.now(), self.id)
             conn = self._store.conn
             for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
@@ -389,16 +399,22 @@ class SqliteLedger(JobClaims):
         return recorded(plan, writes)
 
     def _planned(
-        self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], T]
-    ) -> Iterator[T]:
-        """The jobs with one of these keys or recorded for this manifest (see ``job_filter``
-        for why many keys are looked up in Python), made by ``make`` from these columns."""
-        select = f"SELECT {', '.join(columns)} FROM jobs"
-        if len(keys) <= KEYS_IN_SQL:
-            where = f"{in_json('key')} OR manifest = ?"
-            return self._rows(select, make, where, [json_text(keys), manifest])
-        wanted, at = set(keys), columns.index("manifest")
-        return self._rows(select, make, None, [], lambda v: v[0] in wanted or v[at] == manifest)
+        self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], R]
+    ) -> list[R]:
+        """The jobs recorded for this manifest, in ``jobs()`` order (the index's), then those
+        of other manifests that have one of these keys (see ``job_filter`` for why many keys
+        are looked up in Python), made by ``make`` from these columns (``key`` first)."""
+        select = f"SELECT {selected(columns)} FROM jobs"
+        rows = list(self._rows(select, make, "manifest = ?", [manifest]))
+        found = {row.key for row in rows}
+        others = [key for key in keys if key not in found]
+        if len(others) <= KEYS_IN_SQL:
+            if others:
+                rows += self._rows(select, make, in_json("key"), [json_text(others)])
+        else:
+            wanted = set(others)
+            rows += self._rows(select, make, None, [], lambda v: v[0] in wanted)
+        return rows
 
     def _plan(
         self, manifest: str, jobs: Sequence[Job], columns: Sequence[str], make: Callable[[Any], R]

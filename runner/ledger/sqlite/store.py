@@ -26,9 +26,32 @@ from runner.ledger.sqlite.migrations import (
     migrate,
     pending_migrations,
 )
+from runner.ledger.status import JobStatus
 
 LEDGER_FILE = "ledger.db"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another writer's transaction to finish
+
+#: The type a query declares for its ``status`` column (:func:`selected`): sqlite3 then hands
+#: it over as a ``JobStatus``, converted in C as the row is fetched (a dict lookup), instead
+#: of one Python call per row read (100,000 of them in a plan).
+STATUS_TYPE = "job_status"
+
+
+class _Statuses(dict[bytes, JobStatus]):
+    """Each status's stored word, as sqlite3 gives it to a converter, to its ``JobStatus``."""
+
+    def __missing__(self, word: bytes) -> JobStatus:
+        return JobStatus(word.decode())  # ValueError, as for an unknown word anywhere
+
+
+sqlite3.register_converter(
+    STATUS_TYPE, _Statuses({status.value.encode(): status for status in JobStatus}).__getitem__
+)
+
+
+def selected(columns: Sequence[str]) -> str:
+    """What a ``SELECT`` of these ``jobs`` columns lists: ``status`` as a ``JobStatus``."""
+    return ", ".join(f'status AS "status [{STATUS_TYPE}]"' if c == "status" else c for c in columns)
 
 
 class Store:
@@ -68,7 +91,12 @@ class Store:
             raise LedgerError(f"cannot open the ledger {path}: it is a directory, not a file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+            conn = sqlite3.connect(
+                path,
+                timeout=busy_timeout,
+                isolation_level=None,
+                detect_types=sqlite3.PARSE_COLNAMES,  # STATUS_TYPE
+            )
         except (OSError, sqlite3.Error) as err:
             raise LedgerError(f"cannot open the ledger {path}: {err}") from err
         store = cls(path, conn, readonly=False, clock=clock, migrations=migrations)
@@ -213,7 +241,12 @@ def _connect_readonly(path: Path, busy_timeout: float) -> sqlite3.Connection:
     error: sqlite3.Error | None = None
     for mode in modes:
         try:
-            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=busy_timeout)
+            conn = sqlite3.connect(
+                f"{uri}?{mode}",
+                uri=True,
+                timeout=busy_timeout,
+                detect_types=sqlite3.PARSE_COLNAMES,  # STATUS_TYPE
+            )
         except sqlite3.Error as err:
             error = err
             continue
