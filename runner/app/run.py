@@ -213,8 +213,9 @@ def _prepare(
     if options.collect:
         found = [r for r in found if r.status in COLLECTABLE]
     rows = _whole(ledger, found)
-    chosen = {r.key for r in rows}
-    rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
+    if finishing:
+        chosen = {r.key for r in rows}
+        rows += [r for r in ledger.jobs(keys=finishing) if r.key not in chosen]
     return _apply_limit(rows, options.limit), set(finishing), files, spent
 
 
@@ -223,7 +224,9 @@ def _whole(ledger: Ledger, rows: list[JobBrief | JobRow]) -> list[Driven]:
     of those that had ended (the engine reads only their key, manifest and status: a no-op
     run of 100,000 downloaded jobs reads no whole row)."""
     wanted = [r.key for r in rows if r.status not in ENDED and not isinstance(r, JobRow)]
-    whole = {r.key: r for r in ledger.jobs(keys=wanted)} if wanted else {}
+    if not wanted:
+        return list(rows)
+    whole = {r.key: r for r in ledger.jobs(keys=wanted)}
     return [whole.get(r.key, r) for r in rows]
 
 
@@ -270,12 +273,14 @@ def _relocate(
     are the manifest's jobs as the ledger has them; the ledger is read again only when the
     plan has jobs it does not hold (new ones, or another manifest's). How many moved."""
     planned = {j.key: j.path for j in jobs}
-    if len(planned) == sum(1 for r in recorded if r.key in planned):
-        rows = [r for r in recorded if r.status is JobStatus.DOWNLOADED and r.key in planned]
-    else:
-        rows = list(ledger.briefs(keys=list(planned), status=JobStatus.DOWNLOADED))
+    downloaded = JobStatus.DOWNLOADED
+    rows: Sequence[JobBrief] = [r for r in recorded if r.key in planned]
+    if len(rows) < len(planned):
+        rows = list(ledger.briefs(keys=list(planned), status=downloaded))
     moved = 0
     for row in rows:
+        if row.status is not downloaded:
+            continue
         old = row.location or store.location(row.path)
         new = store.relocate(old, planned[row.key])
         if new is not None:

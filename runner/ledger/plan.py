@@ -68,7 +68,7 @@ def gather_plan(
     """
     produced = _first_by_key(jobs)
     rows = _first_by_key(list(read_rows(list(produced), manifest)))
-    existing = {key: rows[key] for key in produced if key in rows}
+    existing = {key: row for key in produced if (row := rows.get(key)) is not None}
     gone = []
     if len(existing) < len(rows):  # (the usual re-plan reads only jobs it produces)
         gone = [
@@ -232,11 +232,7 @@ def plan_writes(
     plan: Plan[PlannedRow], manifest: str, now: str, ledger_id: str
 ) -> PlanWrites[PlannedRow]:
     """The writes that record ``plan`` for ``manifest`` at time ``now``."""
-    new_jobs = [
-        new_row(job, manifest, now, ledger_id)
-        for key, job in plan.produced.items()
-        if key not in plan.existing
-    ]
+    new_jobs = [new_row(plan.produced[key], manifest, now, ledger_id) for key in plan.diff.added]
     planned = f"planned from {manifest}"
     refreshed = []
     # The jobs of a campaign share their tags: encoded once (by identity: the jobs, and so
