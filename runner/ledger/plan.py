@@ -68,7 +68,10 @@ def gather_plan(
     """
     produced = _first_by_key(jobs)
     rows = _first_by_key(list(read_rows(list(produced), manifest)))
-    existing = {key: row for key in produced if (row := rows.get(key)) is not None}
+    if list(rows) == list(produced):  # the usual re-plan: the same jobs in the same order
+        existing = rows
+    else:
+        existing = {key: row for key in produced if (row := rows.get(key)) is not None}
     gone = []
     if len(existing) < len(rows):  # (the usual re-plan reads only jobs it produces)
         gone = [
@@ -95,6 +98,7 @@ def _first_by_key(items: Sequence[K]) -> dict[str, K]:
 
 #: Each status's word (``status.value`` is a Python property: a dict is faster).
 _VALUES = {status: status.value for status in JobStatus}
+_status = attrgetter("status")
 
 
 def compute_plan(
@@ -116,9 +120,9 @@ def compute_plan(
     finishing = [row for row in gone if row.status in IN_FLIGHT]
     gone = [row for row in gone if row.status not in IN_FLIGHT]
     # each known job's status after the plan, in manifest order (``existing`` is in it)
-    after = {key: row.status for key, row in existing.items()}
+    after = dict(zip(existing, map(_status, existing.values()), strict=True))
     after.update(restore)
-    statuses = {key: _VALUES[status] for key, status in after.items()}
+    statuses = dict(zip(after, map(_VALUES.__getitem__, after.values()), strict=True))
     tally = Counter(statuses.values())
     pending = JobStatus.PENDING
     added = (
