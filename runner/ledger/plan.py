@@ -69,7 +69,8 @@ def gather_plan(
     produced = _first_by_key(jobs)
     rows = _first_by_key(list(read_rows(list(produced), manifest)))
     if list(rows) == list(produced):  # the usual re-plan: the same jobs in the same order
-        existing = rows
+        # (keyed by the jobs' own keys: the diff's statuses keep no copy of the rows')
+        existing = dict(zip(produced, rows.values(), strict=True))
     else:
         existing = {key: row for key in produced if (row := rows.get(key)) is not None}
     gone = []
