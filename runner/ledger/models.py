@@ -265,6 +265,41 @@ class PlannedRow(NamedTuple):
 PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
 
 
+class ReportRow(NamedTuple):
+    """The columns of a job that the HTML report shows or counts (``Ledger.report_rows``),
+    its JSON columns as the text the ledger holds: what ``runner report`` reads of 100,000
+    jobs instead of whole rows, in the order it uses them."""
+
+    key: str
+    manifest: str
+    campaign: str
+    status: JobStatus
+    request: str | None  # JSON text
+    vars: str | None  # JSON text
+    tags: str | None  # JSON text
+    soul: str | None
+    variant: int | None
+    credits: float
+    attempts: int
+    generation_id: str | None
+    error: str | None
+    bytes: int | None
+    sha256: str | None
+    location: str | None
+    path: str
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> ReportRow:
+        """Build from the values of :data:`REPORT_COLUMNS`, in that order."""
+        return _with_status(cls, values)
+
+
+#: The ``jobs`` columns of a :class:`ReportRow`, in its order.
+REPORT_COLUMNS: tuple[str, ...] = ReportRow._fields
+
+
 class JobState(NamedTuple):
     """What a diff reads of a job (``plan.Recorded``): ``plan --json`` reads these three
     columns of 100,000 jobs instead of their briefs."""

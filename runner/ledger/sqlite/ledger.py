@@ -19,6 +19,7 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    REPORT_COLUMNS,
     STATE_COLUMNS,
     EventRow,
     GenerationTime,
@@ -27,6 +28,7 @@ from runner.ledger.models import (
     JobState,
     PlanDiff,
     PlannedRow,
+    ReportRow,
     Transition,
 )
 from runner.ledger.plan import Plan, R, gather_plan, plan_writes, recorded
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
 _JOB_VALUES = ", ".join(JOB_COLUMNS)
 _SELECT_JOBS = f"SELECT {_JOB_VALUES} FROM jobs"
 _SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
+_SELECT_REPORT = f"SELECT {', '.join(REPORT_COLUMNS)} FROM jobs"
 T = TypeVar("T")
 
 
@@ -220,6 +223,18 @@ class SqliteLedger(JobClaims):
         with self._store.read() as db:
             rows = db.table("events").rows_where("job_key = ?", [key], order_by="id")
             return [EventRow.from_row(row) for row in rows]
+
+    def report_rows(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+    ) -> Iterator[ReportRow]:
+        """:meth:`iter_jobs`, only the columns of ``ReportRow``."""
+        where, params, _ = job_filter(status, campaign, manifest, None)
+        with self._store.read():
+            yield from self._rows(_SELECT_REPORT, ReportRow.from_values, where, params)
 
     def generation_times(self, shape: Mapping[str, Any], *, limit: int) -> list[GenerationTime]:
         """How long recent generations of this request shape took; see ``Ledger``."""
