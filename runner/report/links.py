@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
-from runner.ledger import JobRow, JobStatus
+from runner.ledger import JobStatus, ReportRow
 from runner.outputs import exists, is_remote, presign
 
 BUNDLE_VIDEOS = "videos"  # the folder beside a bundled page that holds its videos
@@ -81,7 +81,7 @@ class Bundle:
         self.taken: dict[Path, str] = {}  # target → the key whose video it holds
         self.copied = 0
 
-    def add(self, row: JobRow, source: Path) -> Path:
+    def add(self, row: ReportRow, source: Path) -> Path:
         target = self.root / row.path
         if self.taken.get(target, row.key) != row.key:  # same name from another manifest
             target = self.root / row.key / Path(row.path).name
@@ -100,7 +100,7 @@ class Bundle:
 
 
 def link(
-    row: JobRow,
+    row: ReportRow,
     report_dir: str,
     presign_expiry: timedelta,
     bundle: Bundle | None,
