@@ -268,16 +268,17 @@ PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
 class ReportRow(NamedTuple):
     """The columns of a job that the HTML report shows or counts (``Ledger.report_rows``),
     its JSON columns as the text the ledger holds: what ``runner report`` reads of 100,000
-    jobs instead of whole rows, in the order it uses them."""
+    jobs instead of whole rows. In the order it uses them: what twins (the seeds and variants
+    of one matrix row) share is together, from ``manifest`` to ``vars``."""
 
     key: str
+    status: JobStatus
     manifest: str
     campaign: str
-    status: JobStatus
-    request: str | None  # JSON text
-    vars: str | None  # JSON text
     tags: str | None  # JSON text
     soul: str | None
+    vars: str | None  # JSON text
+    request: str | None  # JSON text
     variant: int | None
     credits: float
     attempts: int
@@ -293,7 +294,9 @@ class ReportRow(NamedTuple):
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> ReportRow:
         """Build from the values of :data:`REPORT_COLUMNS`, in that order."""
-        return _with_status(cls, values)
+        status = values[1]
+        converted = (values[0], _STATUSES.get(status) or JobStatus(status))
+        return _new_tuple(cls, converted + tuple(values[2:]))
 
 
 #: The ``jobs`` columns of a :class:`ReportRow`, in its order.

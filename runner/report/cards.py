@@ -55,7 +55,7 @@ class Cards:
         if twins is None or seed is None:  # the first of its twins
             twins = self._twins = _Twins(row, tags)
             seed = twins.seed(row)
-        (key, _, _, status, _, _, _, _, variant, credits, attempts, generation_id, error,
+        (key, status, _, _, _, _, _, _, variant, credits, attempts, generation_id, error,
          size, sha256, location, path, _, updated) = row  # fmt: skip
         src, file, missing = link
         if not twins.seeded:
@@ -99,9 +99,7 @@ class _Twins:
     text the row's with other digits where the seed is, or the very same text)."""
 
     def __init__(self, row: ReportRow, tags: tuple[str, ...]) -> None:
-        self.manifest, self.campaign, self.tags, self.soul, self.vars = (
-            row.manifest, row.campaign, row.tags, row.soul, row.vars
-        )  # fmt: skip
+        self.same = row[_SAME]  # manifest, campaign, tags, soul, vars
         request = {} if row.request is None else _decode(row.request)
         matrix, matrix_fields = ({}, ()) if row.vars is None else _matrix_of_text(row.vars)
         seed = request.get("seed")
@@ -132,13 +130,7 @@ class _Twins:
     def seed(self, row: ReportRow) -> str | None:
         """The text of the seed of ``row`` if it is a twin (``""`` if its request has none),
         else ``None``."""
-        if (
-            row.vars != self.vars
-            or row.campaign != self.campaign
-            or row.soul != self.soul
-            or row.tags != self.tags
-            or row.manifest != self.manifest
-        ):
+        if row[_SAME] != self.same:
             return None
         text = row.request
         if self.around is None:
@@ -195,6 +187,7 @@ class _Twins:
 
 
 _FAILED = JobStatus.FAILED
+_SAME = slice(ReportRow._fields.index("manifest"), ReportRow._fields.index("vars") + 1)
 _MARK = "\x00seed\x00"  # where the seed is, to find its place in the request's text
 
 

@@ -23,6 +23,7 @@ Link = tuple[str | None, str, str | None]
 NO_LINK: Link = (None, "", None)
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
 _POSIX = os.sep == "/" and os.altsep is None
+_DOWNLOADED = JobStatus.DOWNLOADED
 
 
 class Files:
@@ -109,9 +110,9 @@ def link(
     """How the card of ``row`` shows its video (the video checked, or copied into a bundle);
     ``report_dir`` is the page's folder, absolute; ``files`` checks local videos (one listing
     per folder), else each is checked by a stat."""
-    location = row.location
-    if row.status is not JobStatus.DOWNLOADED:
+    if row.status is not _DOWNLOADED:
         return NO_LINK
+    location = row.location
     if location is not None and is_remote(location):
         if exists(location, row.bytes):
             return presign(location, presign_expiry), location, None

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from runner.manifest import Manifest
 
 _BATCH = 256  # cards joined into one write to the spool
+_FAILED, _PENDING = JobStatus.FAILED, JobStatus.PENDING
 _COPY_CHUNK = 1 << 20  # bytes per read where the kernel cannot copy between files
 
 
@@ -162,9 +163,9 @@ class _Tally:
         if status in CHARGED or charged(row):
             self.charged += row.credits
             section.credits += row.credits
-        elif status is JobStatus.FAILED and row.generation_id:  # the provider gave it back
+        elif status is _FAILED and row.generation_id:  # the provider gave it back
             self.refunded += row.credits
-        if status is JobStatus.PENDING:
+        if status is _PENDING:
             self.pending += row.credits
             self.any_pending = True
         if tags:
