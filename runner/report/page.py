@@ -254,7 +254,8 @@ def _spool_cards(
         tags = tags_of(row.tags)
         if wanted and wanted.isdisjoint(tags):
             continue
-        row = redacted(row)
+        if row.error is not None:
+            row = redacted(row)
         shown = place(row)
         section = tally.add(row, shown, tags)
         if section is not current:
