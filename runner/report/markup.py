@@ -3,8 +3,10 @@
 
 A page may hold 100,000 cards, and jinja2 would spend ~90 pieces and 35 escaped values on
 each. So the card template is rendered once per shape of card (which parts it has, how many
-fields and ids), with a numbered placeholder for each value; each card is that markup with
-its escaped values in the placeholders' places. The template stays the one place of the
+fields and ids), with a numbered placeholder for each value: a :class:`Frame`, the markup of
+every card of that shape, filled with a card's escaped values. :func:`frame` makes the
+markup of cards that share some values (twins, see ``cards.Cards``): those values escaped
+in their places once, the rest left to fill. The template stays the one place of the
 markup, and the page comes out byte for byte as jinja2 would write it.
 """
 
