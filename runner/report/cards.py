@@ -62,13 +62,13 @@ class Cards:
             label = None if variant is None else f"variant {variant}"
         else:
             label = f"seed {seed}" if variant is None else f"variant {variant} · seed {seed}"
-        shown = credits_text(credits)
+        cost = credits_text(credits)
         if status is _FAILED and generation_id and not charged(row):
-            shown += " (refunded)"
+            cost += " (refunded)"
         error = tidy_error(error) if error else None
         file_id = location or path
         values = [
-            key, src or "", file, missing or "", label or "", error or "", shown,
+            key, src or "", file, missing or "", label or "", error or "", cost,
             str(attempts), generation_id or "", sha256 or "",
             "" if size is None else f"{size:,}", file_id, updated or "",
         ]  # fmt: skip
