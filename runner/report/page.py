@@ -147,19 +147,19 @@ class _Tally:
         self.last: str | None = None  # the latest updated_at
         # by (manifest, campaign), in the ledger's order: by manifest, then manifest order
         self.sections: dict[tuple[str, str], _Section] = {}
-        self._last: _Section | None = None  # the last row's
+        self._current: _Section | None = None  # the last row's
 
     def add(self, row: ReportRow, link: Link, tags: tuple[str, ...]) -> _Section:
         """Count ``row`` (its video shown as ``link`` says, its ``tags``); the section its
         card goes in."""
-        section = self._last  # most rows are in the section of the row before
+        section = self._current  # most rows are in the section of the row before
         if section is None or section.campaign != row.campaign or section.manifest != row.manifest:
             section = self.sections.get((row.manifest, row.campaign))
             if section is None:
                 section = self.sections[row.manifest, row.campaign] = _Section(
                     row.manifest, row.campaign
                 )
-            self._last = section
+            self._current = section
         status, counts = row.status, section.counts
         counts[status] = counts.get(status, 0) + 1
         if link[0] is not None:
@@ -258,7 +258,7 @@ def _spool_cards(
         tags = tags_of(row.tags)
         if wanted and wanted.isdisjoint(tags):
             continue
-        if row.error is not None:
+        if row.error is not None:  # the one column masked
             row = redacted(row)
         shown = place(row)
         section = tally.add(row, shown, tags)
