@@ -41,10 +41,10 @@ class Files:
 
     def is_file(self, path: str) -> bool:
         """``os.path.isfile(path)``."""
-        if _POSIX:  # split by hand: the folder is only listed, its spelling may differ
-            folder, name = _split_posix(path)
-        else:
-            folder, name = os.path.split(path)
+        return self.has(*_split(path), path)
+
+    def has(self, folder: str, name: str, path: str) -> bool:
+        """``os.path.isfile(path)``, ``path`` split into ``folder`` and ``name``."""
         try:
             names = self._names[folder]
         except KeyError:
@@ -57,9 +57,12 @@ class Files:
         return (names is not None and name in names) or os.path.isfile(path)
 
 
-def _split_posix(path: str) -> tuple[str, str]:
-    """``os.path.split`` on POSIX without its normalising of the folder's trailing slashes
-    (a cost per card): the folder as spelled (``/`` for a file at the root), the name."""
+def _split(path: str) -> tuple[str, str]:
+    """``os.path.split``, by hand on POSIX without its normalising of the folder's trailing
+    slashes (a cost per card): the folder as spelled (``/`` for a file at the root), the
+    name."""
+    if not _POSIX:
+        return os.path.split(path)
     folder, slash, name = path.rpartition("/")
     return folder or slash, name
 
@@ -117,12 +120,17 @@ def link(
         if exists(location, row.bytes):
             return presign(location, presign_expiry), location, None
         return None, "", location
-    if not location or not (files.is_file if files else os.path.isfile)(location):
-        return None, "", location or row.path
-    file = str(bundle.add(row, Path(location))) if bundle is not None else location
-    if _POSIX and file.startswith("/"):  # split by hand (relpath makes the folder normal)
-        folder, name = _split_posix(file)
-    else:  # relpath makes the folder absolute and normal: only a relative file needs it first
+    if not location:
+        return None, "", row.path
+    folder, name = _split(location)  # by hand on POSIX (relpath makes the folder normal)
+    if not (files.has(folder, name, location) if files else os.path.isfile(location)):
+        return None, "", location
+    file = location
+    if bundle is not None:
+        file = str(bundle.add(row, Path(location)))
+        folder, name = _split(file)
+    if not (_POSIX and file.startswith("/")):  # relpath makes the folder absolute and normal:
+        # only a relative file needs it first
         folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
     try:
         relative, url = _relative_folder(folder, report_dir)
