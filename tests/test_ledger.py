@@ -34,6 +34,7 @@ from runner.ledger import (
     JobRow,
     JobStatus,
     Ledger,
+    ReportRow,
     Transition,
     default_ledger_url,
     open_ledger,
@@ -669,6 +670,42 @@ def test_briefs_are_the_rows_of_jobs_in_a_few_columns(ledger: Ledger) -> None:
     assert [x.key for x in ledger.briefs(keys=many)] == [j.key for j in a + b]
     done = next(ledger.briefs(status="downloaded"))
     assert (done.key, done.bytes, done.location) == (a[0].key, 1, "/v/a.mp4")
+
+
+def test_report_rows_are_the_rows_of_jobs_in_the_reports_columns(ledger: Ledger) -> None:
+    """report_rows() takes the manifest, status and campaign filters of jobs() and gives the
+    same jobs in the same order, each with the columns the report reads as jobs() has them,
+    its JSON columns (request, vars, tags) as the text that decodes to jobs()' values."""
+    a = matrix_jobs("a", "{x}", x=[1, 2, 3])
+    b = matrix_jobs("b", "{x}", start=3, x=[1, 2])
+    b[0] = dataclasses.replace(b[0], tags=("weekly", "é"), soul="ava", variant=2)
+    ledger.record_plan(MANIFEST, list(reversed(a + b)))
+    ledger.record_plan("/other.yaml", [make_job("z", 0, manifest="/other.yaml", x=9)])
+    walk(ledger, a[0].key, PATHS["completed"])
+    ledger.transition(a[0].key, "downloaded", bytes=1, location="/v/a.mp4", sha256="ab")
+    ledger.transition(b[1].key, "failed", error="nope")
+    filters: list[dict[str, Any]] = [
+        {},
+        {"manifest": MANIFEST},
+        {"status": ["downloaded", "failed"]},
+        {"campaign": ["b", "z"], "status": "failed"},
+        {"manifest": "/other.yaml", "campaign": "z"},
+    ]
+    json_columns = {"request", "vars", "tags"}
+    for where in filters:
+        rows = ledger.jobs(**where)
+        shown = list(ledger.report_rows(**where))
+        assert [r.key for r in rows] == [s.key for s in shown], where
+        for row, report in zip(rows, shown, strict=True):
+            assert isinstance(report.status, S)
+            for column in ReportRow._fields:
+                value = getattr(report, column)
+                if column in json_columns:
+                    value = json.loads(value)
+                    value = tuple(value) if column == "tags" else value
+                assert value == getattr(row, column), (where, column)
+    done = next(ledger.report_rows(status="downloaded"))
+    assert (done.key, done.bytes, done.location, done.sha256) == (a[0].key, 1, "/v/a.mp4", "ab")
 
 
 def test_counts_per_campaign_and_status(ledger: Ledger) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ import pytest
 
 from runner.errors import ManifestError
 from runner.jobs import expand
-from runner.ledger import JobRow, JobStatus, Ledger, default_ledger_url, open_ledger
+from runner.ledger import JobRow, JobStatus, Ledger, ReportRow, default_ledger_url, open_ledger
 from runner.manifest import load_manifest
 from runner.report import build_report, tidy_error
 
@@ -607,9 +606,9 @@ def test_a_players_path_is_relative_to_the_page_however_the_ledger_spells_it(
     page.mkdir(parents=True)
     (videos / "a b.mp4").write_bytes(b"")
     (page / "here.mp4").write_bytes(b"")
-    row = JobRow.from_row(
-        {name: None for name in JobRow.__dataclass_fields__}
-        | {"key": "k", "status": "downloaded", "path": "c/a b.mp4", "credits": 0.0}
+    row = ReportRow(
+        **{name: None for name in ReportRow._fields}
+        | {"key": "k", "status": S.DOWNLOADED, "path": "c/a b.mp4", "credits": 0.0}
     )
     spellings = {
         str(videos / "a b.mp4"): ("../../videos/c/a b.mp4", "../../videos/c/a%20b.mp4"),
@@ -620,14 +619,14 @@ def test_a_players_path_is_relative_to_the_page_however_the_ledger_spells_it(
     for files in (None, Files()):  # a stat per file, or a listing per folder
         for location, (file, url) in spellings.items():
             placed = link(
-                dataclasses.replace(row, location=location),
+                row._replace(location=location),
                 str(page),
                 timedelta(hours=1),
                 None,
                 files,
             )
             assert placed == (url, file.replace("/", os.sep), None), location
-        root = dataclasses.replace(row, location="/")  # a folder: not a file, so no player
+        root = row._replace(location="/")  # a folder: not a file, so no player
         assert link(root, str(page), timedelta(hours=1), None, files) == (None, "", "/")
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import markupsafe
 import pytest
 
-from runner.report.markup import Card, card_html, escape, templates
+from runner.report.markup import Card, Slot, card_html, escape, frame, templates
 
 # Text that markup, format strings, %-formatting or the values' joiner could trip on.
 NASTY = ["<b>x</b> & 'y' \"z\"", "{0} {key} {{}} %s %%", "nul\x00inside", "é ✓ \u2028", ""]
@@ -75,3 +75,21 @@ def test_a_value_like_a_placeholder_stays_text() -> None:
     html = card_html(card)
     assert html == jinja_card(card)
     assert "\x001\x00 {1} \x00" in html
+
+
+def test_a_frame_filled_is_the_card() -> None:
+    """A frame of a card with some values left as slots (the key, the player's, the error,
+    the last field's value and every id's), filled with those values (escaped, or given
+    escaped after them), is the card jinja2 writes; the values it keeps hold NULs and
+    markup too."""
+    for card in cards():
+        own = [card.key, card.error or "", *(value for _, value in card.ids)]
+        given = card.fields[-1][1] if card.fields else ""
+        slots = iter(map(Slot, map(str, range(len(own) + 1))))
+        key, error = next(slots), next(slots)
+        ids = [(name, next(slots)) for name, _ in card.ids]
+        fields = [*card.fields[:-1], (card.fields[-1][0], next(slots))] if card.fields else []
+        shaped = card._replace(key=key, error=error if card.error else None, fields=fields, ids=ids)
+        made = frame(shaped)
+        assert made.fill(own, [escape(given)]) == jinja_card(card), card
+        assert made.fill(own, [escape(given)]) == card_html(card)

@@ -14,11 +14,11 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner.app.common import reading
 from runner.errors import LedgerError
-from runner.ledger import EventRow, JobRow, JobStatus
+from runner.ledger import EventRow, JobRow, JobStatus, ReportRow
 from runner.providers import redactor
 
 
@@ -107,15 +107,18 @@ def _masked(mask: Callable[[str], str], text: str | None) -> str | None:
     return None if text is None else mask(text)
 
 
+Row = TypeVar("Row", JobRow, ReportRow)
+
+
 def redacting(
     environ: Mapping[str, str] | None = None, columns: tuple[str, ...] = ("video_url", "error")
-) -> Callable[[JobRow], JobRow]:
+) -> Callable[[Row], Row]:
     """A function that masks the credentials of ``environ`` (default: the process's) in a row
     where a provider's answer may have put them: the video URL and the error (``columns``:
     those of them that will be shown)."""
     mask = redactor(environ=os.environ if environ is None else environ)
 
-    def redacted(row: JobRow) -> JobRow:
+    def redacted(row: Row) -> Row:
         masked: dict[str, Any] = {}
         for column in columns:
             text = getattr(row, column)
@@ -123,6 +126,8 @@ def redacting(
                 masked[column] = hidden
         if not masked:
             return row  # nothing to hide: no copy (which would decode its JSON columns)
+        if isinstance(row, ReportRow):
+            return row._replace(**masked)
         return dataclasses.replace(row, **masked)
 
     return redacted

@@ -22,6 +22,7 @@ from runner.ledger.models import (
     JobBrief,
     JobRow,
     PlanDiff,
+    ReportRow,
     SoulRow,
     Transition,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "JobStatus",
     "Ledger",
     "PlanDiff",
+    "ReportRow",
     "SoulRow",
     "SqliteLedger",
     "Transition",

@@ -22,6 +22,7 @@ from runner.ledger.models import (
     JobRow,
     JobState,
     PlanDiff,
+    ReportRow,
     SoulRow,
     Transition,
 )
@@ -188,6 +189,18 @@ class Ledger(Protocol):
 
     def events(self, key: str) -> list[EventRow]:
         """A job's status changes and notes, oldest first."""
+        ...
+
+    def report_rows(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+    ) -> Iterator[ReportRow]:
+        """:meth:`iter_jobs`, only the columns of ``ReportRow`` (what the HTML report shows
+        or counts), its JSON columns as the ledger's text. Consume it before the next call
+        on this ledger."""
         ...
 
     def generation_times(self, shape: Mapping[str, Any], *, limit: int) -> list[GenerationTime]:

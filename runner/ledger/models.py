@@ -252,6 +252,44 @@ class PlannedRow(NamedTuple):
 PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
 
 
+class ReportRow(NamedTuple):
+    """The columns of a job that the HTML report shows or counts (``Ledger.report_rows``),
+    its JSON columns as the text the ledger holds: what ``runner report`` reads of 100,000
+    jobs instead of whole rows. In the order it uses them: what twins (the seeds and variants
+    of one matrix row) share is together, from ``manifest`` to ``vars``."""
+
+    key: str
+    status: JobStatus
+    manifest: str
+    campaign: str
+    tags: str | None  # JSON text
+    soul: str | None
+    vars: str | None  # JSON text
+    request: str | None  # JSON text
+    variant: int | None
+    credits: float
+    attempts: int
+    generation_id: str | None
+    error: str | None
+    bytes: int | None
+    sha256: str | None
+    location: str | None
+    path: str
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> ReportRow:
+        """Build from the values of :data:`REPORT_COLUMNS`, in that order."""
+        status = values[1]
+        converted = (values[0], _STATUSES.get(status) or JobStatus(status))
+        return _new_tuple(cls, converted + tuple(values[2:]))
+
+
+#: The ``jobs`` columns of a :class:`ReportRow`, in its order.
+REPORT_COLUMNS: tuple[str, ...] = ReportRow._fields
+
+
 class JobState(NamedTuple):
     """What a diff reads of a job (``plan.Recorded``), and what says whether its credits were
     charged (``engine.budget.charged``): ``plan --json`` reads these columns of 100,000 jobs

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
-from runner.ledger import JobRow, JobStatus
+from runner.ledger import JobStatus, ReportRow
 from runner.outputs import exists, is_remote, presign
 
 BUNDLE_VIDEOS = "videos"  # the folder beside a bundled page that holds its videos
@@ -23,6 +23,7 @@ Link = tuple[str | None, str, str | None]
 NO_LINK: Link = (None, "", None)
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
 _POSIX = os.sep == "/" and os.altsep is None
+_DOWNLOADED = JobStatus.DOWNLOADED
 
 
 class Files:
@@ -40,10 +41,10 @@ class Files:
 
     def is_file(self, path: str) -> bool:
         """``os.path.isfile(path)``."""
-        if _POSIX:  # split by hand: the folder is only listed, its spelling may differ
-            folder, name = _split_posix(path)
-        else:
-            folder, name = os.path.split(path)
+        return self.has(*_split(path), path)
+
+    def has(self, folder: str, name: str, path: str) -> bool:
+        """``os.path.isfile(path)``, ``path`` split into ``folder`` and ``name``."""
         try:
             names = self._names[folder]
         except KeyError:
@@ -56,9 +57,12 @@ class Files:
         return (names is not None and name in names) or os.path.isfile(path)
 
 
-def _split_posix(path: str) -> tuple[str, str]:
-    """``os.path.split`` on POSIX without its normalising of the folder's trailing slashes
-    (a cost per card): the folder as spelled (``/`` for a file at the root), the name."""
+def _split(path: str) -> tuple[str, str]:
+    """``os.path.split``, by hand on POSIX without its normalising of the folder's trailing
+    slashes (a cost per card): the folder as spelled (``/`` for a file at the root), the
+    name."""
+    if not _POSIX:
+        return os.path.split(path)
     folder, slash, name = path.rpartition("/")
     return folder or slash, name
 
@@ -81,7 +85,7 @@ class Bundle:
         self.taken: dict[Path, str] = {}  # target → the key whose video it holds
         self.copied = 0
 
-    def add(self, row: JobRow, source: Path) -> Path:
+    def add(self, row: ReportRow, source: Path) -> Path:
         target = self.root / row.path
         if self.taken.get(target, row.key) != row.key:  # same name from another manifest
             target = self.root / row.key / Path(row.path).name
@@ -100,7 +104,7 @@ class Bundle:
 
 
 def link(
-    row: JobRow,
+    row: ReportRow,
     report_dir: str,
     presign_expiry: timedelta,
     bundle: Bundle | None,
@@ -109,19 +113,24 @@ def link(
     """How the card of ``row`` shows its video (the video checked, or copied into a bundle);
     ``report_dir`` is the page's folder, absolute; ``files`` checks local videos (one listing
     per folder), else each is checked by a stat."""
-    location = row.location
-    if row.status is not JobStatus.DOWNLOADED:
+    if row.status is not _DOWNLOADED:
         return NO_LINK
+    location = row.location
     if location is not None and is_remote(location):
         if exists(location, row.bytes):
             return presign(location, presign_expiry), location, None
         return None, "", location
-    if not location or not (files.is_file if files else os.path.isfile)(location):
-        return None, "", location or row.path
-    file = str(bundle.add(row, Path(location))) if bundle is not None else location
-    if _POSIX and file.startswith("/"):  # split by hand (relpath makes the folder normal)
-        folder, name = _split_posix(file)
-    else:  # relpath makes the folder absolute and normal: only a relative file needs it first
+    if not location:
+        return None, "", row.path
+    folder, name = _split(location)  # by hand on POSIX (relpath makes the folder normal)
+    if not (files.has(folder, name, location) if files else os.path.isfile(location)):
+        return None, "", location
+    file = location
+    if bundle is not None:
+        file = str(bundle.add(row, Path(location)))
+        folder, name = _split(file)
+    if not (_POSIX and file.startswith("/")):  # relpath makes the folder absolute and normal:
+        # only a relative file needs it first
         folder, name = os.path.split(file if os.path.isabs(file) else os.path.abspath(file))
     try:
         relative, url = _relative_folder(folder, report_dir)

@@ -3,8 +3,10 @@
 
 A page may hold 100,000 cards, and jinja2 would spend ~90 pieces and 35 escaped values on
 each. So the card template is rendered once per shape of card (which parts it has, how many
-fields and ids), with a numbered placeholder for each value; each card is that markup with
-its escaped values in the placeholders' places. The template stays the one place of the
+fields and ids), with a numbered placeholder for each value: a :class:`Frame`, the markup of
+every card of that shape, filled with a card's escaped values. :func:`frame` makes the
+markup of cards that share some values (twins, see ``cards.Cards``): those values escaped
+in their places once, the rest left to fill. The template stays the one place of the
 markup, and the page comes out byte for byte as jinja2 would write it.
 """
 
@@ -16,6 +18,7 @@ import hashlib
 import itertools
 import operator
 import re
+from collections.abc import Callable, Sequence
 from importlib import resources
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -58,8 +61,74 @@ def escape(text: str) -> str:
     )
 
 
+class Slot(str):
+    """In a card given to :func:`frame`, a value each card fills in: its text is ``n``, the
+    value's place in the values :meth:`Frame.fill` is given."""
+
+    __slots__ = ()
+
+
+class Frame:
+    """The markup of cards that differ only in some of their values: markup, a value's
+    place, markup, ... Filled by C-level steps only (copy, pick, slice assignment, join)."""
+
+    def __init__(self, parts: list[str], numbers: list[int]) -> None:
+        self.parts = parts  # markup at even places; the odd ones are filled by place()
+        self.numbers = numbers  # the place in the values of each odd part's value
+        if len(numbers) > 1:
+            self.pick: Callable[[Sequence[str]], tuple[str, ...]] = operator.itemgetter(*numbers)
+        else:  # itemgetter of one index gives the value, not a tuple
+            self.pick = lambda values: tuple(values[n] for n in numbers)
+
+    def fill(self, values: list[str], escaped: list[str] | None = None) -> str:
+        """The card's HTML: ``values`` escaped, followed by the ``escaped`` ones, in their
+        places."""
+        values = escape_all(values)
+        return self.place(values if escaped is None else values + escaped)
+
+    def place(self, values: Sequence[str]) -> str:
+        """The card's HTML, ``values`` (escaped) in their places."""
+        parts = self.parts.copy()
+        parts[1::2] = self.pick(values)
+        return "".join(parts)
+
+
+def escape_all(values: list[str]) -> list[str]:
+    """``[escape(value) for value in values]``, the values escaped together: five
+    replacements over one string, not five per value; split again only if one was made (an
+    escape lengthens the text; most cards need none)."""
+    joined = _JOIN.join(values)
+    text = escape(joined)
+    if len(text) == len(joined):
+        return values
+    parts = text.split(_JOIN)
+    return parts if len(parts) == len(values) else [escape(value) for value in values]
+
+
 def card_html(card: Card) -> str:
     """The card's HTML: its shape's markup filled with its escaped values."""
+    values, shape = _values(card)
+    return _shape(shape).fill(values)
+
+
+def frame(card: Card) -> Frame:
+    """The markup of every card that is ``card`` but for the values where it holds a
+    :class:`Slot`: its other values escaped in their places once."""
+    values, shape = _values(card)
+    markup = _shape(shape)
+    parts, numbers = [markup.parts[0]], []
+    for n, after in zip(markup.numbers, markup.parts[2::2], strict=True):
+        value = values[n]
+        if type(value) is Slot:
+            numbers.append(int(value))
+            parts += ["", after]
+        else:
+            parts[-1] += escape(value) + after
+    return Frame(parts, numbers)
+
+
+def _values(card: Card) -> tuple[list[str], tuple[Any, ...]]:
+    """The card's values in the order of its shape's placeholders, and its shape."""
     status, key, campaign, tags, src, file, missing, variant, soul, prompt, error, fields, ids = (
         card
     )
@@ -79,66 +148,46 @@ def card_html(card: Card) -> str:
         values.append(error)
     values.extend(itertools.chain.from_iterable(fields))
     values.extend(itertools.chain.from_iterable(ids))
-    shape = (player, bool(variant), bool(soul), bool(prompt), bool(error), len(fields), len(ids))
-    markup = _shapes.get(shape) or _shapes.setdefault(shape, _Shape(*shape))
-    # The values escaped together: five replacements over one string, not five per value;
-    # split again only if one was made (an escape lengthens the text; most cards need none).
-    joined = _JOIN.join(values)
-    escaped = escape(joined)
-    if len(escaped) == len(joined):
-        return markup.fill(values)
-    parts = escaped.split(_JOIN)
-    if len(parts) != len(values):  # a value holds the joiner itself
-        parts = [escape(value) for value in values]
-    return markup.fill(parts)
+    return values, (
+        player, bool(variant), bool(soul), bool(prompt), bool(error), len(fields), len(ids)
+    )  # fmt: skip
 
 
-class _Shape:
-    """The markup of every card of one shape: the card template rendered once, with
-    numbered placeholders in the order ``card_html`` lists the values."""
+def _shape(shape: tuple[Any, ...]) -> Frame:
+    """The markup of every card of ``shape``: the card template rendered once, with numbered
+    placeholders in the order ``_values`` lists the values."""
+    markup = _shapes.get(shape)
+    if markup is None:
+        pieces = _SLOT.split(_render(*shape))  # markup, a placeholder's number, markup, ...
+        markup = _shapes[shape] = Frame(pieces, [int(n) for n in pieces[1::2]])
+    return markup
 
-    def __init__(
-        self,
-        player: str,
-        variant: bool,
-        soul: bool,
-        prompt: bool,
-        error: bool,
-        fields: int,
-        ids: int,
-    ) -> None:
-        from markupsafe import Markup
 
-        count = itertools.count()
+def _render(
+    player: str, variant: bool, soul: bool, prompt: bool, error: bool, fields: int, ids: int
+) -> str:
+    from markupsafe import Markup
 
-        def slot() -> Markup:
-            return Markup(f"\x00{next(count)}\x00")
+    count = itertools.count()
 
-        card = SimpleNamespace(status=slot(), key=slot(), campaign=slot(), tags=slot())
-        card.src = slot() if player == "video" else None
-        card.file = slot() if player == "video" else ""
-        card.missing = slot() if player == "missing" else None
-        card.variant_label = slot() if variant else None
-        card.soul = slot() if soul else None
-        card.prompt = slot() if prompt else None
-        card.error = slot() if error else None
-        card.fields = [(slot(), slot()) for _ in range(fields)]
-        card.ids = [(slot(), slot()) for _ in range(ids)]
-        html = templates().get_template("report_card.html.j2").render(card=card)
-        pieces = _SLOT.split(html)  # markup, a placeholder's number, markup, ...
-        # Filled by C-level steps only (copy, pick, slice assignment, join): 3× str.format.
-        self.parts = pieces  # each number replaced by its value in fill
-        self.pick = operator.itemgetter(*(int(n) for n in pieces[1::2]))  # ≥ 4: a tuple
+    def slot() -> Markup:
+        return Markup(f"\x00{next(count)}\x00")
 
-    def fill(self, values: list[str]) -> str:
-        """The card's HTML, ``values`` (escaped) in their places."""
-        parts = self.parts.copy()
-        parts[1::2] = self.pick(values)
-        return "".join(parts)
+    card = SimpleNamespace(status=slot(), key=slot(), campaign=slot(), tags=slot())
+    card.src = slot() if player == "video" else None
+    card.file = slot() if player == "video" else ""
+    card.missing = slot() if player == "missing" else None
+    card.variant_label = slot() if variant else None
+    card.soul = slot() if soul else None
+    card.prompt = slot() if prompt else None
+    card.error = slot() if error else None
+    card.fields = [(slot(), slot()) for _ in range(fields)]
+    card.ids = [(slot(), slot()) for _ in range(ids)]
+    return templates().get_template("report_card.html.j2").render(card=card)
 
 
 # A card's shape → its markup (a few dozen shapes in a large report).
-_shapes: dict[tuple[Any, ...], _Shape] = {}
+_shapes: dict[tuple[Any, ...], Frame] = {}
 
 
 def page_html(**context: Any) -> str:

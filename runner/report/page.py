@@ -22,16 +22,17 @@ from typing import IO, TYPE_CHECKING, Any
 from runner.app.common import reading
 from runner.app.queries import redacting
 from runner.engine.budget import CHARGED, charged
-from runner.ledger import JobRow, JobStatus, utcnow
+from runner.ledger import JobStatus, ReportRow, utcnow
 from runner.outputs import PRESIGN_EXPIRY
-from runner.report.cards import card, credits_text, tags_of
+from runner.report.cards import Cards, credits_text, tags_of
 from runner.report.links import Bundle, Files, Link, link
-from runner.report.markup import card_html, page_html
+from runner.report.markup import page_html
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
 
 _BATCH = 256  # cards joined into one write to the spool
+_FAILED, _PENDING = JobStatus.FAILED, JobStatus.PENDING
 _COPY_CHUNK = 1 << 20  # bytes per read where the kernel cannot copy between files
 
 
@@ -82,14 +83,14 @@ def build_report(
     report_dir = str(out_file.parent)
     files = Files()
 
-    def place(row: JobRow) -> Link:
+    def place(row: ReportRow) -> Link:
         return link(row, report_dir, presign_expiry, copier, files)
 
     tally = _Tally()
     with tempfile.TemporaryFile(dir=out_file.parent) as spool:  # same disk: copied in-kernel
         with reading(state_dir, ledger) as opened:
             if opened is not None:
-                rows = opened.iter_jobs(
+                rows = opened.report_rows(
                     manifest=str(manifest.path) if manifest else None,
                     status=list(statuses) or None,
                     campaign=list(campaigns) or None,
@@ -146,15 +147,19 @@ class _Tally:
         self.last: str | None = None  # the latest updated_at
         # by (manifest, campaign), in the ledger's order: by manifest, then manifest order
         self.sections: dict[tuple[str, str], _Section] = {}
+        self._current: _Section | None = None  # the last row's
 
-    def add(self, row: JobRow, link: Link, tags: tuple[str, ...]) -> _Section:
+    def add(self, row: ReportRow, link: Link, tags: tuple[str, ...]) -> _Section:
         """Count ``row`` (its video shown as ``link`` says, its ``tags``); the section its
         card goes in."""
-        section = self.sections.get((row.manifest, row.campaign))
-        if section is None:
-            section = self.sections[row.manifest, row.campaign] = _Section(
-                row.manifest, row.campaign
-            )
+        section = self._current  # most rows are in the section of the row before
+        if section is None or section.campaign != row.campaign or section.manifest != row.manifest:
+            section = self.sections.get((row.manifest, row.campaign))
+            if section is None:
+                section = self.sections[row.manifest, row.campaign] = _Section(
+                    row.manifest, row.campaign
+                )
+            self._current = section
         status, counts = row.status, section.counts
         counts[status] = counts.get(status, 0) + 1
         if link[0] is not None:
@@ -162,9 +167,9 @@ class _Tally:
         if status in CHARGED or charged(row):
             self.charged += row.credits
             section.credits += row.credits
-        elif status is JobStatus.FAILED and row.generation_id:  # the provider gave it back
+        elif status is _FAILED and row.generation_id:  # the provider gave it back
             self.refunded += row.credits
-        if status is JobStatus.PENDING:
+        if status is _PENDING:
             self.pending += row.credits
             self.any_pending = True
         if tags:
@@ -225,16 +230,17 @@ class _Tally:
 
 
 def _spool_cards(
-    rows: Iterable[JobRow],
+    rows: Iterable[ReportRow],
     tally: _Tally,
     spool: IO[bytes],
     *,
-    place: Callable[[JobRow], Link],
+    place: Callable[[ReportRow], Link],
     wanted: set[str],
 ) -> None:
     """Write the card of each row (with one of the ``wanted`` tags, if any) to ``spool`` as
     it comes, credentials masked, noting where each section's cards are."""
     redacted = redacting(columns=("error",))  # the page shows no video URL
+    cards = Cards()
     batch: list[str] = []
     offset = 0
     current: _Section | None = None
@@ -249,17 +255,18 @@ def _spool_cards(
             batch.clear()
 
     for row in rows:
-        tags = tags_of(row)
+        tags = tags_of(row.tags)
         if wanted and wanted.isdisjoint(tags):
             continue
-        row = redacted(row)
+        if row.error is not None:  # the one column masked
+            row = redacted(row)
         shown = place(row)
         section = tally.add(row, shown, tags)
         if section is not current:
             flush()
             current = section
             section.extents.append([offset, offset])
-        batch.append(card_html(card(row, shown, tags)))
+        batch.append(cards.html(row, shown, tags))
         if len(batch) >= _BATCH:
             flush()
     flush()

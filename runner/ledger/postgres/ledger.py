@@ -28,6 +28,7 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    REPORT_COLUMNS,
     STATE_COLUMNS,
     EventRow,
     GenerationTime,
@@ -36,6 +37,7 @@ from runner.ledger.models import (
     JobState,
     PlanDiff,
     PlannedRow,
+    ReportRow,
     Transition,
 )
 from runner.ledger.plan import Plan, R, diff_with_charges, gather_plan, plan_writes, recorded
@@ -80,6 +82,7 @@ def _update_job(columns: Iterable[str], returning: bool = False) -> sql.Composed
 
 _SELECT_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 _SELECT_BRIEFS = f"SELECT {', '.join(BRIEF_COLUMNS)} FROM jobs"
+_SELECT_REPORT = f"SELECT {', '.join(REPORT_COLUMNS)} FROM jobs"
 T = TypeVar("T")
 STREAM_BATCH = 2000  # rows fetched at a time by iter_jobs
 
@@ -236,6 +239,17 @@ class PostgresLedger(JobClaims):
         with self._store.read() as conn:
             rows = conn.execute("SELECT * FROM events WHERE job_key = %s ORDER BY id", [key])
             return [EventRow.from_row(row) for row in rows]
+
+    def report_rows(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+    ) -> Iterator[ReportRow]:
+        """:meth:`iter_jobs`, only the columns of ``ReportRow``."""
+        where = job_filter(status, campaign, manifest, None)
+        return self._stream(_SELECT_REPORT, *where, make=ReportRow.from_values)
 
     def generation_times(self, shape: Mapping[str, Any], *, limit: int) -> list[GenerationTime]:
         """How long recent generations of this request shape took; see ``Ledger``."""

@@ -20,6 +20,7 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    REPORT_COLUMNS,
     STATE_COLUMNS,
     EventRow,
     GenerationTime,
@@ -28,6 +29,7 @@ from runner.ledger.models import (
     JobState,
     PlanDiff,
     PlannedRow,
+    ReportRow,
     Transition,
 )
 from runner.ledger.plan import Plan, R, diff_with_charges, gather_plan, plan_writes, recorded
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 _JOB_VALUES = ", ".join(JOB_COLUMNS)
 _SELECT_JOBS = f"SELECT {selected(JOB_COLUMNS)} FROM jobs"
 _SELECT_BRIEFS = f"SELECT {selected(BRIEF_COLUMNS)} FROM jobs"
+_SELECT_REPORT = f"SELECT {selected(REPORT_COLUMNS)} FROM jobs"
 T = TypeVar("T")
 N = TypeVar("N", bound=tuple[Any, ...])
 
@@ -65,6 +68,7 @@ def _made(cls: type[N]) -> Callable[[Any], N]:
 
 
 _brief, _planned_row, _state = _made(JobBrief), _made(PlannedRow), _made(JobState)
+_report_row = _made(ReportRow)
 
 
 class SqliteLedger(JobClaims):
@@ -230,6 +234,18 @@ class SqliteLedger(JobClaims):
         with self._store.read() as db:
             rows = db.table("events").rows_where("job_key = ?", [key], order_by="id")
             return [EventRow.from_row(row) for row in rows]
+
+    def report_rows(
+        self,
+        *,
+        status: StatusFilter | None = None,
+        campaign: str | Iterable[str] | None = None,
+        manifest: str | None = None,
+    ) -> Iterator[ReportRow]:
+        """:meth:`iter_jobs`, only the columns of ``ReportRow``."""
+        where, params, _ = job_filter(status, campaign, manifest, None)
+        with self._store.read():
+            yield from self._rows(_SELECT_REPORT, _report_row, where, params)
 
     def generation_times(self, shape: Mapping[str, Any], *, limit: int) -> list[GenerationTime]:
         """How long recent generations of this request shape took; see ``Ledger``."""
