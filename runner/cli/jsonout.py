@@ -177,7 +177,7 @@ def _table_keys(rows: Sequence[Any]) -> tuple[str, ...] | None:
     keys = tuple(first)
     if not all(type(key) is str for key in keys):
         return None  # 1 and True are one key to a dict, not to JSON
-    if all(type(row) is dict and tuple(row) == keys for row in rows):
+    if set(map(type, rows)) == {dict} and all(map(keys.__eq__, map(tuple, rows))):
         return keys
     return None
 
@@ -218,15 +218,17 @@ def _column(
     if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
         opened, closed = "{}" if types == {dict} else "[]"
         # each container once (items often share one: a matrix row's vars)
-        distinct = list({id(value): value for value in values}.values())
+        ids = list(map(id, values))
+        by_id = dict(zip(ids, values))
+        distinct = list(by_id.values())
         items = map(dict.values, distinct) if opened == "{" else distinct
         if _LEAF_TYPES.issuperset(map(type, itertools.chain.from_iterable(items))):
             separator = "," + _newline(level + 2)
             text = _flat(level + 1)(distinct)[2:-2]  # [{a,<nl>b},<nl>{c}] less [{ and }]
             parts = text.split(closed + separator + opened)
-            by_id = dict(zip(map(id, distinct), parts, strict=True))
+            texts = dict(zip(by_id, parts, strict=True))
             return (
-                [by_id[id(value)] for value in values],
+                list(map(texts.__getitem__, ids)),
                 opened + _newline(level + 2),
                 _newline(level + 1) + closed,
             )

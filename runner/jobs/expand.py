@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,9 @@ from runner.jobs.keys import (
     built_job,
     canonical_json,
     job_key,
-    key_of_text,
     key_parts,
     key_suffix,
+    keys_of_texts,
     variant_seed,
 )
 from runner.jobs.paths import check_paths
@@ -41,6 +43,7 @@ MODEL_ENDPOINTS = frozenset({"requests", "files", "v1", "estimate"})
 _URL_SCHEMES = re.compile(r"^(?:https?|data):", re.IGNORECASE)
 _ABSENT = object()
 _REQUEST_FIELD_SET = frozenset(REQUEST_FIELDS)
+_KEY, _PATH = operator.attrgetter("key"), operator.attrgetter("path")
 # The names of a filename template that differ between the jobs of one row.
 PER_JOB = frozenset({"key", "seed", "variant"})
 
@@ -72,7 +75,7 @@ def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[J
 
 def _check_distinct(m: Manifest, jobs: list[Job], origins: list[tuple[int, Where]]) -> None:
     """Refuse the first job (in manifest order) made twice, or written where another is."""
-    if len(set(job.key for job in jobs)) == len(jobs) == len(set(job.path for job in jobs)):
+    if len(set(map(_KEY, jobs))) == len(jobs) == len(set(map(_PATH, jobs))):
         return  # told in C: nothing below would be found
     first: dict[str, Where] = {}
     paths: dict[str, Job] = {}
@@ -231,15 +234,15 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[Job]:
         if c.seeds is not None:
             seeds, variants, texts = scope.seeds, scope.no_variants, scope.seed_texts
             tail += scope.suffix  # no variant: each key ends alike
-            keys = [key_of_text(head + text + tail) for text in texts]
+            keys = keys_of_texts([head + text + tail for text in texts])
         else:
             bare = {k: v for k, v in request.items() if k != "seed"}
             variants = range(c.variants or 0)
             seeds = [variant_seed(c.name, row.values, bare, v) for v in variants]
-            keys = [
-                key_of_text(head + canonical_json(seed) + tail + key_suffix(variant, c.soul))
+            keys = keys_of_texts(
+                head + canonical_json(seed) + tail + key_suffix(variant, c.soul)
                 for seed, variant in zip(seeds, variants, strict=True)
-            ]
+            )
         seeded = {k: request.get(k) for k in fields}
         bodies = [seeded.copy() for _ in seeds]
         for body, seed in zip(bodies, seeds, strict=True):
@@ -247,29 +250,30 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[Job]:
     names = {**context, "key": None, "seed": None, "variant": None}
     paths = scope.paths(names, {"key": keys, "seed": seeds, "variant": variants})
     # the seed changes the price only where a price rule matches on it
+    credits: Iterable[float]
+    priced_by: Iterable[str]
     if scope.seed_priced:
-        prices = [scope.credits(body, origin) for body in bodies]
+        credits, priced_by = zip(*[scope.credits(body, origin) for body in bodies], strict=True)
     else:
-        prices = [scope.credits(bodies[0], origin)] * len(bodies)
-    return [
-        built_job(
-            key,
-            c.name,
-            scope.manifest_path,
-            i,
-            row_vars,
-            body,
-            path,
+        price = scope.credits(bodies[0], origin)
+        credits, priced_by = repeat(price[0]), repeat(price[1])
+    return list(
+        map(
+            built_job,
+            keys,
+            repeat(c.name),
+            repeat(scope.manifest_path),
+            itertools.count(index),
+            repeat(row_vars),
+            bodies,
+            paths,
             credits,
             priced_by,
-            variant,
-            c.soul,
-            scope.tags,
+            variants,
+            repeat(c.soul),
+            repeat(scope.tags),
         )
-        for i, key, body, path, (credits, priced_by), variant in zip(
-            itertools.count(index), keys, bodies, paths, prices, variants
-        )
-    ]
+    )
 
 
 def _check_provider_fields(

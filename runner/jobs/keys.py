@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
@@ -158,6 +159,15 @@ def key_parts(campaign: str, row: Mapping[str, Any], request: Mapping[str, Any])
 def key_of_text(text: str) -> str:
     """A key from the whole canonical JSON of ``[campaign, row, request, variant(, soul)]``."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def keys_of_texts(texts: Iterable[str]) -> list[str]:
+    """:func:`key_of_text` of each text, in C (a call per key is a tenth of expanding)."""
+    return list(map(_FIRST_16, map(_HEXDIGEST, map(hashlib.sha256, map(str.encode, texts)))))
+
+
+_HEXDIGEST = operator.methodcaller("hexdigest")
+_FIRST_16 = operator.itemgetter(slice(16))
 
 
 def key_suffix(variant: int | None, soul: str | None) -> str:

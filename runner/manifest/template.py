@@ -280,7 +280,10 @@ class RowPaths:
         ):
             head = "".join(part + "/" for part in parts[:i]) + before
             tail = after + "".join("/" + part for part in parts[i + 1 :])
-            return [head + str(value) + tail for value in values]
+            # "%s" writes an int or a str as str() does
+            return list(
+                map((head.replace("%", "%%") + "%s" + tail.replace("%", "%%")).__mod__, values)
+            )
         return self._each(parts, lefts, columns)
 
     def _longest(self, values: Sequence[Any]) -> int:
