@@ -214,6 +214,10 @@ def _column(
     the values' — else one at a time."""
     types = set(map(type, values))
     if types <= _LEAF_TYPES:
+        # one value throughout (a campaign's name, a status): equal values of one type are
+        # written alike, but for 0.0 and -0.0
+        if len(types) == 1 and float not in types and values.count(values[0]) == len(values):
+            return [one_per_line(values[:1])[0]] * len(values), "", ""
         return one_per_line(values), "", ""
     if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
         opened, closed = "{}" if types == {dict} else "[]"

@@ -88,6 +88,8 @@ def render(
 
     A placeholder named in ``empty_when_null`` whose value is null renders as ``""``.
     """
+    if "{" not in template and "}" not in template:
+        return template  # text alone: what its one piece fills
     try:
         pieces = parse(template)
     except TemplateSyntaxError as err:
@@ -230,46 +232,50 @@ class RowPaths:
                     layout.append(("run", ((kind, value),)))
             self.layouts.append(tuple(layout))
         self._portable: dict[str, str] = {}  # sanitize_segment of a row's whole segments
-        # the usual case: one per-job name, once, in one segment: its index, the name
-        self.one: tuple[int, str] | None = None
+        # the usual case: one per-job name, once, in one segment: its index, the name, and
+        # the runs around it (None: no run; a str: a run without names)
+        self.one: tuple[int, str, Any, Any] | None = None
         varying = [i for i, lay in enumerate(self.layouts) if len(lay) > 1 or lay[0][0] == "name"]
         if len(varying) == 1:
+            first, last = self.layouts[varying[0]][0], self.layouts[varying[0]][-1]
             names = [value for kind, value in self.layouts[varying[0]] if kind == "name"]
             if len(names) == 1:
-                self.one = (varying[0], names[0])
+                around = [
+                    _constant(first[1]) if first[0] == "run" else None,
+                    _constant(last[1]) if last[0] == "run" else None,
+                ]
+                self.one = (varying[0], names[0], *around)
         # the last column of values shortcut (a campaign's seeds, the same for every row)
         self._column: tuple[Any, int] = ((), 0)
 
     def __call__(self, row: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -> list[str]:
-        where = self.where
-        parts: list[str] = []  # each segment; one naming a per-job name is filled per job
-        lefts: dict[int, tuple[tuple[str, str], ...]] = {}  # such a segment's pieces
-        before = after = ""  # the texts around the one per-job name
-        for i, layout in enumerate(self.layouts):
-            if len(layout) == 1 and layout[0][0] == "run":
-                text = _fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)
-                portable = self._portable.get(text)
-                if portable is None:
-                    portable = self._portable[text] = sanitize_segment(text)
-                parts.append(portable)
-                continue
-            parts.append("")
-            left = tuple(
-                ("text", _fill(value, row, where, OPTIONAL_IN_PATHS))
-                if kind == "run"
-                else (kind, value)
-                for kind, value in layout
-            )
-            lefts[i] = left
-            if left[0][0] == "text":
-                before = left[0][1]
-            if left[-1][0] == "text":
-                after = left[-1][1]
-        if not lefts:
-            return ["/".join(parts)] * len(next(iter(columns.values())))
         if self.one is None:
-            return self._each(parts, lefts, columns)
-        i, name = self.one
+            return self._each(row, columns)
+        where = self.where
+        index, name, before_run, after_run = self.one
+        parts: list[str] = []  # each segment; the one naming the per-job name filled per job
+        before = after = ""  # the texts around that name
+        for i, layout in enumerate(self.layouts):
+            if i == index:
+                if before_run is not None:
+                    before = (
+                        before_run
+                        if type(before_run) is str
+                        else _fill(before_run, row, where, OPTIONAL_IN_PATHS)
+                    )
+                if after_run is not None:
+                    after = (
+                        after_run
+                        if type(after_run) is str
+                        else _fill(after_run, row, where, OPTIONAL_IN_PATHS)
+                    )
+                parts.append("")
+                continue
+            text = _fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)
+            portable = self._portable.get(text)
+            if portable is None:
+                portable = self._portable[text] = sanitize_segment(text)
+            parts.append(portable)
         values = columns[name]
         # the segment stays portable with a digit in the value's place (and with a 1 after
         # COM or LPT: a device) and with any such value there (_plain_texts)
@@ -278,13 +284,13 @@ class RowPaths:
             and (len(before) != 3 or _PLAIN_SEGMENT.fullmatch(before + "1" + after))
             and self._longest(values) <= MAX_SEGMENT_BYTES - len(before) - len(after)
         ):
-            head = "".join(part + "/" for part in parts[:i]) + before
-            tail = after + "".join("/" + part for part in parts[i + 1 :])
+            head = "".join(part + "/" for part in parts[:index]) + before
+            tail = after + "".join("/" + part for part in parts[index + 1 :])
             # "%s" writes an int or a str as str() does
             return list(
                 map((head.replace("%", "%%") + "%s" + tail.replace("%", "%%")).__mod__, values)
             )
-        return self._each(parts, lefts, columns)
+        return self._each(row, columns)
 
     def _longest(self, values: Sequence[Any]) -> int:
         """The length of the longest of the values' texts, when they are all such that a
@@ -297,21 +303,40 @@ class RowPaths:
             self._column = (values, longest)
         return longest
 
-    def _each(
-        self,
-        parts: list[str],
-        lefts: dict[int, tuple[tuple[str, str], ...]],
-        columns: Mapping[str, Sequence[Any]],
-    ) -> list[str]:
-        """Every segment that names a per-job name filled per job: what no shortcut covers."""
+    def _each(self, row: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -> list[str]:
+        """Each job's path from its whole context: what no shortcut covers. The row's runs are
+        filled once, in order (the same errors first)."""
+        where = self.where
+        parts: list[str] = []  # each segment; one naming a per-job name: its pieces
+        lefts: dict[int, tuple[tuple[str, str], ...]] = {}
+        for i, layout in enumerate(self.layouts):
+            if len(layout) == 1 and layout[0][0] == "run":
+                parts.append(sanitize_segment(_fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)))
+                continue
+            parts.append("")
+            lefts[i] = tuple(
+                ("text", _fill(value, row, where, OPTIONAL_IN_PATHS))
+                if kind == "run"
+                else (kind, value)
+                for kind, value in layout
+            )
+        if not lefts:
+            return ["/".join(parts)] * len(next(iter(columns.values())))
         paths = []
         for values in zip(*columns.values(), strict=True):
             context = dict(zip(columns, values, strict=True))
             out = parts.copy()
             for i, left in lefts.items():
-                out[i] = sanitize_segment(_fill(left, context, self.where, OPTIONAL_IN_PATHS))
+                out[i] = sanitize_segment(_fill(left, context, where, OPTIONAL_IN_PATHS))
             paths.append("/".join(out))
         return paths
+
+
+def _constant(run: tuple[tuple[str, str], ...]) -> Any:
+    """A run of pieces as its text when it names nothing (else the run itself)."""
+    if all(kind == "text" for kind, _ in run):
+        return "".join(value for _, value in run)
+    return run
 
 
 _UNFIT = MAX_SEGMENT_BYTES + 1  # a text length that fits no segment
