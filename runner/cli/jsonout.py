@@ -223,16 +223,16 @@ def _column(
         opened, closed = "{}" if types == {dict} else "[]"
         # each container once (items often share one: a matrix row's vars)
         ids = list(map(id, values))
-        by_id = dict(zip(ids, values))
+        by_id = dict(zip(ids, values, strict=True))
         distinct = list(by_id.values())
         items = map(dict.values, distinct) if opened == "{" else distinct
         if _LEAF_TYPES.issuperset(map(type, itertools.chain.from_iterable(items))):
             separator = "," + _newline(level + 2)
             text = _flat(level + 1)(distinct)[2:-2]  # [{a,<nl>b},<nl>{c}] less [{ and }]
             parts = text.split(closed + separator + opened)
-            texts = dict(zip(by_id, parts, strict=True))
+            text_of = dict(zip(by_id, parts, strict=True))
             return (
-                list(map(texts.__getitem__, ids)),
+                list(map(text_of.__getitem__, ids)),
                 opened + _newline(level + 2),
                 _newline(level + 1) + closed,
             )
