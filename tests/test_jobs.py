@@ -1014,3 +1014,39 @@ def test_paths_told_apart_in_c_are_those_the_whole_check_passes(paths: list[str]
         for i, p in enumerate(paths)
     ]
     _check_each(m, jobs, [_fold(p) for p in paths])  # raises nothing
+
+
+def test_built_jobs_are_jobs() -> None:
+    """``built_job`` makes a real ``Job``: equal to the constructor's, frozen, replaceable."""
+    import dataclasses
+
+    from runner.jobs.keys import built_job
+
+    fields = ("k", "c", "/m.yaml", 3, {"a": 1}, {"prompt": "p"}, "c/k.mp4", 2.5, "unpriced")
+    made = built_job(*fields, 1, "ava", ("t",))
+    assert type(made) is Job
+    assert made == Job(*fields, 1, "ava", ("t",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.key = "other"  # type: ignore[misc]
+    assert dataclasses.replace(made, key="x") == Job("x", *fields[1:], 1, "ava", ("t",))
+
+
+@given(texts=st.lists(st.text(max_size=40), max_size=5))
+def test_keys_of_texts_are_each_text_s_key(texts: list[str]) -> None:
+    from runner.jobs.keys import key_of_text, keys_of_texts
+
+    assert keys_of_texts(texts) == [key_of_text(t) for t in texts]
+    assert [key_of_text(t) for t in texts] == [
+        hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts
+    ]
+
+
+@pytest.mark.parametrize("template", ["", "plain text", "1080p", "a b/c.mp4", "é"])
+def test_templates_without_braces_render_as_they_are(template: str) -> None:
+    """The shortcut for text alone gives what filling its pieces gives."""
+    from runner.manifest.positions import Where
+    from runner.manifest.template import _fill, parse, render
+
+    where = Where("m.yaml")
+    expected = _fill(parse(template), {}, where, frozenset())
+    assert render(template, {}, where) == expected == template

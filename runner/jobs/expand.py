@@ -15,6 +15,7 @@ import bisect
 import itertools
 import operator
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
@@ -244,9 +245,8 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[Job]:
                 for seed, variant in zip(seeds, variants, strict=True)
             )
         seeded = {k: request.get(k) for k in fields}
-        bodies = [seeded.copy() for _ in seeds]
-        for body, seed in zip(bodies, seeds, strict=True):
-            body["seed"] = seed
+        bodies = list(map(dict.copy, repeat(seeded, len(seeds))))
+        deque(map(dict.__setitem__, bodies, repeat("seed"), seeds), maxlen=0)  # each its seed
     names = {**context, "key": None, "seed": None, "variant": None}
     paths = scope.paths(names, {"key": keys, "seed": seeds, "variant": variants})
     # the seed changes the price only where a price rule matches on it

@@ -152,7 +152,8 @@ def key_parts(campaign: str, row: Mapping[str, Any], request: Mapping[str, Any])
     before = {k: v for k, v in request.items() if k < "seed"}
     after = {k: v for k, v in request.items() if k > "seed"}
     # as sort_keys orders them: before's names, "seed", after's
-    head = canonical_json([campaign, dict(row), before])[:-2] + ("," if before else "")
+    head = canonical_json([campaign, row if type(row) is dict else dict(row), before])[:-2]
+    head += "," if before else ""
     return head + '"seed":', ("," + canonical_json(after)[1:] if after else "}")
 
 

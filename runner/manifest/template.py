@@ -284,12 +284,9 @@ class RowPaths:
             and (len(before) != 3 or _PLAIN_SEGMENT.fullmatch(before + "1" + after))
             and self._longest(values) <= MAX_SEGMENT_BYTES - len(before) - len(after)
         ):
-            head = "".join(part + "/" for part in parts[:index]) + before
-            tail = after + "".join("/" + part for part in parts[index + 1 :])
-            # "%s" writes an int or a str as str() does
-            return list(
-                map((head.replace("%", "%%") + "%s" + tail.replace("%", "%%")).__mod__, values)
-            )
+            head = "/".join([*parts[:index], before]).replace("%", "%%")
+            tail = "/".join([after, *parts[index + 1 :]]).replace("%", "%%")
+            return list(map((head + "%s" + tail).__mod__, values))  # str() of an int or str
         return self._each(row, columns)
 
     def _longest(self, values: Sequence[Any]) -> int:
