@@ -18,6 +18,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from operator import itemgetter
 from typing import Any
 
 from runner.jsontext import one_per_line
@@ -193,7 +194,7 @@ def _table(
     columns = []
     body = ""
     for i, key in enumerate(keys):
-        texts, before, after = _column([row[key] for row in rows], (heads, i), level, last)
+        texts, before, after = _column(list(map(itemgetter(key), rows)), (heads, i), level, last)
         columns.append(texts)
         body += (heads[i] + before).replace("%", "%%") + "%s" + after.replace("%", "%%")
     body += (_newline(level) + "}").replace("%", "%%")
