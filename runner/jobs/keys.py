@@ -40,10 +40,10 @@ class Job:
 
 
 class _Building:
-    """A :class:`Job` being built: the same slots, set the plain way, and then made a Job
-    (``__class__`` can be swapped between classes of the same slots). A frozen dataclass's
-    constructor sets each field through ``object.__setattr__``: this is a fourth of its cost,
-    which was a seventh of expanding 100,000 jobs."""
+    """A :class:`Job` being built: the same slots, set the plain way, then made a Job
+    (``__class__`` can be swapped between classes of the same slots; a change to Job's
+    layout makes the swap a TypeError, never a wrong Job). A frozen dataclass's constructor
+    sets each field through ``object.__setattr__``: ~2.6 µs a Job, ~0.6 µs this way."""
 
     __slots__ = tuple(f.name for f in fields(Job))
 
@@ -172,7 +172,7 @@ _FIRST_16 = operator.itemgetter(slice(16))
 
 
 def key_suffix(variant: int | None, soul: str | None) -> str:
-    """What follows the request in a key's canonical JSON (see :func:`row_key`)."""
+    """What follows the request in a key's canonical JSON (see :func:`job_key`)."""
     return (
         ","
         + canonical_json(variant)
