@@ -123,3 +123,15 @@ def test_a_table_of_non_string_keys_is_not_taken_as_one() -> None:
     """``{1: ..}`` and ``{True: ..}`` have equal keys to Python, not to JSON."""
     doc = [{1: "a", "x": [0]} if i % 2 else {True: "a", "x": [0]} for i in range(STREAMED * 3)]
     assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["scale"], [-0.0, 0.0], [0.0, -0.0], [1, True], [True, 1], [None], [1.5], [2**70]],
+    ids=["text", "minus-zero-first", "zero-first", "int-bool", "bool-int", "null", "float", "big"],
+)
+def test_a_column_of_one_value_throughout_is_each_value_s_own_text(values: list[Any]) -> None:
+    """A column whose values are all one value is written once and repeated; values equal to
+    Python but not to JSON (0.0 and -0.0, 1 and true) are still each written as they are."""
+    doc = {"jobs": [{"v": values[i % len(values)], "i": i} for i in range(STREAMED * 3)]}
+    assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)

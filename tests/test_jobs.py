@@ -884,14 +884,24 @@ def test_canonical_json_refuses_as_json_dumps_and_recovers() -> None:
 
 
 @given(
-    request=st.dictionaries(st.sampled_from(["a", "rate", "seed", "seeds", "z", "é"]), JSON_VALUES)
+    request=st.dictionaries(st.sampled_from(["a", "rate", "seed", "seeds", "z", "é"]), JSON_VALUES),
+    row=st.dictionaries(st.sampled_from(["look", "seed", "é"]), JSON_VALUES, max_size=2),
 )
-def test_seed_parts_put_together_are_the_request_with_its_seed(request: dict[str, Any]) -> None:
-    from runner.jobs.keys import canonical_json, seed_parts
+def test_key_parts_put_together_are_the_job_key(
+    request: dict[str, Any], row: dict[str, Any]
+) -> None:
+    """A row's key parts, around any seed and variant, make the key of its whole request."""
+    from runner.jobs.keys import canonical_json, job_key, key_of_text, key_parts, key_suffix
 
-    head, tail = seed_parts(request)
-    for seed in (0, -3, 2**40, None):
-        assert head + canonical_json(seed) + tail == canonical_json({**request, "seed": seed})
+    head, tail = key_parts("camp", row, request)
+    for seed, variant, soul in (
+        (0, None, None),
+        (-3, 1, "ava"),
+        (2**40, None, "é"),
+        (None, 0, None),
+    ):
+        text = head + canonical_json(seed) + tail + key_suffix(variant, soul)
+        assert key_of_text(text) == job_key("camp", row, {**request, "seed": seed}, variant, soul)
 
 
 SEGMENT_TEXT = st.lists(
@@ -939,25 +949,42 @@ def test_sanitize_shortcut_changes_nothing(text: str) -> None:
         "{seed}",
         "{seed}/{variant}.mp4",
         "COM{seed}.mp4",
+        "{a}{seed}",
         "{a}{seed}{variant}-{key}",
         "x {a}. /{{lit}}-{seed}. ",
         "{key}",
+        "{a}/{key}.mp4",
+        "{b}{key}",
+        "{campaign}/{a}/{b}",
     ],
 )
 def test_row_paths_are_the_plain_renderings(template: str) -> None:
-    """``row_path_renderer``'s paths (a row bound once, the seed filled per job) are what
-    :func:`render_path` makes of each job's whole context: odd seeds, no seed, reserved names."""
+    """``RowPaths``'s paths (a row filled once, the per-job names filled for each job) are
+    what :func:`render_path` makes of each job's whole context: odd seeds, no seed, short
+    keys, long segments, reserved names."""
     from runner.manifest.positions import Where
-    from runner.manifest.template import render_path, row_path_renderer
+    from runner.manifest.template import RowPaths, render_path
 
     where = Where("m.yaml")
-    bind = row_path_renderer(template, where, frozenset({"key", "seed", "variant"}))
-    for a in ["a", "CO", "", "é:x", "1.5"]:
+    paths = RowPaths(template, where, frozenset({"key", "seed", "variant"}))
+    jobs = [
+        [("0123abcd", 0, None), ("0123abce", 1, 2), ("0123abcf", -7, None)],
+        [("0123abcd", None, 3), ("0123abce", None, None)],
+        [("0123abcd", True, 0), ("a", 3, 1), ("C", 1, None), ("ON", 2, None)],
+        [("key01", 1, None), ("é" * 10, 2**32, None), ("key03", 10**200, None)],
+        [(f"key{i:02}", i, None) for i in range(12)],
+    ]
+    for a in ["a", "CO", "", "é:x", "1.5", "COM", "lpt", "x" * 190]:
         row = {"campaign": "c", "a": a, "b": "LPT", "key": None, "seed": None, "variant": None}
-        render = bind(row)
-        for seed, variant in [(0, None), (1, 2), (-7, None), (None, 3), (None, None), (True, 0)]:
-            context = {**row, "key": "0123abcd", "seed": seed, "variant": variant}
-            assert render(context) == render_path(template, context, where)
+        for made in jobs:
+            for column in (list, tuple):  # a tuple of values may be seen again
+                keys, seeds, variants = (column(values) for values in zip(*made, strict=True))
+                columns = {"key": keys, "seed": seeds, "variant": variants}
+                expected = [
+                    render_path(template, {**row, "key": k, "seed": s, "variant": v}, where)
+                    for k, s, v in made
+                ]
+                assert paths(row, columns) == expected
 
 
 @given(
@@ -987,3 +1014,39 @@ def test_paths_told_apart_in_c_are_those_the_whole_check_passes(paths: list[str]
         for i, p in enumerate(paths)
     ]
     _check_each(m, jobs, [_fold(p) for p in paths])  # raises nothing
+
+
+def test_built_jobs_are_jobs() -> None:
+    """``built_job`` makes a real ``Job``: equal to the constructor's, frozen, replaceable."""
+    import dataclasses
+
+    from runner.jobs.keys import built_job
+
+    fields = ("k", "c", "/m.yaml", 3, {"a": 1}, {"prompt": "p"}, "c/k.mp4", 2.5, "unpriced")
+    made = built_job(*fields, 1, "ava", ("t",))
+    assert type(made) is Job
+    assert made == Job(*fields, 1, "ava", ("t",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.key = "other"  # type: ignore[misc]
+    assert dataclasses.replace(made, key="x") == Job("x", *fields[1:], 1, "ava", ("t",))
+
+
+@given(texts=st.lists(st.text(max_size=40), max_size=5))
+def test_keys_of_texts_are_each_text_s_key(texts: list[str]) -> None:
+    from runner.jobs.keys import key_of_text, keys_of_texts
+
+    assert keys_of_texts(texts) == [key_of_text(t) for t in texts]
+    assert [key_of_text(t) for t in texts] == [
+        hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts
+    ]
+
+
+@pytest.mark.parametrize("template", ["", "plain text", "1080p", "a b/c.mp4", "é"])
+def test_templates_without_braces_render_as_they_are(template: str) -> None:
+    """The shortcut for text alone gives what filling its pieces gives."""
+    from runner.manifest.positions import Where
+    from runner.manifest.template import _fill, parse, render
+
+    where = Where("m.yaml")
+    expected = _fill(parse(template), {}, where, frozenset())
+    assert render(template, {}, where) == expected == template

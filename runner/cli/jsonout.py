@@ -18,6 +18,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from operator import itemgetter
 from typing import Any
 
 from runner.jsontext import one_per_line
@@ -177,7 +178,7 @@ def _table_keys(rows: Sequence[Any]) -> tuple[str, ...] | None:
     keys = tuple(first)
     if not all(type(key) is str for key in keys):
         return None  # 1 and True are one key to a dict, not to JSON
-    if all(type(row) is dict and tuple(row) == keys for row in rows):
+    if set(map(type, rows)) == {dict} and all(map(keys.__eq__, map(tuple, rows))):
         return keys
     return None
 
@@ -193,7 +194,7 @@ def _table(
     columns = []
     body = ""
     for i, key in enumerate(keys):
-        texts, before, after = _column([row[key] for row in rows], (heads, i), level, last)
+        texts, before, after = _column(list(map(itemgetter(key), rows)), (heads, i), level, last)
         columns.append(texts)
         body += (heads[i] + before).replace("%", "%%") + "%s" + after.replace("%", "%%")
     body += (_newline(level) + "}").replace("%", "%%")
@@ -214,19 +215,25 @@ def _column(
     the values' — else one at a time."""
     types = set(map(type, values))
     if types <= _LEAF_TYPES:
+        # one value throughout (a campaign's name, a status): equal values of one type are
+        # written alike, but for 0.0 and -0.0
+        if len(types) == 1 and float not in types and values.count(values[0]) == len(values):
+            return [one_per_line(values[:1])[0]] * len(values), "", ""
         return one_per_line(values), "", ""
     if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
         opened, closed = "{}" if types == {dict} else "[]"
         # each container once (items often share one: a matrix row's vars)
-        distinct = list({id(value): value for value in values}.values())
+        ids = list(map(id, values))
+        by_id = dict(zip(ids, values, strict=True))
+        distinct = list(by_id.values())
         items = map(dict.values, distinct) if opened == "{" else distinct
         if _LEAF_TYPES.issuperset(map(type, itertools.chain.from_iterable(items))):
             separator = "," + _newline(level + 2)
             text = _flat(level + 1)(distinct)[2:-2]  # [{a,<nl>b},<nl>{c}] less [{ and }]
             parts = text.split(closed + separator + opened)
-            by_id = dict(zip(map(id, distinct), parts, strict=True))
+            text_of = dict(zip(by_id, parts, strict=True))
             return (
-                [by_id[id(value)] for value in values],
+                list(map(text_of.__getitem__, ids)),
                 opened + _newline(level + 2),
                 _newline(level + 1) + closed,
             )

@@ -12,8 +12,12 @@ priced from ``budget.prices``; output paths are checked by :mod:`runner.jobs.pat
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +26,16 @@ from runner.jobs.keys import (
     Job,
     built_job,
     canonical_json,
-    key_of_text,
-    key_prefix,
+    job_key,
+    key_parts,
     key_suffix,
-    row_key,
-    seed_parts,
+    keys_of_texts,
     variant_seed,
 )
 from runner.jobs.paths import check_paths
 from runner.manifest import REQUEST_FIELDS, TEMPLATED_FIELDS, FieldPath, Manifest, Row, Where
 from runner.manifest.matrix import expand_matrix, row_bound, same
-from runner.manifest.template import render, row_path_renderer
+from runner.manifest.template import RowPaths, render
 
 # The platform's model ids: owner/name[/...] (runner.providers.platform.MODEL_ID, two or
 # more segments); these first segments are its own endpoints, never models.
@@ -40,6 +43,8 @@ MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*
 MODEL_ENDPOINTS = frozenset({"requests", "files", "v1", "estimate"})
 _URL_SCHEMES = re.compile(r"^(?:https?|data):", re.IGNORECASE)
 _ABSENT = object()
+_REQUEST_FIELD_SET = frozenset(REQUEST_FIELDS)
+_KEY, _PATH = operator.attrgetter("key"), operator.attrgetter("path")
 # The names of a filename template that differ between the jobs of one row.
 PER_JOB = frozenset({"key", "seed", "variant"})
 
@@ -71,7 +76,7 @@ def expand(manifest: Manifest, *, state_dir: str | Path | None = None) -> list[J
 
 def _check_distinct(m: Manifest, jobs: list[Job], origins: list[tuple[int, Where]]) -> None:
     """Refuse the first job (in manifest order) made twice, or written where another is."""
-    if len(set(job.key for job in jobs)) == len(jobs) == len(set(job.path for job in jobs)):
+    if len(set(map(_KEY, jobs))) == len(jobs) == len(set(map(_PATH, jobs))):
         return  # told in C: nothing below would be found
     first: dict[str, Where] = {}
     paths: dict[str, Job] = {}
@@ -127,7 +132,7 @@ class _Scope:
         self.base: FieldPath = ("campaigns", ci)
         self.whole = self.where(self.base)
         self.filename_where = self.where(("output", "filename"))
-        self.render_path = row_path_renderer(m.output.filename, self.filename_where, PER_JOB)
+        self.paths = RowPaths(m.output.filename, self.filename_where, PER_JOB)
         self.manifest_path = str(m.path)
         # defaults < campaign; a row's values go on top of these
         self.request: dict[str, Any] = {}
@@ -142,10 +147,14 @@ class _Scope:
         self.tags = tuple(c.tags)
         self._price_fields = _price_fields(m)
         self.seed_priced = "seed" in self._price_fields
-        self.seed_texts: dict[int, str] = {}  # each seed's canonical JSON
+        self.present = {k: v for k, v in self.request.items() if v is not None}
+        # a campaign's seeds, and their canonical JSON: the same for each row
+        self.seeds: Sequence[int | None] = tuple(c.seeds or ())
+        self.seed_texts = [canonical_json(seed) for seed in self.seeds]
+        self.no_variants: Sequence[int | None] = (None,) * len(self.seeds)
         self.suffix = key_suffix(None, c.soul)  # what ends a key without a variant
         self._fields: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._prices: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._prices: dict[tuple[Any, ...], tuple[float, str]] = {}
 
     def body_fields(self, request: Mapping[str, Any]) -> tuple[str, ...]:
         """A body's field names in order: the known fields first, then the rest, and
@@ -158,7 +167,7 @@ class _Scope:
             self._fields[names] = fields
         return fields
 
-    def credits(self, request: Mapping[str, Any], origin: Where) -> dict[str, Any]:
+    def credits(self, request: Mapping[str, Any], origin: Where) -> tuple[float, str]:
         """:func:`_credits`, worked out once per distinct set of the fields prices match on
         (values told apart as ``same`` does: by type too; lists and mappings not cached)."""
         values = tuple(
@@ -208,65 +217,63 @@ def _row_jobs(scope: _Scope, row: Row, index: int) -> list[Job]:
         raise sources["type"].error(f"image-to-video needs image_url (campaign {c.name!r})")
     if kind == "text-to-video" and not request.get("prompt"):
         raise sources["type"].error(f"text-to-video needs a prompt (campaign {c.name!r})")
-    if c.seeds is not None:
-        plan: list[tuple[int | None, int | None]] = [(s, None) for s in c.seeds]
-    elif c.variants:
-        bare = {k: v for k, v in request.items() if k != "seed"}
-        plan = [(variant_seed(c.name, row.values, bare, v), v) for v in range(c.variants)]
-    else:
-        plan = [(None, None)]
-    out: list[Job] = []
     row_vars = dict(row.values)  # shared by the row's jobs, never changed
-    prefix = key_prefix(c.name, row_vars)
-    names = {**context, "key": None, "seed": None, "variant": None}
-    render_path = scope.render_path(names)  # the plan has a job at least
     # request order: the known fields first, then the rest; a seed goes where REQUEST_FIELDS
-    # puts it. The jobs of a row differ only by their seed: its body is copied from
-    # ``seeded`` with the seed set, its key's text put together from pre-encoded parts.
+    # puts it
     fields = scope.body_fields(request)
-    seeded = {k: request.get(k) for k in fields}
-    head, tail = seed_parts(request)
-    head = prefix + head
-    tail_suffix = tail + scope.suffix  # a seed's, with no variant
-    # the seed changes the price only where a price rule matches on it
-    credits = None
-    for seed, variant in plan:
-        if seed is None:
-            body = {k: request[k] for k in fields if k in request}  # no seed field: no seed
-            key = row_key(prefix, body, variant, c.soul)
+    # The row's jobs, a column each: they differ only by their seed (and variant). Each body
+    # is copied from ``seeded`` with its seed set, each key's text put together from parts
+    # encoded once for the row.
+    seeds: Sequence[int | None]
+    variants: Sequence[int | None]
+    if c.seeds is None and not c.variants:  # one job, and no seed field
+        seeds = variants = (None,)
+        bodies = [{k: request[k] for k in fields if k in request}]
+        keys = [job_key(c.name, row_vars, bodies[0], None, c.soul)]
+    else:
+        head, tail = key_parts(c.name, row_vars, request)
+        if c.seeds is not None:
+            seeds, variants, texts = scope.seeds, scope.no_variants, scope.seed_texts
+            tail += scope.suffix  # no variant: each key ends alike
+            keys = keys_of_texts([head + text + tail for text in texts])
         else:
-            body = seeded.copy()
-            body["seed"] = seed
-            text = scope.seed_texts.get(seed)
-            if text is None:
-                text = scope.seed_texts[seed] = canonical_json(seed)
-            key = key_of_text(
-                head
-                + text
-                + (tail_suffix if variant is None else tail + key_suffix(variant, c.soul))
+            bare = {k: v for k, v in request.items() if k != "seed"}
+            variants = range(c.variants or 0)
+            seeds = [variant_seed(c.name, row.values, bare, v) for v in variants]
+            keys = keys_of_texts(
+                head + canonical_json(seed) + tail + key_suffix(variant, c.soul)
+                for seed, variant in zip(seeds, variants, strict=True)
             )
-        names["key"] = key
-        names["seed"] = body.get("seed")
-        names["variant"] = variant
-        path = render_path(names)
-        if credits is None or scope.seed_priced:
-            credits = scope.credits(body, origin)
-        job = built_job(
-            key,
-            c.name,
-            scope.manifest_path,
-            index + len(out),
-            row_vars,
-            body,
-            path,
-            credits["credits"],
-            credits["priced_by"],
-            variant,
-            c.soul,
-            scope.tags,
+        seeded = {k: request.get(k) for k in fields}
+        bodies = list(map(dict.copy, repeat(seeded, len(seeds))))
+        deque(map(dict.__setitem__, bodies, repeat("seed"), seeds), maxlen=0)  # each its seed
+    names = {**context, "key": None, "seed": None, "variant": None}
+    paths = scope.paths(names, {"key": keys, "seed": seeds, "variant": variants})
+    # the seed changes the price only where a price rule matches on it
+    credits: Iterable[float]
+    priced_by: Iterable[str]
+    if scope.seed_priced:
+        credits, priced_by = zip(*[scope.credits(body, origin) for body in bodies], strict=True)
+    else:
+        price = scope.credits(bodies[0], origin)
+        credits, priced_by = repeat(price[0]), repeat(price[1])
+    return list(
+        map(
+            built_job,
+            keys,
+            repeat(c.name),
+            repeat(scope.manifest_path),
+            itertools.count(index),
+            repeat(row_vars),
+            bodies,
+            paths,
+            credits,
+            priced_by,
+            variants,
+            repeat(c.soul),
+            repeat(scope.tags),
         )
-        out.append(job)
-    return out
+    )
 
 
 def _check_provider_fields(
@@ -302,6 +309,8 @@ def _check_provider_fields(
 
 def _layered_request(scope: _Scope, row: Row) -> tuple[dict[str, Any], dict[str, Where]]:
     """defaults < campaign < row, with where each winning value was written."""
+    if _REQUEST_FIELD_SET.isdisjoint(row.values):  # the row sets no request field
+        return dict(scope.present), scope.sources
     values = dict(scope.request)
     sources = dict(scope.sources)
     for name in REQUEST_FIELDS:
@@ -312,22 +321,22 @@ def _layered_request(scope: _Scope, row: Row) -> tuple[dict[str, Any], dict[str,
     return request, sources
 
 
-def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> dict[str, Any]:
-    """``credits`` from the first price rule whose ``match`` items all equal the request's
+def _credits(scope: _Scope, request: Mapping[str, Any], origin: Where) -> tuple[float, str]:
+    """The credits from the first price rule whose ``match`` items all equal the request's
     fields (none → 0), and ``priced_by`` naming that rule."""
     for i, rule in enumerate(scope.manifest.budget.prices):
         if all(k in request and same(request[k], v) for k, v in rule.match.items()):
             source = f"budget.prices[{i}]"
             if rule.credits is not None:
-                return {"credits": float(rule.credits), "priced_by": source}
+                return float(rule.credits), source
             duration = request.get("duration")
             if duration is None:
                 raise scope.where(("budget", "prices", i)).error(
                     f"this rule prices by the second, but a job has no duration ({_short(origin)})"
                 )
             credits = float(rule.credits_per_second or 0) * float(duration)
-            return {"credits": credits, "priced_by": source}
-    return {"credits": 0.0, "priced_by": "unpriced"}
+            return credits, source
+    return 0.0, "unpriced"
 
 
 def _price_fields(m: Manifest) -> tuple[str, ...]:

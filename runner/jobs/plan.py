@@ -40,10 +40,12 @@ def plan_document(
     """
     summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": finishing, "failed": 0}
     credits = 0.0
-    entries: list[dict[str, Any]] = []
-    for job in jobs:
-        raw = statuses.get(job.key, "new")
-        status = str(getattr(raw, "value", raw))  # a str Enum member works too
+    if statuses:
+        texts = [statuses.get(job.key, "new") for job in jobs]
+        texts = [str(getattr(raw, "value", raw)) for raw in texts]  # a str Enum member too
+    else:
+        texts = ["new"] * len(jobs)
+    for job, status in zip(jobs, texts, strict=True):
         if status in NOT_SUBMITTED_STATUSES:
             summary["new"] += 1
             credits += job.credits
@@ -53,16 +55,17 @@ def plan_document(
             summary["in_flight"] += 1
         elif status == FAILED_STATUS:
             summary["failed"] += 1
-        entries.append(
-            {
-                "key": job.key,
-                "campaign": job.campaign,
-                "status": status,
-                "vars": job.vars,
-                "request": job.request,
-                "path": job.path,
-            }
-        )
+    entries = [
+        {
+            "key": job.key,
+            "campaign": job.campaign,
+            "status": status,
+            "vars": job.vars,
+            "request": job.request,
+            "path": job.path,
+        }
+        for job, status in zip(jobs, texts, strict=True)
+    ]
     return {
         "summary": {**summary, "orphaned": orphaned, "estimated_credits": number(credits)},
         "jobs": entries,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from runner.manifest.positions import Where
@@ -88,6 +88,8 @@ def render(
 
     A placeholder named in ``empty_when_null`` whose value is null renders as ``""``.
     """
+    if "{" not in template and "}" not in template:
+        return template  # text alone: what its one piece fills
     try:
         pieces = parse(template)
     except TemplateSyntaxError as err:
@@ -207,83 +209,151 @@ def path_renderer(template: str, where: Where) -> Callable[[Mapping[str, Any]], 
     return render_one
 
 
-# A segment filled per job: its index, its one per-job name ("" when more), the texts around
-# that name, and its pieces (texts filled for the row, per-job names).
-_PerJob = tuple[int, str, str, str, tuple[tuple[str, str], ...]]
+class RowPaths:
+    """:func:`path_renderer` for the jobs of one row at once: ``paths(row, columns)`` fills
+    what does not name one of ``per_job`` once for the row (``row``: the row's context, which
+    holds every name a job's does, so error messages list the same), and the rest per job
+    from ``columns`` (each per-job name → its value for each job, in order). Each path is what
+    ``path_renderer(template, where)(context)`` gives of that job's whole context."""
 
+    def __init__(self, template: str, where: Where, per_job: frozenset[str]) -> None:
+        check_path_template(template, where)
+        self.where = where
+        # each segment as runs of pieces filled together for the row, between per-job names
+        self.layouts: list[tuple[tuple[str, Any], ...]] = []
+        for pieces in (parse(segment) for segment in _segments(template)):
+            layout: list[tuple[str, Any]] = []
+            for kind, value in pieces:
+                if kind == "name" and value in per_job:
+                    layout.append(("name", value))
+                elif layout and layout[-1][0] == "run":
+                    layout[-1] = ("run", (*layout[-1][1], (kind, value)))
+                else:
+                    layout.append(("run", ((kind, value),)))
+            self.layouts.append(tuple(layout))
+        self._portable: dict[str, str] = {}  # sanitize_segment of a row's whole segments
+        # the usual case: one per-job name, once, in one segment: its index, the name, and
+        # the runs around it (None: no run; a str: a run without names)
+        self.one: tuple[int, str, Any, Any] | None = None
+        varying = [i for i, lay in enumerate(self.layouts) if len(lay) > 1 or lay[0][0] == "name"]
+        if len(varying) == 1:
+            first, last = self.layouts[varying[0]][0], self.layouts[varying[0]][-1]
+            names = [value for kind, value in self.layouts[varying[0]] if kind == "name"]
+            if len(names) == 1:
+                around = [
+                    _constant(first[1]) if first[0] == "run" else None,
+                    _constant(last[1]) if last[0] == "run" else None,
+                ]
+                self.one = (varying[0], names[0], *around)
+        # the last column of values shortcut (a campaign's seeds, the same for every row)
+        self._column: tuple[Any, int] = ((), 0)
 
-def row_path_renderer(
-    template: str, where: Where, per_job: frozenset[str]
-) -> Callable[[Mapping[str, Any]], Callable[[Mapping[str, Any]], str]]:
-    """:func:`path_renderer` in two steps, for the jobs of one row: ``bind(row_context)``
-    fills what does not name one of ``per_job`` once (a segment naming none of them is also
-    made portable once), and gives ``render(context)`` for each job, which fills the rest.
-    ``render(context)`` is what ``path_renderer(template, where)(context)`` gives when
-    ``context`` agrees with ``row_context`` outside ``per_job``; errors are the same too
-    (``row_context`` holds every name a job's context does, so messages list the same)."""
-    check_path_template(template, where)
-    # each segment as runs of pieces filled together by bind, between the per-job names
-    layouts: list[tuple[tuple[str, Any], ...]] = []
-    for pieces in (parse(segment) for segment in _segments(template)):
-        layout: list[tuple[str, Any]] = []
-        for kind, value in pieces:
-            if kind == "name" and value in per_job:
-                layout.append(("name", value))
-            elif layout and layout[-1][0] == "run":
-                layout[-1] = ("run", (*layout[-1][1], (kind, value)))
-            else:
-                layout.append(("run", ((kind, value),)))
-        layouts.append(tuple(layout))
+    def __call__(self, row: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -> list[str]:
+        if self.one is None:
+            return self._each(row, columns)
+        where = self.where
+        index, name, before_run, after_run = self.one
+        parts: list[str] = []  # each segment; the one naming the per-job name filled per job
+        before = after = ""  # the texts around that name
+        for i, layout in enumerate(self.layouts):
+            if i == index:
+                if before_run is not None:
+                    before = (
+                        before_run
+                        if type(before_run) is str
+                        else _fill(before_run, row, where, OPTIONAL_IN_PATHS)
+                    )
+                if after_run is not None:
+                    after = (
+                        after_run
+                        if type(after_run) is str
+                        else _fill(after_run, row, where, OPTIONAL_IN_PATHS)
+                    )
+                parts.append("")
+                continue
+            text = _fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)
+            portable = self._portable.get(text)
+            if portable is None:
+                portable = self._portable[text] = sanitize_segment(text)
+            parts.append(portable)
+        values = columns[name]
+        # the segment stays portable with a digit in the value's place (and with a 1 after
+        # COM or LPT: a device) and with any such value there (_plain_texts)
+        if (
+            _PLAIN_SEGMENT.fullmatch(before + "0" + after)
+            and (len(before) != 3 or _PLAIN_SEGMENT.fullmatch(before + "1" + after))
+            and self._longest(values) <= MAX_SEGMENT_BYTES - len(before) - len(after)
+        ):
+            head = "/".join([*parts[:index], before]).replace("%", "%%")
+            tail = "/".join([after, *parts[index + 1 :]]).replace("%", "%%")
+            return list(map((head + "%s" + tail).__mod__, values))  # str() of an int or str
+        return self._each(row, columns)
 
-    def bind(row: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
-        parts: list[str] = []  # each segment; one naming a per-job name is filled per job
-        per_segment: list[_PerJob] = []
-        for i, layout in enumerate(layouts):
+    def _longest(self, values: Sequence[Any]) -> int:
+        """The length of the longest of the values' texts, when they are all such that a
+        segment portable with a digit in their place stays so with each of them
+        (:func:`_plain_texts`); else more than any segment holds."""
+        if type(values) is tuple and values is self._column[0]:
+            return self._column[1]
+        longest = _plain_texts(values)
+        if type(values) is tuple:  # the same tuple again is the same values
+            self._column = (values, longest)
+        return longest
+
+    def _each(self, row: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -> list[str]:
+        """Each job's path from its whole context: what no shortcut covers. The row's runs are
+        filled once, in order (the same errors first)."""
+        where = self.where
+        parts: list[str] = []  # each segment; one naming a per-job name: its pieces
+        lefts: dict[int, tuple[tuple[str, str], ...]] = {}
+        for i, layout in enumerate(self.layouts):
             if len(layout) == 1 and layout[0][0] == "run":
                 parts.append(sanitize_segment(_fill(layout[0][1], row, where, OPTIONAL_IN_PATHS)))
                 continue
-            # the segment's per-job names between texts
-            left = tuple(
+            parts.append("")
+            lefts[i] = tuple(
                 ("text", _fill(value, row, where, OPTIONAL_IN_PATHS))
                 if kind == "run"
                 else (kind, value)
                 for kind, value in layout
             )
-            parts.append("")
-            names = [value for kind, value in left if kind == "name"]
-            # one name between texts: ``before + str(value) + after`` when it is an int
-            before = left[0][1] if left[0][0] == "text" else ""
-            after = left[-1][1] if left[-1][0] == "text" else ""
-            one = names[0] if len(names) == 1 else ""
-            per_segment.append((i, one, before, after, left))
+        if not lefts:
+            return ["/".join(parts)] * len(next(iter(columns.values())))
+        paths = []
+        for values in zip(*columns.values(), strict=True):
+            context = dict(zip(columns, values, strict=True))
+            out = parts.copy()
+            for i, left in lefts.items():
+                out[i] = sanitize_segment(_fill(left, context, where, OPTIONAL_IN_PATHS))
+            paths.append("/".join(out))
+        return paths
 
-        def filled(context: Mapping[str, Any], segment: _PerJob) -> str:
-            _, one, before, after, left = segment
-            value = context.get(one) if one else None
-            if type(value) is int:  # a seed, a variant: not a bool
-                return sanitize_segment(before + str(value) + after)
-            return sanitize_segment(_fill(left, context, where, OPTIONAL_IN_PATHS))
 
-        if len(per_segment) != 1:
+def _constant(run: tuple[tuple[str, str], ...]) -> Any:
+    """A run of pieces as its text when it names nothing (else the run itself)."""
+    if all(kind == "text" for kind, _ in run):
+        return "".join(value for _, value in run)
+    return run
 
-            def render_one(context: Mapping[str, Any]) -> str:
-                out = parts.copy()
-                for segment in per_segment:
-                    out[segment[0]] = filled(context, segment)
-                return "/".join(out)
 
-            return render_one
-        # the usual case: one segment filled per job, between texts joined once
-        only = per_segment[0]
-        start = "".join(part + "/" for part in parts[: only[0]])
-        end = "".join("/" + part for part in parts[only[0] + 1 :])
+_UNFIT = MAX_SEGMENT_BYTES + 1  # a text length that fits no segment
 
-        def render_only(context: Mapping[str, Any]) -> str:
-            return start + filled(context, only) + end
 
-        return render_only
-
-    return bind
+def _plain_texts(values: Sequence[Any]) -> int:
+    """The length of the longest of the values' texts, if a segment that is portable with a
+    digit in a value's place stays so (and unchanged) with each of the values there, however
+    short; else more than a segment holds. Such values are ints (``-?[0-9]+``: digits and a
+    dash, which a portable segment may hold anywhere, and which make no device name but
+    ``COM`` or ``LPT`` + one digit, which a 1 in their place finds), and texts of five ASCII
+    letters and digits or more (keys: too long to make a device name)."""
+    kinds = set(map(type, values))
+    if kinds == {int}:  # not bools
+        return max(len(str(min(values))), len(str(max(values))))
+    if kinds == {str}:
+        joined = "".join(values)
+        if joined.isascii() and joined.isalnum() and min(map(len, values)) >= 5:
+            return max(map(len, values))
+    return _UNFIT
 
 
 @functools.lru_cache(maxsize=256)
