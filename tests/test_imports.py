@@ -110,3 +110,20 @@ def test_every_exported_name_resolves() -> None:
     for package in (app, engine, outputs):
         for name in package.__all__:
             assert getattr(package, name) is not None, (package.__name__, name)
+
+
+def test_plan_without_a_ledger_imports_no_ledger_or_engine(tmp_path: Path) -> None:
+    state, manifest, _keys = record(tmp_path, "night.yaml", 3, 2)
+    ledger = ("anyio", "runner.app.common", "runner.ledger", "runner.providers", "sqlite_utils")
+    fresh = ["-q", "plan", str(manifest), "--json", "--state", str(tmp_path / "fresh")]
+    assert imported(fresh, tmp_path, ledger) == []
+    # with a ledger, it is read
+    recorded = ["-q", "plan", str(manifest), "--json", "--state", str(state)]
+    assert "runner.ledger" in imported(recorded, tmp_path, ledger)
+
+
+def test_the_ledger_file_plan_looks_for_is_the_ledger_s() -> None:
+    from runner.app.manifests import LEDGER_FILE
+    from runner.ledger import LEDGER_FILE as LEDGERS
+
+    assert LEDGER_FILE == LEDGERS

@@ -19,6 +19,7 @@ from runner.manifest import Manifest, load_manifest
 
 if TYPE_CHECKING:
     from runner.app.common import Environment
+    from runner.ledger import PlanDiff
 
 
 @dataclass(frozen=True)
@@ -65,21 +66,19 @@ def plan(
     far plus new, against ``max_total_credits``). Reads the ledger without the lock and
     writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
     the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
-    from runner.app.common import Environment, reading
-    from runner.engine import charged
-
     manifest = load_manifest(manifest_path)
     with bulk():
         jobs = expand(manifest, state_dir=state_dir)
     if estimate:
+        from runner.app.common import Environment
+
         jobs = estimated(manifest, jobs, env or Environment())
     statuses: dict[str, str] = {}
     orphaned = finishing = 0
     spent = 0.0
-    with bulk(), reading(state_dir, ledger) as opened:
-        if opened is not None:
-            # one read of the ledger: the diff sums the credits charged so far as it reads
-            diff = opened.diff(str(manifest.path), jobs, charged=charged)
+    with bulk():
+        diff = _diff(manifest, jobs, state_dir, ledger)
+        if diff is not None:
             statuses, orphaned = diff.statuses, diff.orphaned
             finishing = len(diff.finishing_keys)
             spent = diff.charged_credits
@@ -92,6 +91,27 @@ def plan(
     if estimate:
         summary["priced_by"] = "provider"
     return Planned(doc, jobs)
+
+
+#: The file of a state directory's own ledger (``runner.ledger.LEDGER_FILE``), named here so
+#: a plan where there is none imports no ledger code (sqlite_utils, the engine: ~0.1 s).
+LEDGER_FILE = "ledger.db"
+
+
+def _diff(
+    manifest: Manifest, jobs: list[Job], state_dir: Path, ledger: str | None
+) -> PlanDiff | None:
+    """The jobs against the ledger (``ledger``, else the state directory's), read once, the
+    credits charged so far summed as it reads; ``None`` when there is no ledger yet."""
+    if ledger is None and not (Path(state_dir) / LEDGER_FILE).is_file():
+        return None  # what reading() finds there: no ledger
+    from runner.app.common import reading
+    from runner.engine import charged
+
+    with reading(state_dir, ledger) as opened:
+        if opened is None:
+            return None
+        return opened.diff(str(manifest.path), jobs, charged=charged)
 
 
 #: Request fields that do not change a price: jobs that differ only in these share one
