@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.cli.jsonout import STREAMED, TABLE, iter_indented
+from runner.cli.jsonout import STREAMED, TABLE, Columns, iter_indented
 
 JOBS = [
     {
@@ -135,3 +135,37 @@ def test_a_column_of_one_value_throughout_is_each_value_s_own_text(values: list[
     Python but not to JSON (0.0 and -0.0, 1 and true) are still each written as they are."""
     doc = {"jobs": [{"v": values[i % len(values)], "i": i} for i in range(STREAMED * 3)]}
     assert "".join(iter_indented(doc)) == json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def _as_columns(rows: list[dict[Any, Any]]) -> Columns:
+    keys = list(rows[0]) if rows else []
+    return Columns({key: [row[key] for row in rows] for key in keys})
+
+
+@pytest.mark.parametrize(
+    "count", [0, 1, STREAMED, STREAMED + 1, TABLE, TABLE * 2 + 7], ids=lambda n: f"{n} rows"
+)
+def test_columns_are_written_as_the_list_of_their_rows(count: int) -> None:
+    """``Columns`` (the plan's jobs, a column each) is its rows' list, byte for byte: short or
+    long, at the top or nested, across TABLE chunks, every kind of column."""
+    rows = [{k: v for k, v in row.items() if k != "other"} for row in _table_doc()[:count]]
+    rows = [row if "k%s\n" in row else _table_doc()[0] for row in rows]  # one set of keys
+    columns = _as_columns(rows)
+    assert columns.rows() == rows
+    for doc, same in [(columns, rows), ({"summary": {"n": 1}, "jobs": columns}, None)]:
+        as_list = {"summary": {"n": 1}, "jobs": rows} if same is None else same
+        expected = json.dumps(as_list, indent=2, ensure_ascii=False, default=str)
+        assert "".join(iter_indented(doc)) == expected
+        nested = json.dumps([as_list], indent=2, ensure_ascii=False, default=str)
+        assert "[\n  " + "".join(iter_indented(doc, 1)) + "\n]" == nested
+    assert "".join(iter_indented({"only": columns})) == json.dumps(
+        {"only": rows}, indent=2, ensure_ascii=False, default=str
+    )
+
+
+def test_columns_of_keys_json_tells_apart_are_written_as_their_rows() -> None:
+    """No column names, or names that are no strings: written as the rows' list is."""
+    empty = Columns({})
+    assert len(empty) == 0 and "".join(iter_indented({"jobs": empty})) == '{\n  "jobs": []\n}'
+    odd = Columns({1: list(range(STREAMED * 3)), "x": [[0]] * (STREAMED * 3)})  # type: ignore[dict-item]
+    assert "".join(iter_indented(odd)) == json.dumps(odd.rows(), indent=2, ensure_ascii=False)

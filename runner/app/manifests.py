@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.app.bulk import bulk
 from runner.errors import ManifestError, UsageError
-from runner.jobs import Job, expand, number, plan_document
+from runner.jobs import Job, expand, number, plan_entries, plan_statuses, plan_summary
 from runner.manifest import Manifest, load_manifest
 
 if TYPE_CHECKING:
@@ -47,10 +47,17 @@ def validate(paths: Sequence[Path], state_dir: Path | None = None) -> list[Valid
 
 @dataclass(frozen=True)
 class Planned:
-    """``document`` is the ``plan --json`` document; ``jobs`` the expanded jobs, in its order."""
+    """A plan: the ``plan --json`` document's ``summary``, the expanded ``jobs`` in its order
+    and each one's ``statuses``; ``document`` is the whole document (its job mappings made
+    when first asked for: ``plan --json`` writes them from the jobs, a column at a time)."""
 
-    document: dict[str, Any]
+    summary: dict[str, Any]
     jobs: list[Job]
+    statuses: list[str]
+
+    @functools.cached_property
+    def document(self) -> dict[str, Any]:
+        return {"summary": self.summary, "jobs": plan_entries(self.jobs, self.statuses)}
 
 
 def plan(
@@ -61,11 +68,12 @@ def plan(
     env: Environment | None = None,
     ledger: str | None = None,
 ) -> Planned:
-    """The ``plan --json`` document: the manifest's jobs against the ledger, with both budget
-    figures (this run's new jobs against ``max_credits``; the manifest's total, charged so
-    far plus new, against ``max_total_credits``). Reads the ledger without the lock and
-    writes nothing; without a ledger every job is new. With ``estimate``, the provider prices
-    the jobs (one call per priced shape, see :func:`estimated`) instead of ``budget.prices``."""
+    """The ``plan --json`` document (see :class:`Planned`): the manifest's jobs against the
+    ledger, with both budget figures (this run's new jobs against ``max_credits``; the
+    manifest's total, charged so far plus new, against ``max_total_credits``). Reads the
+    ledger without the lock and writes nothing; without a ledger every job is new. With
+    ``estimate``, the provider prices the jobs (one call per priced shape, see
+    :func:`estimated`) instead of ``budget.prices``."""
     manifest = load_manifest(manifest_path)
     with bulk():
         jobs = expand(manifest, state_dir=state_dir)
@@ -82,15 +90,15 @@ def plan(
             statuses, orphaned = diff.statuses, diff.orphaned
             finishing = len(diff.finishing_keys)
             spent = diff.charged_credits
-        doc = plan_document(jobs, statuses, orphaned, finishing)
-    summary = doc["summary"]
+        texts = plan_statuses(jobs, statuses)
+    summary = plan_summary(jobs, texts, orphaned, finishing)
     summary["charged_credits"] = number(spent)
     summary["estimated_total_credits"] = number(spent + summary["estimated_credits"])
     summary["max_credits"] = manifest.budget.max_credits
     summary["max_total_credits"] = manifest.budget.max_total_credits
     if estimate:
         summary["priced_by"] = "provider"
-    return Planned(doc, jobs)
+    return Planned(summary, jobs, texts)
 
 
 #: The file of a state directory's own ledger (``runner.ledger.LEDGER_FILE``), named here so

@@ -16,17 +16,40 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from operator import itemgetter
 from typing import Any
 
 from runner.jsontext import one_per_line
 
+
+class Columns:
+    """A list of mappings with the same string keys, given a column at a time (``{key: each
+    mapping's value}``, the columns of equal length): written as that list would be, without
+    making its mappings (the plan's 100,000 jobs)."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: Mapping[str, list[Any]]) -> None:
+        self.columns = dict(columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), ()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The list of mappings it stands for."""
+        keys = tuple(self.columns)
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in zip(*self.columns.values(), strict=True)
+        ]
+
+
 INDENT = "  "
 STREAMED = 64  # a container of containers with more items than this is written item by item
 TABLE = 1024  # of a long list, the items looked at together (written a column at a time)
-_CONTAINERS = (dict, list, tuple)
+_CONTAINERS = (dict, list, tuple, Columns)
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
 _leaf = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
@@ -74,6 +97,8 @@ def _dumps(value: Any, level: int, last: Last) -> str:
     """``value`` as one indented string, starting at nesting ``level``."""
     if type(value) is str:
         return encode_basestring(value)
+    if isinstance(value, Columns):
+        return "".join(iter_indented(value, level, last))
     if isinstance(value, dict):
         if not value:
             return "{}"
@@ -138,6 +163,13 @@ def iter_indented(value: Any, level: int = 0, last: Last | None = None) -> Itera
     a piece per item of a mapping of containers or of a long list of them."""
     if last is None:
         last = {}
+    if isinstance(value, Columns):
+        names = tuple(value.columns)
+        if len(value) <= STREAMED or not names or not all(type(key) is str for key in names):
+            value = value.rows()  # written as any list (a short one, one of odd keys)
+        else:
+            yield from _columns_table(value, names, level, last)
+            return
     if isinstance(value, dict) and any(isinstance(v, _CONTAINERS) for v in value.values()):
         inner = _newline(level + 1)
         for i, (key, item) in enumerate(value.items()):
@@ -154,7 +186,8 @@ def iter_indented(value: Any, level: int = 0, last: Last | None = None) -> Itera
             rows = value[start : start + TABLE]
             keys = _table_keys(rows)
             if keys is not None:  # a table: its items written a column at a time
-                yield from _table(rows, keys, level + 1, start == 0, last)
+                columns = [list(map(itemgetter(key), rows)) for key in keys]
+                yield from _table(columns, keys, level + 1, start == 0, last)
                 continue
             for i, item in enumerate(rows, start):
                 # a mapping is written the same, a container in it or not
@@ -183,18 +216,28 @@ def _table_keys(rows: Sequence[Any]) -> tuple[str, ...] | None:
     return None
 
 
+def _columns_table(value: Columns, keys: tuple[str, ...], level: int, last: Last) -> Iterator[str]:
+    """A long :class:`Columns` (of string keys) at nesting ``level``: as a table of its rows
+    is written (:func:`iter_indented`), the same items looked at together."""
+    for start in range(0, len(value), TABLE):
+        columns = [column[start : start + TABLE] for column in value.columns.values()]
+        yield from _table(columns, keys, level + 1, start == 0, last)
+    yield _newline(level) + "]"
+
+
 def _table(
-    rows: Sequence[dict[str, Any]], keys: tuple[str, ...], level: int, first: bool, last: Last
+    values: Sequence[list[Any]], keys: tuple[str, ...], level: int, first: bool, last: Last
 ) -> Iterator[str]:
-    """The items of a long list at nesting ``level`` that are mappings of the same ``keys``:
-    a piece per item, each the separator before it and the mapping, as :func:`_mapping`
-    writes it. Each column (the values of one key) is encoded in one call where it can be
-    (:func:`_column`), and each item put together from them by one format."""
+    """The items of a long list at nesting ``level`` that are mappings of the same ``keys``,
+    given a column each (``values``, in ``keys`` order): a piece per item, each the separator
+    before it and the mapping, as :func:`_mapping` writes it. Each column is encoded in one
+    call where it can be (:func:`_column`), and each item put together from them by one
+    format."""
     heads = _heads(keys, level)
     columns = []
     body = ""
-    for i, key in enumerate(keys):
-        texts, before, after = _column(list(map(itemgetter(key), rows)), (heads, i), level, last)
+    for i, column in enumerate(values):
+        texts, before, after = _column(column, (heads, i), level, last)
         columns.append(texts)
         body += (heads[i] + before).replace("%", "%%") + "%s" + after.replace("%", "%%")
     body += (_newline(level) + "}").replace("%", "%%")

@@ -24,6 +24,7 @@ from runner.cli.base import (
 )
 
 if TYPE_CHECKING:
+    from runner.app import Planned
     from runner.errors import ManifestError
     from runner.jobs import Job
 
@@ -115,15 +116,20 @@ def plan(
     planned = app.plan(
         manifest, get_ctx().state_dir, estimate=estimate, ledger=get_ctx().ledger_url
     )
-    doc, jobs = planned.document, planned.jobs
+    summary, jobs, statuses = planned.summary, planned.jobs, planned.statuses
     if only or tags:
-        doc, jobs = _selected(doc, app.select(jobs, app.RunOptions(only=only, tags=tags)))
+        picked = app.select(jobs, app.RunOptions(only=only, tags=tags))
+        summary, jobs, statuses = _selected(planned, picked)
     if as_json:
-        echo_json(doc)
+        from runner.cli.jsonout import Columns
+        from runner.jobs import plan_columns
+
+        # the document's jobs a column each: the same bytes, without a mapping per job
+        echo_json({"summary": summary, "jobs": Columns(plan_columns(jobs, statuses))})
         return
     if not get_ctx().quiet:
-        _print_plan_table(doc, [j.credits for j in jobs])
-    s = doc["summary"]
+        _print_plan_table(jobs, statuses)
+    s = summary
     click.echo(
         f"{plural(s['total'], 'job')}: {s['new']} new, {s['done']} done, "
         f"{s['in_flight']} in flight, {s['failed']} failed, {s['orphaned']} orphaned; "
@@ -133,33 +139,34 @@ def plan(
     )
 
 
-def _selected(doc: dict[str, Any], picked: list[Job]) -> tuple[dict[str, Any], list[Job]]:
-    """The plan document of the jobs ``--only``/``--tag`` picked: their counts and credits,
-    against the manifest's budget figures (which stay the manifest's)."""
-    from runner.jobs import number, plan_document
+def _selected(planned: Planned, picked: list[Job]) -> tuple[dict[str, Any], list[Job], list[str]]:
+    """The plan of the jobs ``--only``/``--tag`` picked: their summary (counts and credits,
+    against the manifest's budget figures, which stay the manifest's), jobs and statuses."""
+    from runner.jobs import number, plan_summary
 
-    statuses = {j["key"]: j["status"] for j in doc["jobs"]}
-    summary = doc["summary"]
-    narrowed = plan_document(picked, statuses, summary["orphaned"])
-    narrowed["summary"] |= {
+    status_of = dict(zip([j.key for j in planned.jobs], planned.statuses, strict=True))
+    statuses = [status_of[j.key] for j in picked]
+    summary = planned.summary
+    narrowed = plan_summary(picked, statuses, summary["orphaned"])
+    narrowed |= {
         "charged_credits": summary["charged_credits"],
         "estimated_total_credits": number(
-            float(summary["charged_credits"] + narrowed["summary"]["estimated_credits"])
+            float(summary["charged_credits"] + narrowed["estimated_credits"])
         ),
         "max_credits": summary["max_credits"],
         "max_total_credits": summary["max_total_credits"],
     }
-    return narrowed, picked
+    return narrowed, picked, statuses
 
 
-def _print_plan_table(doc: dict[str, Any], credits: list[float]) -> None:
+def _print_plan_table(jobs: list[Job], statuses: list[str]) -> None:
     def row_text(values: dict[str, Any]) -> str:
         text = ", ".join(f"{k}={v}" for k, v in values.items())
         return text if len(text) <= 60 else text[:57] + "..."
 
     rows = [
-        (j["key"], j["campaign"], j["status"], f"{c:g}", j["path"], row_text(j["vars"]))
-        for j, c in zip(doc["jobs"], credits, strict=True)
+        (j.key, j.campaign, status, f"{j.credits:g}", j.path, row_text(j.vars))
+        for j, status in zip(jobs, statuses, strict=True)
     ]
     headers = ("KEY", "CAMPAIGN", "STATUS", "CREDITS", "PATH", "ROW")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]

@@ -27,14 +27,27 @@ checked where they land) and :mod:`runner.jobs.plan` (the ``plan --json`` docume
 
 from runner.jobs.expand import expand
 from runner.jobs.keys import Job, canonical_json, job_key, variant_seed
-from runner.jobs.plan import number, plan_document
+from runner.jobs.plan import (
+    PLAN_COLUMNS,
+    number,
+    plan_columns,
+    plan_document,
+    plan_entries,
+    plan_statuses,
+    plan_summary,
+)
 
 __all__ = [
+    "PLAN_COLUMNS",
     "Job",
     "canonical_json",
     "expand",
     "job_key",
     "number",
+    "plan_columns",
     "plan_document",
+    "plan_entries",
+    "plan_statuses",
+    "plan_summary",
     "variant_seed",
 ]

@@ -7,6 +7,7 @@ shown (:func:`number`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -38,13 +39,27 @@ def plan_document(
     ``estimated_credits`` is what those would cost. ``finishing`` jobs (no longer produced,
     already sent) count in flight (SPEC v2 §4).
     """
+    texts = plan_statuses(jobs, statuses)
+    return {
+        "summary": plan_summary(jobs, texts, orphaned, finishing),
+        "jobs": plan_entries(jobs, texts),
+    }
+
+
+def plan_statuses(jobs: Sequence[Job], statuses: Mapping[str, str]) -> list[str]:
+    """Each job's status as the plan shows it (:func:`plan_document`'s ``statuses``)."""
+    if not statuses:
+        return ["new"] * len(jobs)
+    texts = [statuses.get(job.key, "new") for job in jobs]
+    return [str(getattr(raw, "value", raw)) for raw in texts]  # a str Enum member too
+
+
+def plan_summary(
+    jobs: Sequence[Job], texts: Sequence[str], orphaned: int = 0, finishing: int = 0
+) -> dict[str, Any]:
+    """The plan document's ``summary`` of jobs of these statuses (:func:`plan_statuses`)."""
     summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": finishing, "failed": 0}
     credits = 0.0
-    if statuses:
-        texts = [statuses.get(job.key, "new") for job in jobs]
-        texts = [str(getattr(raw, "value", raw)) for raw in texts]  # a str Enum member too
-    else:
-        texts = ["new"] * len(jobs)
     for job, status in zip(jobs, texts, strict=True):
         if status in NOT_SUBMITTED_STATUSES:
             summary["new"] += 1
@@ -55,7 +70,12 @@ def plan_document(
             summary["in_flight"] += 1
         elif status == FAILED_STATUS:
             summary["failed"] += 1
-    entries = [
+    return {**summary, "orphaned": orphaned, "estimated_credits": number(credits)}
+
+
+def plan_entries(jobs: Sequence[Job], texts: Sequence[str]) -> list[dict[str, Any]]:
+    """The plan document's ``jobs``: a mapping of :data:`PLAN_COLUMNS` per job."""
+    return [
         {
             "key": job.key,
             "campaign": job.campaign,
@@ -66,7 +86,15 @@ def plan_document(
         }
         for job, status in zip(jobs, texts, strict=True)
     ]
-    return {
-        "summary": {**summary, "orphaned": orphaned, "estimated_credits": number(credits)},
-        "jobs": entries,
-    }
+
+
+#: The fields of each of the plan document's jobs, in order.
+PLAN_COLUMNS = ("key", "campaign", "status", "vars", "request", "path")
+
+
+def plan_columns(jobs: Sequence[Job], texts: Sequence[str]) -> dict[str, list[Any]]:
+    """:func:`plan_entries` a column each (``{field: each job's value}``, in
+    :data:`PLAN_COLUMNS` order): the same values, without a mapping per job."""
+    columns = {name: list(map(attrgetter(name), jobs)) for name in PLAN_COLUMNS if name != "status"}
+    columns["status"] = list(texts)
+    return {name: columns[name] for name in PLAN_COLUMNS}
