@@ -102,6 +102,14 @@ def _table_doc() -> list[Any]:
                 "deep": {"l": [i]} if i % 2 else {"m": {}},
                 "mixed": [1] if i % 2 else {"x": 1},
                 "when": datetime.date(2026, 1, 2) if i == 5 else "d",
+                # mappings of the same keys, each its own: a table inside the table
+                "table": {
+                    "p%s": f"v{i}%d\n",
+                    "same": "c%",
+                    "inner": {"q": [i, "]"], "r": {"s": -0.0 if i % 2 else 0.0}},
+                    "n": i,
+                },
+                "constant": {"a": 1, "b": "%s"},
             }
         )
     rows[TABLE + 1] = {"other": "keys"}  # the second chunk is no table

@@ -230,38 +230,75 @@ def _table(
 ) -> Iterator[str]:
     """The items of a long list at nesting ``level`` that are mappings of the same ``keys``,
     given a column each (``values``, in ``keys`` order): a piece per item, each the separator
-    before it and the mapping, as :func:`_mapping` writes it. Each column is encoded in one
-    call where it can be (:func:`_column`), and each item put together from them by one
-    format."""
-    heads = _heads(keys, level)
-    columns = []
-    body = ""
-    for i, column in enumerate(values):
-        texts, before, after = _column(column, (heads, i), level, last)
-        columns.append(texts)
-        body += (heads[i] + before).replace("%", "%%") + "%s" + after.replace("%", "%%")
-    body += (_newline(level) + "}").replace("%", "%%")
+    before it and the mapping, as :func:`_mapping` writes it. Each item is put together by
+    one format (:func:`_fields`) from columns of texts, each encoded in one call where it can
+    be."""
+    body, columns = _fields(values, _heads(keys, level), level, last)
     inner = _newline(level)
-    rest = zip(*columns, strict=True)
+    rest = zip(*columns, strict=True) if columns else itertools.repeat((), len(values[0]))
     if first:
         yield "[" + inner + body % next(rest)
     yield from map(("," + inner + body).__mod__, rest)
 
 
-def _column(
+def _fields(
+    values: Sequence[list[Any]], heads: tuple[str, ...], level: int, last: Last
+) -> tuple[str, list[list[str]]]:
+    """How mappings at nesting ``level`` whose values are given a column each (their keys'
+    :func:`_heads`) are written: a format of each (text, and a ``%s`` for each varying part),
+    and the columns of texts that fill its ``%s``, in order (see :func:`_layout`)."""
+    body = ""
+    columns: list[list[str]] = []
+    for i, column in enumerate(values):
+        fragment, texts = _layout(column, (heads, i), level, last)
+        body += heads[i].replace("%", "%%") + fragment
+        columns += texts
+    return body + (_newline(level) + "}").replace("%", "%%"), columns
+
+
+def _layout(
     values: list[Any], place: tuple[tuple[str, ...], int], level: int, last: Last
-) -> tuple[list[str], str, str]:
-    """The texts of the values of one key of a table's mappings (at nesting ``level``), and
-    what goes before and after each. All in one call of the C encoder when they are all
-    leaves, or all non-empty mappings (or all non-empty lists) of leaves — JSON text has no
-    raw newline, and no leaf's text ends with a bracket, so the one text splits back into
-    the values' — else one at a time."""
+) -> tuple[str, list[list[str]]]:
+    """How the values of one key of mappings at nesting ``level`` are written: a format
+    fragment and the columns of texts filling its ``%s``. One value throughout (a campaign's
+    name, a status) is written once, into the format; mappings of the same string keys that
+    are not shared (each job's request) are themselves a table, a column per key, written
+    into the format; else a column of texts (:func:`_column`)."""
     types = set(map(type, values))
+    # equal values of one type are written alike, but for 0.0 and -0.0
+    if (
+        types <= _LEAF_TYPES
+        and len(types) == 1
+        and float not in types
+        and values.count(values[0]) == len(values)
+    ):
+        return one_per_line(values[:1])[0].replace("%", "%%"), []
+    if types == {dict} and values[0]:
+        keys = tuple(values[0])
+        if (
+            all(type(key) is str for key in keys)
+            and len(set(map(id, values))) * 2 > len(values)  # shared ones: each written once
+            and list(map(tuple, values)).count(keys) == len(values)
+        ):
+            inner = [list(column) for column in zip(*map(dict.values, values), strict=True)]
+            return _fields(inner, _heads(keys, level + 1), level + 1, last)
+    texts, before, after = _column(values, types, place, level, last)
+    return before.replace("%", "%%") + "%s" + after.replace("%", "%%"), [texts]
+
+
+def _column(
+    values: list[Any],
+    types: set[type],
+    place: tuple[tuple[str, ...], int],
+    level: int,
+    last: Last,
+) -> tuple[list[str], str, str]:
+    """The texts of the values (of ``types``) of one key of a table's mappings (at nesting
+    ``level``), and what goes before and after each. All in one call of the C encoder when
+    they are all leaves, or all non-empty mappings (or all non-empty lists) of leaves — JSON
+    text has no raw newline, and no leaf's text ends with a bracket, so the one text splits
+    back into the values' — else one at a time."""
     if types <= _LEAF_TYPES:
-        # one value throughout (a campaign's name, a status): equal values of one type are
-        # written alike, but for 0.0 and -0.0
-        if len(types) == 1 and float not in types and values.count(values[0]) == len(values):
-            return [one_per_line(values[:1])[0]] * len(values), "", ""
         return one_per_line(values), "", ""
     if c_make_encoder is not None and (types == {dict} or types == {list}) and all(values):
         opened, closed = "{}" if types == {dict} else "[]"
