@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
@@ -163,12 +162,11 @@ def key_of_text(text: str) -> str:
 
 
 def keys_of_texts(texts: Iterable[str]) -> list[str]:
-    """:func:`key_of_text` of each text, in C (a call per key is a tenth of expanding)."""
-    return list(map(_FIRST_16, map(_HEXDIGEST, map(hashlib.sha256, map(str.encode, texts)))))
-
-
-_HEXDIGEST = operator.methodcaller("hexdigest")
-_FIRST_16 = operator.itemgetter(slice(16))
+    """:func:`key_of_text` of each text, without a call of it per key (a call per key is a
+    tenth of expanding). A comprehension: Python 3.11 calls the methods in it faster than
+    ``map`` over ``methodcaller`` and ``itemgetter`` does (~1.2 µs a key, not ~1.6)."""
+    sha256 = hashlib.sha256
+    return [sha256(text.encode()).hexdigest()[:16] for text in texts]
 
 
 def key_suffix(variant: int | None, soul: str | None) -> str:
