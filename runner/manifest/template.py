@@ -245,8 +245,9 @@ class RowPaths:
                     _constant(last[1]) if last[0] == "run" else None,
                 ]
                 self.one = (varying[0], names[0], *around)
-        # the last column of values shortcut (a campaign's seeds, the same for every row)
-        self._column: tuple[Any, int] = ((), 0)
+        # the last column of values shortcut (a campaign's seeds, the same for every row):
+        # the values, the length of the longest's text, their texts
+        self._column: tuple[Any, int, Sequence[str]] = ((), 0, ())
 
     def __call__(self, row: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -> list[str]:
         if self.one is None:
@@ -276,29 +277,31 @@ class RowPaths:
             if portable is None:
                 portable = self._portable[text] = sanitize_segment(text)
             parts.append(portable)
-        values = columns[name]
         # the segment stays portable with a digit in the value's place (and with a 1 after
         # COM or LPT: a device) and with any such value there (_plain_texts)
+        longest, texts = self._plain(columns[name])
         if (
             _PLAIN_SEGMENT.fullmatch(before + "0" + after)
             and (len(before) != 3 or _PLAIN_SEGMENT.fullmatch(before + "1" + after))
-            and self._longest(values) <= MAX_SEGMENT_BYTES - len(before) - len(after)
+            and longest <= MAX_SEGMENT_BYTES - len(before) - len(after)
         ):
-            head = "/".join([*parts[:index], before]).replace("%", "%%")
-            tail = "/".join([after, *parts[index + 1 :]]).replace("%", "%%")
-            return list(map((head + "%s" + tail).__mod__, values))  # str() of an int or str
+            head = "/".join([*parts[:index], before])
+            tail = "/".join([after, *parts[index + 1 :]])
+            return [head + text + tail for text in texts]  # (twice as fast as a format)
         return self._each(row, columns)
 
-    def _longest(self, values: Sequence[Any]) -> int:
+    def _plain(self, values: Sequence[Any]) -> tuple[int, Sequence[str]]:
         """The length of the longest of the values' texts, when they are all such that a
         segment portable with a digit in their place stays so with each of them
-        (:func:`_plain_texts`); else more than any segment holds."""
+        (:func:`_plain_texts`), else more than any segment holds; and their texts (``str``
+        of ints or texts)."""
         if type(values) is tuple and values is self._column[0]:
-            return self._column[1]
+            return self._column[1], self._column[2]
         longest = _plain_texts(values)
+        texts = list(map(str, values)) if longest < _UNFIT else ()
         if type(values) is tuple:  # the same tuple again is the same values
-            self._column = (values, longest)
-        return longest
+            self._column = (values, longest, texts)
+        return longest, texts
 
     def _each(self, row: Mapping[str, Any], columns: Mapping[str, Sequence[Any]]) -> list[str]:
         """Each job's path from its whole context: what no shortcut covers. The row's runs are
