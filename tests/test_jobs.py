@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runner.errors import ManifestError
-from runner.jobs import Job, expand, job_key, plan_document, variant_seed
+from runner.jobs import Job, expand, job_key, number, plan_document, variant_seed
 from runner.manifest import Manifest, load_manifest, parse_manifest
 
 
@@ -589,6 +589,40 @@ def test_plan_document_in_flight_statuses() -> None:
     jobs = [make_job(k, 1) for k in "abcd"]
     statuses = dict(zip("abcd", ["submitting", "queued", "running", "completed"], strict=True))
     assert plan_document(jobs, statuses)["summary"]["in_flight"] == 4
+
+
+def test_plan_statuses_summary_and_columns_are_the_document_s() -> None:
+    """A str Enum status is shown as its value; ``finishing`` jobs count in flight; new jobs'
+    credits are added in order (as floats add: 0.1 + 0.2 + 0.3, not 0.3 + 0.2 + 0.1); the
+    columns are the entries' values, a column each, in their order."""
+    from runner.cli.jsonout import Columns
+    from runner.jobs import PLAN_COLUMNS, plan_columns, plan_entries, plan_statuses, plan_summary
+    from runner.ledger import JobStatus
+
+    jobs = [make_job(k, c) for k, c in [("a", 0.1), ("b", 0.2), ("c", 7), ("d", 0.3)]]
+    statuses = {"b": JobStatus.PENDING, "c": JobStatus.DOWNLOADED}
+    texts = plan_statuses(jobs, statuses)
+    assert texts == ["new", "pending", "downloaded", "new"]
+    assert all(type(text) is str for text in texts)
+    summary = plan_summary(jobs, texts, orphaned=1, finishing=2)
+    assert summary == {
+        "total": 4,
+        "new": 3,
+        "done": 1,
+        "in_flight": 2,
+        "failed": 0,
+        "orphaned": 1,
+        "estimated_credits": number(0.1 + 0.2 + 0.3),
+    }
+    assert plan_document(jobs, statuses, 1, 2) == {
+        "summary": summary,
+        "jobs": plan_entries(jobs, texts),
+    }
+    columns = plan_columns(jobs, texts)
+    assert tuple(columns) == PLAN_COLUMNS
+    assert Columns(columns).rows() == plan_entries(jobs, texts)
+    with pytest.raises(ValueError):
+        plan_summary(jobs, texts[:2])
 
 
 # --- properties --------------------------------------------------------------------------------

@@ -6,8 +6,11 @@ shown (:func:`number`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from operator import attrgetter
+from functools import reduce
+from itertools import compress
+from operator import add, attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +21,7 @@ NOT_SUBMITTED_STATUSES = frozenset({"new", "pending"})
 DONE_STATUS = "downloaded"
 FAILED_STATUS = "failed"
 _NO_STATUSES: Mapping[str, str] = MappingProxyType({})
+_CREDITS = attrgetter("credits")
 
 
 def number(value: float) -> int | float:
@@ -50,7 +54,10 @@ def plan_statuses(jobs: Sequence[Job], statuses: Mapping[str, str]) -> list[str]
     """Each job's status as the plan shows it (:func:`plan_document`'s ``statuses``)."""
     if not statuses:
         return ["new"] * len(jobs)
-    texts = [statuses.get(job.key, "new") for job in jobs]
+    get = statuses.get
+    texts = [get(job.key, "new") for job in jobs]
+    if set(map(type, texts)) <= {str}:
+        return texts
     return [str(getattr(raw, "value", raw)) for raw in texts]  # a str Enum member too
 
 
@@ -58,19 +65,22 @@ def plan_summary(
     jobs: Sequence[Job], texts: Sequence[str], orphaned: int = 0, finishing: int = 0
 ) -> dict[str, Any]:
     """The plan document's ``summary`` of jobs of these statuses (:func:`plan_statuses`)."""
-    summary = {"total": len(jobs), "new": 0, "done": 0, "in_flight": finishing, "failed": 0}
-    credits = 0.0
-    for job, status in zip(jobs, texts, strict=True):
-        if status in NOT_SUBMITTED_STATUSES:
-            summary["new"] += 1
-            credits += job.credits
-        elif status == DONE_STATUS:
-            summary["done"] += 1
-        elif status in IN_FLIGHT_STATUSES:
-            summary["in_flight"] += 1
-        elif status == FAILED_STATUS:
-            summary["failed"] += 1
-    return {**summary, "orphaned": orphaned, "estimated_credits": number(credits)}
+    if len(jobs) != len(texts):
+        raise ValueError(f"{len(jobs)} jobs but {len(texts)} statuses")
+    counts = Counter(texts)
+    new = sum(counts[status] for status in NOT_SUBMITTED_STATUSES)
+    # the new jobs' credits, added in order (as a loop of ``+=`` adds them)
+    unsent = map(NOT_SUBMITTED_STATUSES.__contains__, texts)
+    credits = reduce(add, compress(map(_CREDITS, jobs), unsent), 0.0) if new else 0.0
+    return {
+        "total": len(jobs),
+        "new": new,
+        "done": counts[DONE_STATUS],
+        "in_flight": finishing + sum(counts[status] for status in IN_FLIGHT_STATUSES),
+        "failed": counts[FAILED_STATUS],
+        "orphaned": orphaned,
+        "estimated_credits": number(credits),
+    }
 
 
 def plan_entries(jobs: Sequence[Job], texts: Sequence[str]) -> list[dict[str, Any]]:
