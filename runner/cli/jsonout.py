@@ -8,7 +8,10 @@ in one call, its item separator carrying the newline and indent; a container of 
 put together in Python, and streamed (a piece per item) only when it is long. A long list of
 mappings with the same keys (the plan's jobs) is a table: written a column at a time, each
 column of leaves or of containers of leaves by one C call split back into its values' texts,
-and each item put together from them by one format.
+and each item put together from them by one format; a column of one value throughout is
+written once, into the format, and one of mappings of the same keys (each job's request) is
+a table itself, its columns written into the format too. :class:`Columns` is such a list
+given a column at a time (the plan's jobs, straight from the jobs).
 """
 
 from __future__ import annotations
