@@ -280,15 +280,17 @@ def _placed(store: OutputStore, planned: Mapping[str, str], rows: Sequence[JobBr
     """Whether ``_relocate`` has nothing to move: every job of the plan (``planned``: each
     one's output name, by key) is among ``rows`` (the manifest's jobs as the ledger has
     them), and each downloaded one's video is where its name goes, as the names tell."""
-    mine = [r for r in rows if r.key in planned]
-    if len(mine) < len(planned):
-        return False  # the plan has jobs the ledger holds for no manifest, or for another
-    downloaded = JobStatus.DOWNLOADED
-    return all(
-        r.status is not downloaded
-        or store.placed(r.location or store.location(r.path), planned[r.key])
-        for r in mine
-    )
+    downloaded, placed, location = JobStatus.DOWNLOADED, store.placed, store.location
+    found = 0
+    for row in rows:
+        new = planned.get(row.key)
+        if new is None:
+            continue
+        found += 1
+        if row.status is downloaded and not placed(row.location or location(row.path), new):
+            return False
+    # (fewer found: the plan has jobs the ledger holds for no manifest, or for another)
+    return found == len(planned)
 
 
 def _relocate(
@@ -317,11 +319,12 @@ def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[J
     """A downloaded job whose video is gone or the wrong size goes back to be downloaded (all
     of them in one transaction, before anything is sent); ``rows`` as they are then."""
     changes = []
+    downloaded, problem_of = JobStatus.DOWNLOADED, store.problem
     for row in rows:
-        if row.status is not JobStatus.DOWNLOADED:
+        if row.status is not downloaded:
             continue
         location = row.location or store.location(row.path)
-        problem = store.problem(location, row.bytes)
+        problem = problem_of(location, row.bytes)
         if problem is not None:
             detail = f"video {location} {problem}; downloading again"
             changes.append(Transition(row.key, JobStatus.COMPLETED, detail, {"location": None}))
