@@ -64,9 +64,9 @@ def resolve(
     file is left unrecorded: the engine deals with it per job, as it always has (held while
     the provider is unavailable, failed when it cannot be sent).
     """
-    produced = {job.key for job in jobs}
     # the plan's finishing jobs, read without a whole diff: only this manifest's in flight
     in_flight = ledger.jobs(manifest=str(manifest.path), status=tuple(IN_FLIGHT))
+    produced = {job.key for job in jobs} if in_flight else set()
     finishing = tuple(row.key for row in in_flight if row.key not in produced)
     souls = {name: manifest.soul_images(name) for name in manifest.souls}
     files = _upload(ledger, manifest, _local_files(ledger, manifest, jobs, souls), env, strict)

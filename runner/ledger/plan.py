@@ -84,12 +84,13 @@ def gather_plan(
 
 
 K = TypeVar("K", bound="Job | Recorded")
+_key = attrgetter("key")
 
 
 def _first_by_key(items: Sequence[K]) -> dict[str, K]:
     """``items`` by key, the first of each key, in their order (keys are usually unique: then
-    one dict comprehension does it)."""
-    found = {item.key: item for item in items}
+    one dict made in C does it)."""
+    found = dict(zip(map(_key, items), items, strict=True))
     if len(found) < len(items):
         found = {}
         for item in items:

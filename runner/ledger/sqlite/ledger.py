@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,6 +73,7 @@ def _made(cls: type[N]) -> Callable[[Any], N]:
 
 _brief, _planned_row, _state = _made(JobBrief), _made(PlannedRow), _made(JobState)
 _report_row = _made(ReportRow)
+_key = attrgetter("key")
 
 
 class SqliteLedger(JobClaims):
@@ -456,8 +458,7 @@ class SqliteLedger(JobClaims):
             rows = list(map(make, map(planned_values, values)))
             planned = make
             make = lambda v: planned(planned_values(v))  # noqa: E731
-        found = {row.key for row in rows}
-        others = [key for key in keys if key not in found]
+        others = list(set(keys).difference(map(_key, rows)))  # (their order: the query's)
         if len(others) <= KEYS_IN_SQL:
             if others:
                 rows += self._rows(select, make, in_json("key"), [json_text(others)])
