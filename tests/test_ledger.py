@@ -774,6 +774,59 @@ def test_record_plan_says_when_it_wrote_nothing(ledger: Ledger) -> None:
     assert [r.status for r in ledger.jobs()] == [JobStatus.PENDING] * 3
 
 
+def test_record_plan_checked_shows_the_manifests_briefs_before_writing(ledger: Ledger) -> None:
+    """``record_plan_checked`` first shows ``ready`` the manifest's jobs as ``briefs`` reads
+    them (the same briefs, in the same order; no other manifest's, even with a key of the
+    plan); when ``ready`` says no, nothing is written; when yes, the plan is recorded as
+    ``record_plan`` records it, and an unchanged diff means those briefs are the jobs after."""
+    a = matrix_jobs("a", "{x}", x=[1, 2, 3])
+    z = make_job("z", 0, manifest="/other.yaml", x=9)
+    ledger.record_plan("/other.yaml", [z])
+    seen: list[list[JobBrief]] = []
+
+    def answer(yes: bool) -> Callable[[list[JobBrief]], bool]:
+        def ready(briefs: list[JobBrief]) -> bool:
+            seen.append(briefs)
+            return yes
+
+        return ready
+
+    assert ledger.record_plan_checked(MANIFEST, a, answer(False)) is None
+    assert seen == [[]]
+    assert [r.key for r in ledger.jobs()] == [z.key]  # nothing written
+    ledger.record_plan(MANIFEST, list(reversed(a[:2])))
+    walk(ledger, a[0].key, PATHS["completed"])
+    ledger.transition(a[0].key, "downloaded", bytes=1, location="/v/a.mp4")
+    ledger.transition(a[1].key, "failed", error="nope")
+    everything = list(ledger.briefs())
+    mine = list(ledger.briefs(manifest=MANIFEST))
+    events = [ledger.events(r.key) for r in everything]
+    seen.clear()
+    assert ledger.record_plan_checked(MANIFEST, [*a, z], answer(False)) is None
+    assert seen == [mine]
+    assert [b.location for b in mine if b.key == a[0].key] == ["/v/a.mp4"]
+    assert list(ledger.briefs()) == everything  # nothing written: no job, path or move
+    assert [ledger.events(r.key) for r in everything] == events
+    expected = ledger.diff(MANIFEST, a)
+    seen.clear()
+    diff = ledger.record_plan_checked(MANIFEST, a, answer(True))
+    assert seen == [mine]
+    assert diff is not None and not diff.unchanged
+    assert (
+        (diff.statuses, diff.added)
+        == (expected.statuses, expected.added)
+        == (
+            {a[1].key: "failed", a[0].key: "downloaded"},
+            (a[2].key,),
+        )
+    )
+    seen.clear()
+    again = ledger.record_plan_checked(MANIFEST, a, answer(True))
+    assert again is not None and again.unchanged
+    assert seen == [list(ledger.briefs(manifest=MANIFEST))]
+    assert [b.key for b in seen[0]] == [j.key for j in a]
+
+
 def test_plans_read_whole_rows_only_of_jobs_whose_status_changes(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -109,9 +109,7 @@ async def test_short_body_is_never_saved_under_final_name(tmp_path: Path) -> Non
     dest = tmp_path / "k.mp4"
 
     def short(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, content=BODY[:500], headers={"Content-Length": str(len(BODY))}
-        )
+        return httpx.Response(200, content=BODY[:500], headers={"Content-Length": str(len(BODY))})
 
     async with client_for(short) as client:
         with pytest.raises(TransientError):
@@ -233,8 +231,13 @@ def test_local_store_checks_and_moves_recorded_videos(tmp_path: Path) -> None:
     old.write_bytes(b"x" * 10)
     assert store.problem(str(old), 10) is None and exists(str(old), 10)
     assert store.problem(str(old), 11) == "10 bytes, expected 11"
+    assert store.placed(str(old), "a/v.mp4")  # by the names alone: relocate moves nothing
+    assert store.relocate(str(old), "a/v.mp4") is None and old.exists()
+    assert not store.placed(str(old), "b/v.mp4")
+    assert not store.placed(str(old), str(old))  # an absolute name is never taken as placed
     new = store.relocate(str(old), "b/v.mp4")
     assert new == store.location("b/v.mp4") and Path(new).read_bytes() == b"x" * 10
+    assert store.placed(new, "b/v.mp4")
     assert not old.exists() and store.problem(str(old), 10) == "missing"
     assert store.relocate(str(old), "c/v.mp4") is None  # nothing there to move
     other = open_store(str(tmp_path / "elsewhere"))

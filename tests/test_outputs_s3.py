@@ -208,8 +208,10 @@ async def test_relocate_copies_then_deletes(
     store = store_in(s3_server, s3_bucket)
     async with serving(SMALL) as client:
         old = (await store.save(client, URL, "a.mp4", policy=LOCAL)).location
+    assert store.placed(old, "a.mp4") and not store.placed(old, "b/a.mp4")
+    assert not store.placed(old, "../a.mp4")  # escapes: relocate says why
     new = store.relocate(old, "b/a.mp4")
-    assert new == store.location("b/a.mp4")
+    assert new == store.location("b/a.mp4") and store.placed(new, "b/a.mp4")
     assert s3_server.keys(s3_bucket) == ["videos/b/a.mp4"]
     assert store.relocate(old, "c/a.mp4") is None  # nothing there any more
     assert store.problem(old, len(SMALL)) == "missing"

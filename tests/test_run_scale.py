@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from runner.app.common import bulk
-from runner.ledger import EventRow, JobBrief, JobStatus, default_ledger_url, open_ledger
+from runner.ledger import (
+    EventRow,
+    JobBrief,
+    JobStatus,
+    PlanDiff,
+    default_ledger_url,
+    open_ledger,
+)
 from runner.ledger.sqlite import SqliteLedger
 from runner.mock import MockOptions
 from tests.test_executor import FAST_LIMITS, Harness, assert_files_match_mock
@@ -71,20 +78,34 @@ def test_rechecking_many_missing_files_sends_each_back_once(tmp_path: Path) -> N
 def test_a_no_op_rerun_reads_the_manifests_briefs_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Re-running a manifest whose jobs are all downloaded writes nothing: the one read of its
-    briefs before recording serves the relocation, the selection, the credits spent and the
-    engine's counts. When recording does write (a job more), they are read again after it."""
+    """Re-running a manifest whose jobs are all downloaded writes nothing: its briefs, read
+    with the plan in the transaction that records it (no other read of them), serve the
+    relocation check, the selection, the credits spent and the engine's counts. When
+    recording does write (a job more), they are read again after it."""
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=22))
     h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]))
     assert h.run().counts == {"downloaded": 6}
     reads: list[dict[str, Any]] = []
+    recordings: list[str] = []
     briefs = SqliteLedger.briefs
+    checked, plain = SqliteLedger.record_plan_checked, SqliteLedger.record_plan
 
     def counted(self: SqliteLedger, **where: Any) -> Iterator[JobBrief]:
         reads.append(where)
         return briefs(self, **where)
 
+    def counted_checked(self: SqliteLedger, *args: Any) -> PlanDiff | None:
+        diff = checked(self, *args)
+        recordings.append("held" if diff is None else "checked")
+        return diff
+
+    def counted_plain(self: SqliteLedger, *args: Any) -> PlanDiff:
+        recordings.append("plain")
+        return plain(self, *args)
+
     monkeypatch.setattr(SqliteLedger, "briefs", counted)
+    monkeypatch.setattr(SqliteLedger, "record_plan_checked", counted_checked)
+    monkeypatch.setattr(SqliteLedger, "record_plan", counted_plain)
     result = h.run()
     assert (result.counts, result.outcome.unfinished, result.outcome.submitted) == (
         {"downloaded": 6},
@@ -93,14 +114,17 @@ def test_a_no_op_rerun_reads_the_manifests_briefs_once(
     )
     assert result.outcome.statuses == {"downloaded": 6}
     manifest = str(h.manifest.resolve())
-    assert reads == [{"manifest": manifest}]
+    assert reads == []
+    assert recordings == ["checked"]
     reads.clear()
+    recordings.clear()
     h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2, 3]))  # three jobs more
     result = h.run()
     assert result.counts == {"downloaded": 9}
     assert result.outcome.submitted == 3
-    # before recording and after it (the others: the new jobs' relocation, the engine's count)
-    assert [r for r in reads if "keys" not in r] == [{"manifest": manifest}] * 2
+    # new jobs: held, for their relocation (a read by keys), then recorded, then read after
+    assert recordings == ["held", "plain"]
+    assert [r for r in reads if "keys" not in r] == [{"manifest": manifest}]
 
 
 def test_plan_and_a_dry_run_read_the_ledger_once(

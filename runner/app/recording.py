@@ -13,7 +13,7 @@ folder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -30,7 +30,7 @@ from runner.errors import (
     UsageError,
 )
 from runner.jobs import Job
-from runner.ledger import IN_FLIGHT, JobStatus, Ledger, PlanDiff
+from runner.ledger import IN_FLIGHT, JobBrief, JobStatus, Ledger, PlanDiff
 from runner.ledger.claims import Resolved
 from runner.manifest import Manifest
 from runner.providers import check_credentials, make_provider
@@ -64,9 +64,9 @@ def resolve(
     file is left unrecorded: the engine deals with it per job, as it always has (held while
     the provider is unavailable, failed when it cannot be sent).
     """
-    produced = {job.key for job in jobs}
     # the plan's finishing jobs, read without a whole diff: only this manifest's in flight
     in_flight = ledger.jobs(manifest=str(manifest.path), status=tuple(IN_FLIGHT))
+    produced = {job.key for job in jobs} if in_flight else set()
     finishing = tuple(row.key for row in in_flight if row.key not in produced)
     souls = {name: manifest.soul_images(name) for name in manifest.souls}
     files = _upload(ledger, manifest, _local_files(ledger, manifest, jobs, souls), env, strict)
@@ -78,10 +78,27 @@ def record(
 ) -> PlanDiff:
     """Record what workers need of the manifest, then its plan: in this order, so that no
     process sees the plan's new jobs without the URLs of their files."""
-    path = str(manifest.path)
+    _record_manifest(ledger, manifest, output, resolved)
+    return ledger.record_plan(str(manifest.path), jobs)
+
+
+def record_checked(
+    ledger: Ledger,
+    manifest: Manifest,
+    jobs: Sequence[Job],
+    output: str,
+    resolved: Resolved,
+    ready: Callable[[list[JobBrief]], bool],
+) -> PlanDiff | None:
+    """``record``, the plan once ``ready`` has seen the manifest's jobs as the ledger holds
+    them (``Ledger.record_plan_checked``): ``None`` when it said no, and no plan was written."""
+    _record_manifest(ledger, manifest, output, resolved)
+    return ledger.record_plan_checked(str(manifest.path), jobs, ready)
+
+
+def _record_manifest(ledger: Ledger, manifest: Manifest, output: str, resolved: Resolved) -> None:
     source = manifest.path.read_text(encoding="utf-8")
-    ledger.record_manifest(path, source=source, output=output, resolved=resolved)
-    return ledger.record_plan(path, jobs)
+    ledger.record_manifest(str(manifest.path), source=source, output=output, resolved=resolved)
 
 
 def _local_files(

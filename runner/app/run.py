@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runner.app.common import Environment, bulk, executing, reading, run_loop, select
 from runner.app.execute import Work, execute
-from runner.app.recording import record, resolve
+from runner.app.recording import record_checked, resolve
 from runner.engine import EngineSettings, Outcome, charged, charged_credits
 from runner.engine.executor import ENDED, Driven
 from runner.errors import ManifestError, RunnerError, UsageError
@@ -186,15 +186,26 @@ def _prepare(
         finishing = ledger.diff(manifest, loaded.jobs).finishing_keys
     else:
         resolved = resolve(ledger, loaded.manifest, loaded.jobs, env, strict=False)
-        # The manifest's jobs as the ledger has them just before the plan is recorded (after
-        # resolving, which may upload for a while as workers change jobs): what moved
-        # outputs are looked for in, and, when nothing is written until the re-check (the
-        # usual re-run), its jobs after recording too, without reading them again.
-        before = list(ledger.briefs(manifest=manifest))
-        moved = _relocate(ledger, loaded.store, loaded.jobs, before)
-        diff = record(ledger, loaded.manifest, loaded.jobs, loaded.store.root, resolved)
+        # The manifest's jobs as the ledger has them, read with the plan in the transaction
+        # that records it (after resolving, which may upload for a while as workers change
+        # jobs): what moved outputs are looked for in — the plan is recorded only once no
+        # video has to move — and, when recording writes nothing (the usual re-run), its
+        # jobs after recording too, without reading them again.
+        store, planned = loaded.store, {j.key: j.path for j in loaded.jobs}
+        before: list[JobBrief] = []
+
+        def ready(briefs: list[JobBrief]) -> bool:
+            before.extend(briefs)
+            return _placed(store, planned, briefs)
+
+        checked = record_checked(ledger, loaded.manifest, loaded.jobs, store.root, resolved, ready)
+        if checked is None:  # videos to move first, then the plan
+            _relocate(ledger, store, planned, before)
+            diff = ledger.record_plan(manifest, loaded.jobs)
+        else:
+            diff = checked
         finishing, files = diff.finishing_keys, resolved.files
-        unchanged = diff.unchanged and not moved
+        unchanged = checked is not None and checked.unchanged
     keys = [j.key for j in loaded.selected]
     if options.retry_failed and ledger.retry_failed(manifest, keys=keys):
         unchanged = False
@@ -265,19 +276,35 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return errors[0] if len(errors) == len(leaves) else group
 
 
+def _placed(store: OutputStore, planned: Mapping[str, str], rows: Sequence[JobBrief]) -> bool:
+    """Whether ``_relocate`` has nothing to move: every job of the plan (``planned``: each
+    one's output name, by key) is among ``rows`` (the manifest's jobs as the ledger has
+    them), and each downloaded one's video is where its name goes, as the names tell."""
+    downloaded, placed, location = JobStatus.DOWNLOADED, store.placed, store.location
+    found = 0
+    for row in rows:
+        new = planned.get(row.key)
+        if new is None:
+            continue
+        found += 1
+        if row.status is downloaded and not placed(row.location or location(row.path), new):
+            return False
+    # (fewer found: the plan has jobs the ledger holds for no manifest, or for another)
+    return found == len(planned)
+
+
 def _relocate(
-    ledger: Ledger, store: OutputStore, jobs: Sequence[Job], recorded: Sequence[JobBrief]
-) -> int:
+    ledger: Ledger, store: OutputStore, planned: Mapping[str, str], recorded: Sequence[JobBrief]
+) -> None:
     """When ``output.filename`` or ``output.dir`` changes, downloaded videos move with it
-    instead of being downloaded (or, if their URLs have expired, failed) again. ``recorded``
-    are the manifest's jobs as the ledger has them; the ledger is read again only when the
-    plan has jobs it does not hold (new ones, or another manifest's). How many moved."""
-    planned = {j.key: j.path for j in jobs}
+    instead of being downloaded (or, if their URLs have expired, failed) again: to the
+    output names ``planned`` gives by key. ``recorded`` are the manifest's jobs as the
+    ledger has them; the ledger is read again only when the plan has jobs it does not hold
+    (new ones, or another manifest's)."""
     downloaded = JobStatus.DOWNLOADED
     rows: Sequence[JobBrief] = [r for r in recorded if r.key in planned]
     if len(rows) < len(planned):
         rows = list(ledger.briefs(keys=list(planned), status=downloaded))
-    moved = 0
     for row in rows:
         if row.status is not downloaded:
             continue
@@ -286,19 +313,18 @@ def _relocate(
         if new is not None:
             detail = f"moved {old} to {new} (output changed)"
             ledger.transition(row.key, JobStatus.DOWNLOADED, detail=detail, location=new)
-            moved += 1
-    return moved
 
 
 def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[JobBrief | JobRow]:
     """A downloaded job whose video is gone or the wrong size goes back to be downloaded (all
     of them in one transaction, before anything is sent); ``rows`` as they are then."""
     changes = []
+    downloaded, problem_of = JobStatus.DOWNLOADED, store.problem
     for row in rows:
-        if row.status is not JobStatus.DOWNLOADED:
+        if row.status is not downloaded:
             continue
         location = row.location or store.location(row.path)
-        problem = store.problem(location, row.bytes)
+        problem = problem_of(location, row.bytes)
         if problem is not None:
             detail = f"video {location} {problem}; downloading again"
             changes.append(Transition(row.key, JobStatus.COMPLETED, detail, {"location": None}))

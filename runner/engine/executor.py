@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 
 import anyio
 
@@ -34,6 +35,7 @@ Driven = JobRow | JobBrief  # a job a run is given: whole, or the brief of one t
 # generations (they hold slots until polled to the end) and its interrupted submits (one may
 # hold a slot too; it is re-sent with its idempotency key).
 TAKE_OVER = (JobStatus.SUBMITTING, *AFTER_SUBMIT)
+_status = attrgetter("status")
 
 
 class Executor(EarlierWork):
@@ -297,6 +299,6 @@ class Executor(EarlierWork):
             done |= {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED}
         if JobRow in set(map(type, rows)):
             rows = list(self.ledger.briefs(keys=[r.key for r in rows]))
-        statuses = Counter(r.status for r in rows)  # in the order the jobs first have them
+        statuses = Counter(map(_status, rows))  # in the order the jobs first have them
         self.outcome.unfinished = sum(n for s, n in statuses.items() if s not in done)
         self.outcome.statuses = {s.value: n for s, n in statuses.items()}

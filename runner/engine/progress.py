@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from runner.errors import FatalError
 from runner.ledger import JobBrief, JobRow, JobStatus
+
+_status = attrgetter("status")
 
 
 @dataclass
@@ -34,15 +38,12 @@ class Progress:
 
     def start(self, rows: Iterable[JobRow | JobBrief]) -> None:
         """Count the jobs a run is given (several executors may share one Progress)."""
-        for row in rows:
-            self.total += 1
-            if row.status is JobStatus.DOWNLOADED:
-                self.downloaded += 1
-            elif row.status is JobStatus.FAILED:
-                self.failed += 1
-            else:
-                continue
-            self.done_before += 1
+        statuses = Counter(map(_status, rows))
+        downloaded, failed = statuses[JobStatus.DOWNLOADED], statuses[JobStatus.FAILED]
+        self.total += statuses.total()
+        self.downloaded += downloaded
+        self.failed += failed
+        self.done_before += downloaded + failed
 
     @contextmanager
     def waiting_for(self, soul: str) -> Iterator[None]:

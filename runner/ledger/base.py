@@ -346,6 +346,19 @@ class Ledger(Protocol):
         """
         ...
 
+    def record_plan_checked(
+        self,
+        manifest_path: str,
+        jobs: Sequence[Job],
+        ready: Callable[[list[JobBrief]], bool],
+    ) -> PlanDiff | None:
+        """:meth:`record_plan`, once ``ready`` has seen, in its transaction, the briefs of
+        the jobs recorded for this manifest before it writes (what ``briefs(manifest=...)``
+        reads, in that order: the jobs after recording too when the diff is ``unchanged``).
+        When ``ready`` says ``False`` nothing is written and the result is ``None``. One
+        read of the ledger for both (a run's re-check and its plan)."""
+        ...
+
     # --- souls and uploads ------------------------------------------------------------
 
     def get_soul(self, name: str, manifest: str) -> SoulRow | None:

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
 
 from runner.jsontext import dumps, one_per_line
@@ -250,6 +251,16 @@ class PlannedRow(NamedTuple):
 
 #: The ``jobs`` columns of a :class:`PlannedRow`, in its order.
 PLANNED_COLUMNS: tuple[str, ...] = PlannedRow._fields
+
+#: What recording a plan reads when it also gives the manifest's briefs
+#: (``Ledger.record_plan_checked``): :data:`PLANNED_COLUMNS`, then the rest of
+#: :data:`BRIEF_COLUMNS` — one read of 100,000 jobs instead of two. Of its values,
+#: ``planned_values`` gives a ``PlannedRow``'s and ``brief_values`` a ``JobBrief``'s.
+RECORDED_COLUMNS: tuple[str, ...] = PLANNED_COLUMNS + tuple(
+    c for c in BRIEF_COLUMNS if c not in PLANNED_COLUMNS
+)
+planned_values = itemgetter(slice(0, len(PLANNED_COLUMNS)))
+brief_values = itemgetter(*(RECORDED_COLUMNS.index(c) for c in BRIEF_COLUMNS))
 
 
 class ReportRow(NamedTuple):

@@ -84,12 +84,13 @@ def gather_plan(
 
 
 K = TypeVar("K", bound="Job | Recorded")
+_key = attrgetter("key")
 
 
 def _first_by_key(items: Sequence[K]) -> dict[str, K]:
     """``items`` by key, the first of each key, in their order (keys are usually unique: then
-    one dict comprehension does it)."""
-    found = {item.key: item for item in items}
+    one dict made in C does it)."""
+    found = dict(zip(map(_key, items), items, strict=True))
     if len(found) < len(items):
         found = {}
         for item in items:
@@ -243,11 +244,14 @@ def plan_writes(
     # The jobs of a campaign share their tags: encoded once (by identity: the jobs, and so
     # their tags, live through this call).
     texts: dict[int, str] = {}
+    produced = plan.produced
     for key, row in plan.existing.items():
-        job = plan.produced[key]
+        job = produced[key]
         tags = texts.get(id(job.tags))
         if tags is None:
             tags = texts[id(job.tags)] = _json(list(job.tags))
+        if row[3:7] == _plain(job) and row.manifest == manifest and row.tags == tags:
+            continue  # the usual case (``refreshed_columns`` would say nothing)
         changes = refreshed_columns(row, job, manifest, tags)
         if changes:
             refreshed.append((key, {**changes, "updated_at": now}))

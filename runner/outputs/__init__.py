@@ -69,6 +69,11 @@ class OutputStore(Protocol):
         another size), or ``None`` when it is."""
         ...
 
+    def placed(self, old: str, relative: str) -> bool:
+        """Whether location ``old`` is output name ``relative``'s, as the names alone tell
+        (no I/O): then ``relocate`` has nothing to move."""
+        ...
+
     def relocate(self, old: str, relative: str) -> str | None:
         """Move the video at location ``old`` to output name ``relative``; its new location,
         or ``None`` when there was nothing to move (or the new name is taken)."""

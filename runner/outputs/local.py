@@ -92,9 +92,12 @@ class LocalStore:
 
     present = staticmethod(present)  # whether a file is at a location (with a size, if given)
 
-    def relocate(self, old: str, relative: str) -> str | None:
+    def placed(self, old: str, relative: str) -> bool:
         # (``relative`` absolute: ``join`` gives it alone. POSIX, as the ledger's flock.)
-        if old == self._prefix() + relative and not relative.startswith("/"):
+        return old == self._prefix() + relative and not relative.startswith("/")
+
+    def relocate(self, old: str, relative: str) -> str | None:
+        if self.placed(old, relative):
             return None  # already there (the usual case: checked without resolving each path)
         source = Path(old)
         target = safe_destination(self.dir, relative)

@@ -273,6 +273,12 @@ class S3Store:
             return None
         return "missing" if found is None else f"{found} bytes, expected {size}"
 
+    def placed(self, old: str, relative: str) -> bool:
+        try:
+            return old == self._uri(self.key(relative))
+        except UnsafeURLError:
+            return False  # (``relocate`` says why)
+
     def relocate(self, old: str, relative: str) -> str | None:
         """Copy the video at ``old`` (an object in any bucket, or a local file from before
         ``output.dir`` moved to S3) to ``relative``'s key, then delete the original."""

@@ -28,6 +28,7 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    RECORDED_COLUMNS,
     REPORT_COLUMNS,
     STATE_COLUMNS,
     EventRow,
@@ -39,6 +40,8 @@ from runner.ledger.models import (
     PlannedRow,
     ReportRow,
     Transition,
+    brief_values,
+    planned_values,
 )
 from runner.ledger.plan import Plan, R, diff_with_charges, gather_plan, plan_writes, recorded
 from runner.ledger.postgres.claims import JobClaims
@@ -400,20 +403,38 @@ class PostgresLedger(JobClaims):
         with self._store.write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
             plan = self._plan(manifest, jobs, PLANNED_COLUMNS, PlannedRow.from_values, lock=True)
-            writes = plan_writes(plan, manifest, self._store.now(), self.id)
-            with conn.cursor() as cursor:
-                for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
-                    if rows:
-                        cursor.executemany(
-                            _insert(table, rows[0]), [list(r.values()) for r in rows]
-                        )
-                for key, changes in writes.refreshed:
-                    cursor.execute(_update_job(changes), [*changes.values(), key])
-            # the rows were read in part (and locked): a status change takes them whole
-            moved = [row.key for row, _, _ in writes.moves]
-            whole = {r.key: r for r in self._select_jobs("key = ANY(%s)", [moved])} if moved else {}
-            for row, to, detail in writes.moves:
-                self._apply(whole[row.key], to, detail, {})
+            return self._write_plan(conn, manifest, plan)
+
+    def record_plan_checked(
+        self, manifest_path: str, jobs: Sequence[Job], ready: Callable[[list[JobBrief]], bool]
+    ) -> PlanDiff | None:
+        """:meth:`record_plan` once ``ready`` has seen the manifest's briefs, read (and
+        locked) in its transaction with the plan's rows; see ``Ledger.record_plan_checked``."""
+        manifest = str(manifest_path)
+        briefs: list[JobBrief] = []
+        with self._store.write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [PLAN_LOCK])
+            plan = self._plan(
+                manifest, jobs, RECORDED_COLUMNS, PlannedRow.from_values, lock=True, briefs=briefs
+            )
+            if not ready(briefs):
+                return None
+            return self._write_plan(conn, manifest, plan)
+
+    def _write_plan(self, conn: Any, manifest: str, plan: Plan[PlannedRow]) -> PlanDiff:
+        """Carry out ``plan`` (``plan.plan_writes``), in the write transaction of ``conn``."""
+        writes = plan_writes(plan, manifest, self._store.now(), self.id)
+        with conn.cursor() as cursor:
+            for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
+                if rows:
+                    cursor.executemany(_insert(table, rows[0]), [list(r.values()) for r in rows])
+            for key, changes in writes.refreshed:
+                cursor.execute(_update_job(changes), [*changes.values(), key])
+        # the rows were read in part (and locked): a status change takes them whole
+        moved = [row.key for row, _, _ in writes.moves]
+        whole = {r.key: r for r in self._select_jobs("key = ANY(%s)", [moved])} if moved else {}
+        for row, to, detail in writes.moves:
+            self._apply(whole[row.key], to, detail, {})
         return recorded(plan, writes)
 
     def _plan(
@@ -424,17 +445,23 @@ class PostgresLedger(JobClaims):
         make: Callable[[Any], R],
         *,
         lock: bool = False,
+        briefs: list[JobBrief] | None = None,
     ) -> Plan[R]:
         """``gather_plan`` over the jobs with one of the plan's keys or recorded for this
         manifest (locked if ``lock``), read as these columns and made by ``make``: a diff
-        reads their state, recording their ``PlannedRow``, not whole rows."""
+        reads their state, recording their ``PlannedRow``, not whole rows. Given ``briefs``
+        (``columns`` then are ``RECORDED_COLUMNS``, ``make`` takes the planned ones), the
+        manifest's jobs' briefs are added to it, from the same values."""
         select = f"SELECT {', '.join(columns)} FROM jobs WHERE key = ANY(%s) OR manifest = %s "
         query = select + JOB_ORDER + (" FOR UPDATE" if lock else "")
 
         def read_rows(keys: list[str], of: str) -> list[R]:
             with self._store.read() as conn, conn.cursor(row_factory=tuple_row) as cursor:
                 rows = cursor.execute(query, [keys, of]).fetchall()
-            return [make(row) for row in rows]
+            if briefs is None:
+                return [make(row) for row in rows]
+            briefs.extend(JobBrief.from_values(brief_values(r)) for r in rows if r[1] == of)
+            return [make(planned_values(row)) for row in rows]
 
         return gather_plan(
             manifest, jobs, read_rows=read_rows, restore=self._status_before_orphaning

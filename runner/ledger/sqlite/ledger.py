@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,6 +21,7 @@ from runner.ledger.models import (
     BRIEF_COLUMNS,
     JOB_COLUMNS,
     PLANNED_COLUMNS,
+    RECORDED_COLUMNS,
     REPORT_COLUMNS,
     STATE_COLUMNS,
     EventRow,
@@ -31,6 +33,8 @@ from runner.ledger.models import (
     PlannedRow,
     ReportRow,
     Transition,
+    brief_values,
+    planned_values,
 )
 from runner.ledger.plan import Plan, R, diff_with_charges, gather_plan, plan_writes, recorded
 from runner.ledger.rows import (
@@ -69,6 +73,7 @@ def _made(cls: type[N]) -> Callable[[Any], N]:
 
 _brief, _planned_row, _state = _made(JobBrief), _made(PlannedRow), _made(JobState)
 _report_row = _made(ReportRow)
+_key = attrgetter("key")
 
 
 class SqliteLedger(JobClaims):
@@ -396,34 +401,64 @@ class SqliteLedger(JobClaims):
         manifest = str(manifest_path)
         with self._store.write():
             plan = self._plan(manifest, jobs, PLANNED_COLUMNS, _planned_row)
-            writes = plan_writes(plan, manifest, self._store.now(), self.id)
-            conn = self._store.conn
-            for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
-                if rows:  # plain SQL: sqlite-utils' insert_all costs more than the inserts
-                    names = list(rows[0])
-                    conn.executemany(
-                        f"INSERT INTO {table} ({', '.join(names)}) "
-                        f"VALUES ({', '.join('?' * len(names))})",
-                        [[row[n] for n in names] for row in rows],
-                    )
-            for key, changes in writes.refreshed:
-                self._update_job(key, changes)
-            # the rows were read in part: a status change takes them whole
-            whole = {r.key: r for r in self.jobs(keys=[row.key for row, _, _ in writes.moves])}
-            for row, to, detail in writes.moves:
-                self._apply(whole[row.key], to, detail, {})
+            return self._write_plan(manifest, plan)
+
+    def record_plan_checked(
+        self, manifest_path: str, jobs: Sequence[Job], ready: Callable[[list[JobBrief]], bool]
+    ) -> PlanDiff | None:
+        """:meth:`record_plan` once ``ready`` has seen the manifest's briefs, read in its
+        transaction with the plan's rows; see ``Ledger.record_plan_checked``."""
+        manifest = str(manifest_path)
+        briefs: list[JobBrief] = []
+        with self._store.write():
+            plan = self._plan(manifest, jobs, RECORDED_COLUMNS, _planned_row, briefs)
+            if not ready(briefs):
+                return None
+            return self._write_plan(manifest, plan)
+
+    def _write_plan(self, manifest: str, plan: Plan[PlannedRow]) -> PlanDiff:
+        """Carry out ``plan`` (``plan.plan_writes``), in the caller's write transaction."""
+        writes = plan_writes(plan, manifest, self._store.now(), self.id)
+        conn = self._store.conn
+        for table, rows in (("jobs", writes.new_jobs), ("events", writes.new_events)):
+            if rows:  # plain SQL: sqlite-utils' insert_all costs more than the inserts
+                names = list(rows[0])
+                conn.executemany(
+                    f"INSERT INTO {table} ({', '.join(names)}) "
+                    f"VALUES ({', '.join('?' * len(names))})",
+                    [[row[n] for n in names] for row in rows],
+                )
+        for key, changes in writes.refreshed:
+            self._update_job(key, changes)
+        # the rows were read in part: a status change takes them whole
+        whole = {r.key: r for r in self.jobs(keys=[row.key for row, _, _ in writes.moves])}
+        for row, to, detail in writes.moves:
+            self._apply(whole[row.key], to, detail, {})
         return recorded(plan, writes)
 
     def _planned(
-        self, keys: list[str], manifest: str, columns: Sequence[str], make: Callable[[Any], R]
+        self,
+        keys: list[str],
+        manifest: str,
+        columns: Sequence[str],
+        make: Callable[[Any], R],
+        briefs: list[JobBrief] | None = None,
     ) -> list[R]:
         """The jobs recorded for this manifest, in ``jobs()`` order (the index's), then those
         of other manifests that have one of these keys (see ``job_filter`` for why many keys
-        are looked up in Python), made by ``make`` from these columns (``key`` first)."""
+        are looked up in Python), made by ``make`` from these columns (``key`` first). Given
+        ``briefs`` (``columns`` then are ``RECORDED_COLUMNS``, ``make`` takes the planned
+        ones), the manifest's jobs' briefs are added to it, from the same values."""
         select = f"SELECT {selected(columns)} FROM jobs"
-        rows = list(self._rows(select, make, "manifest = ?", [manifest]))
-        found = {row.key for row in rows}
-        others = [key for key in keys if key not in found]
+        if briefs is None:
+            rows = list(self._rows(select, make, "manifest = ?", [manifest]))
+        else:
+            values = list(self._rows(select, tuple, "manifest = ?", [manifest]))
+            briefs += map(_brief, map(brief_values, values))
+            rows = list(map(make, map(planned_values, values)))
+            planned = make
+            make = lambda v: planned(planned_values(v))  # noqa: E731
+        others = list(set(keys).difference(map(_key, rows)))  # (their order: the query's)
         if len(others) <= KEYS_IN_SQL:
             if others:
                 rows += self._rows(select, make, in_json("key"), [json_text(others)])
@@ -433,12 +468,18 @@ class SqliteLedger(JobClaims):
         return rows
 
     def _plan(
-        self, manifest: str, jobs: Sequence[Job], columns: Sequence[str], make: Callable[[Any], R]
+        self,
+        manifest: str,
+        jobs: Sequence[Job],
+        columns: Sequence[str],
+        make: Callable[[Any], R],
+        briefs: list[JobBrief] | None = None,
     ) -> Plan[R]:
-        """``gather_plan`` over the rows of these columns, made by ``make``."""
+        """``gather_plan`` over the rows of these columns, made by ``make`` (and, given
+        ``briefs``, the manifest's briefs: see ``_planned``)."""
         return gather_plan(
             manifest,
             jobs,
-            read_rows=lambda keys, of: self._planned(keys, of, columns, make),
+            read_rows=lambda keys, of: self._planned(keys, of, columns, make, briefs),
             restore=self._status_before_orphaning,
         )
