@@ -127,6 +127,45 @@ def test_a_no_op_rerun_reads_the_manifests_briefs_once(
     assert [r for r in reads if "keys" not in r] == [{"manifest": manifest}]
 
 
+def test_a_rerun_with_a_video_that_cannot_move_still_reads_nothing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video whose new place is taken stays where it is (and keeps the plan held on every
+    re-run); a re-run that moves nothing and records nothing reads no briefs after it."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=23))
+    h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]) + 'output: {filename: "{key}.mp4"}\n')
+    assert h.run().counts == {"downloaded": 6}
+    with open_ledger(default_ledger_url(h.state_dir), readonly=True) as ledger:
+        first = next(iter(ledger.briefs(manifest=str(h.manifest.resolve()))))
+    assert first.location is not None
+    taken = Path(first.location).parent / "moved" / f"{first.key}.mp4"
+    taken.parent.mkdir()
+    taken.write_bytes(b"someone else's")
+    h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]) + 'output: {filename: "moved/{key}.mp4"}\n')
+    assert h.run().counts == {"downloaded": 6}  # five moved, the first left where it was
+    assert len(list(taken.parent.glob("*.mp4"))) == 6
+    assert taken.read_bytes() == b"someone else's"
+    reads: list[dict[str, Any]] = []
+    recordings: list[str] = []
+    briefs, checked = SqliteLedger.briefs, SqliteLedger.record_plan_checked
+
+    def counted(self: SqliteLedger, **where: Any) -> Iterator[JobBrief]:
+        reads.append(where)
+        return briefs(self, **where)
+
+    def counted_checked(self: SqliteLedger, *args: Any) -> PlanDiff | None:
+        diff = checked(self, *args)
+        recordings.append("held" if diff is None else "checked")
+        return diff
+
+    monkeypatch.setattr(SqliteLedger, "briefs", counted)
+    monkeypatch.setattr(SqliteLedger, "record_plan_checked", counted_checked)
+    result = h.run()
+    assert (result.counts, result.outcome.submitted) == ({"downloaded": 6}, 0)
+    assert recordings == ["held"]  # the first video still cannot move
+    assert reads == []  # nothing moved, nothing recorded: the briefs read with the plan serve
+
+
 def test_plan_and_a_dry_run_read_the_ledger_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

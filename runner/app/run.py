@@ -188,9 +188,14 @@ def _prepare(
         resolved = resolve(ledger, loaded.manifest, loaded.jobs, env, strict=False)
         # The manifest's jobs as the ledger has them, read with the plan in the transaction
         # that records it (after resolving, which may upload for a while as workers change
-        # jobs): what moved outputs are looked for in — the plan is recorded only once no
-        # video has to move — and, when recording writes nothing (the usual re-run), its
-        # jobs after recording too, without reading them again.
+        # jobs): what moved outputs are looked for in, and, when recording writes nothing
+        # (the usual re-run), its jobs after recording too, without reading them again. The
+        # plan is written there only when no video has to move and the ledger holds all of
+        # its jobs for this manifest; else (an output changed, new jobs) the videos move
+        # first, then the plan is recorded. The manifest's record (its output root among
+        # it) is written before either: while videos move, a fleet worker downloads to the
+        # new root under the job's old name, which the next run's relocation moves (as one
+        # downloading meanwhile to the old root did when the record came after the moves).
         store, planned = loaded.store, {j.key: j.path for j in loaded.jobs}
         before: list[JobBrief] = []
 
@@ -199,13 +204,14 @@ def _prepare(
             return _placed(store, planned, briefs)
 
         checked = record_checked(ledger, loaded.manifest, loaded.jobs, store.root, resolved, ready)
+        moved = 0
         if checked is None:  # videos to move first, then the plan
-            _relocate(ledger, store, planned, before)
+            moved = _relocate(ledger, store, planned, before)
             diff = ledger.record_plan(manifest, loaded.jobs)
         else:
             diff = checked
         finishing, files = diff.finishing_keys, resolved.files
-        unchanged = checked is not None and checked.unchanged
+        unchanged = diff.unchanged and not moved
     keys = [j.key for j in loaded.selected]
     if options.retry_failed and ledger.retry_failed(manifest, keys=keys):
         unchanged = False
@@ -295,16 +301,17 @@ def _placed(store: OutputStore, planned: Mapping[str, str], rows: Sequence[JobBr
 
 def _relocate(
     ledger: Ledger, store: OutputStore, planned: Mapping[str, str], recorded: Sequence[JobBrief]
-) -> None:
+) -> int:
     """When ``output.filename`` or ``output.dir`` changes, downloaded videos move with it
     instead of being downloaded (or, if their URLs have expired, failed) again: to the
     output names ``planned`` gives by key. ``recorded`` are the manifest's jobs as the
     ledger has them; the ledger is read again only when the plan has jobs it does not hold
-    (new ones, or another manifest's)."""
+    (new ones, or another manifest's). How many moved."""
     downloaded = JobStatus.DOWNLOADED
     rows: Sequence[JobBrief] = [r for r in recorded if r.key in planned]
     if len(rows) < len(planned):
         rows = list(ledger.briefs(keys=list(planned), status=downloaded))
+    moved = 0
     for row in rows:
         if row.status is not downloaded:
             continue
@@ -313,6 +320,8 @@ def _relocate(
         if new is not None:
             detail = f"moved {old} to {new} (output changed)"
             ledger.transition(row.key, JobStatus.DOWNLOADED, detail=detail, location=new)
+            moved += 1
+    return moved
 
 
 def _recheck(ledger: Ledger, store: OutputStore, rows: list[JobBrief]) -> list[JobBrief | JobRow]:

@@ -194,10 +194,15 @@ def new_row(job: Job, manifest: str, now: str, ledger_id: str) -> dict[str, Any]
 
 
 #: What :func:`refreshed_columns` compares as they are: ``PlannedRow``'s values 3 to 6
-#: with a job's ``_plain``.
-_PLAIN = ("job_index", "path", "credits", "priced_by")
+#: (job_index, path, credits, priced_by) with a job's ``_plain``.
+_PLAIN = PLANNED_COLUMNS[3:7]
 _plain = attrgetter("index", "path", "credits", "priced_by")
-assert PLANNED_COLUMNS[3:7] == _PLAIN
+
+
+def _same(row: PlannedRow, job: Job, manifest: str, tags: str) -> bool:
+    """Whether recording ``job`` for ``manifest`` changes nothing of ``row`` (``tags``: the
+    job's, encoded): the usual case, told before anything else is built."""
+    return row[3:7] == _plain(job) and row.manifest == manifest and row.tags == tags
 
 
 def refreshed_columns(row: PlannedRow, job: Job, manifest: str, tags: str) -> dict[str, Any]:
@@ -210,9 +215,9 @@ def refreshed_columns(row: PlannedRow, job: Job, manifest: str, tags: str) -> di
     of (``runner.jobs.keys``): the job the ledger holds under that key has the same values,
     so they are neither read nor compared (they could differ only in how the text is
     written, which is never rewritten)."""
-    theirs = _plain(job)
-    if row[3:7] == theirs and row.manifest == manifest and row.tags == tags:
+    if _same(row, job, manifest, tags):
         return {}  # the usual case: nothing to refresh
+    theirs = _plain(job)
     changes: dict[str, Any] = {"manifest": manifest} if row.manifest != manifest else {}
     changes.update(
         (c, new) for c, old, new in zip(_PLAIN, row[3:7], theirs, strict=True) if old != new
@@ -250,8 +255,8 @@ def plan_writes(
         tags = texts.get(id(job.tags))
         if tags is None:
             tags = texts[id(job.tags)] = _json(list(job.tags))
-        if row[3:7] == _plain(job) and row.manifest == manifest and row.tags == tags:
-            continue  # the usual case (``refreshed_columns`` would say nothing)
+        if _same(row, job, manifest, tags):
+            continue  # the usual case (a call of ``refreshed_columns`` spared)
         changes = refreshed_columns(row, job, manifest, tags)
         if changes:
             refreshed.append((key, {**changes, "updated_at": now}))

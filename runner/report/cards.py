@@ -49,7 +49,8 @@ class Cards:
 
     def html(self, row: ReportRow, link: Link, tags: tuple[str, ...]) -> str:
         """The card of ``row`` (its ``tags``, the error already masked), its video shown as
-        ``link`` says."""
+        ``link`` says. ``tags`` are read for the first of a run of twins only: twins have
+        the same ``row.tags`` (``_Twins.seed`` checks), so the same tags."""
         twins = self._twins
         seed = None if twins is None else twins.seed(row)
         if twins is None or seed is None:  # the first of its twins
