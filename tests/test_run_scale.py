@@ -75,16 +75,10 @@ def test_rechecking_many_missing_files_sends_each_back_once(tmp_path: Path) -> N
     assert_files_match_mock(h)
 
 
-def test_a_no_op_rerun_reads_the_manifests_briefs_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Re-running a manifest whose jobs are all downloaded writes nothing: its briefs, read
-    with the plan in the transaction that records it (no other read of them), serve the
-    relocation check, the selection, the credits spent and the engine's counts. When
-    recording does write (a job more), they are read again after it."""
-    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=22))
-    h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]))
-    assert h.run().counts == {"downloaded": 6}
+def _spy_on_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the SQLite ledger is asked from now on: each ``briefs`` read (its filters), and
+    each plan recorded — ``checked`` or ``held`` by ``record_plan_checked``, ``plain`` by
+    ``record_plan``."""
     reads: list[dict[str, Any]] = []
     recordings: list[str] = []
     briefs = SqliteLedger.briefs
@@ -106,6 +100,20 @@ def test_a_no_op_rerun_reads_the_manifests_briefs_once(
     monkeypatch.setattr(SqliteLedger, "briefs", counted)
     monkeypatch.setattr(SqliteLedger, "record_plan_checked", counted_checked)
     monkeypatch.setattr(SqliteLedger, "record_plan", counted_plain)
+    return reads, recordings
+
+
+def test_a_no_op_rerun_reads_the_manifests_briefs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-running a manifest whose jobs are all downloaded writes nothing: its briefs, read
+    with the plan in the transaction that records it (no other read of them), serve the
+    relocation check, the selection, the credits spent and the engine's counts. When
+    recording does write (a job more), they are read again after it."""
+    h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=22))
+    h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]))
+    assert h.run().counts == {"downloaded": 6}
+    reads, recordings = _spy_on_reads(monkeypatch)
     result = h.run()
     assert (result.counts, result.outcome.unfinished, result.outcome.submitted) == (
         {"downloaded": 6},
@@ -145,24 +153,10 @@ def test_a_rerun_with_a_video_that_cannot_move_still_reads_nothing_again(
     assert h.run().counts == {"downloaded": 6}  # five moved, the first left where it was
     assert len(list(taken.parent.glob("*.mp4"))) == 6
     assert taken.read_bytes() == b"someone else's"
-    reads: list[dict[str, Any]] = []
-    recordings: list[str] = []
-    briefs, checked = SqliteLedger.briefs, SqliteLedger.record_plan_checked
-
-    def counted(self: SqliteLedger, **where: Any) -> Iterator[JobBrief]:
-        reads.append(where)
-        return briefs(self, **where)
-
-    def counted_checked(self: SqliteLedger, *args: Any) -> PlanDiff | None:
-        diff = checked(self, *args)
-        recordings.append("held" if diff is None else "checked")
-        return diff
-
-    monkeypatch.setattr(SqliteLedger, "briefs", counted)
-    monkeypatch.setattr(SqliteLedger, "record_plan_checked", counted_checked)
+    reads, recordings = _spy_on_reads(monkeypatch)
     result = h.run()
     assert (result.counts, result.outcome.submitted) == ({"downloaded": 6}, 0)
-    assert recordings == ["held"]  # the first video still cannot move
+    assert recordings == ["held", "plain"]  # the first video still cannot move
     assert reads == []  # nothing moved, nothing recorded: the briefs read with the plan serve
 
 
