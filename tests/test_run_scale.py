@@ -143,7 +143,9 @@ def test_a_rerun_with_a_video_that_cannot_move_still_reads_nothing_again(
     h = Harness(tmp_path, MockOptions(latency_min=0, latency_max=0, seed=23))
     h.write(MANY.format(limits=FAST_LIMITS, a=[1, 2]) + 'output: {filename: "{key}.mp4"}\n')
     assert h.run().counts == {"downloaded": 6}
-    with open_ledger(default_ledger_url(h.state_dir), readonly=True) as ledger:
+    opened = open_ledger(default_ledger_url(h.state_dir), readonly=True)
+    assert opened is not None
+    with opened as ledger:
         first = next(iter(ledger.briefs(manifest=str(h.manifest.resolve()))))
     assert first.location is not None
     taken = Path(first.location).parent / "moved" / f"{first.key}.mp4"
